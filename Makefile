@@ -1,0 +1,32 @@
+# The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
+.PHONY: run test lint typecheck unit bootstrap bench-gateway bench-ingest bench-lag
+
+VENV := .venv/bin
+
+bootstrap:
+	@bash deploy/local/bootstrap.sh
+
+run: bootstrap
+	$(VENV)/floopy-stack up
+
+lint: bootstrap
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+typecheck: bootstrap
+	$(VENV)/mypy
+
+test: lint typecheck
+	$(VENV)/pytest
+
+unit: bootstrap
+	$(VENV)/pytest tests/unit
+
+bench-gateway: bootstrap
+	$(VENV)/python -m bench.gateway_overhead
+
+bench-ingest: bootstrap
+	$(VENV)/python -m bench.ingest
+
+bench-lag: bootstrap
+	$(VENV)/python -m bench.e2e_lag

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print RESULT lines, not tests (DESIGN.md §9)."""

@@ -1,0 +1,271 @@
+"""Ingest benchmark: how many records/s one process moves into ClickHouse.
+
+Starts its own ClickHouse (Debian's package, in a temp dir, on a free port), generates realistic
+2-4 KB RequestRecords, and times ``Delivery.deliver`` (decode + columns + insert) per batch size.
+Bounded by ``--records`` and ``--max-seconds``. Prints one ``RESULT`` line per batch size.
+
+    python -m bench.ingest --records 50000
+
+Structure for later stages: ``generate_payloads`` makes the bytes a gateway would XADD, and each
+path to measure is a function ``(env, payloads, batch_size) -> Measurement``; the stream →
+ClickHouse path can be added as another such function next to ``measure_delivery``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from devstack.servers import ClickHouseServer
+from ingester.delivery import Delivery
+from ingester.schema.migrate import migrate
+from shared.codec import encode_record
+from shared.records import RequestRecord
+from shared.settings import ClickHouseSettings
+from shared.streams import Sink
+
+__all__ = ["BenchEnv", "Measurement", "generate_payloads", "main", "measure_delivery"]
+
+_WORDS = [
+    "".join(random.Random(i).choices(string.ascii_lowercase, k=1 + i % 9)) for i in range(500)
+]
+_MODELS = ["gpt-4o-mini", "gpt-4o", "claude-3-5-sonnet", "llama-3.1-70b"]
+_STAGES = ["auth", "rate_limit", "template", "cache", "firewall", "routing", "provider"]
+
+
+def _text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n_words))
+
+
+def make_record(rng: random.Random, now_ms: int) -> RequestRecord:
+    """One request record of 2-4 KB once encoded: chat bodies dominate, like real traffic."""
+    model = rng.choice(_MODELS)
+    user = _text(rng, rng.randint(80, 260))
+    answer = _text(rng, rng.randint(30, 150))
+    request_body = (
+        f'{{"model":"{model}","messages":[{{"role":"system","content":"You are helpful."}},'
+        f'{{"role":"user","content":"{user}"}}],"temperature":0.2}}'
+    )
+    response_body = (
+        f'{{"id":"chatcmpl-{uuid.UUID(int=rng.getrandbits(128)).hex}","object":"chat.completion",'
+        f'"choices":[{{"index":0,"message":{{"role":"assistant","content":"{answer}"}},'
+        f'"finish_reason":"stop"}}]}}'
+    )
+    return RequestRecord(
+        request_id=str(uuid.UUID(int=rng.getrandbits(128))),
+        org_id=f"org_{rng.randint(1, 20)}",
+        api_key_id=f"key_{rng.randint(1, 200)}",
+        created_at_ms=now_ms - rng.randint(0, 3_600_000),
+        model_requested=model,
+        model_used=model,
+        provider="openai",
+        status_code=200,
+        request_body=request_body,
+        response_body=response_body,
+        latency_ms=rng.uniform(100, 3000),
+        stage_latency_ms={s: rng.uniform(0.01, 5) for s in _STAGES},
+        prompt_tokens=rng.randint(50, 900),
+        completion_tokens=rng.randint(10, 400),
+        total_tokens=1000,
+        cost_usd=rng.uniform(0, 0.01),
+        cache_status=rng.choice(["hit", "miss", "bypass"]),
+        firewall_verdict="pass",
+        firewall_score=rng.random(),
+        user_id=f"user_{rng.randint(1, 5000)}",
+        session_id=str(uuid.UUID(int=rng.getrandbits(128))),
+        properties={f"prop{i}": _text(rng, 2) for i in range(rng.randint(1, 5))},
+        providers_tried=["openai"],
+    )
+
+
+def generate_payloads(count: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    return [encode_record(make_record(rng, now_ms)) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    clickhouse: ClickHouseSettings
+    scratch: Path
+
+
+@dataclass(frozen=True)
+class Measurement:
+    path: str
+    batch_size: int
+    records: int
+    seconds: float
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def bench_env() -> Iterator[BenchEnv]:
+    with tempfile.TemporaryDirectory(prefix="floopy-bench-") as tmp:
+        server = ClickHouseServer(Path(tmp) / "clickhouse")
+        server.start()
+        try:
+            settings = ClickHouseSettings(port=server.port, database="bench")
+            migrate(settings)
+            yield BenchEnv(settings, Path(tmp))
+        finally:
+            server.kill()
+
+
+def measure_delivery(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """Delivery.deliver over ``payloads`` in batches; stops early at ``deadline``."""
+    delivery = Delivery(env.clickhouse, env.scratch / "dead")
+    done = 0
+    started = time.perf_counter()
+    try:
+        for i in range(0, len(payloads), batch_size):
+            report = delivery.deliver(Sink.REQUESTS, payloads[i : i + batch_size])
+            if report.dead_lettered:
+                raise RuntimeError(f"bench records were dead-lettered: {report}")
+            done += report.inserted
+            if time.monotonic() > deadline:
+                break
+    finally:
+        delivery.close()
+    return Measurement("delivery", batch_size, done, time.perf_counter() - started)
+
+
+def measure_delivery_threads(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """Two Deliveries in two threads, batches dealt alternately: the overlap an ingester gets
+    when it decodes the next batch while ClickHouse writes the previous one (the driver
+    releases the GIL while it waits for the server)."""
+    batches = [payloads[i : i + batch_size] for i in range(0, len(payloads), batch_size)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        halves = [batches[0::2], batches[1::2]]
+        done = sum(pool.map(lambda bs: _deliver_all(env, bs, deadline), halves))
+    return Measurement("delivery-2-threads", batch_size, done, time.perf_counter() - started)
+
+
+def _deliver_all(env: BenchEnv, batches: list[list[bytes]], deadline: float) -> int:
+    delivery = Delivery(env.clickhouse, env.scratch / "dead")
+    done = 0
+    try:
+        for batch in batches:
+            done += delivery.deliver(Sink.REQUESTS, batch).inserted
+            if time.monotonic() > deadline:
+                break
+    finally:
+        delivery.close()
+    return done
+
+
+def measure_stream(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """The whole ingest path: the payloads preloaded into a real Redis stream, then one
+    ``floopy-ingester worker`` process (the real consumer) until ClickHouse holds them all."""
+    import os
+    import signal
+    import subprocess
+
+    import redis
+    from clickhouse_driver import Client
+
+    from devstack.servers import RedisServer
+    from shared.streams import RECORD_FIELD, stream_key
+
+    server = RedisServer(env.scratch / f"redis-{batch_size}")
+    server.start()
+    prefix = f"bench{batch_size}"
+    r = redis.Redis.from_url(server.url)
+    for i in range(0, len(payloads), 2000):
+        pipe = r.pipeline(transaction=False)
+        for payload in payloads[i : i + 2000]:
+            pipe.xadd(stream_key(Sink.REQUESTS, prefix), {RECORD_FIELD: payload})
+        pipe.execute()
+    database = f"bench_stream_{batch_size}"
+    migrate(env.clickhouse.model_copy(update={"database": database}))
+    env_vars = {
+        **os.environ,
+        "FLOOPY_INGESTER_REDIS__URL": server.url,
+        "FLOOPY_INGESTER_REDIS__KEY_PREFIX": prefix,
+        "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(env.clickhouse.port),
+        "FLOOPY_INGESTER_CLICKHOUSE__DATABASE": database,
+        "FLOOPY_INGESTER_SPOOL_DIR": str(env.scratch / "spool"),
+        "FLOOPY_INGESTER_DEAD_LETTER_DIR": str(env.scratch / "dead"),
+        "FLOOPY_INGESTER_BATCH_RECORDS": str(batch_size),
+        "FLOOPY_INGESTER_LOG_LEVEL": "WARNING",
+    }
+    client = Client(host="127.0.0.1", port=env.clickhouse.port, database=database)
+    worker_bin = str(Path(sys.executable).parent / "floopy-ingester")
+    started = time.perf_counter()
+    proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
+    done = 0
+    try:
+        while done < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = int(client.execute("SELECT count() FROM requests")[0][0])
+        seconds = time.perf_counter() - started
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        client.disconnect()
+        r.close()
+        server.kill()
+    return Measurement("stream-worker", batch_size, done, seconds)
+
+
+PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
+    "delivery": measure_delivery,
+    "delivery-2-threads": measure_delivery_threads,
+    "stream-worker": measure_stream,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--batch-sizes", default="1000,5000")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="per batch size")
+    parser.add_argument(
+        "--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}"
+    )
+    args = parser.parse_args(argv)
+
+    payloads = generate_payloads(args.records)
+    sizes = sorted(map(len, payloads))
+    mean_size = sum(sizes) / len(sizes)
+    print(
+        f"generated {len(sizes)} records: mean {mean_size:.0f} bytes, "
+        f"min {sizes[0]}, max {sizes[-1]}",
+        flush=True,
+    )
+    with bench_env() as env:
+        for path, batch_size in product(args.paths.split(","), args.batch_sizes.split(",")):
+            deadline = time.monotonic() + args.max_seconds
+            m = PATHS[path](env, payloads, int(batch_size), deadline)
+            print(
+                f"RESULT path={m.path} batch={m.batch_size} records={m.records} "
+                f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "
+                f"record_bytes={mean_size:.0f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

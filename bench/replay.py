@@ -1,0 +1,113 @@
+"""Replay benchmark: how fast one process replays a spool into ClickHouse, and at what memory.
+
+Writes ``--records`` realistic 2-4 KB request records to a spool (in batches, through
+``SpoolWriter``), starts its own ClickHouse (``bench.ingest.bench_env``), then times
+``Replayer.replay`` and prints records/s and the peak RSS of the replay alone (the kernel's
+high-water mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
+
+    python -m bench.replay --records 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+from bench.ingest import bench_env, make_record
+from ingester.delivery import Delivery
+from ingester.replay import Replayer, pending_files
+from ingester.spool.writer import SpoolWriter
+from shared.codec import encode_record
+from shared.streams import Sink
+
+__all__ = ["main"]
+
+
+class _Deadline(Exception):
+    """Raised from the progress callback to stop a replay that runs past --max-seconds."""
+
+
+def _rss_kib(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def write_spool(directory: Path, records: int, batch: int) -> int:
+    """Spool ``records`` records, generated ``batch`` at a time; returns the bytes written."""
+    rng = random.Random(11)
+    now_ms = int(time.time() * 1000)
+    writer = SpoolWriter(directory, Sink.REQUESTS, cap_bytes=2**40, generations=3)
+    written = 0
+    for start in range(0, records, batch):
+        payloads = [
+            encode_record(make_record(rng, now_ms)) for _ in range(min(batch, records - start))
+        ]
+        writer.append(payloads)
+        written += sum(len(p) + 1 for p in payloads)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--batch-records", type=int, default=5000)
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    args = parser.parse_args(argv)
+
+    with bench_env() as env:
+        spool = env.scratch / "spool"
+        size = write_spool(spool, args.records, args.batch_records)
+        files = len(pending_files(spool, Sink.REQUESTS))
+        print(
+            f"spooled {args.records} records, {size / 2**20:.1f} MiB, "
+            f"mean {size / args.records:.0f} bytes in {files} file(s)",
+            flush=True,
+        )
+        reset = _reset_peak_rss()
+        sampled = [_rss_kib("VmRSS")]
+        deadline = time.monotonic() + args.max_seconds
+
+        def progress(done: int, total: int) -> None:
+            sampled.append(_rss_kib("VmRSS"))
+            if time.monotonic() > deadline:
+                raise _Deadline(f"stopped at {done}/{total} bytes")
+
+        delivery = Delivery(env.clickhouse, env.scratch / "dead")
+        replayer = Replayer(spool, Sink.REQUESTS, delivery, batch_records=args.batch_records)
+        started = time.perf_counter()
+        try:
+            report = replayer.replay(progress=progress)
+        except _Deadline as exc:
+            print(f"DEADLINE {exc}", flush=True)
+            return 1
+        finally:
+            delivery.close()
+        seconds = time.perf_counter() - started
+        peak = _rss_kib("VmHWM") if reset else max(sampled)
+        print(
+            f"RESULT records={report.records} status={report.status} seconds={seconds:.2f} "
+            f"records_per_s={report.records / seconds:.0f} "
+            f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
+            f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
+            f"rss_before_mib={sampled[0] / 1024:.0f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Real Redis and ClickHouse servers in a private directory on a free port.
+
+Invariants: a server owns its directory (data survives ``stop``/``kill`` + ``start``, which
+reuse the port and the directory); nothing is started on a fixed port, so tests and a running
+local stack never collide; ``kill`` is SIGKILL, for fault injection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["ClickHouseServer", "ManagedServer", "RedisServer", "free_port", "wait_for_port"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin")
+    if path is None:
+        raise RuntimeError(f"{binary} not found: run `bash deploy/local/bootstrap.sh` first")
+    return path
+
+
+class ManagedServer:
+    """A server process bound to a directory and a port that stay the same across restarts."""
+
+    name = "server"
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config files before the first start."""
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.prepare()
+        with (self.directory / f"{self.name}.out").open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            wait_for_port(self.port, timeout_s)
+            self.wait_ready(timeout_s)
+        except TimeoutError:
+            self.kill()
+            raise
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the server answers queries, not just accepts connections."""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(ManagedServer):
+    """redis-server with AOF on: the streams hold records not yet ingested."""
+
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            _require("redis-server"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+
+
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{dir}/log/server.log</log><errorlog>{dir}/log/error.log</errorlog>
+    <size>50M</size><count>2</count><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>{tcp_port}</tcp_port>
+  <http_port>{http_port}</http_port>
+  <path>{dir}/data/</path>
+  <tmp_path>{dir}/tmp/</tmp_path>
+  <user_files_path>{dir}/user_files/</user_files_path>
+  <format_schema_path>{dir}/format_schemas/</format_schema_path>
+  <mark_cache_size>268435456</mark_cache_size>
+  <uncompressed_cache_size>268435456</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile><quota>default</quota></default>
+  </users>
+  <profiles><default><max_threads>2</max_threads></default></profiles>
+  <quotas><default></default></quotas>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+</yandex>
+"""
+
+
+class ClickHouseServer(ManagedServer):
+    """clickhouse-server (Debian's 18.16 here) with its own config, data and logs."""
+
+    name = "clickhouse"
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        super().__init__(directory, port)
+        self.http_port = free_port()
+
+    def prepare(self) -> None:
+        for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        (self.directory / "config.xml").write_text(
+            _CLICKHOUSE_CONFIG.format(
+                dir=self.directory, tcp_port=self.port, http_port=self.http_port
+            )
+        )
+
+    def command(self) -> list[str]:
+        return [_require("clickhouse-server"), f"--config-file={self.directory / 'config.xml'}"]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        from clickhouse_driver import Client
+        from clickhouse_driver.errors import Error as ClickHouseError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            client = Client(host="127.0.0.1", port=self.port, connect_timeout=1)
+            try:
+                client.execute("SELECT 1")
+                return
+            except (OSError, EOFError, ClickHouseError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("clickhouse did not answer SELECT 1") from None
+                time.sleep(0.1)
+            finally:
+                client.disconnect()

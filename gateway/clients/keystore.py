@@ -1,0 +1,287 @@
+"""API keys, orgs and usage counters in Redis, with an in-process cache for the hot path.
+
+Invariants:
+- Only the SHA-256 of a key is stored: ``<p>:key:<hash>`` is a hash whose fields are the
+  ``ApiKey`` fields, each JSON-encoded; ``<p>:keyid:<key_id>`` → hash lets admins revoke by id;
+  ``<p>:org:<org_id>`` holds the ``Org`` the same way, ``<p>:org:<org_id>:keys`` the key hashes.
+- A cache miss costs one round trip (a Lua script reads the key and its org together).
+- Authentication results, including "no such key", are cached per process for ``cache_ttl_s``:
+  a revoked key stops working on every worker within that many seconds.
+- Usage counters are per UTC period and expire a while after it ends; one pipelined round trip
+  writes them (``HINCRBY``/``HINCRBYFLOAT`` + ``EXPIREAT``) and one reads them.
+- Redis errors propagate (``redis.exceptions.RedisError``): authentication never fails open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+import msgspec
+from redis.asyncio import Redis
+
+from gateway.policy.keys import (
+    ApiKey,
+    KeyLimits,
+    KeySwitches,
+    NewKey,
+    Org,
+    Permission,
+    Usage,
+    day_period,
+    generate_key,
+    hash_key,
+    looks_like_key,
+    month_period,
+)
+from shared.errors import InvalidApiKeyError
+
+__all__ = ["KeyStore"]
+
+log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", ApiKey, Org)
+_T = TypeVar("_T")
+
+_AUTH_LUA = """
+local key = redis.call('HGETALL', KEYS[1])
+if #key == 0 then return {key, {}} end
+local org_id = nil
+for i = 1, #key, 2 do
+  if key[i] == 'org_id' then org_id = cjson.decode(key[i + 1]) end
+end
+if not org_id then return {key, {}} end
+return {key, redis.call('HGETALL', ARGV[1] .. org_id)}
+"""
+
+_CACHE_MAX = 50_000
+_DAY_GRACE = timedelta(days=2)
+_MONTH_GRACE = timedelta(days=40)
+
+_Auth = tuple[ApiKey, Org] | None
+
+
+def _encode_fields(struct: msgspec.Struct) -> dict[str, bytes]:
+    raw = msgspec.to_builtins(struct)
+    return {name: msgspec.json.encode(value) for name, value in raw.items()}
+
+
+def _decode_fields(kind: type[_S], flat: Iterable[bytes]) -> _S:
+    items = list(flat)
+    raw = {items[i].decode(): msgspec.json.decode(items[i + 1]) for i in range(0, len(items), 2)}
+    return msgspec.convert(raw, kind)
+
+
+def _period_end(now_ms: int, monthly: bool) -> int:
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    if monthly:
+        first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (first + timedelta(days=32)).replace(day=1) + _MONTH_GRACE
+    else:
+        end = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        end += _DAY_GRACE
+    return int(end.timestamp())
+
+
+class KeyStore:
+    """Keys and orgs for the gateway (hot path: ``authenticate``) and for the admin API/CLI."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "floopy",
+        cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._p = prefix
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, _Auth]] = {}
+        self._auth = redis.register_script(_AUTH_LUA)
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    async def authenticate(self, secret: str) -> tuple[ApiKey, Org]:
+        """The key and its org, or InvalidApiKeyError (malformed, unknown, revoked, orphaned)."""
+        if not looks_like_key(secret):
+            raise InvalidApiKeyError("invalid API key")
+        key_hash = hash_key(secret)
+        now = self._clock()
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[0] > now:
+            self.cache_hits += 1
+            found = cached[1]
+        else:
+            self.cache_misses += 1
+            found = await self._load(key_hash)
+            self._remember(key_hash, (now + self._ttl, found))
+        if found is None:
+            raise InvalidApiKeyError("invalid API key")
+        if found[0].revoked:
+            raise InvalidApiKeyError("this API key has been revoked")
+        return found
+
+    async def _load(self, key_hash: str) -> _Auth:
+        raw: Any = await self._auth(keys=[f"{self._p}:key:{key_hash}"], args=[f"{self._p}:org:"])
+        key_flat, org_flat = raw
+        if not key_flat:
+            return None
+        key = _decode_fields(ApiKey, key_flat)
+        if not org_flat:
+            log.error("API key %s belongs to a missing org %s", key.key_id, key.org_id)
+            return None
+        return key, _decode_fields(Org, org_flat)
+
+    def _remember(self, key_hash: str, entry: tuple[float, _Auth]) -> None:
+        if len(self._cache) >= _CACHE_MAX:
+            now = self._clock()
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= _CACHE_MAX:  # a flood of distinct keys: start over
+                self._cache.clear()
+        self._cache[key_hash] = entry
+
+    # -- usage counters ---------------------------------------------------------------------
+
+    def _usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
+        base = f"{self._p}:usage:key:{key_id}"
+        return f"{base}:d:{day_period(now_ms)}", f"{base}:m:{month_period(now_ms)}"
+
+    async def count_request(self, org_id: str, now_ms: int) -> int:
+        """Count one request against the org's monthly quota; returns the count including it."""
+        counter = f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter)
+            pipe.expireat(counter, _period_end(now_ms, monthly=True))
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def count_request_and_usage(
+        self, org_id: str, key_id: str, now_ms: int
+    ) -> tuple[int, Usage]:
+        """What the limits stage needs, in one round trip: this request counted against the org's
+        monthly quota (the count including it) and the key's usage so far."""
+        counter = f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+        day, month = self._usage_keys(key_id, now_ms)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter)
+            pipe.expireat(counter, _period_end(now_ms, monthly=True))
+            pipe.hmget(day, ["tokens", "cost"])
+            pipe.hmget(month, ["tokens", "cost"])
+            count, _, (d_tok, d_cost), (m_tok, m_cost) = await pipe.execute()
+        return int(count), _usage(d_tok, d_cost, m_tok, m_cost)
+
+    async def record_usage(
+        self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
+    ) -> None:
+        day, month = self._usage_keys(key_id, now_ms)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for counter, monthly in ((day, False), (month, True)):
+                pipe.hincrby(counter, "tokens", tokens)
+                if cost_usd:
+                    pipe.hincrbyfloat(counter, "cost", cost_usd)
+                pipe.expireat(counter, _period_end(now_ms, monthly))
+            await pipe.execute()
+
+    async def usage(self, key_id: str, now_ms: int) -> Usage:
+        day, month = self._usage_keys(key_id, now_ms)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(day, ["tokens", "cost"])
+            pipe.hmget(month, ["tokens", "cost"])
+            (d_tok, d_cost), (m_tok, m_cost) = await pipe.execute()
+        return _usage(d_tok, d_cost, m_tok, m_cost)
+
+    # -- administration ---------------------------------------------------------------------
+
+    async def put_org(self, org: Org) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self._p}:org:{org.org_id}")
+            pipe.hset(f"{self._p}:org:{org.org_id}", mapping=_encode_fields(org))
+            await pipe.execute()
+
+    async def get_org(self, org_id: str) -> Org | None:
+        flat = await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}"))
+        return _decode_fields(Org, _flatten(flat)) if flat else None
+
+    async def create_key(
+        self,
+        org_id: str,
+        *,
+        name: str = "",
+        permissions: frozenset[Permission] = frozenset({Permission.PROXY}),
+        limits: KeyLimits | None = None,
+        switches: KeySwitches | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[NewKey, ApiKey]:
+        """Create a key; the returned ``NewKey.secret`` is the only time anyone sees it."""
+        new = generate_key()
+        key = ApiKey(
+            key_id=new.key_id,
+            key_hash=new.key_hash,
+            org_id=org_id,
+            name=name,
+            hint=new.secret[-4:],
+            created_at_ms=now_ms if now_ms is not None else int(time.time() * 1000),
+            permissions=permissions,
+            limits=limits or KeyLimits(),
+            switches=switches or KeySwitches(),
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self._p}:key:{new.key_hash}", mapping=_encode_fields(key))
+            pipe.set(f"{self._p}:keyid:{new.key_id}", new.key_hash)
+            pipe.sadd(f"{self._p}:org:{org_id}:keys", new.key_hash)
+            await pipe.execute()
+        return new, key
+
+    async def revoke_key(self, key_id: str, now_ms: int | None = None) -> bool:
+        """Mark the key revoked; False if there is no such key. Other workers notice within
+        ``cache_ttl_s``; this one at once."""
+        key_hash = await self._redis.get(f"{self._p}:keyid:{key_id}")
+        if key_hash is None:
+            return False
+        key_hash = key_hash.decode()
+        revoked_at = now_ms if now_ms is not None else int(time.time() * 1000)
+        await _aw(
+            self._redis.hset(
+                f"{self._p}:key:{key_hash}",
+                mapping={"revoked": b"true", "revoked_at_ms": str(revoked_at).encode()},
+            )
+        )
+        self._cache.pop(key_hash, None)
+        return True
+
+    async def list_keys(self, org_id: str) -> list[ApiKey]:
+        hashes = await _aw(self._redis.smembers(f"{self._p}:org:{org_id}:keys"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for h in sorted(hashes):
+                pipe.hgetall(f"{self._p}:key:{h.decode()}")
+            rows = await pipe.execute()
+        keys = [_decode_fields(ApiKey, _flatten(row)) for row in rows if row]
+        return sorted(keys, key=lambda k: (k.created_at_ms, k.key_id))
+
+
+def _usage(d_tok: Any, d_cost: Any, m_tok: Any, m_cost: Any) -> Usage:
+    return Usage(
+        day_tokens=int(d_tok or 0),
+        day_cost_usd=float(d_cost or 0),
+        month_tokens=int(m_tok or 0),
+        month_cost_usd=float(m_cost or 0),
+    )
+
+
+def _aw(value: Awaitable[_T] | _T) -> Awaitable[_T]:
+    """redis-py types its asyncio client's commands as ``Awaitable[T] | T``; ours awaits."""
+    return cast("Awaitable[_T]", value)
+
+
+def _flatten(reply: Any) -> list[bytes]:
+    """HGETALL through redis-py gives a dict; the Lua script gives a flat list."""
+    if isinstance(reply, dict):
+        return [item for pair in reply.items() for item in pair]
+    return list(reply)

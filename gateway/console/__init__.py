@@ -1,0 +1,52 @@
+"""The console: the read API (``/console/api``) and the dashboard pages (``/console``), served
+by the gateway app itself. ``Console(clickhouse, authenticator)`` gives the router to mount and a
+lifespan hook that closes the ClickHouse pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Router
+from litestar.openapi import OpenAPIConfig
+
+from gateway.console.api import Authenticator, ConsoleApi, Principal
+from gateway.console.pages import page_handlers
+from gateway.console.store import ConsoleStore
+from shared.settings import ClickHouseSettings
+
+__all__ = ["Console", "Principal", "openapi_config"]
+
+
+def openapi_config() -> OpenAPIConfig:
+    """The spec is at ``/schema/openapi.json`` (and ``.yaml``); no UI bundle from a CDN."""
+    return OpenAPIConfig(title="Floopy", version="1.0.0", path="/schema", render_plugins=[])
+
+
+class Console:
+    def __init__(
+        self, clickhouse: ClickHouseSettings, authenticator: Authenticator, *, pool_size: int = 4
+    ) -> None:
+        self._clickhouse = clickhouse
+        self._pool_size = pool_size
+        self._authenticator = authenticator
+        self.store: ConsoleStore | None = None
+
+    def _store(self) -> ConsoleStore:
+        if self.store is None:
+            self.store = ConsoleStore(self._clickhouse, pool_size=self._pool_size)
+        return self.store
+
+    @property
+    def router(self) -> Router:
+        api = ConsoleApi.bound(self._store(), self._authenticator)
+        return Router(path="/", route_handlers=[api, *page_handlers()])
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self.store is not None:
+                self.store.close()

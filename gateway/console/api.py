@@ -1,0 +1,445 @@
+"""The read API under ``/console/api``: JSON, org-scoped by the caller's API key.
+
+Invariants:
+- The org of every query is the authenticated key's org (``Principal``); nothing in the path
+  or query string can name another org. An id of another org is simply not found (404), and
+  a filter naming another org's user or session matches nothing.
+- Handlers only parse, call ``gateway.console.queries`` and shape rows; the SQL lives there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+from litestar import Controller, Request, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from gateway.console import queries
+from gateway.console.filters import (
+    DAY,
+    Page,
+    RequestFilters,
+    TimeRange,
+    decode_cursor,
+    encode_cursor,
+    parse_bucket,
+    parse_properties,
+)
+from gateway.console.store import ConsoleStore, Rows
+from shared.errors import BadRequestError, InvalidApiKeyError, NotFoundError
+
+__all__ = ["Authenticator", "ConsoleApi", "Principal", "bearer", "parse_time"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    org_id: str
+    key_id: str
+
+
+Authenticator = Callable[[str], Awaitable[Principal]]
+"""Bearer token → Principal; raises InvalidApiKeyError or ForbiddenError (no read permission)."""
+
+Multi = Annotated[list[str] | None, QueryParameter(required=False)]
+Text = Annotated[str | None, QueryParameter(required=False)]
+Number = Annotated[float | None, QueryParameter(required=False)]
+Ints = Annotated[list[int] | None, QueryParameter(required=False)]
+MaybeInt = Annotated[int | None, QueryParameter(required=False)]
+
+
+def bearer(authorization: str) -> str:
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidApiKeyError("missing API key: send Authorization: Bearer <your Floopy key>")
+    return token.strip()
+
+
+def parse_time(value: str | None, default_ms: int) -> int:
+    """Unix milliseconds, or ISO 8601 (``Z`` allowed; naive means UTC)."""
+    if not value:
+        return default_ms
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequestError(f"{value!r} is neither unix ms nor an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def time_range(start: str | None, end: str | None, default_span_s: int = DAY) -> TimeRange:
+    now_ms = int(time.time() * 1000)
+    end_ms = parse_time(end, now_ms)
+    return TimeRange(parse_time(start, end_ms - default_span_s * 1000), end_ms)
+
+
+def _offset(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    values = decode_cursor(cursor)
+    if len(values) != 1 or not isinstance(values[0], int) or values[0] < 0:
+        raise BadRequestError("`cursor` is not a cursor this API returned")
+    return values[0]
+
+
+def _page(rows: Rows, limit: int, next_cursor: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"data": rows, "next_cursor": next_cursor(rows[-1]) if more and rows else None}
+
+
+def _props(row: dict[str, Any]) -> None:
+    row["properties"] = dict(
+        zip(row.pop("property_keys", []), row.pop("property_values", []), strict=False)
+    )
+
+
+def _figures(row: dict[str, Any]) -> dict[str, Any]:
+    """Derived rates and named percentiles from a rollup row."""
+    q = row.pop("latency_q", None) or [0.0, 0.0, 0.0, 0.0]
+    n = row.get("requests") or 0
+    row.update(
+        latency_p50_ms=q[0],
+        latency_p90_ms=q[1],
+        latency_p95_ms=q[2],
+        latency_p99_ms=q[3],
+        latency_avg_ms=(row.pop("latency_sum_ms", 0.0) / n) if n else 0.0,
+        error_rate=(row.get("errors", 0) / n) if n else 0.0,
+        cache_hit_rate=(row.get("cache_hits", 0) / n) if n else 0.0,
+    )
+    return row
+
+
+class ConsoleApi(Controller):
+    path = "/console/api"
+    tags = ["analytics"]
+
+    store: ClassVar[ConsoleStore]
+    authenticator: ClassVar[Authenticator]
+
+    @classmethod
+    def bound(cls, store: ConsoleStore, authenticator: Authenticator) -> type[ConsoleApi]:
+        """A subclass holding the store and the authenticator (litestar instantiates
+        controllers itself, so they travel as class attributes)."""
+        return type("BoundConsoleApi", (cls,), {"store": store, "authenticator": authenticator})
+
+    @property
+    def db(self) -> str:
+        return self.store.database
+
+    async def _principal(self, request: Request[Any, Any, Any]) -> Principal:
+        authenticate = type(self).authenticator
+        return await authenticate(bearer(request.headers.get("authorization", "")))
+
+    @get("/requests", summary="Requests, filtered, sorted, cursor-paginated")
+    async def list_requests(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        start: Text = None,
+        end: Text = None,
+        model: Multi = None,
+        provider: Multi = None,
+        status: Ints = None,
+        error_code: Multi = None,
+        cache_status: Multi = None,
+        cache_tier: Multi = None,
+        user_id: Text = None,
+        session_id: Text = None,
+        property: Multi = None,
+        min_latency_ms: Number = None,
+        max_latency_ms: Number = None,
+        min_cost_usd: Number = None,
+        max_cost_usd: Number = None,
+        q: Text = None,
+        sort: FromQuery[str] = "time",
+        order: FromQuery[str] = "desc",
+        limit: FromQuery[int] = 50,
+        cursor: Text = None,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        if order not in ("asc", "desc"):
+            raise BadRequestError("`order` must be asc or desc")
+        f = RequestFilters(
+            models=tuple(model or ()),
+            providers=tuple(provider or ()),
+            status_codes=tuple(status or ()),
+            error_codes=tuple(error_code or ()),
+            cache_statuses=tuple(cache_status or ()),
+            cache_tiers=tuple(cache_tier or ()),
+            user_id=user_id or "",
+            session_id=session_id or "",
+            properties=parse_properties(property),
+            min_latency_ms=min_latency_ms,
+            max_latency_ms=max_latency_ms,
+            min_cost_usd=min_cost_usd,
+            max_cost_usd=max_cost_usd,
+            search=q or "",
+            sort=sort,
+            descending=order == "desc",
+        )
+        page = Page(limit=limit)
+        after = decode_cursor(cursor) if cursor else []
+        if after and len(after) != 2:
+            raise BadRequestError("`cursor` is not a cursor this API returned")
+        tr = time_range(start, end)
+        rows = await self.store.rows(
+            queries.requests_sql(self.db, who.org_id, tr, f=f, page=page, after=after)
+        )
+        result = _page(rows, limit, lambda r: encode_cursor([r["_sort"], r["request_id"]]))
+        for row in result["data"]:
+            row.pop("_sort", None)
+            _props(row)
+        return result
+
+    @get("/requests/{request_id:str}", summary="One request in full")
+    async def one_request(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[str],
+        at: MaybeInt = None,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        rows = await self.store.rows(
+            queries.request_detail_sql(self.db, who.org_id, request_id, at)
+        )
+        if not rows:
+            raise NotFoundError(f"no request {request_id!r} in your organisation")
+        record = rows[0]
+        for name in ("created_at", "ingested_at"):
+            record.pop(name, None)
+        _props(record)
+        record["stage_latency_ms"] = dict(
+            zip(record.pop("stage_names"), record["stage_latency_ms"], strict=False)
+        )
+        record["prompt_inputs"] = dict(
+            zip(record.pop("prompt_input_keys"), record.pop("prompt_input_values"), strict=False)
+        )
+        created_s = int(record["created_at_ms"]) // 1000
+        spans = await self.store.rows(
+            queries.request_spans_sql(self.db, who.org_id, request_id, created_s)
+        )
+        for span in spans:
+            span["attributes"] = dict(
+                zip(span.pop("attribute_keys"), span.pop("attribute_values"), strict=False)
+            )
+        providers = [p for p in {record["provider"], *record["providers_tried"]} if p]
+        events: Rows = []
+        if providers:
+            window = (created_s - 300, created_s + int(record["latency_ms"] / 1000) + 60)
+            events = await self.store.rows(
+                queries.request_breaker_events_sql(self.db, providers, *window)
+            )
+        return {"request": record, "spans": spans, "breaker_events": events}
+
+    @get("/sessions", summary="Sessions with requests, cost, tokens, first/last time")
+    async def list_sessions(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        start: Text = None,
+        end: Text = None,
+        limit: FromQuery[int] = 50,
+        cursor: Text = None,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        offset = _offset(cursor)
+        rows = await self.store.rows(
+            queries.sessions_sql(
+                self.db, who.org_id, time_range(start, end, 7 * DAY), Page(limit), offset
+            )
+        )
+        for row in rows:
+            row["duration_ms"] = row["last_ms"] - row["first_ms"]
+            row["users"] = [u for u in row["users"] if u]
+        return _page(rows, limit, lambda _: encode_cursor([offset + limit]))
+
+    @get("/sessions/{session_id:str}", summary="One session as its ordered requests")
+    async def one_session(
+        self, request: Request[Any, Any, Any], session_id: FromPath[str]
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        rows = await self.store.rows(
+            queries.session_requests_sql(self.db, who.org_id, session_id, 1000)
+        )
+        if not rows:
+            raise NotFoundError(f"no session {session_id!r} in your organisation")
+        for row in rows:
+            _props(row)
+        first, last = rows[0], rows[-1]
+        summary = {
+            "session_id": session_id,
+            "name": first.pop("session_name"),
+            "path": first.pop("session_path"),
+            "requests": len(rows),
+            "cost_usd": sum(r["cost_usd"] or 0.0 for r in rows),
+            "total_tokens": sum(r["total_tokens"] for r in rows),
+            "first_ms": first["created_at_ms"],
+            "last_ms": last["created_at_ms"],
+            "duration_ms": last["created_at_ms"] - first["created_at_ms"],
+        }
+        for row in rows:
+            row.pop("session_name", None)
+            row.pop("session_path", None)
+        return {"session": summary, "requests": rows}
+
+    @get("/users", summary="Per user: requests, tokens, cost, errors, last seen (rollups)")
+    async def list_users(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        start: Text = None,
+        end: Text = None,
+        sort: FromQuery[str] = "last_seen",
+        limit: FromQuery[int] = 50,
+        cursor: Text = None,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        offset = _offset(cursor)
+        tr = time_range(start, end, 7 * DAY)
+        rows = await self.store.rows(
+            queries.users_sql(self.db, who.org_id, tr, page=Page(limit), offset=offset, sort=sort)
+        )
+        return _page([_figures(r) for r in rows], limit, lambda _: encode_cursor([offset + limit]))
+
+    @get("/users/{user_id:str}", summary="One user's timeline and latest requests")
+    async def one_user(
+        self,
+        request: Request[Any, Any, Any],
+        user_id: FromPath[str],
+        *,
+        start: Text = None,
+        end: Text = None,
+        bucket: FromQuery[str] = "1d",
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        tr = time_range(start, end, 7 * DAY)
+        step = parse_bucket(bucket, tr.end_s - tr.start_s)
+        series = await self.store.rows(
+            queries.user_timeline_sql(self.db, who.org_id, user_id, tr, step)
+        )
+        recent = await self.store.rows(
+            queries.requests_sql(
+                self.db,
+                who.org_id,
+                tr,
+                f=RequestFilters(user_id=user_id),
+                page=Page(limit=20),
+                after=[],
+            )
+        )
+        if not series and not recent:
+            raise NotFoundError(f"no user {user_id!r} in your organisation in this range")
+        for row in recent:
+            row.pop("_sort", None)
+            _props(row)
+        return {
+            "user_id": user_id,
+            "bucket_s": step,
+            "series": [_figures(r) for r in series],
+            "recent": recent[:20],
+        }
+
+    @get("/properties", summary="Property keys seen in the range")
+    async def property_keys(
+        self, request: Request[Any, Any, Any], *, start: Text = None, end: Text = None
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        tr = time_range(start, end, 7 * DAY)
+        return {"data": await self.store.rows(queries.property_keys_sql(self.db, who.org_id, tr))}
+
+    @get("/properties/{key:str}", summary="Values of a property with their figures")
+    async def property_values(
+        self,
+        request: Request[Any, Any, Any],
+        key: FromPath[str],
+        *,
+        start: Text = None,
+        end: Text = None,
+        limit: FromQuery[int] = 100,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        tr = time_range(start, end, 7 * DAY)
+        Page(limit)
+        rows = await self.store.rows(
+            queries.property_values_sql(self.db, who.org_id, key, tr, limit)
+        )
+        return {"key": key, "data": [_figures(r) for r in rows]}
+
+    @get("/properties/{key:str}/series", summary="Figures per value of a property over time")
+    async def property_series(
+        self,
+        request: Request[Any, Any, Any],
+        key: FromPath[str],
+        *,
+        start: Text = None,
+        end: Text = None,
+        bucket: FromQuery[str] = "1d",
+        value: Multi = None,
+        top: FromQuery[int] = 8,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        tr = time_range(start, end, 7 * DAY)
+        step = parse_bucket(bucket, tr.end_s - tr.start_s)
+        values = list(value or [])
+        if not values:
+            Page(top)
+            top_rows = await self.store.rows(
+                queries.property_values_sql(self.db, who.org_id, key, tr, top)
+            )
+            values = [r["property_value"] for r in top_rows]
+        if not values:
+            return {"key": key, "bucket_s": step, "values": [], "data": []}
+        rows = await self.store.rows(
+            queries.property_series_sql(self.db, who.org_id, key, tr, step=step, values=values)
+        )
+        return {"key": key, "bucket_s": step, "values": values, "data": [_figures(r) for r in rows]}
+
+    @get("/metrics", summary="Time series from the rollups (never raw rows)")
+    async def metrics(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        start: Text = None,
+        end: Text = None,
+        bucket: FromQuery[str] = "1h",
+        group_by: FromQuery[str] = "",
+        model: Multi = None,
+        provider: Multi = None,
+    ) -> dict[str, Any]:
+        who = await self._principal(request)
+        if group_by not in ("", "model", "provider", "status_code"):
+            raise BadRequestError("`group_by` must be model, provider or status_code")
+        tr = time_range(start, end)
+        step = parse_bucket(bucket, tr.end_s - tr.start_s)
+        rows = await self.store.rows(
+            queries.metrics_sql(
+                self.db,
+                who.org_id,
+                tr,
+                step=step,
+                group_by=group_by,
+                models=tuple(model or ()),
+                providers=tuple(provider or ()),
+            )
+        )
+        totals: dict[str, Any] = {"requests": 0, "errors": 0, "cache_hits": 0, "cost_usd": 0.0}
+        totals |= {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for row in rows:
+            for name in totals:
+                totals[name] += row[name]
+        n = totals["requests"]
+        totals["error_rate"] = totals["errors"] / n if n else 0.0
+        totals["cache_hit_rate"] = totals["cache_hits"] / n if n else 0.0
+        return {
+            "bucket_s": step,
+            "group_by": group_by,
+            "totals": totals,
+            "data": [_figures(r) for r in rows],
+        }

@@ -1,0 +1,83 @@
+"""The per-request context the stages share: ids, parsed inputs, decisions, timings, outcome.
+
+It holds no framework or network objects, so policies can read it and unit tests can build it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.clients.providers.base import (
+    ChatRequest,
+    ProviderClient,
+    UpstreamReply,
+    UpstreamStream,
+)
+from gateway.policy.headers import RequestMeta
+from shared.errors import ClientError
+
+__all__ = ["RequestContext", "StageTiming"]
+
+
+@dataclass(slots=True)
+class StageTiming:
+    name: str
+    start_offset_ms: float
+    duration_ms: float
+    status: str = "ok"
+
+
+async def _no_body() -> bytes:
+    return b""
+
+
+@dataclass(slots=True)
+class RequestContext:
+    headers: Mapping[str, str]
+    """Request headers, names lower-cased."""
+    header_items: list[tuple[str, str]] = field(default_factory=list)
+    """Every header as sent (repeats kept), names lower-cased."""
+    read_body: Callable[[], Awaitable[bytes]] = _no_body
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+
+    org_id: str = ""
+    api_key_id: str = ""
+    body: bytes = b""
+    chat: ChatRequest | None = None
+    meta: RequestMeta = field(default_factory=RequestMeta)
+
+    provider: ProviderClient | None = None
+    providers_tried: list[str] = field(default_factory=list)
+    reply: UpstreamReply | None = None
+    stream: UpstreamStream | None = None
+
+    timings: list[StageTiming] = field(default_factory=list)
+    status_code: int = 0
+    error: ClientError | None = None
+    response_body: bytes = b""
+    stream_error: str = ""
+    """What cut a stream short after its 200 was sent (client gone, upstream broke)."""
+
+    @property
+    def model_requested(self) -> str:
+        return self.chat.model if self.chat else ""
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.name if self.provider else ""
+
+    @property
+    def model_used(self) -> str:
+        if self.reply is not None and self.reply.model:
+            return self.reply.model
+        if self.stream is not None and self.stream.model:
+            return self.stream.model
+        return ""
+
+    def elapsed_ms(self, now_ns: int | None = None) -> float:
+        return ((now_ns or time.perf_counter_ns()) - self.started_ns) / 1e6

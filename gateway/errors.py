@@ -1,0 +1,72 @@
+"""Every error a caller sees is ``{"error": {"code", "message", ...}}`` (DESIGN.md §4).
+
+``render_error`` is the one renderer; the handlers below catch what escapes a route (litestar's
+own 404/405, anything unexpected) so that nothing a client sends produces a 500 or a traceback.
+The unexpected becomes a logged 502 PROVIDER_ERROR: the caller could not have caused it, and
+"upstream of you failed, retry" is the honest advice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
+
+from shared.errors import ClientError, ProviderError
+
+__all__ = ["EXCEPTION_HANDLERS", "error_body", "render_error", "unexpected_error"]
+
+log = logging.getLogger(__name__)
+
+
+def error_body(exc: ClientError, request_id: str = "") -> bytes:
+    body: dict[str, Any] = exc.body()
+    if request_id:
+        body["error"]["request_id"] = request_id
+    return msgspec.json.encode(body)
+
+
+def render_error(
+    exc: ClientError, request_id: str = "", headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=error_body(exc, request_id),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers={**exc.headers, **(headers or {})},
+    )
+
+
+def unexpected_error(request_id: str = "") -> ProviderError:
+    said = "the gateway failed while handling this request"
+    return ProviderError(f"{said}; request id {request_id}" if request_id else said)
+
+
+def _client_error(_: Request[Any, Any, Any], exc: ClientError) -> Response[bytes]:
+    return render_error(exc)
+
+
+def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (unknown path, wrong method): same shape, their 4xx status."""
+    error = ClientError(str(exc.detail))
+    response = render_error(error, headers=dict(exc.headers or {}))
+    response.status_code = exc.status_code if exc.status_code < 500 else 502
+    return response
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error(
+        "unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc
+    )
+    return render_error(unexpected_error())
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ClientError: _client_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}

@@ -1,0 +1,21 @@
+"""Stage 2: read and check what was sent: body (size-capped), content type, floopy headers, JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.policy.chat_request import check_content_type, parse_chat_request
+from gateway.policy.headers import parse_floopy_headers
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.runtime import Runtime
+
+__all__ = ["run"]
+
+
+async def run(ctx: RequestContext, rt: Runtime) -> None:
+    ctx.body = await ctx.read_body()
+    ctx.meta = parse_floopy_headers(ctx.header_items)
+    check_content_type(ctx.headers.get("content-type", ""))
+    ctx.chat = parse_chat_request(ctx.body)

@@ -1,0 +1,59 @@
+"""The order a request meets the stages, in one place, and the loop that times each of them.
+
+A stage reads and fills the context, or raises a ``ClientError``. The timing of every stage
+that ran (even one that failed) becomes a span and a ``stage_latency_ms`` entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.context import StageTiming
+from gateway.pipeline import auth, dispatch, intake, routing
+from shared.errors import ClientError
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.runtime import Runtime
+
+__all__ = ["STAGES", "Stage", "run_stages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    run: Callable[[RequestContext, Runtime], Awaitable[None]]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("auth", auth.run),
+    Stage("intake", intake.run),
+    # Stage("rate_limit", limits.run): org/key rate limits and usage quotas (next issue)
+    # Stage("template", template.run): floopy-prompt-id rendering
+    # Stage("cache", cache.run): exact and semantic cache; a hit answers here
+    # Stage("firewall", firewall.run): prompt screening
+    Stage("routing", routing.run),
+    Stage("dispatch", dispatch.run),
+)
+
+
+async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES) -> None:
+    for stage in stages:
+        start = time.perf_counter_ns()
+        status = "error"
+        try:
+            await stage.run(ctx, rt)
+            status = "ok"
+        except ClientError:
+            raise
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            end = time.perf_counter_ns()
+            ctx.timings.append(
+                StageTiming(stage.name, (start - ctx.started_ns) / 1e6, (end - start) / 1e6, status)
+            )

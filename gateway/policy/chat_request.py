@@ -1,0 +1,64 @@
+"""What makes a chat-completions body acceptable, and what the gateway needs to know of it.
+
+Non-streamed bodies are forwarded byte for byte: only the few fields below are decoded (msgspec
+skips the rest without building it). Streamed bodies are decoded whole because the gateway adds
+``stream_options.include_usage`` to learn the token counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway.clients.providers.base import ChatRequest
+from shared.errors import BadRequestError
+
+__all__ = ["check_content_type", "parse_chat_request"]
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _Head(msgspec.Struct):
+    model: str
+    messages: list[msgspec.Raw]
+    stream: bool | None = False
+    stream_options: _StreamOptions | None = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def check_content_type(content_type: str) -> None:
+    """JSON only. A wrong type is a 400 BAD_REQUEST (not 415): the error table has one code
+    for every malformed request, and SDKs treat any 400 the same way."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        shown = media or "none"
+        raise BadRequestError(f"Content-Type must be application/json (got {shown})")
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    if not raw:
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        head = _decode_head(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRequestError(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not head.model:
+        raise BadRequestError("invalid request body: `model` must not be empty")
+    if not head.messages:
+        raise BadRequestError("invalid request body: `messages` must not be empty")
+    stream = bool(head.stream)
+    wants_usage = bool(head.stream_options and head.stream_options.include_usage)
+    request = ChatRequest(raw=raw, model=head.model, stream=stream, client_wants_usage=wants_usage)
+    if stream:
+        request.fields = _decode_object(raw)
+    return request

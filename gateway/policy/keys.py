@@ -1,0 +1,188 @@
+"""Floopy API keys, orgs and their plans, and the checks made on them (pure: no I/O).
+
+A key is ``sk-floopy-`` followed by 43 URL-safe characters (256 random bits). It is shown once,
+at creation; only its SHA-256 is stored. A fast hash is the right one here: the secret has full
+entropy, so there is nothing for a slow password hash to protect against, and the hot path
+hashes on every request. ``key_id`` is a separate random name, safe to print and log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import msgspec
+
+from gateway.policy.ratelimit import parse_policy
+from shared.errors import (
+    ForbiddenError,
+    MonthlyLimitExceededError,
+    SubscriptionExpiredError,
+    UsageLimitExceededError,
+)
+
+__all__ = [
+    "DEFAULT_ORG_RATE_LIMIT",
+    "KEY_PREFIX",
+    "ApiKey",
+    "KeyLimits",
+    "KeySwitches",
+    "NewKey",
+    "Org",
+    "Permission",
+    "Plan",
+    "Usage",
+    "check_monthly_quota",
+    "check_permission",
+    "check_plan",
+    "check_usage",
+    "day_period",
+    "generate_key",
+    "hash_key",
+    "looks_like_key",
+    "month_period",
+]
+
+KEY_PREFIX = "sk-floopy-"
+_SECRET_CHARS = 43  # secrets.token_urlsafe(32)
+DEFAULT_ORG_RATE_LIMIT = "10000;w=60"
+"""DESIGN.md §4: org default of 10,000 requests per minute."""
+
+
+class Permission(StrEnum):
+    PROXY = "proxy"  # POST /v1/chat/completions
+    READ = "read"  # analytics and console reads
+    ADMIN = "admin"  # manage keys, orgs, providers, routes, templates
+
+
+class KeyLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-key limits; None means "no limit of this kind"."""
+
+    rate_limit_policy: str = ""
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+    daily_cost_usd: float | None = None
+    monthly_cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_policy:
+            parse_policy(self.rate_limit_policy)  # a bad policy fails at creation, not per request
+
+
+class KeySwitches(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cache: bool = True
+    firewall: bool = True
+    log_bodies: bool = True
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    key_hash: str
+    org_id: str
+    name: str = ""
+    hint: str = ""  # last four characters, so a person can tell keys apart
+    created_at_ms: int = 0
+    permissions: frozenset[Permission] = frozenset({Permission.PROXY})
+    limits: KeyLimits = KeyLimits()
+    switches: KeySwitches = KeySwitches()
+    revoked: bool = False
+    revoked_at_ms: int = 0
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    monthly_requests: int | None = None  # None: unlimited
+    overage_allowed: bool = False
+    retention_days: int = 30
+    expires_at_ms: int | None = None  # None: never
+
+
+class Org(msgspec.Struct, frozen=True, kw_only=True):
+    org_id: str
+    name: str = ""
+    plan: Plan = Plan()
+    rate_limit_policy: str = DEFAULT_ORG_RATE_LIMIT
+
+    def __post_init__(self) -> None:
+        parse_policy(self.rate_limit_policy)
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's spend so far in the current UTC day and month."""
+
+    day_tokens: int = 0
+    day_cost_usd: float = 0.0
+    month_tokens: int = 0
+    month_cost_usd: float = 0.0
+
+
+class NewKey(msgspec.Struct, frozen=True):
+    secret: str  # shown once, never stored
+    key_hash: str
+    key_id: str
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_key() -> NewKey:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    return NewKey(secret=secret, key_hash=hash_key(secret), key_id="key_" + secrets.token_hex(8))
+
+
+def looks_like_key(secret: str) -> bool:
+    """Cheap shape check, so garbage never costs a Redis round trip."""
+    return (
+        secret.startswith(KEY_PREFIX)
+        and len(secret) == len(KEY_PREFIX) + _SECRET_CHARS
+        and all(c.isalnum() or c in "-_" for c in secret[len(KEY_PREFIX) :])
+    )
+
+
+def check_permission(key: ApiKey, needed: Permission) -> None:
+    """Admin implies every permission: an admin key that cannot read would only confuse."""
+    if needed not in key.permissions and Permission.ADMIN not in key.permissions:
+        raise ForbiddenError(f"this API key lacks the {needed.value!r} permission")
+
+
+def check_plan(org: Org, now_ms: int) -> None:
+    expires = org.plan.expires_at_ms
+    if expires is not None and now_ms >= expires:
+        when = datetime.fromtimestamp(expires / 1000, UTC).isoformat(timespec="seconds")
+        raise SubscriptionExpiredError(f"the organization's plan expired at {when}")
+
+
+def check_monthly_quota(plan: Plan, requests_this_month: int) -> None:
+    """``requests_this_month`` counts this request too (the counter was incremented first)."""
+    quota = plan.monthly_requests
+    if quota is not None and requests_this_month > quota and not plan.overage_allowed:
+        raise MonthlyLimitExceededError(
+            f"monthly request quota of {quota} used up", details={"quota": quota}
+        )
+
+
+def check_usage(limits: KeyLimits, usage: Usage) -> None:
+    """Refuse once a limit is reached. The request that crosses a limit is let through: its
+    tokens and cost are known only after it ran."""
+    checks: list[tuple[str, float | None, float]] = [
+        ("daily token", limits.daily_tokens, usage.day_tokens),
+        ("monthly token", limits.monthly_tokens, usage.month_tokens),
+        ("daily cost", limits.daily_cost_usd, usage.day_cost_usd),
+        ("monthly cost", limits.monthly_cost_usd, usage.month_cost_usd),
+    ]
+    for what, limit, used in checks:
+        if limit is not None and used >= limit:
+            raise UsageLimitExceededError(
+                f"{what} limit of {limit} reached for this API key",
+                details={"limit": limit, "used": used},
+            )
+
+
+def day_period(now_ms: int) -> str:
+    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
+
+
+def month_period(now_ms: int) -> str:
+    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m")

@@ -1,0 +1,133 @@
+"""The request record and its spans, built from a finished request context (pure).
+
+Spans get ids derived from the request id and the stage name (UUIDv5), so a span published twice
+is the same span downstream, like its request record.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from gateway.clients.providers.base import TokenUsage, UpstreamStream
+from gateway.context import RequestContext
+from shared.records import RequestRecord, SpanRecord
+
+__all__ = ["TRUNCATED_MARK", "build_records", "clip_body", "stream_summary"]
+
+TRUNCATED_MARK = "…[truncated]"
+
+
+def clip_body(body: bytes, limit: int) -> str:
+    """Body text for the record, cut at ``limit`` bytes (the proxied bytes are never cut)."""
+    if len(body) <= limit:
+        return body.decode("utf-8", "replace")
+    return body[:limit].decode("utf-8", "ignore") + TRUNCATED_MARK
+
+
+def stream_summary(request_id: str, stream: UpstreamStream) -> bytes:
+    """A streamed answer recorded as the chat.completion it adds up to."""
+    usage = stream.usage
+    return msgspec.json.encode(
+        {
+            "id": request_id,
+            "object": "chat.completion",
+            "model": stream.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(stream.content_parts)},
+                    "finish_reason": stream.finish_reason or None,
+                }
+            ],
+            "usage": None
+            if usage is None
+            else {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    )
+
+
+def _usage(ctx: RequestContext) -> TokenUsage:
+    usage = ctx.reply.usage if ctx.reply else (ctx.stream.usage if ctx.stream else None)
+    return usage or TokenUsage()
+
+
+def _ttft_ms(ctx: RequestContext) -> float:
+    if ctx.stream is None or not ctx.stream.first_chunk_ns:
+        return 0.0
+    return ctx.elapsed_ms(ctx.stream.first_chunk_ns)
+
+
+def _error_fields(ctx: RequestContext) -> tuple[str, str]:
+    if ctx.error is not None:
+        return ctx.error.code, ctx.error.message
+    if ctx.stream_error:
+        return "", ctx.stream_error
+    return "", ""
+
+
+def build_records(
+    ctx: RequestContext, end_ns: int, body_limit: int
+) -> tuple[RequestRecord, list[SpanRecord]]:
+    error_code, error_message = _error_fields(ctx)
+    meta = ctx.meta
+    usage = _usage(ctx)
+    record = RequestRecord(
+        request_id=ctx.request_id,
+        org_id=ctx.org_id,
+        api_key_id=ctx.api_key_id,
+        created_at_ms=ctx.created_at_ms,
+        stream=bool(ctx.chat and ctx.chat.stream),
+        model_requested=ctx.model_requested,
+        model_used=ctx.model_used,
+        provider=ctx.provider_name,
+        status_code=ctx.status_code,
+        error_code=error_code,
+        error_message=error_message,
+        request_body=clip_body(ctx.body, body_limit),
+        response_body=clip_body(ctx.response_body, body_limit),
+        latency_ms=ctx.elapsed_ms(end_ns),
+        time_to_first_token_ms=_ttft_ms(ctx),
+        stage_latency_ms={t.name: t.duration_ms for t in ctx.timings},
+        user_id=meta.user_id,
+        session_id=meta.session_id,
+        session_name=meta.session_name,
+        session_path=meta.session_path,
+        properties=meta.properties,
+        prompt_id=meta.prompt_id,
+        providers_tried=list(ctx.providers_tried),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+    )
+    return record, build_spans(ctx)
+
+
+def build_spans(ctx: RequestContext) -> list[SpanRecord]:
+    namespace = _namespace(ctx.request_id)
+    return [
+        SpanRecord(
+            span_id=str(uuid.uuid5(namespace, timing.name)),
+            request_id=ctx.request_id,
+            org_id=ctx.org_id,
+            name=timing.name,
+            created_at_ms=ctx.created_at_ms + int(timing.start_offset_ms),
+            start_offset_ms=timing.start_offset_ms,
+            duration_ms=timing.duration_ms,
+            status=timing.status,
+        )
+        for timing in ctx.timings
+    ]
+
+
+def _namespace(request_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request_id)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_OID, request_id)

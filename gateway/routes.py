@@ -1,0 +1,174 @@
+"""HTTP routes: ``POST /v1/chat/completions`` runs the stages; ``GET /health`` reports the worker.
+
+Invariants: every chat request, whatever its outcome, publishes exactly one record, after the
+response is complete (a background task for whole answers; the relay's ``finally`` for streams,
+so a client that disconnects mid-stream is recorded too). The response always carries
+``Floopy-Request-Id``, and ``Floopy-Provider``/``Floopy-Model`` once known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.response import Stream
+
+from gateway.context import RequestContext
+from gateway.errors import render_error, unexpected_error
+from gateway.pipeline.publish import publish, publish_after_response
+from gateway.pipeline.run import run_stages
+from gateway.runtime import Runtime
+from shared.errors import ClientError, PayloadTooLargeError
+
+__all__ = ["chat_completions", "health"]
+
+log = logging.getLogger(__name__)
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _body_reader(request: Request[Any, Any, Any], limit: int) -> Any:
+    async def read() -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return read
+
+
+def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
+    floopy = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.scope["headers"]
+        if name[:7].lower() == b"floopy-"
+    ]
+    return RequestContext(
+        headers=request.headers,
+        header_items=floopy,
+        read_body=_body_reader(request, rt.settings.max_body_bytes),
+    )
+
+
+def _headers(ctx: RequestContext) -> dict[str, str]:
+    headers = {"Floopy-Request-Id": ctx.request_id}
+    if ctx.provider_name:
+        headers["Floopy-Provider"] = ctx.provider_name
+    model = ctx.model_used or ctx.model_requested
+    if model:
+        headers["Floopy-Model"] = model
+    return headers
+
+
+def _failed_stage(ctx: RequestContext) -> str:
+    failed = [t.name for t in ctx.timings if t.status != "ok"]
+    return failed[-1] if failed else ""
+
+
+def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Response[bytes]:
+    ctx.error = exc
+    ctx.status_code = exc.status_code
+    response = render_error(exc, ctx.request_id, _headers(ctx))
+    ctx.response_body = response.content
+    level = logging.WARNING if exc.status_code >= 500 else logging.DEBUG
+    log.log(
+        level,
+        "request %s failed: %s %s at stage %s: %s",
+        ctx.request_id,
+        exc.code,
+        type(exc).__name__,
+        _failed_stage(ctx),
+        exc.message,
+    )
+    response.background = BackgroundTask(publish_after_response, ctx, rt)
+    return response
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    rt = _runtime(request)
+    ctx = _context(request, rt)
+    try:
+        await run_stages(ctx, rt)
+    except ClientError as exc:
+        return _error_response(ctx, rt, exc)
+    except Exception:  # never a 500: log with the stage, answer 502, record it
+        rt.counters.unexpected_errors += 1
+        log.exception(
+            "request %s: unexpected error at stage %s", ctx.request_id, _failed_stage(ctx)
+        )
+        return _error_response(ctx, rt, unexpected_error(ctx.request_id))
+    if ctx.stream is not None:
+        return Stream(
+            _relay(ctx, rt),
+            status_code=ctx.stream.status_code,
+            media_type="text/event-stream",
+            headers={**_headers(ctx), "Cache-Control": "no-cache"},
+        )
+    reply = ctx.reply
+    assert reply is not None  # dispatch sets reply or stream, or raised
+    return Response(
+        content=reply.body,
+        status_code=reply.status_code,
+        media_type=reply.content_type,
+        headers=_headers(ctx),
+        background=BackgroundTask(publish_after_response, ctx, rt),
+    )
+
+
+async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
+    """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
+    stream = ctx.stream
+    assert stream is not None
+    try:
+        async for chunk in stream.chunks():
+            yield chunk
+        if not stream.completed:
+            ctx.stream_error = "upstream ended the stream without [DONE]"
+    except ClientError as exc:
+        ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
+        log.warning("request %s: %s", ctx.request_id, ctx.stream_error)
+    except (GeneratorExit, asyncio.CancelledError):
+        ctx.stream_error = "client disconnected before the end of the stream"
+        raise
+    finally:
+        from gateway.policy.recording import stream_summary
+
+        ctx.response_body = stream_summary(ctx.request_id, stream)
+        try:
+            await stream.aclose()
+        finally:
+            publish(ctx, rt)
+
+
+@get("/health")
+async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    rt = _runtime(request)
+    try:
+        async with asyncio.timeout(0.5):
+            reachable = bool(await rt.redis.ping())
+    except Exception:  # noqa: BLE001 - any failure means "not reachable now", which is the answer
+        reachable = False
+    return {
+        "status": "ok" if reachable else "degraded",
+        "redis": {"reachable": reachable},
+        "publisher": rt.publisher.stats(),
+        "errors": {
+            "unexpected": rt.counters.unexpected_errors,
+            "record_build": rt.counters.record_build_failures,
+        },
+    }

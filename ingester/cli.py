@@ -1,0 +1,322 @@
+"""``floopy-ingester``: the on-call CLI (status, replay, migrate) and the worker's entry point.
+
+Invariants: settings are read from ``FLOOPY_INGESTER_*`` once per invocation, options override
+them; every expected failure (Redis or ClickHouse unreachable, a replay lock held elsewhere,
+invalid settings) ends with a one-line reason and exit code 1 (2 for bad settings), never a
+stack trace. ``status`` and ``replay --dry-run`` change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import redis
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ingester.dead_letter import dead_letter_path
+from ingester.delivery import Delivery
+from ingester.lock import read_lock
+from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
+from ingester.rollup_cli import rollups_app
+from ingester.settings import IngesterSettings
+from ingester.sink import ClickHouseSink
+from ingester.spool.reader import count_lines
+from ingester.spool.writer import read_dropped
+from shared.streams import CONSUMER_GROUP, Sink, stream_key
+
+__all__ = ["SinkStatus", "app", "main"]
+
+app = typer.Typer(
+    help="Floopy ingester: on-call status, spool replay, schema migration, the worker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+app.add_typer(rollups_app, name="rollups")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    *,
+    spool_dir: Annotated[Path | None, typer.Option(help="Spool directory.")] = None,
+    dead_letter_dir: Annotated[Path | None, typer.Option(help="Dead-letter directory.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL.")] = None,
+    key_prefix: Annotated[str | None, typer.Option(help="Redis key prefix.")] = None,
+    clickhouse_host: Annotated[str | None, typer.Option(help="ClickHouse host.")] = None,
+    clickhouse_port: Annotated[int | None, typer.Option(help="ClickHouse native port.")] = None,
+    clickhouse_database: Annotated[str | None, typer.Option(help="ClickHouse database.")] = None,
+) -> None:
+    """Options given here override FLOOPY_INGESTER_* settings."""
+    overrides: dict[str, Any] = {"spool_dir": spool_dir, "dead_letter_dir": dead_letter_dir}
+    overrides["redis"] = {"url": redis_url, "key_prefix": key_prefix}
+    overrides["clickhouse"] = {
+        "host": clickhouse_host,
+        "port": clickhouse_port,
+        "database": clickhouse_database,
+    }
+    ctx.obj = _settings(_without_none(overrides))
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in values.items():
+        kept = _without_none(value) if isinstance(value, dict) else value
+        if kept is not None and kept != {}:
+            cleaned[key] = kept
+    return cleaned
+
+
+def _settings(overrides: dict[str, Any]) -> IngesterSettings:
+    try:
+        return IngesterSettings(**overrides)
+    except ValidationError as exc:
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@dataclass
+class SinkStatus:
+    """What ``status`` shows for one sink; Redis fields stay None when Redis is unreachable."""
+
+    sink: Sink
+    stream_length: int | None = None
+    pending: int | None = None
+    lag: int | None = None
+    consumers: list[tuple[str, int, int]] = field(default_factory=list)
+    spool_files: list[tuple[str, int]] = field(default_factory=list)
+    dropped_records: int = 0
+    dropped_bytes: int = 0
+    lock_owner: str = ""
+    lock_age_s: float | None = None
+    dead_letters: int = 0
+
+
+def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
+    status.stream_length = int(cast(int, client.xlen(key)))
+    if not client.exists(key):
+        return  # no stream yet: XINFO would answer "no such key"
+    groups = cast(list[dict[str, Any]], client.xinfo_groups(key))
+    ours = [g for g in groups if _text(g["name"]) == CONSUMER_GROUP]
+    if not ours:
+        return
+    status.pending = int(ours[0]["pending"])
+    lag = ours[0].get("lag")
+    status.lag = None if lag is None else int(lag)
+    consumers = cast(list[dict[str, Any]], client.xinfo_consumers(key, CONSUMER_GROUP))
+    status.consumers = [(_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers]
+
+
+def _disk_status(settings: IngesterSettings, status: SinkStatus) -> None:
+    sink = status.sink
+    status.spool_files = [
+        (p.name, p.stat().st_size) for p in pending_files(settings.spool_dir, sink) if p.is_file()
+    ]
+    dropped = read_dropped(settings.spool_dir, sink)
+    status.dropped_records, status.dropped_bytes = dropped.records, dropped.bytes
+    holder = read_lock(settings.spool_dir, sink) if settings.spool_dir.is_dir() else None
+    if holder is not None:
+        status.lock_owner, status.lock_age_s = holder.owner, time.time() - holder.heartbeat
+    letters = dead_letter_path(settings.dead_letter_dir, sink)
+    status.dead_letters = count_lines(letters) if letters.is_file() else 0
+
+
+def _ping_clickhouse(settings: IngesterSettings) -> bool:
+    sink = ClickHouseSink(settings.clickhouse)
+    try:
+        return sink.ping()
+    finally:
+        sink.close()
+
+
+def collect_status(settings: IngesterSettings) -> tuple[list[SinkStatus], str | None, bool]:
+    """Per-sink status, the Redis error (None when reachable) and ClickHouse reachability."""
+    statuses = [SinkStatus(sink) for sink in Sink]
+    redis_error = None
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=settings.redis.connect_timeout_s,
+    )
+    try:
+        for status in statuses:
+            _redis_status(client, stream_key(status.sink, settings.redis.key_prefix), status)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        redis_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    for status in statuses:
+        _disk_status(settings, status)
+    return statuses, redis_error, _ping_clickhouse(settings)
+
+
+def _status_table(statuses: list[SinkStatus]) -> Table:
+    """One column per sink, one row per figure: fits a terminal whatever the sink count."""
+    table = Table(title="ingester status")
+    table.add_column("")
+    for s in statuses:
+        table.add_column(s.sink.value)
+    rows: dict[str, list[str]] = {
+        "stream length": [_opt(s.stream_length) for s in statuses],
+        "group pending": [_opt(s.pending) for s in statuses],
+        "group lag": [_opt(s.lag) for s in statuses],
+        "consumers": [_consumers(s) for s in statuses],
+        "spool files": [_spool(s) for s in statuses],
+        "dropped": [f"{s.dropped_records} rec, {s.dropped_bytes} B" for s in statuses],
+        "replay lock": [_lock(s) for s in statuses],
+        "dead letters": [str(s.dead_letters) for s in statuses],
+    }
+    for label, cells in rows.items():
+        table.add_row(label, *cells)
+    return table
+
+
+def _consumers(s: SinkStatus) -> str:
+    lines = [f"{name}: pending {p}, idle {idle / 1000:.0f}s" for name, p, idle in s.consumers]
+    return "\n".join(lines) or "-"
+
+
+def _spool(s: SinkStatus) -> str:
+    return "\n".join(f"{name} ({size} B)" for name, size in s.spool_files) or "-"
+
+
+def _lock(s: SinkStatus) -> str:
+    if not s.lock_owner:
+        return "-"
+    return f"{s.lock_owner}\nheartbeat {s.lock_age_s or 0:.0f}s ago"
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Streams, consumers, spool files, drops, replay locks, dead letters, reachability."""
+    settings: IngesterSettings = ctx.obj
+    _quiet_drivers()
+    statuses, redis_error, clickhouse_ok = collect_status(settings)
+    out.print(_status_table(statuses))
+    ch = settings.clickhouse
+    failed = False
+    if redis_error is None:
+        out.print(f"redis {settings.redis.url}: [green]reachable[/green]")
+    else:
+        err.print(f"[red]redis unreachable[/red] at {settings.redis.url}: {redis_error}")
+        failed = True
+    if clickhouse_ok:
+        out.print(f"clickhouse {ch.host}:{ch.port}: [green]reachable[/green]")
+    else:
+        err.print(f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}")
+        failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    sink: Annotated[Sink | None, typer.Option(help="Only this sink (default: all).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
+) -> None:
+    """Replay spooled records into ClickHouse now (under the sink's replay lock)."""
+    settings: IngesterSettings = ctx.obj
+    _quiet_drivers()
+    sinks = [sink] if sink is not None else list(Sink)
+    delivery = Delivery(
+        settings.clickhouse,
+        settings.dead_letter_dir,
+        attempts=settings.insert_attempts,
+        backoff_s=settings.insert_backoff_s,
+    )
+    try:
+        if not dry_run and not delivery.ping():
+            ch = settings.clickhouse
+            err.print(f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}: nothing replayed")
+            raise typer.Exit(1)
+        reports = [_replay_sink(settings, s, delivery, dry_run=dry_run) for s in sinks]
+    finally:
+        delivery.close()
+    failed = False
+    for report in reports:
+        ok = report.status in (ReplayStatus.DONE, ReplayStatus.DRY_RUN)
+        (out if ok else err).print(str(report))
+        failed = failed or not ok
+    if failed:
+        raise typer.Exit(1)
+
+
+def _replay_sink(
+    settings: IngesterSettings, sink: Sink, delivery: Delivery, *, dry_run: bool
+) -> ReplayReport:
+    replayer = Replayer(
+        settings.spool_dir,
+        sink,
+        delivery,
+        batch_records=settings.replay_batch_records,
+        stale_after_s=settings.lock_stale_after_s,
+    )
+    if dry_run:
+        return replayer.replay(dry_run=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=out, transient=False) as progress:
+        task = progress.add_task(f"replay {sink.value}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return replayer.replay(progress=advance)
+
+
+@app.command("migrate")
+def migrate_command(ctx: typer.Context) -> None:
+    """Create the database and tables and apply pending migrations."""
+    from ingester.schema import migrate
+
+    settings: IngesterSettings = ctx.obj
+    _quiet_drivers()
+    ch = settings.clickhouse
+    if not _ping_clickhouse(settings):
+        err.print(f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}: nothing migrated")
+        raise typer.Exit(1)
+    applied = migrate(ch)
+    out.print(f"schema of {ch.database} current; applied now: {applied or 'none'}")
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run the ingester worker (same as ``arq ingester.worker.WorkerSettings``)."""
+    import logging.config
+
+    from arq.logs import default_log_config
+
+    from ingester.worker import configure_logging, run_resilient_worker
+
+    settings: IngesterSettings = ctx.obj
+    logging.config.dictConfig(default_log_config(verbose=False))  # as the arq command does
+    configure_logging(settings.log_level)
+    run_resilient_worker(settings)
+
+
+def _quiet_drivers() -> None:
+    """On-call commands report reachability themselves: no driver tracebacks on stderr."""
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+    logging.getLogger("ingester").setLevel(logging.ERROR)
+
+
+def _opt(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def main() -> None:
+    app()

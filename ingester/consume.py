@@ -1,0 +1,352 @@
+"""The stream consumer: one asyncio task per sink moves entries from the sink's Redis stream into
+ClickHouse through ``Delivery``, in batches flushed on size or age.
+
+Invariants:
+- An entry is acknowledged only after ClickHouse confirmed its insert, after it was set aside
+  as poison (dead-letter file fsynced), or after its payload was appended to the sink's spool
+  and fsynced. If even the spool write fails the entries stay pending and are claimed later
+  (by this consumer or another) once idle longer than ``claim_min_idle_s``.
+- A live consumer holds an entry at most ``IngesterSettings.max_hold_s``, which the settings
+  keep well below ``claim_min_idle_s``: live consumers' batches are never claimed.
+- Trimming (``XTRIM MINID``) never removes an entry that a group has not both delivered and
+  had acknowledged; it runs at most every ``trim_interval_s``.
+- A consumer is forgotten (``XGROUP DELCONSUMER``) only if it has nothing pending, checked
+  atomically in the same script, so no pending entry is ever orphaned.
+- On start the consumer first processes its own pending entries; on stop it finishes and acks
+  (or spools) the batch in hand, then returns.
+- Blocking work (ClickHouse, fsync) runs in threads. At most one batch is in flight (being
+  inserted, then acked) while the next one is read, so ClickHouse's write overlaps our read and
+  decode; the ``Delivery`` is still used from one thread at a time, and batches are acked in
+  the order they were read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from ingester.batching import (
+    Batch,
+    Cadence,
+    ConsumerState,
+    FlushPolicy,
+    GroupPosition,
+    consumers_to_forget,
+    format_stream_id,
+    trim_bound,
+)
+from ingester.dead_letter import DeadLetter, DeadLetterFile
+from ingester.delivery import DeliveryReport
+from ingester.metrics import ConsumerCounter as C
+from ingester.metrics import Counters
+from ingester.settings import IngesterSettings
+from shared.errors import SinkUnavailableError
+from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
+
+__all__ = ["Deliverer", "Spooler", "StreamConsumer", "ensure_group", "group_positions"]
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+_FORGET_IF_IDLE = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+
+class Deliverer(Protocol):
+    def deliver(self, sink: Sink, payloads: Sequence[bytes]) -> DeliveryReport: ...
+
+
+class Spooler(Protocol):
+    def append(self, payloads: Sequence[bytes]) -> None: ...
+
+
+async def ensure_group(redis: Redis, key: str) -> None:
+    """Create the consumer group (and the stream) at id 0 unless it exists: entries published
+    before any ingester ran are consumed too."""
+    try:
+        await redis.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        redis: Redis,
+        sink: Sink,
+        *,
+        delivery: Deliverer,
+        spool: Spooler,
+        settings: IngesterSettings,
+        counters: Counters,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.key = stream_key(sink, settings.redis.key_prefix)
+        self.name = settings.consumer_name
+        self._redis = redis
+        self._delivery = delivery
+        self._spool = spool
+        self._settings = settings
+        self._counters = counters
+        self._clock = clock
+        self._policy = FlushPolicy(settings.batch_records, settings.batch_age_s)
+        self._batch = Batch()
+        self._claim = Cadence(settings.claim_interval_s)
+        self._trim = Cadence(settings.trim_interval_s)
+        self._dead_letters = DeadLetterFile(settings.dead_letter_dir, sink)
+        self._stopping = asyncio.Event()
+        self._in_flight: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        """Stop reading; ``run`` returns after the batch in hand is flushed."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        log.info("consumer %s starting on %s", self.name, self.key)
+        resumed = False
+        while not self._stopping.is_set():
+            try:
+                if not resumed:
+                    await ensure_group(self._redis, self.key)
+                    await self._resume_own_pending()
+                    resumed = True
+                else:
+                    await self._step()
+            except RedisError as exc:
+                await self._on_error("redis", exc)
+            # the task must outlive one bad batch; that batch's entries stay pending
+            except Exception as exc:
+                log.exception("consumer %s on %s failed", self.name, self.key)
+                await self._on_error("unexpected", exc)
+        await self._finish()
+        log.info("consumer %s stopped on %s: %s", self.name, self.key, self.counters())
+
+    def counters(self) -> dict[str, int]:
+        return self._counters.snapshot(self.sink)
+
+    async def _finish(self) -> None:
+        try:
+            await self._flush()
+            await self._settle()
+        except RedisError as exc:
+            self._counters.inc(self.sink, C.ERRORS)
+            log.warning("final flush on %s left entries pending: %s", self.key, exc)
+
+    async def _on_error(self, kind: str, exc: BaseException) -> None:
+        self._counters.inc(self.sink, C.ERRORS)
+        log.warning("consumer %s on %s: %s error, backing off: %s", self.name, self.key, kind, exc)
+        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+            with contextlib.suppress(RedisError):
+                await ensure_group(self._redis, self.key)
+        if kind != "redis":
+            self._batch.clear()  # a batch that broke something stays pending, claimed later
+        await self._sleep(self._settings.error_backoff_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _step(self) -> None:
+        now = self._clock()
+        if self._claim.due(now):
+            self._claim.mark(now)
+            await self._reclaim()
+            await self._forget_idle_consumers()
+        if self._trim.due(now):
+            self._trim.mark(now)
+            await self._trim_stream()
+        if self._policy.due(self._batch, self._clock()):
+            await self._flush()
+            return
+        block = self._policy.read_block_ms(self._batch, self._clock(), self._settings.read_block_ms)
+        count = self._policy.read_count(self._batch)
+        response = await self._redis.xreadgroup(
+            CONSUMER_GROUP, self.name, {self.key: ">"}, count=count, block=block
+        )
+        await self._take(_entries(response))
+        if self._policy.due(self._batch, self._clock()):
+            await self._flush()
+
+    async def _resume_own_pending(self) -> None:
+        """Entries delivered to this consumer name before a restart and never acked."""
+        last: bytes = b"0"
+        while not self._stopping.is_set():
+            response = await self._redis.xreadgroup(
+                CONSUMER_GROUP, self.name, {self.key: last}, count=self._settings.batch_records
+            )
+            entries = _entries(response)
+            if not entries:
+                return
+            last = entries[-1][0]
+            log.info("consumer %s resumes %d own pending entries", self.name, len(entries))
+            await self._take(entries)
+            if self._policy.due(self._batch, self._clock()):
+                await self._flush()
+
+    async def _take(self, entries: Sequence[Entry]) -> None:
+        poison: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+        now = self._clock()
+        for entry_id, fields in entries:
+            payload = fields.get(RECORD_FIELD) if fields else None
+            if payload is None:
+                poison.append((entry_id, fields))
+            else:
+                self._batch.add(entry_id, payload, now)
+        self._counters.inc(self.sink, C.READ, len(entries))
+        if poison:
+            await self._set_aside(poison)
+
+    async def _set_aside(self, poison: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        """Entries without a record field can never be inserted: dead-letter, then ack."""
+        letters = [
+            DeadLetter(
+                repr(fields).encode(), f"stream entry {entry_id!r} has no field {RECORD_FIELD!r}"
+            )
+            for entry_id, fields in poison
+        ]
+        await asyncio.to_thread(self._dead_letters.append, letters)
+        self._counters.inc(self.sink, C.DEAD_LETTERED, len(letters))
+        log.warning("dead-lettered %d entries without a record on %s", len(letters), self.key)
+        await self._ack([entry_id for entry_id, _ in poison])
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight; its errors surface here, in the consumer's loop."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
+
+    async def _flush(self) -> None:
+        if not self._batch.ids:
+            return
+        ids, payloads = list(self._batch.ids), list(self._batch.payloads)
+        self._batch.clear()
+        await self._settle()
+        self._in_flight = asyncio.create_task(self._deliver(ids, payloads))
+
+    async def _deliver(self, ids: list[bytes], payloads: list[bytes]) -> None:
+        try:
+            report = await asyncio.to_thread(self._delivery.deliver, self.sink, payloads)
+        except SinkUnavailableError as exc:
+            if not await self._spool_batch(payloads, exc):
+                return
+        else:
+            self._counters.inc(self.sink, C.INSERTED, report.inserted)
+            self._counters.inc(self.sink, C.DEAD_LETTERED, report.dead_lettered)
+            log.debug(
+                "batch on %s: %d inserted, %d dead", self.key, report.inserted, report.dead_lettered
+            )
+        await self._ack(ids)
+
+    async def _spool_batch(self, payloads: Sequence[bytes], cause: Exception) -> bool:
+        """True when the payloads are durable in the spool (so their entries may be acked)."""
+        try:
+            await asyncio.to_thread(self._spool.append, payloads)
+        except OSError as exc:
+            self._counters.inc(self.sink, C.SPOOL_FAILURES)
+            log.error(
+                "spool write failed on %s, leaving %d entries pending: %s (clickhouse: %s)",
+                self.sink,
+                len(payloads),
+                exc,
+                cause,
+            )
+            await self._sleep(self._settings.error_backoff_s)
+            return False
+        self._counters.inc(self.sink, C.SPOOLED, len(payloads))
+        log.warning(
+            "clickhouse unavailable, spooled %d payloads of %s: %s", len(payloads), self.sink, cause
+        )
+        return True
+
+    async def _ack(self, ids: Sequence[bytes]) -> None:
+        if not ids:
+            return
+        acked = await self._redis.xack(self.key, CONSUMER_GROUP, *ids)
+        self._counters.inc(self.sink, C.ACKED, int(acked))
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle longer than claim_min_idle_s (their consumer died) and process
+        them like new ones."""
+        start: bytes | str = "0-0"
+        min_idle_ms = int(self._settings.claim_min_idle_s * 1000)
+        while not self._stopping.is_set():
+            reply = await self._redis.xautoclaim(
+                self.key,
+                CONSUMER_GROUP,
+                self.name,
+                min_idle_ms,
+                start_id=start,
+                count=self._settings.batch_records,
+            )
+            start, entries = reply[0], reply[1]
+            if entries:
+                self._counters.inc(self.sink, C.CLAIMED, len(entries))
+                log.warning(
+                    "consumer %s claimed %d idle entries on %s", self.name, len(entries), self.key
+                )
+                await self._take(entries)
+                if self._policy.due(self._batch, self._clock()):
+                    await self._flush()
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _forget_idle_consumers(self) -> None:
+        infos: list[dict[str, Any]] = await self._redis.xinfo_consumers(self.key, CONSUMER_GROUP)
+        states = [ConsumerState(_text(i["name"]), int(i["pending"]), int(i["idle"])) for i in infos]
+        forget_ms = int(self._settings.consumer_forget_after_s * 1000)
+        for name in consumers_to_forget(states, me=self.name, forget_after_ms=forget_ms):
+            deleting = self._redis.eval(_FORGET_IF_IDLE, 1, self.key, CONSUMER_GROUP, name)
+            result = await cast(Awaitable[Any], deleting)
+            if int(result) >= 0:
+                self._counters.inc(self.sink, C.FORGOTTEN_CONSUMERS)
+                log.info("forgot idle consumer %s on %s", name, self.key)
+
+    async def _trim_stream(self) -> None:
+        positions = await group_positions(self._redis, self.key)
+        bound = trim_bound(positions)
+        if bound is None:
+            return
+        removed = await self._redis.xtrim(
+            self.key, minid=format_stream_id(bound), approximate=False
+        )
+        self._counters.inc(self.sink, C.TRIMS)
+        self._counters.inc(self.sink, C.TRIMMED, int(removed))
+
+
+async def group_positions(redis: Redis, key: str) -> list[GroupPosition]:
+    """Every group's last delivered id and oldest pending id. XINFO GROUPS is read before
+    XPENDING: an entry delivered in between only makes the bound more conservative."""
+    positions = []
+    for group in await redis.xinfo_groups(key):
+        oldest = None
+        if int(group["pending"]):
+            summary = await redis.xpending(key, group["name"])
+            oldest = _text(summary["min"]) if summary.get("min") else None
+        positions.append(GroupPosition(_text(group["last-delivered-id"]), oldest))
+    return positions
+
+
+def _entries(response: Any) -> list[Entry]:
+    """The entries of a one-stream XREADGROUP reply (``None`` or ``[[key, entries]]``)."""
+    if not response:
+        return []
+    return list(response[0][1])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,159 @@
+"""Delivery of one batch of payloads to its ClickHouse table: decode, build columns, insert with
+retries, set poison aside.
+
+Invariants:
+- Blocking, and not thread-safe: one ``Delivery`` (one ClickHouse connection) per owner,
+  called from one thread at a time (``asyncio.to_thread``).
+- ``deliver`` either returns a report in which every payload is accounted for
+  (``inserted + dead_lettered == len(payloads)``), or raises ``SinkUnavailableError`` and then
+  nothing may be assumed inserted: the caller spools or keeps the whole batch. Re-inserting is
+  safe because the tables deduplicate by record identity (read with FINAL).
+- Dead letters are written (fsynced) only when ``deliver`` returns, so a batch that is spooled
+  and replayed later is not dead-lettered twice.
+- Only ``SinkUnavailableError`` is retried. A rejected batch is never retried as a whole: the
+  rows whose numbers do not fit are found exactly (``ingester.batch.invalid_rows``), the rest is
+  bisected, and rows that fail alone are dead-lettered. Bisection of n rows with k bad ones
+  costs O(k log n) inserts and at most 2n - 1, so it always ends and never blocks good rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from ingester.batch import build_columns, invalid_rows
+from ingester.dead_letter import DeadLetter, DeadLetterFile
+from ingester.sink import ClickHouseSink
+from shared.codec import AnyRecord, decode_record
+from shared.errors import PoisonBatchError, RecordDecodeError, SinkUnavailableError
+from shared.settings import ClickHouseSettings
+from shared.streams import Sink
+
+__all__ = ["Delivery", "DeliveryReport", "DeliveryStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    inserted: int  # rows ClickHouse confirmed
+    dead_lettered: int  # payloads set aside as poison (undecodable, or rejected as bad data)
+
+
+@dataclass
+class DeliveryStats:
+    """Totals since the Delivery was made (read by the worker's metrics and logs)."""
+
+    inserted: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    unavailable: int = 0
+    bisections: int = 0
+
+
+_Rows = list[tuple[AnyRecord, bytes]]
+
+
+class Delivery:
+    """Decode payloads (shared.codec.decode_record), insert them into the sink's table with
+    tenacity retries, set poison aside in the dead-letter file (with the error), and report.
+    Blocking; call from a thread."""
+
+    def __init__(
+        self,
+        clickhouse: ClickHouseSettings,
+        dead_letter_dir: Path,
+        *,
+        attempts: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self._sink = ClickHouseSink(clickhouse)
+        self._dead_letter_dir = dead_letter_dir
+        self._dead_letters = {s: DeadLetterFile(dead_letter_dir, s) for s in Sink}
+        self.stats = DeliveryStats()
+        self._retrying = Retrying(
+            stop=stop_after_attempt(max(1, attempts)),
+            wait=wait_exponential(multiplier=backoff_s, max=max(backoff_s, 0.0) * 16),
+            retry=retry_if_exception_type(SinkUnavailableError),
+            before_sleep=self._on_retry,
+            reraise=True,
+        )
+
+    def deliver(self, sink: Sink, payloads: Sequence[bytes]) -> DeliveryReport:
+        """Raises shared.errors.SinkUnavailableError when ClickHouse cannot be reached after the
+        retries; then nothing may be assumed inserted (the caller spools or keeps the whole
+        batch; re-inserting is safe because tables deduplicate by record identity)."""
+        rows, letters = _decode(sink, payloads)
+        try:
+            inserted = self._insert_all(sink, rows, letters)
+        except SinkUnavailableError:
+            self.stats.unavailable += 1
+            log.error("clickhouse unavailable sink=%s batch=%d", sink, len(payloads))
+            raise
+        self._dead_letters[sink].append(letters)
+        self.stats.inserted += inserted
+        self.stats.dead_lettered += len(letters)
+        log.info("delivered sink=%s inserted=%d dead_lettered=%d", sink, inserted, len(letters))
+        return DeliveryReport(inserted=inserted, dead_lettered=len(letters))
+
+    def ping(self) -> bool:
+        """ClickHouse answers SELECT 1 now."""
+        return self._sink.ping()
+
+    def close(self) -> None:
+        self._sink.close()
+
+    def _insert_all(self, sink: Sink, rows: _Rows, letters: list[DeadLetter]) -> int:
+        if not rows:
+            return 0
+        try:
+            return self._insert(sink, rows)
+        except PoisonBatchError as exc:
+            log.warning("poison in batch sink=%s rows=%d: %s", sink, len(rows), exc)
+        bad = invalid_rows(sink, [record for record, _ in rows])
+        letters.extend(DeadLetter(rows[i][1], reason) for i, reason in sorted(bad.items()))
+        good = [row for i, row in enumerate(rows) if i not in bad]
+        return self._bisect(sink, good, letters) if good else 0
+
+    def _bisect(self, sink: Sink, rows: _Rows, letters: list[DeadLetter]) -> int:
+        try:
+            return self._insert(sink, rows)
+        except PoisonBatchError as exc:
+            if len(rows) == 1:
+                letters.append(DeadLetter(rows[0][1], str(exc)))
+                return 0
+        self.stats.bisections += 1
+        mid = len(rows) // 2
+        return self._bisect(sink, rows[:mid], letters) + self._bisect(sink, rows[mid:], letters)
+
+    def _insert(self, sink: Sink, rows: _Rows) -> int:
+        columns = build_columns(sink, [record for record, _ in rows])
+        inserted: int = self._retrying(self._sink.insert, sink, columns)
+        return inserted
+
+    def _on_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc: Any = state.outcome.exception() if state.outcome else None
+        log.warning("clickhouse insert retry %d: %s", state.attempt_number, exc)
+
+
+def _decode(sink: Sink, payloads: Sequence[bytes]) -> tuple[_Rows, list[DeadLetter]]:
+    rows: _Rows = []
+    letters: list[DeadLetter] = []
+    for payload in payloads:
+        try:
+            rows.append((decode_record(sink, payload), payload))
+        except RecordDecodeError as exc:
+            letters.append(DeadLetter(bytes(payload), f"RecordDecodeError: {exc}"))
+    return rows, letters

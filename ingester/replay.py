@@ -1,0 +1,217 @@
+"""Replay a sink's spool into ClickHouse under the sink's replay lock.
+
+Invariants:
+- One replayer per sink at a time (``ingester.lock.ReplayLock``); a replayer that finds the
+  lock held by a live owner does nothing and reports who holds it. The lock is released when
+  ``replay`` returns or raises.
+- Sealing: under the writer's flock, the rotating files are renamed to unique sealed names
+  (``<sink>.jsonl.replay.<ns>.<rank>``, oldest first), so writers start a fresh ``.jsonl`` and
+  rotation never touches a file being replayed. Sealed files left by a crashed replayer are
+  replayed too, before anything newer.
+- Files are replayed oldest first in batches; after each confirmed batch the file and byte
+  offset go into the lock file, so a replayer that breaks a dead one's lock resumes after its
+  last confirmed batch. Re-inserting a batch is harmless anyway (tables deduplicate by record
+  identity); resuming only saves work.
+- A file is deleted only after every one of its batches was confirmed (inserted or
+  dead-lettered by ``Delivery``). ``SinkUnavailableError`` stops the replay and keeps the files.
+- Memory stays flat: files are streamed one batch at a time (``ingester.spool.reader``).
+- ``dry_run`` counts files, records and bytes and changes nothing (no lock, no rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from ingester.delivery import Delivery
+from ingester.lock import ReplayLock, read_lock
+from ingester.spool.reader import count_lines, read_batches
+from ingester.spool.rotation import parse_generation, replay_order, sealed_name
+from ingester.spool.writer import fsync_directory, spool_flock
+from shared.errors import SinkUnavailableError
+from shared.streams import Sink
+
+__all__ = ["Progress", "ReplayReport", "ReplayStatus", "Replayer", "pending_files"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` in bytes of spool files, called after every confirmed batch."""
+
+
+class ReplayStatus(StrEnum):
+    DONE = "done"  # every file found was replayed and deleted (or there was none)
+    LOCKED = "locked"  # another live replayer holds the lock; nothing done
+    UNAVAILABLE = "unavailable"  # ClickHouse stopped answering; the rest is kept for later
+    DRY_RUN = "dry_run"  # counted only
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """``records``/``bytes``: confirmed in a replay, found in a dry run."""
+
+    sink: Sink
+    status: ReplayStatus
+    files: int = 0
+    files_done: int = 0
+    records: int = 0
+    bytes: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    locked_by: str = ""
+    error: str = ""
+
+    def __str__(self) -> str:
+        if self.status is ReplayStatus.LOCKED:
+            return f"{self.sink}: locked by {self.locked_by}"
+        text = (
+            f"{self.sink}: {self.status} files={self.files_done}/{self.files} "
+            f"records={self.records} bytes={self.bytes} inserted={self.inserted} "
+            f"dead_lettered={self.dead_lettered}"
+        )
+        return f"{text} error={self.error}" if self.error else text
+
+
+@dataclass
+class _Tally:
+    files: int = 0
+    files_done: int = 0
+    records: int = 0
+    bytes_done: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    total_bytes: int = 0
+    progress: Progress | None = field(default=None, repr=False)
+
+    def report(self, sink: Sink, status: ReplayStatus, error: str = "") -> ReplayReport:
+        return ReplayReport(
+            sink,
+            status,
+            files=self.files,
+            files_done=self.files_done,
+            records=self.records,
+            bytes=self.bytes_done,
+            inserted=self.inserted,
+            dead_lettered=self.dead_lettered,
+            error=error,
+        )
+
+    def advance(self, size: int) -> None:
+        self.bytes_done += size
+        if self.progress is not None:
+            self.progress(self.bytes_done, self.total_bytes)
+
+
+def pending_files(directory: Path, sink: Sink) -> list[Path]:
+    """Sealed and rotating spool files of ``sink``, oldest first (what a replay would send)."""
+    if not directory.is_dir():
+        return []
+    return [directory / name for name in replay_order(sink.value, os.listdir(directory))]
+
+
+class Replayer:
+    """Replays one sink's spool directory through a ``Delivery``. Blocking; call from a thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        sink: Sink,
+        delivery: Delivery,
+        *,
+        batch_records: int = 5000,
+        stale_after_s: float = 30.0,
+    ) -> None:
+        if batch_records < 1:
+            raise ValueError("batch_records must be >= 1")
+        self.directory = directory
+        self.sink = sink
+        self.delivery = delivery
+        self.batch_records = batch_records
+        self.stale_after_s = stale_after_s
+
+    def replay(self, *, dry_run: bool = False, progress: Progress | None = None) -> ReplayReport:
+        if dry_run:
+            return self._dry_run()
+        lock = ReplayLock(self.directory, self.sink, stale_after_s=self.stale_after_s)
+        if not lock.acquire():
+            owner = lock.blocked_by.owner if lock.blocked_by else "an unknown owner"
+            log.info("replay of %s skipped: lock held by %s", self.sink, owner)
+            return ReplayReport(self.sink, ReplayStatus.LOCKED, locked_by=owner)
+        try:
+            return self._replay_locked(lock, progress)
+        finally:
+            lock.release()
+
+    def _dry_run(self) -> ReplayReport:
+        files = [p for p in pending_files(self.directory, self.sink) if p.is_file()]
+        holder = read_lock(self.directory, self.sink)
+        return ReplayReport(
+            self.sink,
+            ReplayStatus.DRY_RUN,
+            files=len(files),
+            records=sum(count_lines(p) for p in files),
+            bytes=sum(p.stat().st_size for p in files),
+            locked_by=holder.owner if holder else "",
+        )
+
+    def _replay_locked(self, lock: ReplayLock, progress: Progress | None) -> ReplayReport:
+        self._seal()
+        files = pending_files(self.directory, self.sink)
+        tally = _Tally(
+            files=len(files), total_bytes=sum(p.stat().st_size for p in files), progress=progress
+        )
+        resume = lock.inherited
+        started = time.monotonic()
+        try:
+            for path in files:
+                start = resume.offset if resume is not None and resume.file == path.name else 0
+                self._replay_file(path, start, lock, tally)
+        except SinkUnavailableError as exc:
+            log.warning("replay of %s stopped, clickhouse unavailable: %s", self.sink, exc)
+            return tally.report(self.sink, ReplayStatus.UNAVAILABLE, error=str(exc))
+        log.info(
+            "replayed %s: %d files, %d records in %.1fs",
+            self.sink,
+            tally.files_done,
+            tally.records,
+            time.monotonic() - started,
+        )
+        return tally.report(self.sink, ReplayStatus.DONE)
+
+    def _seal(self) -> None:
+        """Move every rotating generation out of the writers' way, oldest first."""
+        with spool_flock(self.directory, self.sink):
+            sink = self.sink.value
+            names = [n for n in os.listdir(self.directory) if parse_generation(sink, n) is not None]
+            if not names:
+                return
+            sealed_at = time.time_ns()
+            for rank, name in enumerate(replay_order(self.sink.value, names)):
+                target = sealed_name(self.sink.value, sealed_at, rank)
+                os.rename(self.directory / name, self.directory / target)
+            fsync_directory(self.directory)
+        log.info("sealed %d spool files of %s for replay", len(names), self.sink)
+
+    def _replay_file(self, path: Path, start: int, lock: ReplayLock, tally: _Tally) -> None:
+        if start:
+            log.info("resuming %s at byte %d", path.name, start)
+            tally.advance(start)
+        offset = start
+        for batch in read_batches(path, self.batch_records, start_offset=start):
+            result = self.delivery.deliver(self.sink, batch.payloads)
+            lock.heartbeat(file=path.name, offset=batch.end_offset)
+            tally.records += len(batch.payloads)
+            tally.inserted += result.inserted
+            tally.dead_lettered += result.dead_lettered
+            tally.advance(batch.end_offset - offset)
+            offset = batch.end_offset
+        tally.advance(max(path.stat().st_size - offset, 0))  # blank lines after the last batch
+        path.unlink()
+        fsync_directory(self.directory)
+        lock.heartbeat(file="", offset=0)
+        tally.files_done += 1

@@ -1,0 +1,156 @@
+"""The one error tree of Floopy.
+
+Client-facing errors map one-to-one to the error table of DESIGN.md §4; the gateway renders
+any of them as ``{"error": {"code", "message", ...}}`` with ``status_code``. Pipeline errors
+never reach a client: they classify failures in the log pipeline so the ingester can tell a
+transient outage (retry, then spool) from poison data (set aside, never retried).
+
+    FloopyError
+    ├── ClientError                      (rendered to the caller; has status_code and code)
+    │   ├── BadRequestError              400 BAD_REQUEST
+    │   │   └── PayloadTooLargeError     413 BAD_REQUEST
+    │   ├── PromptThreatError            400 PROMPT_THREAT_DETECTED
+    │   ├── InvalidApiKeyError           401 INVALID_API_KEY
+    │   ├── ForbiddenError               403 FORBIDDEN
+    │   ├── NotFoundError                404 NOT_FOUND (read API: no such id in the caller's org)
+    │   ├── SubscriptionExpiredError     403 SUBSCRIPTION_EXPIRED
+    │   ├── RateLimitExceededError       429 RATE_LIMIT_EXCEEDED
+    │   ├── UsageLimitExceededError      429 USAGE_LIMIT_EXCEEDED
+    │   ├── MonthlyLimitExceededError    429 MONTHLY_LIMIT_EXCEEDED
+    │   ├── ProviderError                502 PROVIDER_ERROR
+    │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
+    └── PipelineError                    (internal; never rendered)
+        ├── RecordDecodeError            an entry that is not a record of a known schema version
+        ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
+        └── PoisonBatchError             the store rejected the data itself: set rows aside
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequestError",
+    "ClientError",
+    "FloopyError",
+    "ForbiddenError",
+    "GatewayTimeoutError",
+    "InvalidApiKeyError",
+    "MonthlyLimitExceededError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PipelineError",
+    "PoisonBatchError",
+    "PromptThreatError",
+    "ProviderError",
+    "RateLimitExceededError",
+    "RecordDecodeError",
+    "SinkUnavailableError",
+    "SubscriptionExpiredError",
+    "UsageLimitExceededError",
+]
+
+
+class FloopyError(Exception):
+    """Root of every error Floopy raises on purpose."""
+
+
+class ClientError(FloopyError):
+    """An error the caller sees. ``details`` are extra keys of the error body."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class BadRequestError(ClientError):
+    status_code = 400
+    code = "BAD_REQUEST"
+
+
+class PayloadTooLargeError(BadRequestError):
+    """Same code as any malformed body; the status says which limit was hit."""
+
+    status_code = 413
+
+
+class PromptThreatError(ClientError):
+    status_code = 400
+    code = "PROMPT_THREAT_DETECTED"
+
+
+class InvalidApiKeyError(ClientError):
+    status_code = 401
+    code = "INVALID_API_KEY"
+
+
+class ForbiddenError(ClientError):
+    status_code = 403
+    code = "FORBIDDEN"
+
+
+class NotFoundError(ClientError):
+    """Also what another org's id gets: existence is not disclosed across orgs."""
+
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class SubscriptionExpiredError(ClientError):
+    status_code = 403
+    code = "SUBSCRIPTION_EXPIRED"
+
+
+class RateLimitExceededError(ClientError):
+    status_code = 429
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class UsageLimitExceededError(ClientError):
+    status_code = 429
+    code = "USAGE_LIMIT_EXCEEDED"
+
+
+class MonthlyLimitExceededError(ClientError):
+    status_code = 429
+    code = "MONTHLY_LIMIT_EXCEEDED"
+
+
+class ProviderError(ClientError):
+    status_code = 502
+    code = "PROVIDER_ERROR"
+
+
+class GatewayTimeoutError(ClientError):
+    status_code = 504
+    code = "GATEWAY_TIMEOUT"
+
+
+class PipelineError(FloopyError):
+    """Failures inside the log pipeline; logged and counted, never shown to a caller."""
+
+
+class RecordDecodeError(PipelineError):
+    """The bytes are not a record of a schema version this process accepts."""
+
+
+class SinkUnavailableError(PipelineError):
+    """The store did not answer (network, timeout, server down): worth retrying later."""
+
+
+class PoisonBatchError(PipelineError):
+    """The store rejected the rows themselves; retrying the same rows cannot succeed."""

@@ -1,0 +1,115 @@
+"""The gateway → ingester contract: one record per request, one span per stage, one event per
+circuit-breaker state change.
+
+Invariants:
+- ``SCHEMA_VERSION`` rises whenever a field is added, renamed or changes meaning. The ingester
+  accepts the current and the previous version (``shared.codec`` upgrades the previous one),
+  because gateway and ingester deploy separately and run different versions during a rollout.
+- Every record has a stable identity (``request_id``; ``span_id``; ``event_id``) chosen by the
+  gateway, so a record delivered twice is recognisably the same record downstream.
+- Timestamps are integer milliseconds since the Unix epoch (UTC); durations are float ms.
+- Empty string means "not set" for optional text, so the ClickHouse core schema needs no
+  Nullable columns except where zero is a real value (cost, firewall score).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "PREVIOUS_SCHEMA_VERSION",
+    "SCHEMA_VERSION",
+    "BreakerEventRecord",
+    "RequestRecord",
+    "SpanRecord",
+]
+
+SCHEMA_VERSION = 2
+"""v2: custom properties as an object (``properties``); v1 sent them JSON-encoded in
+``properties_json`` and had no ``cached_prompt_tokens``/``tokens_estimated``."""
+
+PREVIOUS_SCHEMA_VERSION = 1
+
+
+class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Everything known about one request through the gateway, whatever its outcome."""
+
+    schema_version: int = SCHEMA_VERSION
+    request_id: str
+    org_id: str
+    api_key_id: str
+    created_at_ms: int
+
+    endpoint: str = "/v1/chat/completions"
+    stream: bool = False
+    model_requested: str = ""
+    model_used: str = ""
+    provider: str = ""
+    status_code: int = 0
+    error_code: str = ""
+    error_message: str = ""
+
+    request_body: str = ""
+    response_body: str = ""
+    bodies_redacted: bool = False
+
+    latency_ms: float = 0.0
+    time_to_first_token_ms: float = 0.0
+    stage_latency_ms: dict[str, float] = msgspec.field(default_factory=dict)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    tokens_estimated: bool = False
+    cost_usd: float | None = None
+
+    cache_status: str = ""
+    cache_tier: str = ""
+
+    firewall_verdict: str = ""
+    firewall_score: float | None = None
+    firewall_backend: str = ""
+    firewall_model_ref: str = ""
+    firewall_cached: bool = False
+
+    user_id: str = ""
+    session_id: str = ""
+    session_name: str = ""
+    session_path: str = ""
+    properties: dict[str, str] = msgspec.field(default_factory=dict)
+
+    prompt_id: str = ""
+    prompt_version: int = 0
+    prompt_inputs: dict[str, str] = msgspec.field(default_factory=dict)
+
+    providers_tried: list[str] = msgspec.field(default_factory=list)
+    retries: int = 0
+
+
+class SpanRecord(msgspec.Struct, kw_only=True):
+    """One pipeline stage of one request: where the time went."""
+
+    schema_version: int = SCHEMA_VERSION
+    span_id: str
+    request_id: str
+    org_id: str
+    name: str
+    created_at_ms: int
+    start_offset_ms: float
+    duration_ms: float
+    status: str = "ok"
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class BreakerEventRecord(msgspec.Struct, kw_only=True):
+    """A circuit breaker of one provider changed state."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    provider: str
+    created_at_ms: int
+    from_state: str
+    to_state: str
+    failure_count: int = 0
+    reason: str = ""

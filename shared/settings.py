@@ -1,0 +1,27 @@
+"""Settings groups used by both processes. Each process has its own ``BaseSettings`` with its own
+env prefix (``gateway.settings``, ``ingester.settings``) built once at start-up and passed down;
+nothing here reads the environment by itself.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = ["ClickHouseSettings", "RedisSettings"]
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "floopy"
+    socket_timeout_s: float = Field(default=2.0, gt=0)
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+
+
+class ClickHouseSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 9000
+    database: str = "floopy"
+    user: str = "default"
+    password: str = ""
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    send_receive_timeout_s: float = Field(default=10.0, gt=0)

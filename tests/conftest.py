@@ -1,0 +1,58 @@
+"""Session-wide real servers: one Redis and one ClickHouse, started from Debian's packages in
+private directories on free ports. Tests that kill or stop a server start their own through
+the ``redis_factory`` / ``clickhouse_factory`` fixtures so the shared ones stay up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.servers import ClickHouseServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    started: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}")
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def clickhouse_factory(tmp_path: Path) -> Iterator[Callable[[], ClickHouseServer]]:
+    started: list[ClickHouseServer] = []
+
+    def make() -> ClickHouseServer:
+        server = ClickHouseServer(tmp_path / f"clickhouse{len(started)}")
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()

@@ -1,0 +1,150 @@
+"""Real processes for end-to-end tests: the fake provider, the gateway under granian and ingester
+workers, wired to the session's (or a test's own) Redis and ClickHouse with a unique stream
+prefix and database, so tests never see each other's records."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from clickhouse_driver import Client
+
+from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
+
+API_KEY = "sk-floopy-e2e"
+ORG_ID = "org-e2e"
+BIN = Path(sys.executable).parent
+
+
+class Floopy:
+    """One isolated Floopy: its own stream prefix, database, spool and processes."""
+
+    def __init__(self, root: Path, redis: RedisServer, clickhouse: ClickHouseServer) -> None:
+        self.root = root
+        self.redis = redis
+        self.clickhouse = clickhouse
+        self.tag = uuid.uuid4().hex[:10]
+        self.database = f"e2e_{self.tag}"
+        self.spool_dir = root / "spool"
+        self.provider_port = free_port()
+        self.gateway_port = free_port()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        keys = {API_KEY: {"org_id": ORG_ID, "key_id": "key-e2e"}}
+        return {
+            **os.environ,
+            "FLOOPY_GATEWAY_REDIS__URL": self.redis.url,
+            "FLOOPY_GATEWAY_REDIS__KEY_PREFIX": self.tag,
+            "FLOOPY_GATEWAY_PROVIDER__BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1",
+            "FLOOPY_GATEWAY_PROVIDER__API_KEY": "sk-upstream",
+            "FLOOPY_GATEWAY_API_KEYS": json.dumps(keys),
+            "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
+            "FLOOPY_GATEWAY_ACCESS_LOG": "false",
+            "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
+            "FLOOPY_INGESTER_REDIS__KEY_PREFIX": self.tag,
+            "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
+            "FLOOPY_INGESTER_CLICKHOUSE__DATABASE": self.database,
+            "FLOOPY_INGESTER_CLICKHOUSE__CONNECT_TIMEOUT_S": "1",
+            "FLOOPY_INGESTER_CLICKHOUSE__SEND_RECEIVE_TIMEOUT_S": "5",
+            "FLOOPY_INGESTER_SPOOL_DIR": str(self.spool_dir),
+            "FLOOPY_INGESTER_DEAD_LETTER_DIR": str(self.root / "dead-letter"),
+            "FLOOPY_INGESTER_BATCH_AGE_S": "0.2",
+            "FLOOPY_INGESTER_READ_BLOCK_MS": "200",
+            "FLOOPY_INGESTER_INSERT_ATTEMPTS": "2",
+            "FLOOPY_INGESTER_INSERT_BACKOFF_S": "0.1",
+            "FLOOPY_INGESTER_REPLAY_CHECK_INTERVAL_S": "0.5",
+            "FLOOPY_INGESTER_CLAIM_MIN_IDLE_S": "60",
+            **extra,
+        }
+
+    def spawn(self, name: str, argv: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        with (self.root / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                env=self.env(**extra),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[name] = proc
+        return proc
+
+    def start_provider(self) -> None:
+        self.spawn(
+            "provider",
+            [sys.executable, "-m", "devstack.fake_openai", "--port", str(self.provider_port)],
+        )
+        wait_for_port(self.provider_port)
+
+    def start_gateway(self, workers: int = 1) -> None:
+        self.spawn("gateway", [str(BIN / "floopy-gateway")], FLOOPY_GATEWAY_WORKERS=str(workers))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.gateway_url}/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway did not become healthy; see {self.root}/gateway.log")
+
+    def start_ingester(self, name: str = "ingester", **extra: str) -> None:
+        self.spawn(name, [str(BIN / "floopy-ingester"), "worker"], **extra)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        proc = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in ["gateway", *[n for n in self.processes if n != "gateway"]]:
+            if name in self.processes:
+                self.stop(name)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def sdk(self, api_key: str = API_KEY, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.gateway_url}/v1", api_key=api_key, **kwargs)
+
+    def async_sdk(self, api_key: str = API_KEY, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.gateway_url}/v1", api_key=api_key, **kwargs)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        client = Client(host="127.0.0.1", port=self.clickhouse.port, database=self.database)
+        try:
+            return list(client.execute(sql, params or {}))
+        finally:
+            client.disconnect()
+
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout_s: float = 60, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if predicate():
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}; logs in {self.root}")
+
+    def request_counts(self) -> tuple[int, int]:
+        """(rows read with FINAL, distinct request ids) in the requests table."""
+        rows = self.query("SELECT count(), uniqExact(request_id) FROM requests FINAL")
+        return int(rows[0][0]), int(rows[0][1])

@@ -1,0 +1,167 @@
+"""The app in-process (litestar's test client) against the fake provider and real Redis: one
+record per request, with the right fields, for successes, streams and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from devstack.fake_openai import FakeOpenAIThread
+from devstack.servers import RedisServer
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from shared.codec import decode_record
+from shared.records import RequestRecord, SpanRecord
+from shared.streams import RECORD_FIELD, Sink, stream_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+KEY = "sk-floopy-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAIThread]:
+    """In its own thread: the test client blocks this loop while the app handles a request."""
+    server = FakeOpenAIThread().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, fake: FakeOpenAIThread) -> GatewaySettings:
+    return GatewaySettings(
+        redis={"url": redis_server.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
+        provider={"base_url": fake.base_url, "api_key": "sk-up", "timeout_s": 2},
+        api_keys={KEY: {"org_id": "org-1", "key_id": "key-1"}},
+        max_body_bytes=10_000,
+    )
+
+
+@pytest.fixture
+async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+async def _records(settings: GatewaySettings, count: int) -> list[RequestRecord]:
+    redis = Redis.from_url(settings.redis.url)
+    key = stream_key(Sink.REQUESTS, settings.redis.key_prefix)
+    try:
+        async with asyncio.timeout(10):
+            while await redis.xlen(key) < count:  # noqa: ASYNC110 - polling another process's writes
+                await asyncio.sleep(0.02)
+        entries = await redis.xrange(key)
+    finally:
+        await redis.aclose()
+    return [decode_record(Sink.REQUESTS, fields[RECORD_FIELD]) for _, fields in entries]
+
+
+async def _spans(settings: GatewaySettings) -> list[SpanRecord]:
+    redis = Redis.from_url(settings.redis.url)
+    try:
+        entries = await redis.xrange(stream_key(Sink.SPANS, settings.redis.key_prefix))
+    finally:
+        await redis.aclose()
+    return [decode_record(Sink.SPANS, fields[RECORD_FIELD]) for _, fields in entries]
+
+
+async def test_completion_record(client: AsyncTestClient[Any], settings: GatewaySettings) -> None:
+    headers = {
+        **AUTH,
+        "floopy-user-id": "u-7",
+        "floopy-session-id": "s-1",
+        "floopy-property-Plan": "pro",
+    }
+    response = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    assert response.status_code == 200
+    assert response.json()["object"] == "chat.completion"
+    request_id = response.headers["floopy-request-id"]
+    assert response.headers["floopy-provider"] == "openai"
+    assert response.headers["floopy-model"] == "gpt-4o-mini"
+    [record] = await _records(settings, 1)
+    assert record.request_id == request_id
+    assert (record.org_id, record.api_key_id, record.status_code) == ("org-1", "key-1", 200)
+    assert (record.model_requested, record.model_used, record.provider) == ("gpt-4o-mini",) * 2 + (
+        "openai",
+    )
+    assert record.total_tokens == record.prompt_tokens + record.completion_tokens > 0
+    assert (record.user_id, record.session_id, record.properties) == ("u-7", "s-1", {"plan": "pro"})
+    assert set(record.stage_latency_ms) == {"auth", "intake", "routing", "dispatch"}
+    assert record.latency_ms >= record.stage_latency_ms["dispatch"] > 0
+    assert msgspec.json.decode(record.request_body) == BODY
+    assert "Hello from the fake provider" in record.response_body
+    assert record.providers_tried == ["openai"]
+    spans = await _spans(settings)
+    assert sorted(s.name for s in spans) == ["auth", "dispatch", "intake", "routing"]
+    assert {s.request_id for s in spans} == {request_id}
+
+
+async def test_stream_record_has_usage_and_ttft(
+    client: AsyncTestClient[Any], settings: GatewaySettings
+) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    text = response.text
+    assert text.rstrip().endswith("data: [DONE]")
+    assert '"choices":[]' not in text  # the caller did not ask for the usage chunk
+    [record] = await _records(settings, 1)
+    assert record.stream and record.status_code == 200 and record.error_message == ""
+    assert record.completion_tokens > 0 and record.total_tokens > 0
+    assert 0 < record.time_to_first_token_ms <= record.latency_ms
+    assert "Hello from the fake provider. This answer is canned." in record.response_body
+
+
+async def test_stream_usage_chunk_reaches_a_caller_who_asked(client: AsyncTestClient[Any]) -> None:
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert '"choices":[]' in response.text and '"total_tokens"' in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (BODY, {"Authorization": "Bearer nope"}, 401, "INVALID_API_KEY"),
+        (BODY, {}, 401, "INVALID_API_KEY"),
+        ({"messages": [{}]}, AUTH, 400, "BAD_REQUEST"),
+        ({**BODY, "model": "fake-status-503"}, AUTH, 502, "PROVIDER_ERROR"),
+        ({**BODY, "model": "no-such-model"}, AUTH, 400, "BAD_REQUEST"),
+        ({**BODY, "model": "fake-delay-3000"}, AUTH, 504, "GATEWAY_TIMEOUT"),
+        ({**BODY, "model": "fake-drop"}, AUTH, 502, "PROVIDER_ERROR"),
+        ({**BODY, "pad": "x" * 20_000}, AUTH, 413, "BAD_REQUEST"),
+        (BODY, {**AUTH, "floopy-user-id": "x" * 300}, 400, "BAD_REQUEST"),
+    ],
+)
+async def test_failures_are_structured_and_recorded(  # noqa: PLR0917 - parametrised
+    client: AsyncTestClient[Any],
+    settings: GatewaySettings,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    [record] = await _records(settings, 1)
+    assert (record.status_code, record.error_code) == (status, code)
+    assert record.request_id == response.headers["floopy-request-id"] == error["request_id"]
+
+
+async def test_health_reports_redis_and_counters(client: AsyncTestClient[Any]) -> None:
+    await client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    health = (await client.get("/health")).json()
+    assert health["redis"]["reachable"] is True
+    assert set(health["publisher"]) >= {"buffered", "published", "dropped"}

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import uuid
+
+from gateway.clients.providers.base import ChatRequest, TokenUsage, UpstreamReply
+from gateway.context import RequestContext, StageTiming
+from gateway.policy.headers import RequestMeta
+from gateway.policy.recording import TRUNCATED_MARK, build_records, clip_body
+from shared.errors import InvalidApiKeyError
+
+
+def _ctx() -> RequestContext:
+    ctx = RequestContext(headers={}, started_ns=1_000_000_000, created_at_ms=1_700_000_000_000)
+    ctx.org_id, ctx.api_key_id = "org", "key"
+    ctx.body = b'{"model":"gpt-4o","messages":[{}]}'
+    ctx.chat = ChatRequest(raw=ctx.body, model="gpt-4o")
+    ctx.meta = RequestMeta(user_id="u", session_id="s", properties={"tier": "gold"})
+    ctx.timings = [StageTiming("auth", 0.1, 0.2), StageTiming("dispatch", 0.5, 4.0)]
+    return ctx
+
+
+def test_success_record_carries_everything_known() -> None:
+    ctx = _ctx()
+    ctx.reply = UpstreamReply(
+        200, b'{"ok":1}', "application/json", "gpt-4o-2024", TokenUsage(5, 2, 7, 1)
+    )
+    ctx.status_code, ctx.response_body = 200, b'{"ok":1}'
+    ctx.providers_tried = ["openai"]
+    record, spans = build_records(ctx, end_ns=1_006_000_000, body_limit=1000)
+    assert record.request_id == ctx.request_id and uuid.UUID(record.request_id)
+    assert (record.org_id, record.api_key_id, record.created_at_ms) == (
+        "org",
+        "key",
+        1_700_000_000_000,
+    )
+    assert (record.model_requested, record.model_used, record.status_code) == (
+        "gpt-4o",
+        "gpt-4o-2024",
+        200,
+    )
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (5, 2, 7)
+    assert record.cached_prompt_tokens == 1
+    assert record.latency_ms == 6.0
+    assert record.stage_latency_ms == {"auth": 0.2, "dispatch": 4.0}
+    assert (record.user_id, record.session_id, record.properties) == ("u", "s", {"tier": "gold"})
+    assert record.request_body == ctx.body.decode() and record.response_body == '{"ok":1}'
+    assert record.providers_tried == ["openai"] and record.error_code == ""
+    assert [s.name for s in spans] == ["auth", "dispatch"]
+    assert all(s.request_id == ctx.request_id and s.org_id == "org" for s in spans)
+
+
+def test_span_ids_are_stable_for_the_same_request() -> None:
+    ctx = _ctx()
+    _, first = build_records(ctx, 1_001_000_000, 100)
+    _, again = build_records(ctx, 1_002_000_000, 100)
+    assert [s.span_id for s in first] == [s.span_id for s in again]
+    assert len({s.span_id for s in first}) == 2
+
+
+def test_failure_record_has_the_error() -> None:
+    ctx = RequestContext(headers={})
+    ctx.error = InvalidApiKeyError("invalid API key")
+    ctx.status_code = 401
+    record, _ = build_records(ctx, ctx.started_ns + 1000, 100)
+    assert (record.status_code, record.error_code) == (401, "INVALID_API_KEY")
+    assert record.error_message == "invalid API key"
+    assert record.org_id == "" and record.prompt_tokens == 0
+
+
+def test_bodies_are_clipped_in_the_record_only() -> None:
+    assert clip_body(b"abcdef", 3) == "abc" + TRUNCATED_MARK
+    assert clip_body("é".encode() * 3, 3) == "é" + TRUNCATED_MARK  # never half a character
+    assert clip_body(b"abc", 3) == "abc"
