@@ -83,6 +83,7 @@ class Stack:
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
             "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(self.clickhouse.port),  # the console reads
             "FLOOPY_INGESTER_SPOOL_DIR": str(self.root / "spool"),
+            "FLOOPY_INGESTER_DEAD_LETTER_DIR": str(self.root / "dead-letter"),
         }
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
