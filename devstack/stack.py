@@ -175,6 +175,11 @@ def _interrupt(signum: int, frame: object) -> None:
 app = typer.Typer(add_completion=False, help="Run Floopy's whole stack locally.")
 
 
+@app.callback()
+def _commands() -> None:
+    """Keeps ``up`` a subcommand (typer folds a lone command into the program otherwise)."""
+
+
 @app.command()
 def up(
     root: Annotated[Path, typer.Option(help="State directory")] = Path(".stack"),
