@@ -1,10 +1,13 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-gateway bench-ingest bench-lag
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag
 
 VENV := .venv/bin
 
 bootstrap:
 	@bash deploy/local/bootstrap.sh
+
+bench-bootstrap:
+	@bash deploy/local/bootstrap.sh bench
 
 run: bootstrap
 	$(VENV)/floopy-stack up
@@ -22,11 +25,11 @@ test: lint typecheck
 unit: bootstrap
 	$(VENV)/pytest tests/unit
 
-bench-gateway: bootstrap
+bench-gateway: bench-bootstrap
 	$(VENV)/python -m bench.gateway_overhead
 
-bench-ingest: bootstrap
+bench-ingest: bench-bootstrap
 	$(VENV)/python -m bench.ingest
 
-bench-lag: bootstrap
+bench-lag: bench-bootstrap
 	$(VENV)/python -m bench.e2e_lag

@@ -12,6 +12,8 @@ command -v clickhouse-client >/dev/null 2>&1 || need+=(clickhouse-client)
 # headless Chromium and its driver for the console's browser tests (tests/browser)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# `bootstrap.sh bench`: also the load generator the benchmarks drive
+if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null 2>&1 || need+=(wrk); fi
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   echo "bootstrap: installing ${need[*]} from Debian's packages"
