@@ -7,6 +7,7 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -14,6 +15,9 @@ from gateway.clients.providers.base import ProviderClient
 from gateway.clients.providers.openai import OpenAIProvider
 from gateway.clients.publisher import Publisher
 from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from gateway.access import Access
 
 __all__ = ["Counters", "Runtime"]
 
@@ -33,6 +37,8 @@ class Runtime:
     publisher: Publisher
     providers: dict[str, ProviderClient]
     counters: Counters = field(default_factory=Counters)
+    access: Access = field(init=False)
+    """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:

@@ -41,6 +41,7 @@ KEYS = {
     "sk-floopy-acme-read": {"org_id": "org-acme", "key_id": "k-acme"},
     "sk-floopy-globex-read": {"org_id": "org-globex", "key_id": "k-globex"},
 }
+PAGE_TIMEOUT_S = 30
 CHROME_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -69,7 +70,7 @@ class Console:
             main = d.find_element(By.ID, "main")
             return main.get_attribute("data-ready") == "1"
 
-        WebDriverWait(self.driver, 30).until(ready)
+        WebDriverWait(self.driver, PAGE_TIMEOUT_S).until(ready)
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,12 @@ def _driver(profile: Path) -> WebDriver:
     options.binary_location = "/usr/bin/chromium"
     for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    # A chromium that stops answering fails the test after these, instead of hanging it (and
+    # pytest-timeout on the module is the backstop for chromedriver itself).
+    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    driver.set_script_timeout(PAGE_TIMEOUT_S)
+    return driver
 
 
 @pytest.fixture(scope="module")

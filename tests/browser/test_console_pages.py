@@ -15,7 +15,7 @@ from shared.records import RequestRecord
 
 from .conftest import Console
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ACME = "org-acme"
 
@@ -111,6 +111,14 @@ def test_sessions_page_and_one_session(console: Console) -> None:
     rows = console.driver.find_elements(By.CSS_SELECTOR, "#panel tbody tr")
     assert [r.get_attribute("data-id") for r in rows] == want
     console.screenshot("sessions")
+
+    rows[-1].click()  # a request of the session, then back to the session
+    WebDriverWait(console.driver, 20).until(lambda d: d.find_elements(By.ID, "request-body"))
+    assert want[-1] in console.driver.find_element(By.ID, "panel").text
+    console.driver.find_element(By.ID, "panel-back").click()
+    WebDriverWait(console.driver, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#panel tbody tr")) == len(want)
+    )
 
 
 def test_users_page_and_timeline(console: Console) -> None:

@@ -26,7 +26,7 @@ function h(tag, attrs, ...children) {
 const fmt = {
   n: (v) => (v ?? 0).toLocaleString("en-US"),
   usd: (v) => (v === null || v === undefined ? "—" : v === 0 ? "$0" : "$" + (v < 0.01 && v > 0 ? v.toFixed(6) : v.toFixed(v < 10 ? 4 : 2))),
-  ms: (v) => (v === null || v === undefined ? "—" : v >= 999.5 ? (v / 1000).toFixed(2) + " s" : v.toFixed(v < 10 ? 2 : 0) + " ms"),
+  ms: (v) => (v === null || v === undefined ? "—" : v === 0 ? "0" : v >= 999.5 ? (v / 1000).toFixed(2) + " s" : v.toFixed(v < 10 ? 2 : 0) + " ms"),
   c: (v) => new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 }).format(v ?? 0),
   pct: (v) => ((v ?? 0) * 100).toFixed(1) + "%",
   time: (ms) => new Date(ms).toISOString().replace("T", " ").slice(0, 19),
@@ -104,12 +104,13 @@ function chart(title, series, { kind = "line", format = fmt.c, step = 3600 } = {
   }
   const stacked = kind === "bar";
   const totals = xs.map((x) => series.reduce((acc, se) => acc + (se.points.find((p) => p[0] === x)?.[1] || 0), 0));
-  const maxV = Math.max(1e-9, ...(stacked ? totals : series.flatMap((se) => se.points.map((p) => p[1]))));
+  const ticks = niceTicks(Math.max(0, ...(stacked ? totals : series.flatMap((se) => se.points.map((p) => p[1] || 0)))), format === fmt.c);
+  const maxV = ticks[ticks.length - 1];
   const band = (W - L - R) / xs.length;
   const px = (i) => L + (i + 0.5) * band;  /* band centres: bars never cover the y labels */
   const py = (v) => T + (H - T - B) * (1 - v / maxV);
-  for (let g = 0; g <= 4; g++) {
-    const v = (maxV * g) / 4, y = py(v);
+  for (const v of ticks) {
+    const y = py(v);
     svg.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: "#eef0f3" }));
     svg.append(s("text", { x: L - 6, y: y + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" }, format(v)));
   }
@@ -142,6 +143,22 @@ function chart(title, series, { kind = "line", format = fmt.c, step = 3600 } = {
     box.append(h("div", { class: "legend" }, series.map((se, k) => h("span", {}, h("i", { style: `background:${se.color || COLORS[k % COLORS.length]}` }), se.name || "—"))));
   }
   return box;
+}
+
+/* Round gridlines (1, 2, 2.5 or 5 × 10^k): a count axis never reads 37.5 requests, a cost
+   axis never $0.097. */
+function niceTicks(max, integer) {
+  if (!(max > 0)) return [0, 1];
+  const raw = max / 4, mag = 10 ** Math.floor(Math.log10(raw));
+  const steps = [1, 2, 2.5, 5, 10].map((m) => m * mag).filter((st) => !integer || Number.isInteger(st));
+  const step = Math.max(integer ? 1 : 0, steps.find((st) => st >= raw) || 10 * mag);
+  const ticks = [];
+  for (let i = 0; ticks.length < 8; i++) {
+    const v = Number((i * step).toPrecision(12));
+    ticks.push(v);
+    if (v >= max) break;
+  }
+  return ticks;
 }
 
 function byField(rows, field, seriesKey = "series") {
@@ -259,13 +276,14 @@ function preview(body) {
   } catch { return body; }
 }
 
-function requestRow(r) {
-  const tr = h("tr", { "data-id": r.request_id, onclick: () => { document.querySelectorAll("tbody tr.selected").forEach((x) => x.classList.remove("selected")); tr.classList.add("selected"); openRequest(r.request_id, r.created_at_ms); } },
+/* ``back``: set for rows inside a panel (a session, a user), so the detail can return there. */
+function requestRow(r, back) {
+  const tr = h("tr", { "data-id": r.request_id, onclick: () => { document.querySelectorAll("tbody tr.selected").forEach((x) => x.classList.remove("selected")); tr.classList.add("selected"); openRequest(r.request_id, r.created_at_ms, back); } },
     h("td", {}, fmt.time(r.created_at_ms)), h("td", {}, statusBadge(r.status_code), r.error_code ? h("span", { class: "muted" }, " " + r.error_code) : null),
     h("td", {}, r.model || "—"), h("td", {}, r.provider || "—"), h("td", { class: "num" }, fmt.ms(r.latency_ms)),
     h("td", { class: "num" }, fmt.n(r.total_tokens)), h("td", { class: "num" }, fmt.usd(r.cost_usd)),
     h("td", {}, r.cache_status === "hit" ? h("span", { class: "badge hit" }, "hit " + r.cache_tier) : r.cache_status || "—"),
-    h("td", {}, r.user_id || "—"), h("td", { class: "preview" }, preview(r.preview)));
+    h("td", { class: "user" }, r.user_id || "—"), h("td", { class: "preview" }, preview(r.preview)));
   return tr;
 }
 
@@ -285,7 +303,7 @@ function barRows(items, total, cls) {
     h("span", { class: "muted" }, fmt.ms(dur)))));
 }
 
-async function openRequest(id, at) {
+async function openRequest(id, at, back) {
   const panel = $("#panel"), body = $("#panel-body");
   panel.hidden = false;
   body.replaceChildren(h("p", { class: "muted" }, "Loading…"));
@@ -296,6 +314,7 @@ async function openRequest(id, at) {
   const cached = Math.min(r.cached_prompt_tokens || 0, r.prompt_tokens);
   const tokTotal = Math.max(1, r.total_tokens);
   body.replaceChildren(
+    back ? h("button", { class: "btn ghost back", id: "panel-back", onclick: back }, "← back") : null,
     h("h2", { id: "detail-title" }, statusBadge(r.status_code), " ", r.model_used || r.model_requested || "(no model)", h("span", { class: "muted" }, " · " + (r.provider || "no provider"))),
     kv([["Request id", r.request_id], ["Time", fmt.time(r.created_at_ms)], ["Error", r.error_code ? `${r.error_code}: ${r.error_message}` : ""],
       ["Latency", fmt.ms(r.latency_ms)], ["Time to first token", r.stream ? fmt.ms(r.time_to_first_token_ms) : ""],
@@ -336,7 +355,7 @@ pages.sessions = async (main) => {
 async function openSession(id) {
   $("#panel").hidden = false;
   const { session: x, requests } = await api("/sessions/" + encodeURIComponent(id));
-  const tbody = h("tbody", {}, requests.map(requestRow));
+  const tbody = h("tbody", {}, requests.map((r) => requestRow(r, () => openSession(id))));
   $("#panel-body").replaceChildren(h("h2", { id: "detail-title" }, x.name || x.session_id),
     kv([["Session", x.session_id], ["Path", x.path], ["Requests", fmt.n(x.requests)], ["Cost", fmt.usd(x.cost_usd)], ["Tokens", fmt.n(x.total_tokens)],
       ["Started", fmt.time(x.first_ms)], ["Duration", fmt.dur(x.duration_ms)]]),
@@ -362,7 +381,7 @@ async function openUser(id) {
   $("#panel-body").replaceChildren(h("h2", { id: "detail-title" }, "User " + u.user_id),
     chart("Requests (ok and errors)", [{ name: "ok", points: u.series.map((r) => [r.t, r.requests - r.errors]) }, { name: "errors", color: "#c92a2a", points: u.series.map((r) => [r.t, r.errors]) }], { kind: "bar", step: u.bucket_s }),
     chart("Cost (USD)", [{ name: "cost", points: u.series.map((r) => [r.t, r.cost_usd]) }], { format: (v) => "$" + v.toFixed(3), step: u.bucket_s }),
-    h("h3", {}, "Latest requests"), h("table", {}, h("tbody", {}, u.recent.map(requestRow))));
+    h("h3", {}, "Latest requests"), h("table", {}, h("tbody", {}, u.recent.map((r) => requestRow(r, () => openUser(id))))));
 }
 
 pages.properties = async (main, query) => {

@@ -20,8 +20,10 @@ from gateway.console.auth import static_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.settings import ApiKeyEntry
 from ingester.rollups import Rollups
-from shared.records import RequestRecord
+from shared.codec import encode_record
+from shared.records import BreakerEventRecord, RequestRecord
 from shared.settings import ClickHouseSettings
+from shared.streams import Sink
 
 from .conftest import dataset, drop_database, make_deliver, new_database
 
@@ -44,12 +46,32 @@ def loaded(
     deliver, delivery = make_deliver(ch, tmp_path_factory.mktemp("dead"))
     deliver(records)
     deliver(records[:400])  # redelivered: every figure must still count each record once
+    events = [encode_record(e) for e in breaker_events_near(records)]
+    assert delivery.deliver(Sink.BREAKER_EVENTS, events).inserted == len(events)
     delivery.close()
     rollups = Rollups(ch, overlap_s=0)
     rollups.run_changed()
     rollups.close()
     yield ch, records
     drop_database(ch)
+
+
+def breaker_events_near(records: list[RequestRecord]) -> list[BreakerEventRecord]:
+    """The breaker of the first failed request's provider opens a second after it, and a
+    breaker of a provider no request of that minute used opens at the same time."""
+    failed = next(r for r in records if r.org_id == ACME and r.status_code == 502)
+    return [
+        BreakerEventRecord(
+            event_id=f"ev-{provider}",
+            provider=provider,
+            created_at_ms=failed.created_at_ms + 1000,
+            from_state="closed",
+            to_state="open",
+            failure_count=5,
+            reason="5 failures in 30s",
+        )
+        for provider in (failed.provider, "provider-nobody-used")
+    ]
 
 
 def build_app(ch: ClickHouseSettings) -> Litestar:
@@ -187,6 +209,29 @@ async def test_one_request_in_full_with_spans(
         f"/console/api/requests/{record.request_id}", headers={"Authorization": "Bearer sk-acme"}
     )
     assert no_hint.json()["request"]["request_id"] == record.request_id
+
+
+async def test_one_failed_request_shows_firewall_retries_and_breaker_events(
+    client: Client, loaded: tuple[ClickHouseSettings, list[RequestRecord]]
+) -> None:
+    failed = next(r for r in loaded[1] if r.org_id == ACME and r.status_code == 502)
+    r = await client.get(
+        f"/console/api/requests/{failed.request_id}", headers={"Authorization": "Bearer sk-acme"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    got = body["request"]
+    assert (got["error_code"], got["error_message"]) == (failed.error_code, failed.error_message)
+    assert got["providers_tried"] == failed.providers_tried and got["retries"] == 1
+    assert got["firewall_verdict"] == failed.firewall_verdict
+    assert got["firewall_score"] == pytest.approx(failed.firewall_score)
+    assert got["firewall_model_ref"] == failed.firewall_model_ref
+    assert [(e["provider"], e["to_state"]) for e in body["breaker_events"]] == [
+        (failed.provider, "open")
+    ]
+    spans = {s["name"]: s for s in body["spans"]}
+    assert spans["provider"]["status"] == "error"
+    assert spans["provider"]["duration_ms"] == pytest.approx(failed.stage_latency_ms["provider"])
 
 
 async def test_metrics_from_rollups_equal_raw_totals(

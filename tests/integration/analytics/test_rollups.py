@@ -3,16 +3,23 @@ update their own hour, a rebuild equals the incremental result, percentiles are 
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from ingester.delivery import Delivery
+from ingester.replay import Replayer, ReplayStatus
 from ingester.rollups import Rollups
 from ingester.sink import client_for
+from ingester.spool.writer import SpoolWriter
+from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
+from shared.streams import Sink
 
 from .conftest import Deliver, dataset
 
@@ -65,12 +72,13 @@ def test_rollups_equal_raw_totals_after_every_record_was_delivered_twice(
     ch: ClickHouseSettings, deliver: Deliver, rollups: Rollups
 ) -> None:
     records = dataset(1500, days=2)
+    query(ch, "SYSTEM STOP MERGES DB.requests")  # keep the duplicates visible to the rollups
     deliver(records[:700])
     rollups.run_changed()
     deliver(records[700:])
     deliver(records)  # the whole batch again, as a replay after a crash would
     rollups.run_changed()
-    assert query(ch, "SELECT count() FROM DB.requests")[0][0] > len(records)  # not merged yet
+    assert query(ch, "SELECT count() FROM DB.requests")[0][0] == 2 * len(records)
     for table, bucket in (("rollup_hourly", 3600), ("rollup_daily", 86400)):
         assert_same(actual(ch, table), expected(records, bucket))
     for table in ("rollup_user_daily", "rollup_property_daily"):
@@ -144,3 +152,50 @@ def test_percentiles_from_rollups_are_close_to_exact(
     for q, got in zip((0.5, 0.9, 0.95, 0.99), merged, strict=True):
         exact = latencies[min(int(q * len(latencies)), len(latencies) - 1)]
         assert got == pytest.approx(exact, rel=0.08), q
+
+
+def raw_totals(ch: ClickHouseSettings) -> dict[tuple[str, int], tuple[Any, ...]]:
+    """The same figures straight from the raw table, deduplicated by ``FINAL``."""
+    rows = query(
+        ch,
+        "SELECT org_id, intDiv(toUInt32(created_at), 3600) * 3600 AS h, count(), "
+        "countIf(status_code >= 400 OR error_code != ''), countIf(cache_status = 'hit'), "
+        "sum(ifNull(cost_usd, 0)), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens) "
+        "FROM DB.requests FINAL GROUP BY org_id, h",
+    )
+    return {(r[0], r[1]): tuple(float(x) for x in r[2:]) for r in rows}
+
+
+def test_replaying_the_same_fallback_file_twice_leaves_rollups_equal_to_raw_totals(
+    ch: ClickHouseSettings, tmp_path: Path, rollups: Rollups
+) -> None:
+    """The failure peers have: a crash after the inserts of a replay but before the file is
+    deleted means the same file is replayed again. Every record then sits twice in the raw table
+    until a merge; the rollups must still count it once."""
+    records = dataset(1200, seed=23, days=1)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with SpoolWriter(spool, Sink.REQUESTS) as writer:
+        writer.append([encode_record(r) for r in records])
+    kept = tmp_path / "requests.jsonl.copy"
+    shutil.copy(spool / "requests.jsonl", kept)
+
+    query(ch, "SYSTEM STOP MERGES DB.requests")  # keep both copies of every record visible
+    delivery = Delivery(ch, tmp_path / "dead")
+    try:
+        first = Replayer(spool, Sink.REQUESTS, delivery, batch_records=500).replay()
+        assert first.status is ReplayStatus.DONE and first.inserted == len(records)
+        rollups.run_changed()
+        once = actual(ch, "rollup_hourly")
+        shutil.copy(kept, spool / "requests.jsonl")  # the file the crashed replayer left behind
+        second = Replayer(spool, Sink.REQUESTS, delivery, batch_records=500).replay()
+        assert second.status is ReplayStatus.DONE and second.inserted == len(records)
+    finally:
+        delivery.close()
+    rollups.run_changed()
+
+    assert query(ch, "SELECT count() FROM DB.requests")[0][0] == 2 * len(records)
+    assert actual(ch, "rollup_hourly") == once
+    assert_same(actual(ch, "rollup_hourly"), raw_totals(ch))
+    assert_same(actual(ch, "rollup_hourly"), expected(records, 3600))
+    assert_same(actual(ch, "rollup_daily"), expected(records, 86400))
