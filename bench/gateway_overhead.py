@@ -139,16 +139,34 @@ def _wrk_script(directory: Path) -> Path:
     return script
 
 
+def bench_config() -> dict[str, object]:
+    """One org with the default rate limit (10,000/min: never reached at the fixed rate, but
+    checked on every request) and one key with its own generous limits: auth, limits and
+    usage accounting all run, as in production."""
+    return {
+        "orgs": {"org-bench": {"name": "bench", "rate_limit": "100000000;w=60"}},
+        "keys": {
+            "key-bench": {
+                "org": "org-bench",
+                "secret": KEY,
+                "limits": {"rate_limit_policy": "100000000;w=60", "daily_tokens": 10**12},
+            }
+        },
+    }
+
+
 def bench(directory: Path, rate: float, seconds: float, connections: int) -> None:
     redis = RedisServer(directory / "redis")
     redis.start()
     fake = FakeProviderProcess(directory)
     fake.start()
+    config = directory / "floopy.json"
+    config.write_text(json.dumps(bench_config()))
     gateway = GatewayProcess(
         directory,
         redis_url=redis.url,
         provider_url=fake.base_url,
-        api_keys={KEY: {"org_id": "org-bench", "key_id": "key-bench"}},
+        config_file=config,
         extra_env={"FLOOPY_GATEWAY_LOG_LEVEL": "info", "FLOOPY_GATEWAY_ACCESS_LOG": "true"},
     )
     try:

@@ -18,6 +18,10 @@ the model but not arbitrary headers):
 - model ``fake-drop``: close the connection without answering.
 - models outside ``MODELS`` (and not ``fake-*``) get OpenAI's 404 ``model_not_found``.
 - a request without ``Authorization: Bearer …`` gets OpenAI's 401 ``invalid_api_key``.
+
+Azure OpenAI is served too, at ``/openai/deployments/{deployment}/chat/completions`` with the
+``api-version`` query parameter and the ``api-key`` header (401 without it, Azure's 404 without
+the version); the deployment name is the model, and the same knobs apply to it.
 """
 
 from __future__ import annotations
@@ -170,6 +174,15 @@ def _error(status: int, message: str, code: str | None = None) -> web.Response:
     )
 
 
+def _azure_error(status: int, message: str) -> web.Response:
+    """Azure's own errors (auth, routing) carry the status as a string code."""
+    return web.Response(
+        status=status,
+        body=_encode({"error": {"code": str(status), "message": message}}),
+        content_type="application/json",
+    )
+
+
 def _magic(model: str, prefix: str) -> int | None:
     if model.startswith(prefix):
         tail = model[len(prefix) :]
@@ -198,6 +211,28 @@ class _Handler:
             body = _decode_request(await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f"Invalid request body: {exc}")
+        return await self.answer(request, body)
+
+    async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI: the deployment in the path is the model; ``api-key`` header (a Bearer
+        token is not accepted here); ``api-version`` query parameter required."""
+        if not request.headers.get("api-key"):
+            return _azure_error(
+                401,
+                "Access denied due to invalid subscription key or wrong API endpoint. Make "
+                "sure to provide a valid key for an active subscription and use a correct "
+                "regional API endpoint for your resource.",
+            )
+        if not request.query.get("api-version"):
+            return _azure_error(404, "Resource not found")
+        try:
+            body = _decode_request(await request.read())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f"Invalid request body: {exc}")
+        body.model = request.match_info["deployment"]
+        return await self.answer(request, body)
+
+    async def answer(self, request: web.Request, body: _Request) -> web.StreamResponse:
         refusal = await self.refusal(request, body.model)
         if refusal is not None:
             return refusal
@@ -268,6 +303,7 @@ def build_app() -> web.Application:
     handler = _Handler()
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_post("/v1/chat/completions", handler.chat)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", handler.azure_chat)
     app.router.add_get("/health", _health)
     return app
 

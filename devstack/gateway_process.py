@@ -112,7 +112,8 @@ class FakeProviderProcess(ChildProcess):
 
 
 class GatewayProcess(ChildProcess):
-    """``floopy-gateway`` configured through its environment, like production."""
+    """``floopy-gateway`` configured through its environment, like production: keys from a
+    config seed file (``config_file``) or the deprecated ``api_keys`` table (seeded too)."""
 
     name = "gateway"
 
@@ -122,7 +123,8 @@ class GatewayProcess(ChildProcess):
         *,
         redis_url: str,
         provider_url: str,
-        api_keys: Mapping[str, Mapping[str, str]],
+        api_keys: Mapping[str, Mapping[str, str]] | None = None,
+        config_file: Path | None = None,
         workers: int = 1,
         extra_env: Mapping[str, str] | None = None,
         port: int | None = None,
@@ -132,11 +134,13 @@ class GatewayProcess(ChildProcess):
             "FLOOPY_GATEWAY_REDIS__URL": redis_url,
             "FLOOPY_GATEWAY_PROVIDER__BASE_URL": provider_url,
             "FLOOPY_GATEWAY_PROVIDER__API_KEY": "sk-upstream-fake",
-            "FLOOPY_GATEWAY_API_KEYS": json.dumps(api_keys),
+            "FLOOPY_GATEWAY_API_KEYS": json.dumps(api_keys or {}),
             "FLOOPY_GATEWAY_PORT": str(self.port),
             "FLOOPY_GATEWAY_WORKERS": str(workers),
             **(extra_env or {}),
         }
+        if config_file is not None:
+            self.settings_env["FLOOPY_GATEWAY_CONFIG_FILE"] = str(config_file)
 
     @property
     def base_url(self) -> str:

@@ -28,6 +28,25 @@ __all__ = ["Stack", "main"]
 
 DEV_API_KEY = "sk-floopy-dev-local"
 DEV_ORG = "org-dev"
+DEV_CONFIG = f"""\
+# The local stack's config seed (FLOOPY_GATEWAY_CONFIG_FILE), applied by every gateway worker at
+# start-up; written once, yours to edit. Format: README "Configuration".
+[orgs.{DEV_ORG}]
+name = "Local development"
+
+[keys.key-dev-local]
+org = "{DEV_ORG}"
+secret = "{DEV_API_KEY}"   # a known key for a dev stack only; use secret_env or hash elsewhere
+permissions = ["proxy", "read", "admin"]
+
+[[templates]]
+id = "greeting"
+org = "{DEV_ORG}"
+messages = [
+  {{ role = "system", content = "You are a friendly assistant for {{{{product}}}}." }},
+  {{ role = "user", content = "Say hello to {{{{name}}}}." }},
+]
+"""
 
 
 def pick_port(preferred: int) -> int:
@@ -69,14 +88,18 @@ class Stack:
         saved: dict[str, int] = json.loads(path.read_text())
         return {name: port for name, port in saved.items() if pick_port(port) == port}
 
+    @property
+    def config_file(self) -> Path:
+        return self.root / "floopy.toml"
+
     def env(self) -> dict[str, str]:
-        keys = {DEV_API_KEY: {"org_id": DEV_ORG, "key_id": "key-dev-local"}}
         return {
             **os.environ,
             "FLOOPY_GATEWAY_REDIS__URL": self.redis.url,
             "FLOOPY_GATEWAY_PROVIDER__BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1",
             "FLOOPY_GATEWAY_PROVIDER__API_KEY": "sk-fake-upstream",
-            "FLOOPY_GATEWAY_API_KEYS": json.dumps(keys),
+            "FLOOPY_GATEWAY_CONFIG_FILE": str(self.config_file),
+            "FLOOPY_GATEWAY_OPERATOR_ORGS": json.dumps([DEV_ORG]),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_WORKERS": str(self.gateway_workers),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
@@ -95,6 +118,8 @@ class Stack:
         return proc
 
     def up(self) -> None:
+        if not self.config_file.exists():
+            self.config_file.write_text(DEV_CONFIG)
         self.redis.start()
         self.clickhouse.start()
         (self.root / "ports.json").write_text(
@@ -144,6 +169,7 @@ class Stack:
                 f"http 127.0.0.1:{self.clickhouse.http_port}, database floopy",
                 f"  ingesters      {self.ingesters} worker(s); spool in {self.root / 'spool'}",
                 f"  logs           {self.root / 'logs'}",
+                f"  config seed    {self.config_file}   (orgs, keys, templates, routes)",
                 "",
                 "Point any OpenAI SDK app at it:",
                 f"  export OPENAI_BASE_URL={base} OPENAI_API_KEY={DEV_API_KEY}",

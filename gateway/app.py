@@ -7,13 +7,16 @@ on the worker's own event loop and closes it at shutdown (publisher flush first)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
-from gateway.console import Console, openapi_config
-from gateway.console.auth import static_keys
+from gateway.access import Access
+from gateway.admin.api import admin_router
+from gateway.console import Console, Principal, openapi_config
+from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.routes import chat_completions, health
 from gateway.runtime import Runtime
@@ -22,22 +25,37 @@ from gateway.settings import GatewaySettings
 __all__ = ["app_factory", "configure_logging", "create_app"]
 
 
-def create_app(settings: GatewaySettings) -> Litestar:
+def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> Litestar:
+    """``environ``: where the config seed reads ``secret_env`` keys (the process environment when
+    served by ``app_factory``)."""
+    opened: list[Access] = []
+
+    async def console_authenticate(token: str) -> Principal:
+        return await keystore_keys(opened[0].keystore)(token)
+
     console = Console(
-        settings.clickhouse, static_keys(settings.api_keys), pool_size=settings.console_pool_size
+        settings.clickhouse, console_authenticate, pool_size=settings.console_pool_size
     )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = await Runtime.open(settings)
+        access = await Access.open(settings, environ or {})
+        try:
+            runtime = await Runtime.open(await access.merged_settings(settings))
+        except BaseException:
+            await access.close()
+            raise
+        runtime.access = access
+        opened[:] = [access]
         app.state.runtime = runtime
         try:
             yield
         finally:
             await runtime.close()
+            await access.close()
 
     return Litestar(
-        route_handlers=[chat_completions, health, console.router],
+        route_handlers=[chat_completions, health, console.router, admin_router()],
         lifespan=[lifespan, console.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),
@@ -60,4 +78,4 @@ def app_factory() -> Litestar:
     """For ``granian --factory gateway.app:app_factory``: settings from the environment."""
     settings = GatewaySettings()
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, os.environ)

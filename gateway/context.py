@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gateway.clients.providers.base import (
     ChatRequest,
@@ -18,11 +17,8 @@ from gateway.clients.providers.base import (
     UpstreamStream,
 )
 from gateway.policy.headers import RequestMeta
-from gateway.policy.keys import ApiKey, Org
+from gateway.policy.routing import Target
 from shared.errors import ClientError
-
-if TYPE_CHECKING:
-    from gateway.clients.ratelimiter import Bucket
 
 __all__ = ["RequestContext", "StageTiming"]
 
@@ -33,6 +29,7 @@ class StageTiming:
     start_offset_ms: float
     duration_ms: float
     status: str = "ok"
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 async def _no_body() -> bytes:
@@ -53,21 +50,17 @@ class RequestContext:
     org_id: str = ""
     api_key_id: str = ""
     body: bytes = b""
-    api_key: ApiKey | None = None
-    """Set by auth: permissions, limits and switches (cache, firewall, body logging)."""
-    org: Org | None = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-    """Headers a stage wants on the answer, error or not (rate-limit state)."""
-    after_response_charges: list[Bucket] = field(default_factory=list)
-    """Token- and cost-unit buckets to charge once the record's tokens and cost are known."""
-    prompt_id: str = ""
-    prompt_version: int = 0
-    prompt_inputs: dict[str, str] = field(default_factory=dict)
     chat: ChatRequest | None = None
     meta: RequestMeta = field(default_factory=RequestMeta)
 
+    targets: list[Target] = field(default_factory=list)
+    """Set by routing: the provider/model pairs to try, in order."""
     provider: ProviderClient | None = None
+    """The provider that answered (or, on failure, the last one tried)."""
     providers_tried: list[str] = field(default_factory=list)
+    retries: int = 0
+    attempts: list[StageTiming] = field(default_factory=list)
+    """One per upstream attempt (spans named ``provider_attempt``), apart from the stages."""
     reply: UpstreamReply | None = None
     stream: UpstreamStream | None = None
 

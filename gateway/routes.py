@@ -65,7 +65,7 @@ def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
 
 
 def _headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"Floopy-Request-Id": ctx.request_id}
+    headers = {**ctx.response_headers, "Floopy-Request-Id": ctx.request_id}
     if ctx.provider_name:
         headers["Floopy-Provider"] = ctx.provider_name
     model = ctx.model_used or ctx.model_requested
@@ -167,6 +167,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "status": "ok" if reachable else "degraded",
         "redis": {"reachable": reachable},
         "publisher": rt.publisher.stats(),
+        "access": rt.access.stats(),
         "errors": {
             "unexpected": rt.counters.unexpected_errors,
             "record_build": rt.counters.record_build_failures,

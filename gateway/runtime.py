@@ -7,17 +7,14 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
-from gateway.clients.providers.base import ProviderClient
-from gateway.clients.providers.openai import OpenAIProvider
 from gateway.clients.publisher import Publisher
+from gateway.clients.upstreams import Upstreams
 from gateway.settings import GatewaySettings
-
-if TYPE_CHECKING:
-    from gateway.access import Access
+from shared.codec import encode_record
+from shared.streams import Sink
 
 __all__ = ["Counters", "Runtime"]
 
@@ -35,10 +32,8 @@ class Runtime:
     settings: GatewaySettings
     redis: Redis
     publisher: Publisher
-    providers: dict[str, ProviderClient]
+    upstreams: Upstreams
     counters: Counters = field(default_factory=Counters)
-    access: Access = field(init=False)
-    """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:
@@ -48,13 +43,15 @@ class Runtime:
             socket_connect_timeout=settings.redis.connect_timeout_s,
         )
         publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
-        provider = OpenAIProvider(settings.provider)
-        await provider.open()
+        upstreams = await Upstreams.open(
+            settings,
+            redis,
+            lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
+        )
         publisher.start()
-        return cls(settings, redis, publisher, {provider.name: provider})
+        return cls(settings, redis, publisher, upstreams)
 
     async def close(self) -> None:
         await self.publisher.stop()
-        for provider in self.providers.values():
-            await provider.aclose()
+        await self.upstreams.aclose()
         await self.redis.aclose()

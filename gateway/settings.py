@@ -4,25 +4,96 @@ passed down; nothing else reads the environment."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.settings import ClickHouseSettings, RedisSettings
 
-__all__ = ["ApiKeyEntry", "GatewaySettings", "ProviderSettings", "PublisherSettings"]
+__all__ = [
+    "ApiKeyEntry",
+    "BreakerSettings",
+    "GatewaySettings",
+    "PriceOverride",
+    "ProviderKind",
+    "ProviderSettings",
+    "PublisherSettings",
+    "RetrySettings",
+]
+
+ProviderKind = Literal["openai", "azure", "anthropic"]
 
 
 class ProviderSettings(BaseModel):
-    """One OpenAI-compatible upstream (the first cut routes everything to it)."""
+    """One upstream. ``kind`` picks the wire format: ``openai`` (any OpenAI-compatible API:
+    OpenAI, Groq, Together, Mistral, vLLM, Ollama …), ``azure`` (Azure OpenAI deployments) or
+    ``anthropic`` (the Messages API)."""
 
     name: str = "openai"
+    kind: ProviderKind = "openai"
     base_url: str = "https://api.openai.com/v1"
+    """The API root: ``…/v1`` for OpenAI-compatible ones, the resource endpoint
+    (``https://<resource>.openai.azure.com``) for Azure, ``https://api.anthropic.com``."""
     api_key: SecretStr = SecretStr("")
+    api_key_env: str = ""
+    """The NAME of an environment variable holding the key, read once at start-up; keeps the
+    key itself out of config files. Wins over ``api_key``."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Longest wait for the upstream's answer (the whole body when not streaming; each read
     when streaming, so a long stream that keeps sending is not cut)."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
+    models: list[str] = Field(default_factory=list)
+    """Models this provider serves, by exact name."""
+    model_prefixes: list[str] = Field(default_factory=list)
+    """…and by prefix (``claude-``). With neither set, the provider serves any model."""
+    api_version: str = "2024-10-21"
+    """Azure only: the ``api-version`` query parameter."""
+    deployments: dict[str, str] = Field(default_factory=dict)
+    """Azure only: model → deployment name; a model not listed is its own deployment name."""
+
+    @model_validator(mode="after")
+    def _key_from_environment(self) -> ProviderSettings:
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value is None:
+                raise ValueError(
+                    f"provider {self.name!r}: environment variable {self.api_key_env} "
+                    "(api_key_env) is not set"
+                )
+            self.api_key = SecretStr(value)
+        return self
+
+
+class RetrySettings(BaseModel):
+    """Retries of one target before falling back to the next (tenacity, exponential backoff).
+    Only failures worth repeating are retried: 5xx, 429, a refused or dropped connection."""
+
+    attempts: int = Field(default=2, ge=1, le=5)
+    """Attempts per target, the first included."""
+    backoff_s: float = Field(default=0.05, ge=0)
+    backoff_max_s: float = Field(default=0.5, ge=0)
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker of every provider (state shared by all workers through Redis)."""
+
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    """How long an open breaker skips its provider before one probe request may try it."""
+    probe_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class PriceOverride(BaseModel):
+    """USD per million tokens, for a model the price library lacks or prices differently."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
 
 
 class ApiKeyEntry(BaseModel):
@@ -57,6 +128,16 @@ class GatewaySettings(BaseSettings):
 
     redis: RedisSettings = RedisSettings()
     provider: ProviderSettings = ProviderSettings()
+    """The one upstream of a single-provider setup; ignored when ``providers`` is set."""
+    providers: list[ProviderSettings] = Field(default_factory=list)
+    """Every upstream, names unique: ``FLOOPY_GATEWAY_PROVIDERS='[{"name": "openai", …}]'``."""
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+    """Routing rules: a model → the targets to try in order, each ``"<provider>"`` (same model)
+    or ``"<provider>/<model>"``."""
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
+    """Price overrides by ``"<provider>/<model>"`` or ``"<model>"``."""
     api_keys: dict[str, ApiKeyEntry] = Field(default_factory=dict)
     """First cut: a static table Floopy key → (org, key id); the next issue moves keys to Redis."""
 
@@ -69,3 +150,6 @@ class GatewaySettings(BaseSettings):
     """Read by the console (read API and dashboard pages); the hot path never touches it."""
     console_pool_size: int = Field(default=4, ge=1)
     """ClickHouse connections (and worker threads) the console may use at once per worker."""
+
+    def provider_list(self) -> list[ProviderSettings]:
+        return list(self.providers) or [self.provider]

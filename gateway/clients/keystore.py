@@ -9,7 +9,10 @@ Invariants:
   a revoked key stops working on every worker within that many seconds.
 - Usage counters are per UTC period and expire a while after it ends; one pipelined round trip
   writes them (``HINCRBY``/``HINCRBYFLOAT`` + ``EXPIREAT``) and one reads them.
-- Redis errors propagate (``redis.exceptions.RedisError``): authentication never fails open.
+- Redis errors: a key seen before (even if its cache entry is past its TTL) is answered from the
+  last known entry, logged and counted (``stale_answers``), so a Redis outage does not stop
+  traffic of known keys; a key never seen raises the error (authentication never fails open for
+  an unknown key). A revocation made during the outage takes effect when Redis is back.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.policy.keys import (
     ApiKey,
@@ -39,7 +43,7 @@ from gateway.policy.keys import (
 )
 from shared.errors import InvalidApiKeyError
 
-__all__ = ["KeyStore"]
+__all__ = ["KeyStore", "usage_expiry_s"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,11 @@ def _period_end(now_ms: int, monthly: bool) -> int:
     return int(end.timestamp())
 
 
+def usage_expiry_s(now_ms: int, monthly: bool) -> int:
+    """When a usage counter of the period holding ``now_ms`` may go (a grace after its end)."""
+    return _period_end(now_ms, monthly)
+
+
 class KeyStore:
     """Keys and orgs for the gateway (hot path: ``authenticate``) and for the admin API/CLI."""
 
@@ -105,6 +114,7 @@ class KeyStore:
         self._auth = redis.register_script(_AUTH_LUA)
         self.cache_hits = 0
         self.cache_misses = 0
+        self.stale_answers = 0
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -120,7 +130,19 @@ class KeyStore:
             found = cached[1]
         else:
             self.cache_misses += 1
-            found = await self._load(key_hash)
+            try:
+                found = await self._load(key_hash)
+            except (RedisError, OSError) as exc:
+                if cached is None:
+                    raise
+                self.stale_answers += 1
+                log.warning(
+                    "key store unreachable (%s: %s); answering key %s from a stale cache entry",
+                    type(exc).__name__,
+                    exc,
+                    cached[1][0].key_id if cached[1] else "(unknown)",
+                )
+                found = cached[1]
             self._remember(key_hash, (now + self._ttl, found))
         if found is None:
             raise InvalidApiKeyError("invalid API key")
@@ -149,13 +171,21 @@ class KeyStore:
 
     # -- usage counters ---------------------------------------------------------------------
 
-    def _usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
+    def request_counter(self, org_id: str, now_ms: int) -> str:
+        """The org's monthly request counter (the limits script increments it)."""
+        return f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+
+    @staticmethod
+    def month_expiry_s(now_ms: int) -> int:
+        return _period_end(now_ms, monthly=True)
+
+    def usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
         base = f"{self._p}:usage:key:{key_id}"
         return f"{base}:d:{day_period(now_ms)}", f"{base}:m:{month_period(now_ms)}"
 
     async def count_request(self, org_id: str, now_ms: int) -> int:
         """Count one request against the org's monthly quota; returns the count including it."""
-        counter = f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+        counter = self.request_counter(org_id, now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(counter)
             pipe.expireat(counter, _period_end(now_ms, monthly=True))
@@ -167,8 +197,8 @@ class KeyStore:
     ) -> tuple[int, Usage]:
         """What the limits stage needs, in one round trip: this request counted against the org's
         monthly quota (the count including it) and the key's usage so far."""
-        counter = f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
-        day, month = self._usage_keys(key_id, now_ms)
+        counter = self.request_counter(org_id, now_ms)
+        day, month = self.usage_keys(key_id, now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(counter)
             pipe.expireat(counter, _period_end(now_ms, monthly=True))
@@ -180,7 +210,7 @@ class KeyStore:
     async def record_usage(
         self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
     ) -> None:
-        day, month = self._usage_keys(key_id, now_ms)
+        day, month = self.usage_keys(key_id, now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             for counter, monthly in ((day, False), (month, True)):
                 pipe.hincrby(counter, "tokens", tokens)
@@ -190,7 +220,7 @@ class KeyStore:
             await pipe.execute()
 
     async def usage(self, key_id: str, now_ms: int) -> Usage:
-        day, month = self._usage_keys(key_id, now_ms)
+        day, month = self.usage_keys(key_id, now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(day, ["tokens", "cost"])
             pipe.hmget(month, ["tokens", "cost"])
@@ -238,6 +268,40 @@ class KeyStore:
             pipe.sadd(f"{self._p}:org:{org_id}:keys", new.key_hash)
             await pipe.execute()
         return new, key
+
+    async def put_key(self, key: ApiKey) -> ApiKey:
+        """Create or update a key whose hash is known (config seed). A revoked key stays revoked:
+        re-applying a seed must not bring a leaked key back. Returns the key as stored."""
+        current = await self.get_key(key.key_id)
+        if current is not None and current.revoked:
+            key = msgspec.structs.replace(key, revoked=True, revoked_at_ms=current.revoked_at_ms)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if current is not None and current.key_hash != key.key_hash:
+                pipe.delete(f"{self._p}:key:{current.key_hash}")
+                pipe.srem(f"{self._p}:org:{current.org_id}:keys", current.key_hash)
+            pipe.delete(f"{self._p}:key:{key.key_hash}")
+            pipe.hset(f"{self._p}:key:{key.key_hash}", mapping=_encode_fields(key))
+            pipe.set(f"{self._p}:keyid:{key.key_id}", key.key_hash)
+            pipe.sadd(f"{self._p}:org:{key.org_id}:keys", key.key_hash)
+            await pipe.execute()
+        self._cache.pop(key.key_hash, None)
+        return key
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        key_hash = await self._redis.get(f"{self._p}:keyid:{key_id}")
+        if key_hash is None:
+            return None
+        flat = await _aw(self._redis.hgetall(f"{self._p}:key:{key_hash.decode()}"))
+        return _decode_fields(ApiKey, _flatten(flat)) if flat else None
+
+    async def list_orgs(self) -> list[str]:
+        """Org ids, by SCAN: an admin listing, never on the hot path."""
+        ids: set[str] = set()
+        async for name in self._redis.scan_iter(match=f"{self._p}:org:*", count=1000):
+            rest = name.decode()[len(self._p) + len(":org:") :]
+            if ":" not in rest:
+                ids.add(rest)
+        return sorted(ids)
 
     async def revoke_key(self, key_id: str, now_ms: int | None = None) -> bool:
         """Mark the key revoked; False if there is no such key. Other workers notice within

@@ -25,11 +25,19 @@ from redis.exceptions import RedisError
 
 from gateway.policy.ratelimit import RateLimitPolicy
 
-__all__ = ["GCRA_LUA", "Bucket", "RateLimitDecision", "RateLimiter"]
+__all__ = [
+    "GCRA_LUA",
+    "LIMITS_LUA",
+    "Admission",
+    "Bucket",
+    "Gates",
+    "RateLimitDecision",
+    "RateLimiter",
+]
 
 log = logging.getLogger(__name__)
 
-GCRA_LUA = """
+_GCRA_PRELUDE = """
 -- Redis < 7 refuses writes after TIME unless the script replicates its effects.
 if redis.replicate_commands then redis.replicate_commands() end
 -- exact floor(a / b) for integers below 2^53: the double quotient may round across an integer
@@ -40,54 +48,101 @@ local function idiv(a, b)
 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + idiv(tonumber(t[2]), 1000)
-local buckets = {}
-local all_allowed = true
-for i = 1, #KEYS do
-  local o = (i - 1) * 5
-  local b = {quota = tonumber(ARGV[o + 1]), window = tonumber(ARGV[o + 2]),
-             cost = tonumber(ARGV[o + 3]), force = ARGV[o + 4] == '1', tick = tonumber(ARGV[o + 5])}
-  b.now = idiv(now_ms, b.tick)
-  b.limit = b.window * b.quota
-  if b.cost > 2 * b.quota then b.cost = 2 * b.quota end
-  b.debt = 0
-  local saved = redis.call('HMGET', KEYS[i], 'at', 'debt')
-  if saved[1] and saved[2] then
-    local elapsed = b.now - tonumber(saved[1])
-    if elapsed < 0 then elapsed = 0 end
-    b.debt = tonumber(saved[2]) - elapsed * b.quota
-    if b.debt < 0 then b.debt = 0 end
-  end
-  b.new = b.debt + b.cost * b.window
-  b.allowed = b.new <= b.limit
-  b.retry = 0
-  if not b.allowed then
-    b.retry = -idiv(-(b.new - b.limit), b.quota)
-    all_allowed = false
-  end
-  buckets[i] = b
-end
-local out = {now_ms}
-for i, b in ipairs(buckets) do
-  -- all or nothing: a request denied by one bucket spends nothing from the others
-  if all_allowed or b.force then
-    b.debt = b.new
-    if b.debt > 2 * b.limit then b.debt = 2 * b.limit end
-    if b.debt > 0 then
-      redis.call('HSET', KEYS[i], 'at', b.now, 'debt', b.debt)
-      redis.call('PEXPIRE', KEYS[i], (-idiv(-b.debt, b.quota) + 1) * b.tick)
-    else
-      redis.call('DEL', KEYS[i])
+-- buckets KEYS[1..n], their arguments five each from ARGV[off + 1]
+local function decide(n, off)
+  local buckets = {}
+  local all_allowed = true
+  for i = 1, n do
+    local o = off + (i - 1) * 5
+    local b = {quota = tonumber(ARGV[o + 1]), window = tonumber(ARGV[o + 2]),
+               cost = tonumber(ARGV[o + 3]), force = ARGV[o + 4] == '1',
+               tick = tonumber(ARGV[o + 5])}
+    b.now = idiv(now_ms, b.tick)
+    b.limit = b.window * b.quota
+    if b.cost > 2 * b.quota then b.cost = 2 * b.quota end
+    b.debt = 0
+    local saved = redis.call('HMGET', KEYS[i], 'at', 'debt')
+    if saved[1] and saved[2] then
+      local elapsed = b.now - tonumber(saved[1])
+      if elapsed < 0 then elapsed = 0 end
+      b.debt = tonumber(saved[2]) - elapsed * b.quota
+      if b.debt < 0 then b.debt = 0 end
     end
+    b.new = b.debt + b.cost * b.window
+    b.allowed = b.new <= b.limit
+    b.retry = 0
+    if not b.allowed then
+      b.retry = -idiv(-(b.new - b.limit), b.quota)
+      all_allowed = false
+    end
+    buckets[i] = b
   end
-  local remaining = idiv(b.limit - b.debt, b.window)
-  if remaining < 0 then remaining = 0 end
-  table.insert(out, b.allowed and 1 or 0)
-  table.insert(out, remaining)
-  table.insert(out, -idiv(-b.debt, b.quota))
-  table.insert(out, b.retry)
+  return buckets, all_allowed
 end
+-- all or nothing: a request denied anywhere spends nothing from any bucket (unless forced)
+local function commit(buckets, charge, out)
+  for i, b in ipairs(buckets) do
+    if charge or b.force then
+      b.debt = b.new
+      if b.debt > 2 * b.limit then b.debt = 2 * b.limit end
+      if b.debt > 0 then
+        redis.call('HSET', KEYS[i], 'at', b.now, 'debt', b.debt)
+        redis.call('PEXPIRE', KEYS[i], (-idiv(-b.debt, b.quota) + 1) * b.tick)
+      else
+        redis.call('DEL', KEYS[i])
+      end
+    end
+    local remaining = idiv(b.limit - b.debt, b.window)
+    if remaining < 0 then remaining = 0 end
+    table.insert(out, b.allowed and 1 or 0)
+    table.insert(out, remaining)
+    table.insert(out, -idiv(-b.debt, b.quota))
+    table.insert(out, b.retry)
+  end
+end
+"""
+
+GCRA_LUA = (
+    _GCRA_PRELUDE
+    + """
+local buckets, all_allowed = decide(#KEYS, 0)
+local out = {now_ms}
+commit(buckets, all_allowed, out)
 return out
 """
+)
+
+LIMITS_LUA = (
+    _GCRA_PRELUDE
+    + """
+-- ARGV[1] = n buckets; KEYS[n+1] org monthly request counter, KEYS[n+2]/[n+3] the key's usage
+-- of the day/month; after the bucket arguments: quota (-1: never refuse), counter EXPIREAT,
+-- then the day tokens, month tokens, day cost, month cost limits (-1: none)
+local n = tonumber(ARGV[1])
+local g = 1 + 5 * n
+local quota = tonumber(ARGV[g + 1])
+local count = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+local d = redis.call('HMGET', KEYS[n + 2], 'tokens', 'cost')
+local m = redis.call('HMGET', KEYS[n + 3], 'tokens', 'cost')
+local used = {d[1] or '0', m[1] or '0', d[2] or '0', m[2] or '0'}
+local gate = 0
+if quota >= 0 and count >= quota then gate = 1 end
+for i = 1, 4 do
+  local limit = tonumber(ARGV[g + 2 + i])
+  if gate == 0 and limit >= 0 and tonumber(used[i]) >= limit then gate = 2 end
+end
+local buckets, all_allowed = decide(n, 1)
+local admitted = all_allowed and gate == 0
+if admitted then
+  count = redis.call('INCR', KEYS[n + 1])
+  redis.call('EXPIREAT', KEYS[n + 1], ARGV[g + 2])
+end
+-- usage goes back as strings: Lua numbers would be truncated to integers in the reply
+local out = {now_ms, gate, count, used[1], used[2], used[3], used[4]}
+commit(buckets, admitted, out)
+return out
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -112,12 +167,59 @@ class RateLimitDecision:
     now_ms: int = 0
 
 
+@dataclass(frozen=True)
+class Gates:
+    """The non-rate limits checked in the same script: the org's monthly request counter and the
+    key's usage so far. ``monthly_quota`` None never refuses (no quota, or overage allowed) but
+    still counts; usage limits None mean "no limit of this kind"."""
+
+    request_counter: str
+    counter_expire_at_s: int
+    usage_day_key: str
+    usage_month_key: str
+    monthly_quota: int | None = None
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+    daily_cost_usd: float | None = None
+    monthly_cost_usd: float | None = None
+
+    def args(self) -> list[str]:
+        limits = (self.daily_tokens, self.monthly_tokens, self.daily_cost_usd)
+        values = [self.monthly_quota, self.counter_expire_at_s, *limits, self.monthly_cost_usd]
+        return ["-1" if v is None else repr(v) for v in values]
+
+
+class Gate:
+    """Why ``admit`` refused before looking at the rate limits."""
+
+    NONE = 0
+    MONTHLY_QUOTA = 1
+    USAGE = 2
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The limits stage's one answer. ``requests_this_month`` includes this request when it was
+    admitted; usage is the key's ``(day tokens, day cost, month tokens, month cost)``."""
+
+    decisions: list[RateLimitDecision]
+    gate: int = Gate.NONE
+    requests_this_month: int = 0
+    usage: tuple[int, float, int, float] = (0, 0.0, 0, 0.0)
+    fail_open: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.gate == Gate.NONE and all(d.allowed for d in self.decisions)
+
+
 class RateLimiter:
     """Takes units from GCRA buckets in Redis. One instance per process; coroutine-safe."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
+        self._limits = redis.register_script(LIMITS_LUA)
         self.fail_open_count = 0
 
     async def acquire(
@@ -135,29 +237,35 @@ class RateLimiter:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
         or nothing: the request is allowed when every decision is, and a bucket is charged only
         then (or when ``force``)."""
-        args: list[int] = []
-        for b in buckets:
-            tick = b.policy.tick_ms or 1000
-            args += [b.policy.quota, b.policy.window_ticks, b.cost, 1 if b.force else 0, tick]
         try:
-            raw: Any = await self._script(keys=[b.key for b in buckets], args=args)
+            raw: Any = await self._script(keys=[b.key for b in buckets], args=_bucket_args(buckets))
         except (RedisError, OSError) as exc:
             return self._fail_open(buckets, exc)
-        now_ms = int(raw[0])
-        decisions = []
-        for i, b in enumerate(buckets):
-            tick = b.policy.tick_ms or 1000
-            allowed, remaining, reset, retry = (int(v) for v in raw[1 + 4 * i : 5 + 4 * i])
-            decisions.append(
-                RateLimitDecision(
-                    allowed=bool(allowed),
-                    remaining=remaining,
-                    reset_ms=reset * tick,
-                    retry_after_ms=retry * tick,
-                    now_ms=now_ms,
-                )
-            )
-        return decisions
+        return _decisions(buckets, raw, 1, int(raw[0]))
+
+    async def admit(self, buckets: Sequence[Bucket], gates: Gates) -> Admission:
+        """Everything the limits stage asks of Redis, in one script and one round trip: the
+        monthly quota and usage gates, then every rate-limit bucket, all or nothing; an admitted
+        request is counted against the monthly quota and charged to its buckets."""
+        keys = [b.key for b in buckets]
+        keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key]
+        args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
+        try:
+            raw: Any = await self._limits(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            return Admission(self._fail_open(buckets, exc), fail_open=True)
+        usage = (
+            int(raw[3]),
+            float(raw[5]),
+            int(raw[4]),
+            float(raw[6]),
+        )  # script: tokens d, m; cost d, m
+        return Admission(
+            decisions=_decisions(buckets, raw, 7, int(raw[0])),
+            gate=int(raw[1]),
+            requests_this_month=int(raw[2]),
+            usage=usage,
+        )
 
     def _fail_open(self, buckets: Sequence[Bucket], exc: Exception) -> list[RateLimitDecision]:
         self.fail_open_count += 1
@@ -173,3 +281,31 @@ class RateLimiter:
             )
             for b in buckets
         ]
+
+
+def _bucket_args(buckets: Sequence[Bucket]) -> list[int]:
+    args: list[int] = []
+    for b in buckets:
+        tick = b.policy.tick_ms or 1000
+        args += [b.policy.quota, b.policy.window_ticks, b.cost, 1 if b.force else 0, tick]
+    return args
+
+
+def _decisions(
+    buckets: Sequence[Bucket], raw: Any, start: int, now_ms: int
+) -> list[RateLimitDecision]:
+    decisions = []
+    for i, b in enumerate(buckets):
+        tick = b.policy.tick_ms or 1000
+        first = start + 4 * i
+        allowed, remaining, reset, retry = (int(v) for v in raw[first : first + 4])
+        decisions.append(
+            RateLimitDecision(
+                allowed=bool(allowed),
+                remaining=remaining,
+                reset_ms=reset * tick,
+                retry_after_ms=retry * tick,
+                now_ms=now_ms,
+            )
+        )
+    return decisions

@@ -1,9 +1,14 @@
-"""Stage 1: who is calling. First cut: a static table of Floopy keys from the settings."""
+"""Stage 1: who is calling. The key store answers from a per-worker cache (``key_cache_ttl_s``)
+or one Redis round trip; then the key must have the proxy permission and its org a live plan.
+
+The org and key ids are set before the checks, so a refused request's record says whose it was.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.policy.keys import Permission, check_permission, check_plan
 from shared.errors import InvalidApiKeyError
 
 if TYPE_CHECKING:
@@ -24,8 +29,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     token = bearer_token(ctx.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <your Floopy key>")
-    entry = rt.settings.api_keys.get(token)
-    if entry is None:
-        raise InvalidApiKeyError("invalid API key")
-    ctx.org_id = entry.org_id
-    ctx.api_key_id = entry.key_id
+    key, org = await rt.access.keystore.authenticate(token)
+    ctx.api_key, ctx.org = key, org
+    ctx.org_id, ctx.api_key_id = org.org_id, key.key_id
+    check_permission(key, Permission.PROXY)
+    check_plan(org, ctx.created_at_ms)

@@ -1,25 +1,145 @@
-"""Stage: the upstream call. Streams return once the upstream's status is in; the relay reads on."""
+"""Stage: send the request to its routing targets in order until one answers.
+
+Invariants:
+- Per target: the circuit breaker is asked first and an open one is skipped; then up to
+  ``retry.attempts`` attempts with exponential backoff (tenacity) while the failure is worth
+  repeating (5xx, 429, connection) and the breaker stays closed. A half-open probe gets one.
+- The next target is tried after a retryable failure, a timeout or a rejected provider key; a
+  client mistake reported by the provider (400/404/422) is the answer and nothing else is tried.
+- Streams fall back only before the caller has any byte: ``open_stream`` returns at the status
+  line, and from then on the relay owns the stream.
+- Every attempt becomes a ``provider_attempt`` span (provider, model, outcome); every failure
+  that is the provider's counts against its breaker.
+- All targets failed: the last failure is raised as it was (504 GATEWAY_TIMEOUT after a timeout,
+  else 502 PROVIDER_ERROR with the provider's own error), with ``providers_tried`` added.
+  No target could be tried (every breaker open): 502 PROVIDER_ERROR saying so.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from gateway.context import StageTiming
+from gateway.policy.breaker import Admission
+from gateway.policy.routing import (
+    Outcome,
+    Target,
+    classify_failure,
+    counts_against_breaker,
+    retryable,
+)
+from shared.errors import ClientError, ProviderError
+
 if TYPE_CHECKING:
+    from gateway.clients.providers.base import ChatRequest, ProviderClient
     from gateway.context import RequestContext
     from gateway.runtime import Runtime
 
-__all__ = ["run"]
+__all__ = ["ATTEMPT_SPAN", "run"]
+
+ATTEMPT_SPAN = "provider_attempt"
 
 
 async def run(ctx: RequestContext, rt: Runtime) -> None:
-    provider, chat = ctx.provider, ctx.chat
-    if provider is None or chat is None:
+    if ctx.chat is None or not ctx.targets:
         raise RuntimeError("dispatch runs after intake and routing")
-    ctx.providers_tried.append(provider.name)
-    if chat.stream:
-        ctx.stream = await provider.open_stream(chat)
-        ctx.status_code = ctx.stream.status_code
-    else:
-        ctx.reply = await provider.complete(chat)
-        ctx.status_code = ctx.reply.status_code
-        ctx.response_body = ctx.reply.body
+    last: ClientError | None = None
+    for target in ctx.targets:
+        admission = await rt.upstreams.breakers.admit(target.provider)
+        if admission is Admission.REJECT:
+            _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
+            continue
+        ctx.provider = rt.upstreams.providers[target.provider]
+        ctx.providers_tried.append(target.provider)
+        try:
+            await _try_target(ctx, rt, target, probe=admission is Admission.PROBE)
+        except ClientError as exc:
+            if classify_failure(exc) is Outcome.CLIENT_ERROR:
+                raise
+            last = exc
+            continue
+        return
+    if last is None:
+        raise ProviderError(
+            f"no provider for model {ctx.model_requested!r} is available: "
+            "every circuit breaker is open",
+            details={"targets": [str(t) for t in ctx.targets]},
+        )
+    last.details["providers_tried"] = list(ctx.providers_tried)
+    raise last
+
+
+async def _try_target(ctx: RequestContext, rt: Runtime, target: Target, *, probe: bool) -> None:
+    assert ctx.chat is not None and ctx.provider is not None
+    request = ctx.chat.for_model(target.model)
+    provider = ctx.provider
+    breaker_open = False
+
+    def worth_repeating(exc: BaseException) -> bool:
+        return retryable(exc) and not breaker_open
+
+    retry = rt.settings.retry
+    attempts = AsyncRetrying(
+        stop=stop_after_attempt(1 if probe else retry.attempts),
+        wait=wait_exponential(multiplier=retry.backoff_s, max=retry.backoff_max_s),
+        retry=retry_if_exception(worth_repeating),
+        reraise=True,
+    )
+    try:
+        async for attempt in attempts:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    ctx.retries += 1
+                try:
+                    await _attempt(ctx, provider, target, request)
+                except ClientError as exc:
+                    if counts_against_breaker(classify_failure(exc)):
+                        breaker_open = await rt.upstreams.breakers.failure(target.provider)
+                    raise
+    except ClientError as exc:
+        if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
+            await rt.upstreams.breakers.probe_succeeded(target.provider)  # it answered: it is up
+        raise
+    if probe:
+        await rt.upstreams.breakers.probe_succeeded(target.provider)
+
+
+async def _attempt(
+    ctx: RequestContext, provider: ProviderClient, target: Target, request: ChatRequest
+) -> None:
+    start = time.perf_counter_ns()
+    outcome = Outcome.OK
+    try:
+        if request.stream:
+            ctx.stream = await provider.open_stream(request)
+            ctx.status_code = ctx.stream.status_code
+        else:
+            ctx.reply = await provider.complete(request)
+            ctx.status_code = ctx.reply.status_code
+            ctx.response_body = ctx.reply.body
+    except ClientError as exc:
+        outcome = classify_failure(exc)
+        raise
+    finally:
+        _span(ctx, target, start, outcome)
+
+
+def _span(ctx: RequestContext, target: Target, start_ns: int, outcome: Outcome) -> None:
+    end = time.perf_counter_ns()
+    ctx.attempts.append(
+        StageTiming(
+            ATTEMPT_SPAN,
+            (start_ns - ctx.started_ns) / 1e6,
+            (end - start_ns) / 1e6,
+            outcome.value,
+            attributes={
+                "provider": target.provider,
+                "model": target.model,
+                "outcome": outcome.value,
+                "attempt": str(len(ctx.attempts) + 1),
+            },
+        )
+    )

@@ -18,4 +18,5 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     ctx.body = await ctx.read_body()
     ctx.meta = parse_floopy_headers(ctx.header_items)
     check_content_type(ctx.headers.get("content-type", ""))
-    ctx.chat = parse_chat_request(ctx.body)
+    if not ctx.meta.prompt_id:  # a templated body is parsed once rendered (stage template)
+        ctx.chat = parse_chat_request(ctx.body)

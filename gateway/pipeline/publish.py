@@ -9,8 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from gateway.clients.usage import record_usage
 from gateway.policy.recording import build_records
+from gateway.policy.usage import settle_usage
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -28,10 +28,10 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
     try:
         if ctx.stream is not None:
             _stretch_dispatch(ctx, end_ns)
-        record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes)
+        settled = settle_usage(ctx, rt.upstreams.prices)
+        record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
         submit = rt.publisher.submit
         submit(Sink.REQUESTS, encode_record(record))
-        record_usage(ctx, record, rt.access.usage)
         for span in spans:
             submit(Sink.SPANS, encode_record(span))
     except Exception:  # the response is gone: log, count, carry on

@@ -1,10 +1,8 @@
-"""Stage: pick the provider for this request."""
+"""Stage: resolve the requested model to the provider/model targets to try, in order."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from gateway.policy.routing import choose_providers
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -14,5 +12,4 @@ __all__ = ["run"]
 
 
 async def run(ctx: RequestContext, rt: Runtime) -> None:
-    names = choose_providers(ctx.model_requested, list(rt.providers))
-    ctx.provider = rt.providers[names[0]]
+    ctx.targets = rt.upstreams.routing.targets(ctx.model_requested)

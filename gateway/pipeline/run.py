@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.context import StageTiming
-from gateway.pipeline import auth, dispatch, intake, routing
+from gateway.pipeline import auth, dispatch, intake, limits, routing, template
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("auth", auth.run),
     Stage("intake", intake.run),
-    # Stage("rate_limit", limits.run): org/key rate limits and usage quotas (next issue)
-    # Stage("template", template.run): floopy-prompt-id rendering
+    Stage("rate_limit", limits.run),
+    Stage("template", template.run),
     # Stage("cache", cache.run): exact and semantic cache; a hit answers here
     # Stage("firewall", firewall.run): prompt screening
     Stage("routing", routing.run),

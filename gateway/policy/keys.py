@@ -1,7 +1,9 @@
 """Floopy API keys, orgs and their plans, and the checks made on them (pure: no I/O).
 
-A key is ``sk-floopy-`` followed by 43 URL-safe characters (256 random bits). It is shown once,
-at creation; only its SHA-256 is stored. A fast hash is the right one here: the secret has full
+A generated key is ``sk-floopy-`` followed by 43 URL-safe characters (256 random bits). It is
+shown once, at creation; only its SHA-256 is stored. Keys declared in a config seed (a known dev
+key such as ``sk-floopy-dev-local``) may be shorter, so the shape check accepts 1-128 URL-safe
+characters after the prefix. A fast hash is the right one here: the secret has full
 entropy, so there is nothing for a slow password hash to protect against, and the hot path
 hashes on every request. ``key_id`` is a separate random name, safe to print and log.
 """
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 KEY_PREFIX = "sk-floopy-"
-_SECRET_CHARS = 43  # secrets.token_urlsafe(32)
+_MAX_SECRET_CHARS = 128
 DEFAULT_ORG_RATE_LIMIT = "10000;w=60"
 """DESIGN.md §4: org default of 10,000 requests per minute."""
 
@@ -136,7 +138,7 @@ def looks_like_key(secret: str) -> bool:
     """Cheap shape check, so garbage never costs a Redis round trip."""
     return (
         secret.startswith(KEY_PREFIX)
-        and len(secret) == len(KEY_PREFIX) + _SECRET_CHARS
+        and len(KEY_PREFIX) < len(secret) <= len(KEY_PREFIX) + _MAX_SECRET_CHARS
         and all(c.isalnum() or c in "-_" for c in secret[len(KEY_PREFIX) :])
     )
 

@@ -11,7 +11,8 @@ import uuid
 import msgspec
 
 from gateway.clients.providers.base import TokenUsage, UpstreamStream
-from gateway.context import RequestContext
+from gateway.context import RequestContext, StageTiming
+from gateway.policy.usage import Settled
 from shared.records import RequestRecord, SpanRecord
 
 __all__ = ["TRUNCATED_MARK", "build_records", "clip_body", "stream_summary"]
@@ -72,11 +73,13 @@ def _error_fields(ctx: RequestContext) -> tuple[str, str]:
 
 
 def build_records(
-    ctx: RequestContext, end_ns: int, body_limit: int
+    ctx: RequestContext, end_ns: int, body_limit: int, settled: Settled | None = None
 ) -> tuple[RequestRecord, list[SpanRecord]]:
+    """``settled``: tokens and cost from ``gateway.policy.usage.settle_usage`` (without it,
+    the provider's usage as reported and no cost)."""
     error_code, error_message = _error_fields(ctx)
     meta = ctx.meta
-    usage = _usage(ctx)
+    usage = settled.usage if settled is not None else _usage(ctx)
     record = RequestRecord(
         request_id=ctx.request_id,
         org_id=ctx.org_id,
@@ -101,6 +104,9 @@ def build_records(
         properties=meta.properties,
         prompt_id=meta.prompt_id,
         providers_tried=list(ctx.providers_tried),
+        retries=ctx.retries,
+        tokens_estimated=settled.estimated if settled is not None else False,
+        cost_usd=settled.cost_usd if settled is not None else None,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
@@ -110,10 +116,12 @@ def build_records(
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
+    """One span per stage, then one per upstream attempt (ids from the attempt number, so
+    each stays unique and stable)."""
     namespace = _namespace(ctx.request_id)
     return [
         SpanRecord(
-            span_id=str(uuid.uuid5(namespace, timing.name)),
+            span_id=str(uuid.uuid5(namespace, _span_key(timing))),
             request_id=ctx.request_id,
             org_id=ctx.org_id,
             name=timing.name,
@@ -121,9 +129,15 @@ def build_spans(ctx: RequestContext) -> list[SpanRecord]:
             start_offset_ms=timing.start_offset_ms,
             duration_ms=timing.duration_ms,
             status=timing.status,
+            attributes=dict(timing.attributes),
         )
-        for timing in ctx.timings
+        for timing in (*ctx.timings, *ctx.attempts)
     ]
+
+
+def _span_key(timing: StageTiming) -> str:
+    attempt = timing.attributes.get("attempt")
+    return f"{timing.name}#{attempt}" if attempt else timing.name
 
 
 def _namespace(request_id: str) -> uuid.UUID:

@@ -24,6 +24,17 @@ from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_
 
 API_KEY = "sk-floopy-e2e"
 ORG_ID = "org-e2e"
+KEY_ID = "key-e2e"
+
+
+def base_config() -> dict[str, Any]:
+    """The config seed every stack starts from: one org and its key (proxy + read)."""
+    return {
+        "orgs": {ORG_ID: {"name": "e2e"}},
+        "keys": {KEY_ID: {"org": ORG_ID, "secret": API_KEY, "permissions": ["proxy", "read"]}},
+    }
+
+
 BIN = Path(sys.executable).parent
 
 
@@ -40,16 +51,18 @@ class Floopy:
         self.provider_port = free_port()
         self.gateway_port = free_port()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.config: dict[str, Any] = base_config()
+        """The gateway's config seed (``FLOOPY_GATEWAY_CONFIG_FILE``), written at its start."""
+        self.config_file = root / "floopy.json"
 
     def env(self, **extra: str) -> dict[str, str]:
-        keys = {API_KEY: {"org_id": ORG_ID, "key_id": "key-e2e"}}
         return {
             **os.environ,
             "FLOOPY_GATEWAY_REDIS__URL": self.redis.url,
             "FLOOPY_GATEWAY_REDIS__KEY_PREFIX": self.tag,
             "FLOOPY_GATEWAY_PROVIDER__BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1",
             "FLOOPY_GATEWAY_PROVIDER__API_KEY": "sk-upstream",
-            "FLOOPY_GATEWAY_API_KEYS": json.dumps(keys),
+            "FLOOPY_GATEWAY_CONFIG_FILE": str(self.config_file),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_ACCESS_LOG": "false",
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
@@ -88,15 +101,26 @@ class Floopy:
         )
         wait_for_port(self.provider_port)
 
-    def start_gateway(self, workers: int = 1) -> None:
-        self.spawn("gateway", [str(BIN / "floopy-gateway")], FLOOPY_GATEWAY_WORKERS=str(workers))
+    def start_gateway(
+        self, workers: int = 1, name: str = "gateway", port: int | None = None, **extra: str
+    ) -> None:
+        """Start a gateway (another one: a new ``name`` and ``port``, same Redis and config)."""
+        self.config_file.write_text(json.dumps(self.config))
+        port = port or self.gateway_port
+        self.spawn(
+            name,
+            [str(BIN / "floopy-gateway")],
+            FLOOPY_GATEWAY_WORKERS=str(workers),
+            FLOOPY_GATEWAY_PORT=str(port),
+            **extra,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.gateway_url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"gateway did not become healthy; see {self.root}/gateway.log")
+        raise TimeoutError(f"gateway did not become healthy; see {self.root}/{name}.log")
 
     def start_ingester(self, name: str = "ingester", **extra: str) -> None:
         self.spawn(name, [str(BIN / "floopy-ingester"), "worker"], **extra)
@@ -112,7 +136,8 @@ class Floopy:
             proc.wait()
 
     def stop_all(self) -> None:
-        for name in ["gateway", *[n for n in self.processes if n != "gateway"]]:
+        gateways = [n for n in self.processes if n.startswith("gateway")]
+        for name in [*gateways, *[n for n in self.processes if n not in gateways]]:
             if name in self.processes:
                 self.stop(name)
 

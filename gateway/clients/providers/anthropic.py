@@ -3,17 +3,17 @@
 Invariants (those of ``base.py``, plus): the caller's body is translated by the pure
 ``gateway.policy.anthropic`` and the answer translated back, so the caller only ever sees OpenAI
 JSON and OpenAI SSE; errors keep Anthropic's own error object in ``details`` (through
-``upstream_error``); the aiohttp session lives from ``open`` to ``aclose`` on the worker's loop.
+``upstream_error``); HTTP goes through ``gateway.clients.upstream_http.UpstreamHTTP``, whose
+client lives from ``open`` to ``aclose`` on the worker's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
+import httpx
 import msgspec
 
 from gateway.clients.providers.base import (
@@ -24,20 +24,22 @@ from gateway.clients.providers.base import (
     UpstreamStream,
 )
 from gateway.clients.providers.sse import SSESplitter, event_data
+from gateway.clients.upstream_http import UpstreamHTTP
 from gateway.policy.anthropic import (
     AnthropicUsage,
     StreamTranslator,
     to_anthropic_request,
     to_openai_response,
 )
-from gateway.policy.upstream_errors import upstream_error
 from gateway.settings import ProviderSettings
-from shared.errors import GatewayTimeoutError, ProviderError
+from shared.errors import ProviderError
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStream", "token_usage"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
+_JSON = {"content-type": "application/json"}
+_STREAM = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
 def token_usage(usage: AnthropicUsage) -> TokenUsage:
@@ -54,41 +56,20 @@ class AnthropicProvider(ProviderClient):
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
-        self._settings = settings
-        self._url = settings.base_url.rstrip("/").removesuffix("/v1") + "/v1/messages"
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        s = self._settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=s.connect_timeout_s, sock_read=s.timeout_s
-            ),
-            headers={
-                "x-api-key": s.api_key.get_secret_value(),
+        self.http = UpstreamHTTP(
+            settings,
+            {
+                "x-api-key": settings.api_key.get_secret_value(),
                 "anthropic-version": ANTHROPIC_VERSION,
-                "content-type": "application/json",
             },
         )
+        self._url = httpx.URL(settings.base_url.rstrip("/").removesuffix("/v1") + "/v1/messages")
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("AnthropicProvider.open() was not awaited at start-up")
-        return self._session
+    async def open(self) -> None:
+        await self.http.open()
 
-    def timeout_error(self) -> GatewayTimeoutError:
-        return GatewayTimeoutError(
-            f"{self.name} did not answer within {self._settings.timeout_s:g} s",
-            details={"provider": self.name},
-        )
-
-    def failure(self, exc: BaseException) -> ProviderError:
-        return ProviderError(
-            f"{self.name} could not be reached: {type(exc).__name__}: {exc}",
-            details={"provider": self.name},
-        )
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
         fields = request.fields if request.fields is not None else _decode(request.raw)
@@ -97,29 +78,16 @@ class AnthropicProvider(ProviderClient):
         return msgspec.json.encode(body)
 
     async def complete(self, request: ChatRequest) -> UpstreamReply:
-        data = self._body(request, stream=False)
+        response = await self.http.post(self._url, self._body(request, stream=False), _JSON)
         try:
-            async with (
-                asyncio.timeout(self._settings.timeout_s),
-                self.session.post(self._url, data=data) as response,
-            ):
-                body = await response.read()
-                status = response.status
-        except TimeoutError as exc:
-            raise self.timeout_error() from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self.failure(exc) from exc
-        if status >= 400:
-            raise upstream_error(self.name, status, body)
-        try:
-            completion, usage = to_openai_response(_decode(body))
+            completion, usage = to_openai_response(_decode(response.content))
         except (msgspec.DecodeError, AttributeError, TypeError, ValueError) as exc:
             raise ProviderError(
                 f"{self.name} sent an answer that is not a Messages response: {exc}",
                 details={"provider": self.name},
             ) from exc
         return UpstreamReply(
-            status,
+            response.status_code,
             msgspec.json.encode(completion),
             "application/json",
             model=str(completion["model"]),
@@ -127,56 +95,30 @@ class AnthropicProvider(ProviderClient):
         )
 
     async def open_stream(self, request: ChatRequest) -> UpstreamStream:
-        data = self._body(request, stream=True)
-        try:
-            response = await self.session.post(
-                self._url, data=data, headers={"accept": "text/event-stream"}
-            )
-            if response.status >= 400:
-                async with response:
-                    body = await response.read()
-                raise upstream_error(self.name, response.status, body)
-        except TimeoutError as exc:
-            raise self.timeout_error() from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self.failure(exc) from exc
-        return AnthropicStream(self, response, include_usage=request.client_wants_usage)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        response = await self.http.open_stream(self._url, self._body(request, stream=True), _STREAM)
+        return AnthropicStream(self.http, response, include_usage=request.client_wants_usage)
 
 
 class AnthropicStream(UpstreamStream):
     """Anthropic events in, OpenAI chunks out, one upstream read at a time."""
 
     def __init__(
-        self,
-        provider: AnthropicProvider,
-        response: aiohttp.ClientResponse,
-        *,
-        include_usage: bool,
+        self, http: UpstreamHTTP, response: httpx.Response, *, include_usage: bool
     ) -> None:
-        super().__init__(response.status)
-        self._provider = provider
+        super().__init__(response.status_code)
+        self._http = http
         self._response = response
         self.translator = StreamTranslator(include_usage=include_usage)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         splitter = SSESplitter()
-        try:
-            async for data in self._response.content.iter_any():
-                if not self.first_chunk_ns:
-                    self.first_chunk_ns = time.perf_counter_ns()
-                out = [line for event in splitter.feed(data) for line in self._translate(event)]
-                self._observe()
-                if out:
-                    yield b"".join(out)
-        except TimeoutError as exc:
-            raise self._provider.timeout_error() from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._provider.failure(exc) from exc
+        async for data in self._http.iter_bytes(self._response):
+            if not self.first_chunk_ns:
+                self.first_chunk_ns = time.perf_counter_ns()
+            out = [line for event in splitter.feed(data) for line in self._translate(event)]
+            self._observe()
+            if out:
+                yield b"".join(out)
 
     def _translate(self, event: bytes) -> list[bytes]:
         payload = event_data(event)
@@ -197,7 +139,4 @@ class AnthropicStream(UpstreamStream):
         self.finish_reason = t.finish_reason
 
     async def aclose(self) -> None:
-        if self.completed:
-            self._response.release()
-        else:
-            self._response.close()
+        await self._response.aclose()

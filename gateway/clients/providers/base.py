@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 __all__ = ["ChatRequest", "ProviderClient", "TokenUsage", "UpstreamReply", "UpstreamStream"]
 
 
@@ -35,6 +37,21 @@ class ChatRequest:
     """The caller itself set ``stream_options.include_usage``."""
     fields: dict[str, Any] | None = None
     """The decoded body, when a stage needed all of it (streams do, to ask for usage)."""
+
+    def for_model(self, model: str) -> ChatRequest:
+        """The same request for another model (a routing target); the body is re-encoded only
+        when the model changes."""
+        if model == self.model:
+            return self
+        fields = dict(self.fields if self.fields is not None else msgspec.json.decode(self.raw))
+        fields["model"] = model
+        return ChatRequest(
+            raw=msgspec.json.encode(fields),
+            model=model,
+            stream=self.stream,
+            client_wants_usage=self.client_wants_usage,
+            fields=fields,
+        )
 
 
 @dataclass(slots=True)
@@ -76,6 +93,10 @@ class ProviderClient(ABC):
     """One upstream provider; one instance per worker, opened at start-up, closed at shutdown."""
 
     name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create the HTTP client, on the worker's event loop."""
 
     @abstractmethod
     async def complete(self, request: ChatRequest) -> UpstreamReply: ...

@@ -1,26 +1,21 @@
-"""OpenAI-compatible upstream over one aiohttp session per worker.
+"""OpenAI-compatible upstreams (OpenAI, Groq, Together, Mistral, vLLM, Ollama …) and Azure
+OpenAI, which speaks the same wire format at a per-deployment URL with an ``api-key`` header.
 
-Why aiohttp and not httpx: DESIGN.md §8, and measured again here (2 cores, wrk at 32
-connections, litestar on granian proxying to the fake provider): an ``aiohttp.ClientSession``
-proxy served ≈3,200-3,700 req/s against ≈1,650-1,850 req/s for ``httpx.AsyncClient`` over
-``httpx_aiohttp.AiohttpTransport`` (and httpx logs every request at INFO). The gateway's target
-is 2,000 req/s per worker *with* its own work, so the direct client it is; it stays behind
-``ProviderClient``, so nothing else knows.
-
-Invariants: the session is created in ``open`` (on the worker's loop, at start-up) and closed in
-``aclose``; non-streamed bodies are forwarded as received; a streamed request gains
-``stream_options.include_usage``; every aiohttp failure leaves as a ``ClientError``
-(timeouts → 504 GATEWAY_TIMEOUT, anything else → 502 PROVIDER_ERROR).
+Invariants: HTTP goes through ``gateway.clients.upstream_http.UpstreamHTTP`` (httpx over the
+aiohttp transport; every failure leaves as a ``ClientError``); non-streamed bodies are
+forwarded as received (decoded of any content encoding, never re-serialised); a streamed
+request gains ``stream_options.include_usage`` so the record gets token counts, and the
+usage-only chunk reaches the caller only if the caller asked for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
-import aiohttp
+import httpx
 import msgspec
 
 from gateway.clients.providers.base import (
@@ -31,69 +26,41 @@ from gateway.clients.providers.base import (
 )
 from gateway.clients.providers.openai_wire import observe_event, read_completion
 from gateway.clients.providers.sse import SSESplitter
-from gateway.policy.upstream_errors import upstream_error
+from gateway.clients.upstream_http import UpstreamHTTP
 from gateway.settings import ProviderSettings
-from shared.errors import GatewayTimeoutError, ProviderError
 
-__all__ = ["OpenAIProvider", "OpenAIStream"]
+__all__ = ["AzureOpenAIProvider", "OpenAIProvider", "OpenAIStream"]
 
 _JSON = {"Content-Type": "application/json"}
 _STREAM = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_MAX_CACHED_URLS = 256
 
 
 class OpenAIProvider(ProviderClient):
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
-        self._settings = settings
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._session: aiohttp.ClientSession | None = None
+        self.http = UpstreamHTTP(settings, self.auth_headers(settings))
+        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
+
+    @staticmethod
+    def auth_headers(settings: ProviderSettings) -> dict[str, str]:
+        return {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+
+    def url_for(self, model: str) -> httpx.URL:
+        return self._url
 
     async def open(self) -> None:
-        s = self._settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=s.connect_timeout_s, sock_read=s.timeout_s
-            ),
-            headers={"Authorization": f"Bearer {s.api_key.get_secret_value()}"},
-            auto_decompress=False,
-        )
+        await self.http.open()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("OpenAIProvider.open() was not awaited at start-up")
-        return self._session
-
-    def _timeout(self, exc: BaseException) -> GatewayTimeoutError:
-        return GatewayTimeoutError(
-            f"{self.name} did not answer within {self._settings.timeout_s:g} s",
-            details={"provider": self.name},
-        )
-
-    def _failed(self, exc: BaseException) -> ProviderError:
-        return ProviderError(
-            f"{self.name} could not be reached: {type(exc).__name__}: {exc}",
-            details={"provider": self.name},
-        )
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
     async def complete(self, request: ChatRequest) -> UpstreamReply:
-        try:
-            async with (
-                asyncio.timeout(self._settings.timeout_s),
-                self.session.post(self._url, data=request.raw, headers=_JSON) as response,
-            ):
-                body = await response.read()
-                status = response.status
-                content_type = response.headers.get("Content-Type", "application/json")
-        except TimeoutError as exc:
-            raise self._timeout(exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._failed(exc) from exc
-        if status >= 400:
-            raise upstream_error(self.name, status, body)
+        response = await self.http.post(self.url_for(request.model), request.raw, _JSON)
+        body = response.content
         model, usage = read_completion(body)
-        return UpstreamReply(status, body, content_type, model=model, usage=usage)
+        content_type = response.headers.get("content-type", "application/json")
+        return UpstreamReply(response.status_code, body, content_type, model=model, usage=usage)
 
     async def open_stream(self, request: ChatRequest) -> UpstreamStream:
         fields: dict[str, Any] = dict(request.fields or msgspec.json.decode(request.raw))
@@ -102,61 +69,63 @@ class OpenAIProvider(ProviderClient):
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
         }
-        try:
-            response = await self.session.post(
-                self._url, data=msgspec.json.encode(fields), headers=_STREAM
-            )
-            if response.status >= 400:
-                async with response:
-                    body = await response.read()
-                raise upstream_error(self.name, response.status, body)
-        except TimeoutError as exc:
-            raise self._timeout(exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._failed(exc) from exc
-        return OpenAIStream(self, response, forward_usage_chunk=request.client_wants_usage)
+        response = await self.http.open_stream(
+            self.url_for(request.model), msgspec.json.encode(fields), _STREAM
+        )
+        return OpenAIStream(self.http, response, forward_usage_chunk=request.client_wants_usage)
 
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """``{base_url}/openai/deployments/{deployment}/chat/completions?api-version=…``, keyed by
+    an ``api-key`` header. The deployment is ``settings.deployments[model]`` or the model."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        self._root = settings.base_url.rstrip("/")
+        self._api_version = settings.api_version
+        self._deployments = dict(settings.deployments)
+        self._urls: dict[str, httpx.URL] = {}
+
+    @staticmethod
+    def auth_headers(settings: ProviderSettings) -> dict[str, str]:
+        return {"api-key": settings.api_key.get_secret_value()}
+
+    def url_for(self, model: str) -> httpx.URL:
+        url = self._urls.get(model)
+        if url is None:
+            deployment = quote(self._deployments.get(model, model), safe="")
+            url = httpx.URL(
+                f"{self._root}/openai/deployments/{deployment}/chat/completions",
+                params={"api-version": self._api_version},
+            )
+            if len(self._urls) < _MAX_CACHED_URLS:  # model names come from callers: bounded
+                self._urls[model] = url
+        return url
 
 
 class OpenAIStream(UpstreamStream):
     def __init__(
-        self,
-        provider: OpenAIProvider,
-        response: aiohttp.ClientResponse,
-        *,
-        forward_usage_chunk: bool,
+        self, http: UpstreamHTTP, response: httpx.Response, *, forward_usage_chunk: bool
     ) -> None:
-        super().__init__(response.status)
-        self._provider = provider
+        super().__init__(response.status_code)
+        self._http = http
         self._response = response
         self._forward_usage_chunk = forward_usage_chunk
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Each upstream read, minus a usage-only chunk the caller did not ask for."""
         splitter = SSESplitter()
-        try:
-            async for data in self._response.content.iter_any():
-                if not self.first_chunk_ns:
-                    self.first_chunk_ns = time.perf_counter_ns()
-                events = splitter.feed(data)
-                keep = [e for e in events if observe_event(self, e, self._forward_usage_chunk)]
-                if len(keep) == 1:
-                    yield keep[0]
-                elif keep:
-                    yield b"".join(keep)
-            if splitter.pending:
-                yield splitter.pending
-        except TimeoutError as exc:
-            raise self._provider._timeout(exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._provider._failed(exc) from exc
+        async for data in self._http.iter_bytes(self._response):
+            if not self.first_chunk_ns:
+                self.first_chunk_ns = time.perf_counter_ns()
+            events = splitter.feed(data)
+            keep = [e for e in events if observe_event(self, e, self._forward_usage_chunk)]
+            if len(keep) == 1:
+                yield keep[0]
+            elif keep:
+                yield b"".join(keep)
+        if splitter.pending:
+            yield splitter.pending
 
     async def aclose(self) -> None:
-        if self.completed:
-            self._response.release()
-        else:
-            self._response.close()
+        await self._response.aclose()

@@ -101,8 +101,15 @@ async def test_completion_record(client: AsyncTestClient[Any], settings: Gateway
     assert "Hello from the fake provider" in record.response_body
     assert record.providers_tried == ["openai"]
     spans = await _spans(settings)
-    assert sorted(s.name for s in spans) == ["auth", "dispatch", "intake", "routing"]
+    assert {"auth", "dispatch", "intake", "routing"} <= {s.name for s in spans}
     assert {s.request_id for s in spans} == {request_id}
+    [attempt] = [s for s in spans if s.name == "provider_attempt"]
+    assert attempt.attributes == {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "outcome": "ok",
+        "attempt": "1",
+    }
 
 
 async def test_stream_record_has_usage_and_ttft(

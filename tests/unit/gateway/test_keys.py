@@ -42,7 +42,7 @@ def test_generated_key_shape_and_hash() -> None:
 
 @pytest.mark.parametrize(
     "secret",
-    ["", "sk-floopy-", "sk-other-" + "a" * 43, KEY_PREFIX + "a" * 42, KEY_PREFIX + "!" * 43],
+    ["", "sk-floopy-", "sk-other-" + "a" * 43, KEY_PREFIX + "a" * 129, KEY_PREFIX + "!" * 43],
 )
 def test_malformed_keys_are_rejected_by_shape(secret: str) -> None:
     assert not looks_like_key(secret)

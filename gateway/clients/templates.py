@@ -1,0 +1,130 @@
+"""Prompt templates in Redis, versioned, per org, with an in-process cache for the hot path.
+
+Invariants:
+- ``<p>:tpl:<org_id>:<template_id>`` is a hash: ``latest`` → the newest version number,
+  ``v<n>`` → version n (JSON). Versions are immutable once written; ``put`` adds version
+  ``latest + 1`` in one script, so two writers never share a number.
+- A lookup costs at most one round trip (one script reads ``latest`` and that version). A pinned
+  version (``id@3``) is cached for the worker's lifetime, since it never changes; "latest" is
+  cached for ``cache_ttl_s``, so a new version is picked up within that many seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from gateway.policy.templates import Template, TemplateMessage, check_template_id
+from shared.errors import BadRequestError
+
+__all__ = ["TemplateStore"]
+
+_GET_LUA = """
+local version = ARGV[1]
+if version == '' then
+  version = redis.call('HGET', KEYS[1], 'latest')
+  if not version then return false end
+end
+return redis.call('HGET', KEYS[1], 'v' .. version)
+"""
+
+_PUT_LUA = """
+local version = redis.call('HINCRBY', KEYS[1], 'latest', 1)
+local body = string.gsub(ARGV[1], '"version":0', '"version":' .. version, 1)
+redis.call('HSET', KEYS[1], 'v' .. version, body)
+return body
+"""
+
+_CACHE_MAX = 10_000
+_decode = msgspec.json.Decoder(Template).decode
+
+
+class TemplateStore:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "floopy",
+        cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._p = prefix
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[tuple[str, str, int | None], tuple[float, Template]] = {}
+        self._get = redis.register_script(_GET_LUA)
+        self._put = redis.register_script(_PUT_LUA)
+
+    def _key(self, org_id: str, template_id: str) -> str:
+        return f"{self._p}:tpl:{org_id}:{template_id}"
+
+    async def get(self, org_id: str, template_id: str, version: int | None = None) -> Template:
+        """The template, or BadRequestError naming what was not found."""
+        cache_key = (org_id, template_id, version)
+        now = self._clock()
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        raw: Any = await self._get(
+            keys=[self._key(org_id, template_id)], args=["" if version is None else version]
+        )
+        if raw is None:
+            which = f"{template_id!r}" + ("" if version is None else f" version {version}")
+            raise BadRequestError(f"unknown prompt template {which}")
+        template = _decode(raw)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        expires = float("inf") if version is not None else now + self._ttl
+        self._cache[cache_key] = (expires, template)
+        return template
+
+    async def put(
+        self,
+        org_id: str,
+        template_id: str,
+        messages: Sequence[TemplateMessage],
+        *,
+        only_if_changed: bool = False,
+    ) -> Template:
+        """Add a version. ``only_if_changed``: return the latest instead when it has the same
+        messages (re-applying a config seed must not pile up identical versions)."""
+        check_template_id(template_id)
+        if not messages:
+            raise BadRequestError("a prompt template needs at least one message")
+        if only_if_changed:
+            try:
+                latest = await self.get(org_id, template_id)
+            except BadRequestError:
+                latest = None
+            if latest is not None and latest.messages == tuple(messages):
+                return latest
+        draft = Template(
+            template_id=template_id,
+            version=0,
+            messages=tuple(messages),
+            created_at_ms=int(time.time() * 1000),
+        )
+        raw: Any = await self._put(
+            keys=[self._key(org_id, template_id)], args=[msgspec.json.encode(draft)]
+        )
+        template = _decode(raw)
+        self._cache.pop((org_id, template_id, None), None)
+        return template
+
+    async def versions(self, org_id: str, template_id: str) -> list[Template]:
+        flat = await self._redis.hgetall(self._key(org_id, template_id))  # type: ignore[misc]
+        found = [_decode(v) for k, v in flat.items() if k.startswith(b"v")]
+        return sorted(found, key=lambda t: t.version)
+
+    async def list_ids(self, org_id: str) -> list[str]:
+        start = len(self._key(org_id, ""))
+        names = [
+            name.decode()[start:]
+            async for name in self._redis.scan_iter(match=self._key(org_id, "*"), count=1000)
+        ]
+        return sorted(names)

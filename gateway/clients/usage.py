@@ -1,0 +1,152 @@
+"""After the response: a key's tokens and cost go to its usage counters, and token- or cost-unit
+rate-limit buckets are charged.
+
+Invariants:
+- Never on the request's path: ``submit`` only appends to a bounded in-memory queue; one
+  background task per worker drains it, many requests per Redis round trip (a pipeline of
+  ``HINCRBY``/``HINCRBYFLOAT``/``EXPIREAT``, plus one forced GCRA call for every charge).
+- What cannot be written (Redis down) is logged and counted (``failed``); what does not fit in
+  the queue is counted (``dropped``). Usage limits are then enforced on the usage that did
+  reach Redis: they under-count during an outage, they never refuse wrongly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.clients.keystore import KeyStore, usage_expiry_s
+from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.policy.limits import after_response_cost
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from shared.records import RequestRecord
+
+__all__ = ["UsageEntry", "UsageRecorder", "record_usage"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    key_id: str
+    tokens: int
+    cost_usd: float | None
+    now_ms: int
+    charges: tuple[Bucket, ...] = ()
+
+
+class UsageRecorder:
+    def __init__(
+        self, redis: Redis, keystore: KeyStore, limiter: RateLimiter, capacity: int = 100_000
+    ) -> None:
+        self._redis = redis
+        self._keystore = keystore
+        self._limiter = limiter
+        self._queue: deque[UsageEntry] = deque()
+        self._capacity = capacity
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def submit(self, entry: UsageEntry) -> None:
+        if len(self._queue) >= self._capacity:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("usage queue full: %d usage entries dropped so far", self.dropped)
+            return
+        self._queue.append(entry)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
+
+    async def stop(self, deadline_s: float = 2.0) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                while self._queue:
+                    await self._flush()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self._queue),
+            "written": self.written,
+            "failed": self.failed,
+            "dropped": self.dropped,
+        }
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0.002)  # let a few more arrive: one round trip for many
+            while self._queue:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+        try:
+            await self._write(batch)
+            self.written += len(batch)
+        except (RedisError, OSError) as exc:
+            self.failed += len(batch)
+            log.warning(
+                "could not record usage of %d requests (%s: %s); %d lost so far",
+                len(batch),
+                type(exc).__name__,
+                exc,
+                self.failed,
+            )
+
+    async def _write(self, batch: list[UsageEntry]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in batch:
+                day, month = self._keystore.usage_keys(entry.key_id, entry.now_ms)
+                for counter, monthly in ((day, False), (month, True)):
+                    pipe.hincrby(counter, "tokens", entry.tokens)
+                    if entry.cost_usd:
+                        pipe.hincrbyfloat(counter, "cost", entry.cost_usd)
+                    pipe.expireat(counter, usage_expiry_s(entry.now_ms, monthly))
+            await pipe.execute()
+        charges = [bucket for entry in batch for bucket in entry.charges]
+        if charges:
+            await self._limiter.acquire_many(charges)
+
+
+def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageRecorder) -> None:
+    """Queue what a finished request spent (nothing for a refused one)."""
+    if ctx.api_key is None or ctx.error is not None:
+        return
+    charges = tuple(
+        Bucket(b.key, b.policy, cost, force=True)
+        for b in ctx.after_response_charges
+        if (cost := after_response_cost(b.policy, record.total_tokens, record.cost_usd)) > 0
+    )
+    if record.total_tokens or record.cost_usd or charges:
+        recorder.submit(
+            UsageEntry(
+                ctx.api_key.key_id,
+                record.total_tokens,
+                record.cost_usd,
+                record.created_at_ms,
+                charges,
+            )
+        )

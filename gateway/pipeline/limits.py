@@ -1,0 +1,94 @@
+"""Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call.
+
+Fail open: when Redis cannot answer, the request runs, the answer carries
+``Floopy-RateLimit-Status: unavailable``, and the limiter logs and counts it
+(``RateLimiter.fail_open_count``, shown at ``GET /health``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.clients.keystore import usage_expiry_s
+from gateway.clients.ratelimiter import Bucket, Gates
+from gateway.policy.keys import Usage
+from gateway.policy.limits import (
+    admission_cost,
+    policies_for,
+    quota_gate,
+    rate_limit_headers,
+    refusal,
+    scope_of,
+)
+from gateway.policy.ratelimit import Unit, bucket_key
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.runtime import Runtime
+
+__all__ = ["STATUS_HEADER", "run"]
+
+STATUS_HEADER = "Floopy-RateLimit-Status"
+
+
+async def run(ctx: RequestContext, rt: Runtime) -> None:
+    key, org = ctx.api_key, ctx.org
+    if key is None or org is None:
+        raise RuntimeError("limits run after auth")
+    policies = policies_for(org, key, ctx.meta.ratelimit_policy)
+    prefix = rt.settings.redis.key_prefix
+    buckets = [
+        Bucket(
+            bucket_key(
+                prefix,
+                org.org_id,
+                scope_of(name, key),
+                policy,
+                user_id=ctx.meta.user_id,
+                properties=ctx.meta.properties,
+            ),
+            policy,
+            admission_cost(policy),
+        )
+        for name, policy in policies
+    ]
+    now_ms = ctx.created_at_ms
+    day, month = rt.access.keystore.usage_keys(key.key_id, now_ms)
+    limits = key.limits
+    gates = Gates(
+        request_counter=rt.access.keystore.request_counter(org.org_id, now_ms),
+        counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
+        usage_day_key=day,
+        usage_month_key=month,
+        monthly_quota=quota_gate(org.plan),
+        daily_tokens=limits.daily_tokens,
+        monthly_tokens=limits.monthly_tokens,
+        daily_cost_usd=limits.daily_cost_usd,
+        monthly_cost_usd=limits.monthly_cost_usd,
+    )
+    admission = await rt.access.limiter.admit(buckets, gates)
+    if admission.fail_open:
+        ctx.response_headers[STATUS_HEADER] = "unavailable"
+        return
+    decisions = admission.decisions
+    ctx.response_headers.update(
+        rate_limit_headers(policies, [(d.remaining, d.reset_ms) for d in decisions])
+    )
+    d_tok, d_cost, m_tok, m_cost = admission.usage
+    error = refusal(
+        admission.gate,
+        plan=org.plan,
+        limits=limits,
+        requests_this_month=admission.requests_this_month,
+        usage=Usage(
+            day_tokens=d_tok, day_cost_usd=d_cost, month_tokens=m_tok, month_cost_usd=m_cost
+        ),
+        denied_retry_ms=[
+            (name, d.retry_after_ms)
+            for (name, _), d in zip(policies, decisions, strict=True)
+            if not d.allowed
+        ],
+    )
+    if error is not None:
+        raise error
+    ctx.after_response_charges = [b for b in buckets if b.policy.unit is not Unit.REQUEST]
