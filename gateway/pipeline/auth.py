@@ -6,16 +6,21 @@ The org and key ids are set before the checks, so a refused request's record say
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from gateway.policy.keys import Permission, check_permission, check_plan
-from shared.errors import InvalidApiKeyError
+from shared.errors import InvalidApiKeyError, ProviderError
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.runtime import Runtime
 
 __all__ = ["bearer_token", "run"]
+
+log = logging.getLogger(__name__)
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -29,7 +34,12 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     token = bearer_token(ctx.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <your Floopy key>")
-    key, org = await rt.access.keystore.authenticate(token)
+    try:
+        key, org = await rt.access.keystore.authenticate(token)
+    except (RedisError, OSError) as exc:
+        # Known keys are answered from the stale cache; only a key never seen lands here.
+        log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)
+        raise ProviderError("the key store is unreachable; retry shortly") from exc
     ctx.api_key, ctx.org = key, org
     ctx.org_id, ctx.api_key_id = org.org_id, key.key_id
     check_permission(key, Permission.PROXY)
