@@ -43,7 +43,7 @@ from ingester.batching import (
     trim_bound,
 )
 from ingester.dead_letter import DeadLetter, DeadLetterFile
-from ingester.delivery import DeliveryReport
+from ingester.delivery import DeliveryReport, PreparedBatch, prepare
 from ingester.metrics import ConsumerCounter as C
 from ingester.metrics import Counters
 from ingester.settings import IngesterSettings
@@ -66,7 +66,7 @@ return -1
 
 
 class Deliverer(Protocol):
-    def deliver(self, sink: Sink, payloads: Sequence[bytes]) -> DeliveryReport: ...
+    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport: ...
 
 
 class Spooler(Protocol):
@@ -235,12 +235,16 @@ class StreamConsumer:
             return
         ids, payloads = list(self._batch.ids), list(self._batch.payloads)
         self._batch.clear()
+        # decoded while the batch in flight waits on ClickHouse (see ingester.delivery)
+        prepared = await asyncio.to_thread(prepare, self.sink, payloads)
         await self._settle()
-        self._in_flight = asyncio.create_task(self._deliver(ids, payloads))
+        self._in_flight = asyncio.create_task(self._deliver(ids, payloads, prepared))
 
-    async def _deliver(self, ids: list[bytes], payloads: list[bytes]) -> None:
+    async def _deliver(
+        self, ids: list[bytes], payloads: list[bytes], prepared: PreparedBatch
+    ) -> None:
         try:
-            report = await asyncio.to_thread(self._delivery.deliver, self.sink, payloads)
+            report = await asyncio.to_thread(self._delivery.deliver_prepared, prepared)
         except SinkUnavailableError as exc:
             if not await self._spool_batch(payloads, exc):
                 return
