@@ -172,8 +172,12 @@ def cron_jobs(
 ) -> list[Any]:
     """arq cron jobs for the worker: rollups every minute, retention hourly (at :17).
 
-    arq enqueues a cron tick under a job id unique to that tick, so with M replicas exactly one
-    runs it; a failed tick raises (arq logs it) and the next tick redoes the work."""
+    arq enqueues a cron tick under a job id unique to that tick (``<name>:<tick ms>``), and
+    refuses an id whose job or result key exists, so with M replicas one runs it. The result is
+    kept for an hour (arq's cron default keeps none): without it, a replica whose loop lagged
+    past the end of a short tick would find neither key and run the tick again. A failed tick
+    raises (arq logs it) and the next tick redoes the work; two overlapping runs are still
+    correct (see the module docstring)."""
     import asyncio
 
     from arq import cron
@@ -205,6 +209,13 @@ def cron_jobs(
         log.info("retention: %s", report)
 
     return [
-        cron(floopy_rollups, name="floopy_rollups", second=0, timeout=600),
-        cron(floopy_retention, name="floopy_retention", minute=17, second=30, timeout=3600),
+        cron(floopy_rollups, name="floopy_rollups", second=0, timeout=600, keep_result=HOUR),
+        cron(
+            floopy_retention,
+            name="floopy_retention",
+            minute=17,
+            second=30,
+            timeout=3600,
+            keep_result=2 * HOUR,
+        ),
     ]

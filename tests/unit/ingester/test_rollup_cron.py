@@ -17,6 +17,8 @@ def test_worker_settings_carry_the_rollup_and_retention_cron_jobs() -> None:
     assert jobs["floopy_rollups"].second == 0 and jobs["floopy_rollups"].minute is None
     assert jobs["floopy_retention"].minute == 17
     assert all(job.unique for job in jobs.values())
+    # a kept result is what stops a lagging replica from enqueuing a finished tick again
+    assert all((job.keep_result_s or 0) >= 3600 for job in jobs.values())
 
 
 def test_cli_times_are_unix_seconds_or_iso_utc() -> None:
