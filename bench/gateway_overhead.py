@@ -30,7 +30,8 @@ from pathlib import Path
 
 import aiohttp
 
-from devstack.gateway_process import FakeProviderProcess, GatewayProcess
+from bench.peer import BareForwarderProcess, LiteLLMProcess, litellm_venv
+from devstack.gateway_process import ChildProcess, FakeProviderProcess, GatewayProcess
 from devstack.servers import RedisServer
 
 __all__ = ["main"]
@@ -155,7 +156,36 @@ def bench_config() -> dict[str, object]:
     }
 
 
-def bench(directory: Path, rate: float, seconds: float, connections: int) -> None:
+@dataclass
+class Figures:
+    """One target's figures: the fixed-rate run, the wrk run, and (for a proxy) its cost."""
+
+    fixed: Latencies
+    loaded: WrkResult
+    cpu_ms_per_request: float | None = None
+    rss_mib: float | None = None
+
+
+def measure(  # noqa: PLR0917 - one call site
+    url: str,
+    process: ChildProcess | None,
+    rate: float,
+    seconds: float,
+    connections: int,
+    script: Path,
+) -> Figures:
+    fixed = asyncio.run(fixed_rate(url, rate, seconds))
+    if process is None:
+        return Figures(fixed, run_wrk(url, seconds, connections, script))
+    cpu_before = cpu_seconds(process.pids)
+    loaded = run_wrk(url, seconds, connections, script)
+    cpu_ms = (cpu_seconds(process.pids) - cpu_before) / max(loaded.requests, 1) * 1000
+    return Figures(fixed, loaded, cpu_ms, max(rss_mib(pid) for pid in process.pids))
+
+
+def bench(  # noqa: PLR0917 - one call site
+    directory: Path, rate: float, seconds: float, connections: int, peer_rate: float, peer: bool
+) -> None:
     redis = RedisServer(directory / "redis")
     redis.start()
     fake = FakeProviderProcess(directory)
@@ -169,68 +199,105 @@ def bench(directory: Path, rate: float, seconds: float, connections: int) -> Non
         config_file=config,
         extra_env={"FLOOPY_GATEWAY_LOG_LEVEL": "info", "FLOOPY_GATEWAY_ACCESS_LOG": "true"},
     )
-    try:
-        gateway.start()
-        worker = gateway.pids[-1]
-        targets = {
-            "direct": f"{fake.base_url}/chat/completions",
-            "gateway": f"{gateway.base_url}/chat/completions",
-        }
-        fixed = {name: asyncio.run(fixed_rate(url, rate, seconds)) for name, url in targets.items()}
-        script = _wrk_script(directory)
-        loaded: dict[str, WrkResult] = {}
-        cpu_before = cpu_seconds(gateway.pids)
-        loaded["gateway"] = run_wrk(targets["gateway"], seconds, connections, script)
-        cpu_per_request_ms = (
-            (cpu_seconds(gateway.pids) - cpu_before) / loaded["gateway"].requests * 1000
+    bare = BareForwarderProcess(directory, fake.base_url)
+    venv = litellm_venv() if peer else None
+    litellm = (
+        LiteLLMProcess(
+            directory, venv, upstream=fake.base_url, model=str(BODY["model"]), master_key=KEY
         )
-        loaded["direct"] = run_wrk(targets["direct"], seconds, connections, script)
-        report(fixed, loaded, rate, connections, cpu_per_request_ms, rss_mib(worker))
+        if venv
+        else None
+    )
+    started: list[ChildProcess] = []
+    try:
+        for process in (gateway, bare, *([litellm] if litellm else [])):
+            process.start(timeout_s=120)
+            started.append(process)
+        script = _wrk_script(directory)
+        figures = {
+            "direct": measure(
+                f"{fake.base_url}/chat/completions", None, rate, seconds, connections, script
+            ),
+            "bare": measure(
+                f"{bare.base_url}/chat/completions", bare, rate, seconds, connections, script
+            ),
+            "gateway": measure(
+                f"{gateway.base_url}/chat/completions", gateway, rate, seconds, connections, script
+            ),
+        }
+        if litellm is not None:
+            figures["litellm"] = measure(
+                f"{litellm.base_url}/chat/completions",
+                litellm,
+                peer_rate,
+                seconds,
+                connections,
+                script,
+            )
+            figures["gateway@peer-rate"] = Figures(
+                asyncio.run(fixed_rate(f"{gateway.base_url}/chat/completions", peer_rate, seconds)),
+                figures["gateway"].loaded,
+            )
+            figures["direct@peer-rate"] = Figures(
+                asyncio.run(fixed_rate(f"{fake.base_url}/chat/completions", peer_rate, seconds)),
+                figures["direct"].loaded,
+            )
+        elif peer:
+            print("LiteLLM not compared: no venv (run ../shared/peer-bench/run_bench.sh once)")
+        report(figures, rate, peer_rate, connections)
     finally:
-        gateway.stop()
+        for process in reversed(started):
+            process.stop()
         fake.stop()
         redis.stop()
 
 
-def report(  # noqa: PLR0917 - one call site, all figures of one run
-    fixed: dict[str, Latencies],
-    loaded: dict[str, WrkResult],
-    rate: float,
-    connections: int,
-    cpu_ms: float,
-    rss: float,
-) -> None:
-    d, g = fixed["direct"], fixed["gateway"]
+def report(figures: dict[str, Figures], rate: float, peer_rate: float, connections: int) -> None:
+    direct = figures["direct"]
     print(
-        f"fixed rate {rate:g} req/s ({g.sent} requests each, "
-        f"failed direct/gateway {d.failed}/{g.failed})"
+        f"{'target':<18}{'rate':>6}{'p50 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p99':>8}"
+        f"{'req/s@' + str(connections) + 'c':>12}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU ms/req':>12}{'RSS MiB':>9}"
     )
-    print(f"  direct   p50 {d.p50_ms:7.3f} ms  p99 {d.p99_ms:7.3f} ms")
-    print(f"  gateway  p50 {g.p50_ms:7.3f} ms  p99 {g.p99_ms:7.3f} ms")
+    for name, f in figures.items():
+        base = figures["direct@peer-rate"] if name == "litellm" else direct
+        at = peer_rate if name in {"litellm", "gateway@peer-rate", "direct@peer-rate"} else rate
+        cpu = f"{f.cpu_ms_per_request:12.3f}" if f.cpu_ms_per_request is not None else " " * 12
+        rss = f"{f.rss_mib:9.0f}" if f.rss_mib is not None else " " * 9
+        print(
+            f"{name:<18}{at:>6g}{f.fixed.p50_ms:9.3f}{f.fixed.p99_ms:9.3f}"
+            f"{f.fixed.p50_ms - base.fixed.p50_ms:+8.3f}{f.fixed.p99_ms - base.fixed.p99_ms:+8.3f}"
+            f"{f.loaded.requests_per_s:12.0f}{f.loaded.p50_ms:9.2f}{f.loaded.p99_ms:9.2f}"
+            f"{cpu}{rss}  failed {f.fixed.failed}, non-2xx {f.loaded.errors}"
+        )
+    g, b = figures["gateway"], figures["bare"]
     print(
-        f"  overhead p50 {g.p50_ms - d.p50_ms:+7.3f} ms  p99 {g.p99_ms - d.p99_ms:+7.3f} ms"
-        f"  (ratio p50 {g.p50_ms / d.p50_ms:.2f}, p99 {g.p99_ms / d.p99_ms:.2f})"
+        f"ratios (req/s at {connections} connections): gateway/bare "
+        f"{g.loaded.requests_per_s / b.loaded.requests_per_s:.2f}, gateway/direct "
+        f"{g.loaded.requests_per_s / direct.loaded.requests_per_s:.2f}"
     )
-    dl, gl = loaded["direct"], loaded["gateway"]
-    print(f"wrk, {connections} connections")
-    print(
-        f"  direct   {dl.requests_per_s:9.0f} req/s  p50 {dl.p50_ms:7.2f} ms  "
-        f"p99 {dl.p99_ms:7.2f} ms  non-2xx {dl.errors}"
-    )
-    print(
-        f"  gateway  {gl.requests_per_s:9.0f} req/s  p50 {gl.p50_ms:7.2f} ms  "
-        f"p99 {gl.p99_ms:7.2f} ms  non-2xx {gl.errors}"
-    )
-    print(f"  ratio gateway/direct req/s {gl.requests_per_s / dl.requests_per_s:.2f}")
-    print(
-        f"gateway: CPU {cpu_ms:.3f} ms per request (all gateway processes), "
-        f"worker RSS {rss:.1f} MiB"
-    )
-    print(
-        f"RESULT gateway_overhead p50_overhead_ms={g.p50_ms - d.p50_ms:.3f} "
-        f"p99_overhead_ms={g.p99_ms - d.p99_ms:.3f} gateway_rps_32c={gl.requests_per_s:.0f} "
-        f"direct_rps_32c={dl.requests_per_s:.0f} cpu_ms_per_request={cpu_ms:.3f} rss_mib={rss:.1f}"
-    )
+    fields = [
+        f"p50_overhead_ms={g.fixed.p50_ms - direct.fixed.p50_ms:.3f}",
+        f"p99_overhead_ms={g.fixed.p99_ms - direct.fixed.p99_ms:.3f}",
+        f"gateway_rps_{connections}c={g.loaded.requests_per_s:.0f}",
+        f"bare_rps_{connections}c={b.loaded.requests_per_s:.0f}",
+        f"direct_rps_{connections}c={direct.loaded.requests_per_s:.0f}",
+        f"cpu_ms_per_request={g.cpu_ms_per_request:.3f}",
+        f"rss_mib={g.rss_mib:.0f}",
+    ]
+    if "litellm" in figures:
+        lite = figures["litellm"]
+        print(
+            f"ratios vs LiteLLM: req/s {g.loaded.requests_per_s / lite.loaded.requests_per_s:.1f}x,"
+            f" CPU per request {(lite.cpu_ms_per_request or 0) / (g.cpu_ms_per_request or 1):.1f}x"
+            f" less, p50 at {peer_rate:g} req/s "
+            f"{figures['gateway@peer-rate'].fixed.p50_ms:.2f} ms vs {lite.fixed.p50_ms:.2f} ms"
+        )
+        fields += [
+            f"litellm_rps_{connections}c={lite.loaded.requests_per_s:.0f}",
+            f"litellm_cpu_ms_per_request={lite.cpu_ms_per_request:.3f}",
+        ]
+    print("RESULT gateway_overhead " + " ".join(fields))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,11 +305,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="fixed rate, requests/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--peer-rate", type=float, default=50.0, help="fixed rate for LiteLLM (it tops out ~110)"
+    )
+    parser.add_argument("--no-peer", action="store_true", help="skip LiteLLM even if installed")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="floopy-bench-") as tmp:
-        bench(Path(tmp), args.rate, args.seconds, args.connections)
+        bench(
+            Path(tmp),
+            args.rate,
+            args.seconds,
+            args.connections,
+            args.peer_rate,
+            peer=not args.no_peer,
+        )
 
 
 if __name__ == "__main__":

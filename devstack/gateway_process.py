@@ -26,6 +26,7 @@ __all__ = ["ChildProcess", "FakeProviderProcess", "GatewayProcess"]
 
 class ChildProcess:
     name = "child"
+    health_path = "/health"
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
@@ -56,7 +57,7 @@ class ChildProcess:
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.port}/health"
+        url = f"http://127.0.0.1:{self.port}{self.health_path}"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
