@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from clickhouse_driver import Client
 
+from bench.load import open_loop
 from devstack.gateway_process import FakeProviderProcess, GatewayProcess
 from devstack.servers import ClickHouseServer, RedisServer
 
@@ -65,14 +66,7 @@ async def send(url: str, rate: float, seconds: float, tracker: Tracker) -> None:
                 return
             tracker.answered_at[request_id] = done
 
-        tasks = []
-        began = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = began + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await open_loop(rate, seconds, one)
     tracker.sending = False
 
 

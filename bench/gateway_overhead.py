@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.load import open_loop
 from bench.peer import BareForwarderProcess, LiteLLMProcess, litellm_venv
 from devstack.gateway_process import ChildProcess, FakeProviderProcess, GatewayProcess
 from devstack.servers import RedisServer
@@ -69,14 +70,7 @@ async def fixed_rate(url: str, rate: float, seconds: float) -> Latencies:
         for _ in range(20):  # warm the connections up
             await one()
         latencies.clear()
-        tasks = []
-        began = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = began + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await open_loop(rate, seconds, one)
     quantiles = statistics.quantiles(latencies, n=100)
     return Latencies(quantiles[49], quantiles[98], len(latencies), failed)
 
