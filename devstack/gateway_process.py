@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from devstack.servers import free_port
+from devstack.servers import free_port, kill_group, terminate
 
 __all__ = ["ChildProcess", "FakeProviderProcess", "GatewayProcess"]
 
@@ -69,22 +68,13 @@ class ChildProcess:
         raise TimeoutError(f"{self.name} not healthy after {timeout_s}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            terminate(self.process, timeout_s, group=True)
         self.process = None
 
     def kill(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        if self.process is not None:
+            kill_group(self.process)
         self.process = None
 
     @property

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ClickHouseServer", "ManagedServer", "RedisServer", "free_port", "wait_for_port"]
+__all__ = [
+    "ClickHouseServer",
+    "ManagedServer",
+    "RedisServer",
+    "free_port",
+    "kill_group",
+    "terminate",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -40,6 +48,26 @@ def _require(binary: str) -> str:
     if path is None:
         raise RuntimeError(f"{binary} not found: run `bash deploy/local/bootstrap.sh` first")
     return path
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and its session (started with ``start_new_session``), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def terminate(process: subprocess.Popen[bytes], timeout_s: float, *, group: bool) -> None:
+    """SIGTERM (to the whole session when ``group``), then SIGKILL after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
 
 
 class ManagedServer:
@@ -76,22 +104,13 @@ class ManagedServer:
         """Block until the server answers queries, not just accepts connections."""
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            terminate(self.process, timeout_s, group=False)
         self.process = None
 
     def kill(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        if self.process is not None:
+            kill_group(self.process)
         self.process = None
 
     def restart(self) -> None:
