@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Router, delete, get, post, put
+from litestar.params import FromPath, JSONBody
 
 from gateway.admin.secrets import encrypt
 from gateway.admin.seed import OrgSeed
@@ -94,7 +95,9 @@ class AdminApi(Controller):
         return rt
 
     @get("/orgs/{org_id:str}")
-    async def get_org(self, request: Request[Any, Any, Any], org_id: str) -> dict[str, Any]:
+    async def get_org(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+    ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         org = await rt.access.keystore.get_org(org_id)
         if org is None:
@@ -104,7 +107,7 @@ class AdminApi(Controller):
 
     @put("/orgs/{org_id:str}")
     async def put_org(
-        self, request: Request[Any, Any, Any], org_id: str, data: dict[str, Any]
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         seed = _convert(data, OrgSeed)
@@ -116,13 +119,15 @@ class AdminApi(Controller):
         return result
 
     @get("/orgs/{org_id:str}/keys")
-    async def list_keys(self, request: Request[Any, Any, Any], org_id: str) -> dict[str, Any]:
+    async def list_keys(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+    ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         return {"data": [key_view(k) for k in await rt.access.keystore.list_keys(org_id)]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
     async def create_key(
-        self, request: Request[Any, Any, Any], org_id: str, data: dict[str, Any]
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         if await rt.access.keystore.get_org(org_id) is None:
@@ -138,7 +143,9 @@ class AdminApi(Controller):
         return {"secret": new.secret, "key": key_view(key)}
 
     @delete("/keys/{key_id:str}", status_code=200)
-    async def revoke_key(self, request: Request[Any, Any, Any], key_id: str) -> dict[str, Any]:
+    async def revoke_key(
+        self, request: Request[Any, Any, Any], key_id: FromPath[str]
+    ) -> dict[str, Any]:
         rt, caller, operator = await self._caller(request)
         key = await rt.access.keystore.get_key(key_id)
         if key is None or (not operator and key.org_id != caller.org_id):
@@ -147,13 +154,15 @@ class AdminApi(Controller):
         return {"key_id": key_id, "revoked": True}
 
     @get("/orgs/{org_id:str}/templates")
-    async def list_templates(self, request: Request[Any, Any, Any], org_id: str) -> dict[str, Any]:
+    async def list_templates(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+    ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         return {"data": await rt.access.templates.list_ids(org_id)}
 
     @get("/orgs/{org_id:str}/templates/{template_id:str}")
     async def template_versions(
-        self, request: Request[Any, Any, Any], org_id: str, template_id: str
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], template_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         versions = await rt.access.templates.versions(org_id, template_id)
@@ -163,7 +172,11 @@ class AdminApi(Controller):
 
     @post("/orgs/{org_id:str}/templates/{template_id:str}", status_code=201)
     async def add_template_version(
-        self, request: Request[Any, Any, Any], org_id: str, template_id: str, data: dict[str, Any]
+        self,
+        request: Request[Any, Any, Any],
+        org_id: FromPath[str],
+        template_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         body = _convert(data, TemplateBody)
@@ -178,7 +191,7 @@ class AdminApi(Controller):
 
     @put("/providers/{name:str}")
     async def put_provider(
-        self, request: Request[Any, Any, Any], name: str, data: dict[str, Any]
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         provider = {**data, "name": name}
@@ -190,7 +203,9 @@ class AdminApi(Controller):
         return {"data": provider, "note": "takes effect when the gateway workers restart"}
 
     @delete("/providers/{name:str}", status_code=200)
-    async def delete_provider(self, request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    async def delete_provider(
+        self, request: Request[Any, Any, Any], name: FromPath[str]
+    ) -> dict[str, Any]:
         rt = await self._operator(request)
         if not await rt.access.routing.delete_provider(name):
             raise NotFoundError(f"no stored provider {name!r}")
@@ -203,7 +218,7 @@ class AdminApi(Controller):
 
     @put("/routes/{model:path}")
     async def put_route(
-        self, request: Request[Any, Any, Any], model: str, data: dict[str, Any]
+        self, request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         body = _convert(data, RouteBody)
@@ -211,7 +226,9 @@ class AdminApi(Controller):
         return {"model": model.lstrip("/"), "targets": body.targets}
 
     @delete("/routes/{model:path}", status_code=200)
-    async def delete_route(self, request: Request[Any, Any, Any], model: str) -> dict[str, Any]:
+    async def delete_route(
+        self, request: Request[Any, Any, Any], model: FromPath[str]
+    ) -> dict[str, Any]:
         rt = await self._operator(request)
         if not await rt.access.routing.delete_route(model.lstrip("/")):
             raise NotFoundError(f"no stored route for {model.lstrip('/')!r}")

@@ -95,13 +95,14 @@ async def test_completion_record(client: AsyncTestClient[Any], settings: Gateway
     )
     assert record.total_tokens == record.prompt_tokens + record.completion_tokens > 0
     assert (record.user_id, record.session_id, record.properties) == ("u-7", "s-1", {"plan": "pro"})
-    assert set(record.stage_latency_ms) == {"auth", "intake", "routing", "dispatch"}
+    stages = {"auth", "intake", "rate_limit", "template", "routing", "dispatch"}
+    assert set(record.stage_latency_ms) == stages
     assert record.latency_ms >= record.stage_latency_ms["dispatch"] > 0
     assert msgspec.json.decode(record.request_body) == BODY
     assert "Hello from the fake provider" in record.response_body
     assert record.providers_tried == ["openai"]
     spans = await _spans(settings)
-    assert {"auth", "dispatch", "intake", "routing"} <= {s.name for s in spans}
+    assert stages <= {s.name for s in spans}
     assert {s.request_id for s in spans} == {request_id}
     [attempt] = [s for s in spans if s.name == "provider_attempt"]
     assert attempt.attributes == {

@@ -1,0 +1,141 @@
+"""The limits stage's one Redis script (``RateLimiter.admit``) and the stores beside it, on a
+real Redis: quota and usage gates, all-or-nothing charging, templates, seeding, fail-open."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack.servers import RedisServer
+from gateway.admin.seed import apply_seed, parse_seed
+from gateway.clients.keystore import KeyStore, usage_expiry_s
+from gateway.clients.ratelimiter import Bucket, Gate, Gates, RateLimiter
+from gateway.clients.routing_config import RoutingConfigStore
+from gateway.clients.templates import TemplateStore
+from gateway.policy.ratelimit import parse_policy
+from gateway.policy.templates import TemplateMessage
+from shared.errors import BadRequestError, InvalidApiKeyError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return f"t{abs(hash(request.node.nodeid))}"
+
+
+def gates(store: KeyStore, now_ms: int, **limits: Any) -> Gates:
+    day, month = store.usage_keys("k1", now_ms)
+    return Gates(
+        request_counter=store.request_counter("acme", now_ms),
+        counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
+        usage_day_key=day,
+        usage_month_key=month,
+        **limits,
+    )
+
+
+async def test_quota_gate_counts_admitted_requests_only(redis: Redis, prefix: str) -> None:
+    store, limiter = KeyStore(redis, prefix=prefix), RateLimiter(redis)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    bucket = Bucket(f"{prefix}:b", parse_policy("2;w=60"))
+    answers = [await limiter.admit([bucket], gates(store, now, monthly_quota=3)) for _ in range(4)]
+    # two pass the rate limit; the third is rate limited and must not use up quota
+    assert [a.admitted for a in answers] == [True, True, False, False]
+    assert [a.gate for a in answers] == [Gate.NONE] * 4
+    assert [a.requests_this_month for a in answers] == [1, 2, 2, 2]
+    other = Bucket(f"{prefix}:other", parse_policy("9;w=60"))
+    assert (await limiter.admit([other], gates(store, now, monthly_quota=3))).admitted
+    full = await limiter.admit([other], gates(store, now, monthly_quota=3))
+    assert (full.gate, full.admitted, full.requests_this_month) == (Gate.MONTHLY_QUOTA, False, 3)
+    # refused by the quota: the bucket was not charged
+    assert full.decisions[0].remaining == 8
+
+
+async def test_usage_gate_reads_the_usage_recorded(redis: Redis, prefix: str) -> None:
+    store, limiter = KeyStore(redis, prefix=prefix), RateLimiter(redis)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    await store.record_usage("k1", 120, 0.25, now)
+    bucket = Bucket(f"{prefix}:b", parse_policy("100;w=60"))
+    ok = await limiter.admit([bucket], gates(store, now, daily_tokens=121, monthly_cost_usd=0.3))
+    assert ok.admitted and ok.usage == (120, 0.25, 120, 0.25)
+    over = await limiter.admit([bucket], gates(store, now, daily_cost_usd=0.25))
+    assert (over.gate, over.admitted) == (Gate.USAGE, False)
+
+
+async def test_fail_open_when_redis_is_gone(redis_factory: Any) -> None:
+    server = redis_factory()
+    client = Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    store, limiter = KeyStore(client), RateLimiter(client)
+    server.stop()
+    answer = await limiter.admit([Bucket("b", parse_policy("1;w=60"))], gates(store, 0))
+    assert answer.fail_open and answer.admitted and limiter.fail_open_count == 1
+    await client.aclose()
+
+
+async def test_templates_are_versioned_and_cached(redis: Redis, prefix: str) -> None:
+    clock = [100.0]
+    writer = TemplateStore(redis, prefix=prefix)
+    reader = TemplateStore(redis, prefix=prefix, cache_ttl_s=5, clock=lambda: clock[0])
+    v1 = await writer.put("acme", "greet", [TemplateMessage("user", "hi {{name}}")])
+    same = await writer.put(
+        "acme", "greet", [TemplateMessage("user", "hi {{name}}")], only_if_changed=True
+    )
+    assert (v1.version, same.version) == (1, 1)
+    assert (await reader.get("acme", "greet")).version == 1
+    await writer.put("acme", "greet", [TemplateMessage("user", "hello {{name}}")])
+    assert (await reader.get("acme", "greet")).version == 1  # "latest" cached for the TTL
+    clock[0] += 5.1
+    assert (await reader.get("acme", "greet")).version == 2
+    assert (await reader.get("acme", "greet", 1)).messages[0].content == "hi {{name}}"
+    with pytest.raises(BadRequestError, match="unknown prompt template 'greet' version 9"):
+        await reader.get("acme", "greet", 9)
+    with pytest.raises(BadRequestError, match="unknown prompt template"):
+        await reader.get("other-org", "greet")  # templates belong to an org
+    assert [t.version for t in await writer.versions("acme", "greet")] == [1, 2]
+
+
+async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: str) -> None:
+    store = KeyStore(redis, prefix=prefix)
+    stores = {
+        "keystore": store,
+        "templates": TemplateStore(redis, prefix=prefix),
+        "routing": RoutingConfigStore(redis, prefix=prefix),
+    }
+    seed = parse_seed(
+        {
+            "orgs": {"acme": {"plan": {"monthly_requests": 5}}},
+            "keys": {"key-a": {"org": "acme", "secret_env": "KEY_A"}},
+            "templates": [
+                {"id": "t", "org": "acme", "messages": [{"role": "user", "content": "x"}]}
+            ],
+            "routes": {"gpt-4o": ["openai"]},
+        }
+    )
+    env = {"KEY_A": "sk-floopy-aaa"}
+    await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
+    key, org = await store.authenticate("sk-floopy-aaa")
+    assert (key.key_id, org.plan.monthly_requests) == ("key-a", 5)
+    assert await store.revoke_key("key-a")
+    await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
+    with pytest.raises(InvalidApiKeyError, match="revoked"):
+        await KeyStore(redis, prefix=prefix).authenticate("sk-floopy-aaa")
+    assert [t.version for t in await stores["templates"].versions("acme", "t")] == [1]  # type: ignore[attr-defined]
+    assert await stores["routing"].routes() == {"gpt-4o": ["openai"]}  # type: ignore[attr-defined]
+    # a new secret for the same key id replaces the old hash
+    await apply_seed(seed, environ={"KEY_A": "sk-floopy-bbb"}, **stores)  # type: ignore[arg-type]
+    with pytest.raises(InvalidApiKeyError):
+        await KeyStore(redis, prefix=prefix).authenticate("sk-floopy-aaa")
+    stored = await redis.hgetall(f"{prefix}:key:{key.key_hash}")
+    assert not stored
