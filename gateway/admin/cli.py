@@ -1,0 +1,300 @@
+"""``floopy-admin``: keys, orgs, prompt templates, providers and routes from a shell, straight on
+the Redis the gateways use (``FLOOPY_GATEWAY_REDIS__URL``, ``FLOOPY_GATEWAY_REDIS__KEY_PREFIX``).
+
+    floopy-admin seed floopy.toml
+    floopy-admin orgs put acme --monthly-requests 100000 --expires-at 2027-01-01T00:00:00Z
+    floopy-admin keys create acme --name ci --permission proxy --permission read
+    floopy-admin keys revoke key_0123abcd
+    floopy-admin templates put acme greet --message 'system:You help with {{product}}.'
+    floopy-admin providers put backup --base-url https://api.groq.com/openai/v1 --api-key-env GROQ
+    floopy-admin routes set gpt-4o openai backup/llama-3.1-70b
+
+A key's secret is printed once, by ``keys create``. Exit code 1 with a message on any mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import typer
+from redis.exceptions import RedisError
+
+from gateway.access import Access
+from gateway.admin.api import key_view
+from gateway.admin.secrets import encrypt, new_master_key
+from gateway.admin.seed import PlanSeed, apply_seed, load_seed
+from gateway.policy.keys import DEFAULT_ORG_RATE_LIMIT, KeyLimits, KeySwitches, Org, Permission
+from gateway.policy.templates import TemplateMessage
+from gateway.settings import GatewaySettings
+from shared.errors import ClientError
+
+__all__ = ["app", "main"]
+
+_T = TypeVar("_T")
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Manage Floopy keys, orgs, templates, routes."
+)
+orgs = typer.Typer(no_args_is_help=True, help="Orgs and their plans.")
+keys = typer.Typer(no_args_is_help=True, help="API keys.")
+templates = typer.Typer(no_args_is_help=True, help="Prompt templates (versioned).")
+providers = typer.Typer(no_args_is_help=True, help="Providers (read by gateways at start-up).")
+routes = typer.Typer(no_args_is_help=True, help="Routing rules (read by gateways at start-up).")
+for group, name in ((orgs, "orgs"), (keys, "keys"), (templates, "templates")):
+    app.add_typer(group, name=name)
+app.add_typer(providers, name="providers")
+app.add_typer(routes, name="routes")
+
+
+def _run(work: Callable[[Access, GatewaySettings], Awaitable[_T]]) -> _T:
+    """Run one command against the store; any refusal or outage is one line and exit 1."""
+    settings = GatewaySettings()
+
+    async def go() -> _T:
+        access = Access.build(settings)
+        try:
+            return await work(access, settings)
+        finally:
+            await access.redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ClientError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    except (RedisError, OSError) as exc:
+        typer.secho(f"error: Redis at {settings.redis.url}: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
+
+
+def _print(value: Any) -> None:
+    typer.echo(json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True))
+
+
+@app.command()
+def seed(path: Path) -> None:
+    """Apply a config seed file (idempotent; see README "Configuration")."""
+    parsed = _run_sync(lambda: load_seed(path))
+
+    async def work(access: Access, _: GatewaySettings) -> dict[str, int]:
+        return await apply_seed(
+            parsed,
+            keystore=access.keystore,
+            templates=access.templates,
+            routing=access.routing,
+            environ=os.environ,
+        )
+
+    _print({"applied": _run(work)})
+
+
+def _run_sync(work: Callable[[], _T]) -> _T:
+    try:
+        return work()
+    except ClientError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(1) from None
+
+
+@app.command("master-key")
+def master_key() -> None:
+    """Print a new Fernet master key (for FLOOPY_GATEWAY_MASTER_KEY)."""
+    typer.echo(new_master_key())
+
+
+@orgs.command("put")
+def org_put(
+    org_id: str,
+    *,
+    name: Annotated[str, typer.Option()] = "",
+    rate_limit: Annotated[str, typer.Option(help="e.g. 10000;w=60")] = DEFAULT_ORG_RATE_LIMIT,
+    monthly_requests: Annotated[int | None, typer.Option()] = None,
+    overage: Annotated[bool, typer.Option("--overage/--no-overage")] = False,
+    retention_days: Annotated[int, typer.Option()] = 30,
+    expires_at: Annotated[datetime | None, typer.Option(help="ISO 8601, UTC")] = None,
+) -> None:
+    """Create or replace an org and its plan."""
+    plan = PlanSeed(
+        monthly_requests=monthly_requests,
+        overage_allowed=overage,
+        retention_days=retention_days,
+        expires_at=expires_at,
+    ).plan()
+    org = _run_sync(lambda: Org(org_id=org_id, name=name, plan=plan, rate_limit_policy=rate_limit))
+
+    async def work(access: Access, _: GatewaySettings) -> None:
+        await access.keystore.put_org(org)
+
+    _run(work)
+    _print(org)
+
+
+@orgs.command("show")
+def org_show(org_id: str) -> None:
+    async def work(access: Access, _: GatewaySettings) -> Org | None:
+        return await access.keystore.get_org(org_id)
+
+    found = _run(work)
+    if found is None:
+        typer.secho(f"error: no org {org_id!r}", err=True, fg="red")
+        raise typer.Exit(1)
+    _print(found)
+
+
+@keys.command("create")
+def key_create(
+    org_id: str,
+    *,
+    name: Annotated[str, typer.Option()] = "",
+    permission: Annotated[list[Permission] | None, typer.Option(help="repeatable")] = None,
+    rate_limit: Annotated[str, typer.Option(help="the key's own policy, e.g. 100;w=60")] = "",
+    daily_tokens: Annotated[int | None, typer.Option()] = None,
+    monthly_tokens: Annotated[int | None, typer.Option()] = None,
+    daily_cost_usd: Annotated[float | None, typer.Option()] = None,
+    monthly_cost_usd: Annotated[float | None, typer.Option()] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache")] = True,
+    firewall: Annotated[bool, typer.Option("--firewall/--no-firewall")] = True,
+    log_bodies: Annotated[bool, typer.Option("--log-bodies/--no-log-bodies")] = True,
+) -> None:
+    """Create a key; its secret is printed this once and never again."""
+    limits = _run_sync(
+        lambda: KeyLimits(
+            rate_limit_policy=rate_limit,
+            daily_tokens=daily_tokens,
+            monthly_tokens=monthly_tokens,
+            daily_cost_usd=daily_cost_usd,
+            monthly_cost_usd=monthly_cost_usd,
+        )
+    )
+
+    async def work(access: Access, _: GatewaySettings) -> dict[str, Any]:
+        if await access.keystore.get_org(org_id) is None:
+            raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
+        new, key = await access.keystore.create_key(
+            org_id,
+            name=name,
+            permissions=frozenset(permission or [Permission.PROXY]),
+            limits=limits,
+            switches=KeySwitches(cache=cache, firewall=firewall, log_bodies=log_bodies),
+        )
+        return {"secret": new.secret, "key": key_view(key)}
+
+    _print(_run(work))
+
+
+@keys.command("list")
+def key_list(org_id: str) -> None:
+    async def work(access: Access, _: GatewaySettings) -> list[dict[str, Any]]:
+        return [key_view(k) for k in await access.keystore.list_keys(org_id)]
+
+    _print(_run(work))
+
+
+@keys.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke a key: every gateway worker refuses it within ``key_cache_ttl_s`` seconds."""
+
+    async def work(access: Access, _: GatewaySettings) -> bool:
+        return await access.keystore.revoke_key(key_id)
+
+    if not _run(work):
+        typer.secho(f"error: no key {key_id!r}", err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@templates.command("put")
+def template_put(
+    org_id: str,
+    template_id: str,
+    message: Annotated[list[str], typer.Option(help="role:content, repeatable, in order")],
+) -> None:
+    """Add a version of a template ({{name}} marks a variable)."""
+    parsed = []
+    for item in message:
+        role, sep, content = item.partition(":")
+        if not sep or not role:
+            typer.secho(f"error: --message {item!r} is not role:content", err=True, fg="red")
+            raise typer.Exit(1)
+        parsed.append(TemplateMessage(role.strip(), content))
+
+    async def work(access: Access, _: GatewaySettings) -> Any:
+        return await access.templates.put(org_id, template_id, parsed)
+
+    _print(_run(work))
+
+
+@templates.command("show")
+def template_show(org_id: str, template_id: str) -> None:
+    async def work(access: Access, _: GatewaySettings) -> Any:
+        return await access.templates.versions(org_id, template_id)
+
+    _print(_run(work))
+
+
+@providers.command("put")
+def provider_put(
+    name: str,
+    *,
+    base_url: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option(help="openai | azure | anthropic")] = "openai",
+    api_key_env: Annotated[str, typer.Option(help="NAME of the variable holding the key")] = "",
+    api_key: Annotated[
+        str, typer.Option(help="encrypted with FLOOPY_GATEWAY_MASTER_KEY before it is stored")
+    ] = "",
+    model: Annotated[list[str] | None, typer.Option(help="models it serves, repeatable")] = None,
+) -> None:
+    async def work(access: Access, settings: GatewaySettings) -> dict[str, Any]:
+        provider: dict[str, Any] = {"name": name, "kind": kind, "base_url": base_url}
+        if model:
+            provider["models"] = model
+        if api_key_env:
+            provider["api_key_env"] = api_key_env
+        if api_key:
+            provider["api_key_encrypted"] = encrypt(settings.master_key.get_secret_value(), api_key)
+        await access.routing.put_provider(provider)
+        return provider
+
+    _print(_run(work))
+
+
+@providers.command("list")
+def provider_list() -> None:
+    async def work(access: Access, _: GatewaySettings) -> list[dict[str, Any]]:
+        return await access.routing.providers()
+
+    _print(_run(work))
+
+
+@routes.command("set")
+def route_set(model: str, targets: list[str]) -> None:
+    """MODEL → TARGETS tried in order (``provider`` or ``provider/model``)."""
+
+    async def work(access: Access, _: GatewaySettings) -> None:
+        await access.routing.put_route(model, targets)
+
+    _run(work)
+    _print({model: targets})
+
+
+@routes.command("list")
+def route_list() -> None:
+    async def work(access: Access, _: GatewaySettings) -> dict[str, list[str]]:
+        return await access.routing.routes()
+
+    _print(_run(work))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
