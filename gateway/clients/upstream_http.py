@@ -43,6 +43,28 @@ _TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError)
 and socket errors (``TimeoutError`` among them)."""
 
 
+class _NoCookies(httpx.Cookies):
+    """Upstream cookies are never kept: one client serves every caller, so a cookie set in an
+    answer to one caller must not ride along on another's request. (Parsing ``Set-Cookie`` on
+    every answer also cost ≈3% of a worker's CPU.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        """httpx's constructor sets an empty jar; nothing else may."""
+
+
+_NO_COOKIES = _NoCookies()
+
+
 def is_timeout(exc: BaseException) -> bool:
     """A real timeout, not a connection the upstream closed (the transport calls both
     ``ConnectTimeout``)."""
@@ -72,7 +94,7 @@ class UpstreamHTTP:
             max_keepalive_connections=s.max_connections,
             keepalive_expiry=_KEEPALIVE_S,
         )
-        self._client = httpx.AsyncClient(
+        self._client = _Client(
             transport=AiohttpTransport(limits=limits, trust_env=False),
             headers=self._headers,
             timeout=httpx.Timeout(

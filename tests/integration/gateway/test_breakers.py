@@ -1,0 +1,93 @@
+"""``Breakers`` (what dispatch uses) over real Redis: events reach the sink once per change, a
+closed breaker is remembered briefly per worker, and a hung Redis does not hold requests up."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack.servers import RedisServer
+from gateway.clients.breaker_store import BreakerStore
+from gateway.clients.breakers import CLOSED_MEMORY_S, Breakers
+from gateway.policy.breaker import Admission, BreakerConfig
+from shared.records import BreakerEventRecord
+
+pytestmark = pytest.mark.integration
+
+CFG = BreakerConfig(failure_threshold=2, window_s=60, cooldown_s=10, probe_timeout_s=30)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+def _worker(
+    redis: Redis, prefix: str, wall: Clock, events: list[BreakerEventRecord]
+) -> tuple[Breakers, Clock]:
+    local = Clock()
+    store = BreakerStore(redis, CFG, prefix=prefix, clock=wall)
+    return Breakers(store, events.append, clock=local), local
+
+
+async def test_cycle_emits_each_change_once_and_workers_share_it(redis: Redis) -> None:
+    prefix, wall, events = f"t{uuid.uuid4().hex[:12]}", Clock(), []
+    a, a_clock = _worker(redis, prefix, wall, events)
+    b, _ = _worker(redis, prefix, wall, events)
+
+    assert await a.admit("p") is Admission.ALLOW  # remembered as closed by worker a
+    assert await b.failure("p") is False
+    assert await b.failure("p") is True  # the second failure opens it
+    assert [(e.from_state, e.to_state) for e in events] == [("closed", "open")]
+    assert await b.admit("p") is Admission.REJECT
+    assert await a.admit("p") is Admission.ALLOW  # a still remembers "closed"...
+    a_clock.now += CLOSED_MEMORY_S
+    assert await a.admit("p") is Admission.REJECT  # ...for CLOSED_MEMORY_S at most
+
+    wall.now += CFG.cooldown_s
+    assert await a.admit("p") is Admission.PROBE
+    assert await b.admit("p") is Admission.REJECT  # one probe at a time
+    await a.probe_succeeded("p")
+    assert await b.admit("p") is Admission.ALLOW
+    assert [(e.from_state, e.to_state) for e in events] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+    assert {e.provider for e in events} == {"p"}
+    [health] = await a.snapshot(["p"])
+    assert health.state.value == "closed"
+
+
+async def test_hung_redis_fails_open_within_the_budget(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    assert server.process is not None
+    client = Redis.from_url(server.url, socket_timeout=30)
+    events: list[BreakerEventRecord] = []
+    breakers = Breakers(BreakerStore(client, CFG, prefix="hung"), events.append)
+    try:
+        server.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+        admitted = await asyncio.wait_for(breakers.admit("p"), timeout=20)
+        assert admitted is Admission.ALLOW and breakers.budget_overruns == 1
+        assert await asyncio.wait_for(breakers.failure("p"), timeout=20) is False
+        assert breakers.budget_overruns == 2 and events == []
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        await client.aclose()
