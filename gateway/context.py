@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.clients.providers.base import (
     ChatRequest,
@@ -17,8 +18,12 @@ from gateway.clients.providers.base import (
     UpstreamStream,
 )
 from gateway.policy.headers import RequestMeta
+from gateway.policy.keys import ApiKey, Org
 from gateway.policy.routing import Target
 from shared.errors import ClientError
+
+if TYPE_CHECKING:
+    from gateway.clients.ratelimiter import Bucket
 
 __all__ = ["RequestContext", "StageTiming"]
 
@@ -49,6 +54,16 @@ class RequestContext:
 
     org_id: str = ""
     api_key_id: str = ""
+    api_key: ApiKey | None = None
+    """Set by auth: permissions, limits and switches (cache, firewall, body logging)."""
+    org: Org | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Headers a stage wants on the answer, error or not (rate-limit state)."""
+    after_response_charges: list[Bucket] = field(default_factory=list)
+    """Token- and cost-unit buckets to charge once the record's tokens and cost are known."""
+    prompt_id: str = ""
+    prompt_version: int = 0
+    prompt_inputs: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     chat: ChatRequest | None = None
     meta: RequestMeta = field(default_factory=RequestMeta)

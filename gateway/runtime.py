@@ -7,12 +7,16 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from gateway.access import Access
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -34,6 +38,8 @@ class Runtime:
     publisher: Publisher
     upstreams: Upstreams
     counters: Counters = field(default_factory=Counters)
+    access: Access = field(init=False)
+    """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:

@@ -5,6 +5,7 @@ passed down; nothing else reads the environment."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -139,7 +140,21 @@ class GatewaySettings(BaseSettings):
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     """Price overrides by ``"<provider>/<model>"`` or ``"<model>"``."""
     api_keys: dict[str, ApiKeyEntry] = Field(default_factory=dict)
-    """First cut: a static table Floopy key → (org, key id); the next issue moves keys to Redis."""
+    """Deprecated: Floopy key → (org, key id). Each entry is seeded into the Redis key store at
+    start-up (hash only, permissions proxy + read, org created with defaults if missing); use
+    ``config_file`` instead. Authentication always reads the key store."""
+    config_file: Path | None = None
+    """A declarative seed (``floopy.toml``, or ``.json``): orgs, keys, prompt templates,
+    providers and routes, applied at start-up by every worker (idempotent); see README."""
+    key_cache_ttl_s: float = Field(default=5.0, gt=0, le=300)
+    """How long a worker trusts what it read of a key and its org: a revoked key stops working
+    on every worker within this many seconds."""
+    master_key: SecretStr = SecretStr("")
+    """Fernet key (``floopy-admin master-key``) that decrypts ``api_key_encrypted`` of providers
+    in the config file and in the store."""
+    operator_orgs: list[str] = Field(default_factory=list)
+    """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
+    admin key of any other org manages its own org's keys and templates only."""
 
     max_body_bytes: int = Field(default=4 * 2**20, ge=1)
     record_body_max_bytes: int = Field(default=256 * 2**10, ge=0)

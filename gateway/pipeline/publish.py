@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from gateway.clients.usage import record_usage
 from gateway.policy.recording import build_records
 from gateway.policy.usage import settle_usage
 from shared.codec import encode_record
@@ -32,6 +33,7 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
         record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
         submit = rt.publisher.submit
         submit(Sink.REQUESTS, encode_record(record))
+        record_usage(ctx, record, rt.access.usage)
         for span in spans:
             submit(Sink.SPANS, encode_record(span))
     except Exception:  # the response is gone: log, count, carry on

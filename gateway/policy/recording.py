@@ -102,7 +102,9 @@ def build_records(
         session_name=meta.session_name,
         session_path=meta.session_path,
         properties=meta.properties,
-        prompt_id=meta.prompt_id,
+        prompt_id=ctx.prompt_id or meta.prompt_id,
+        prompt_version=ctx.prompt_version,
+        prompt_inputs=ctx.prompt_inputs,
         providers_tried=list(ctx.providers_tried),
         retries=ctx.retries,
         tokens_estimated=settled.estimated if settled is not None else False,
@@ -112,7 +114,16 @@ def build_records(
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
     )
+    if ctx.api_key is not None and not ctx.api_key.switches.log_bodies:
+        redact_bodies(record)
     return record, build_spans(ctx)
+
+
+def redact_bodies(record: RequestRecord) -> None:
+    """The key's body logging is off: no body, and no template inputs (they are body text)."""
+    record.request_body = record.response_body = ""
+    record.prompt_inputs = {}
+    record.bodies_redacted = True
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
