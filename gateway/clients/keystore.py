@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -80,7 +81,12 @@ def _decode_fields(kind: type[_S], flat: Iterable[bytes]) -> _S:
 
 
 def _period_end(now_ms: int, monthly: bool) -> int:
-    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return _period_end_of_day(now_ms // 86_400_000, monthly)
+
+
+@lru_cache(maxsize=64)
+def _period_end_of_day(day: int, monthly: bool) -> int:
+    now = datetime.fromtimestamp(day * 86_400, UTC)
     if monthly:
         first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = (first + timedelta(days=32)).replace(day=1) + _MONTH_GRACE

@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 import msgspec
 
@@ -182,9 +183,18 @@ def check_usage(limits: KeyLimits, usage: Usage) -> None:
             )
 
 
+_DAY_MS = 86_400_000
+
+
 def day_period(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
+    return _period_text(now_ms // _DAY_MS, "%Y%m%d")
 
 
 def month_period(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m")
+    return _period_text(now_ms // _DAY_MS, "%Y%m")
+
+
+@lru_cache(maxsize=64)
+def _period_text(day: int, fmt: str) -> str:
+    """Per UTC day, not per request: every request formats the same few dates (hot path)."""
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime(fmt)
