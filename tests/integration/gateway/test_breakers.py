@@ -16,18 +16,11 @@ from gateway.clients.breaker_store import BreakerStore
 from gateway.clients.breakers import CLOSED_MEMORY_S, Breakers
 from gateway.policy.breaker import Admission, BreakerConfig
 from shared.records import BreakerEventRecord
+from tests.integration.gateway.test_breaker_store import Clock
 
 pytestmark = pytest.mark.integration
 
 CFG = BreakerConfig(failure_threshold=2, window_s=60, cooldown_s=10, probe_timeout_s=30)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

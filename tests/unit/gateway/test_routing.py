@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from gateway.clients.providers.base import ChatRequest
 from gateway.policy.routing import (
     Outcome,
     ProviderModels,
@@ -114,3 +116,17 @@ def test_failure_classification(
 
 def test_non_client_errors_are_never_retried() -> None:
     assert retryable(RuntimeError("bug")) is False
+
+
+def test_a_target_with_another_model_rewrites_only_the_model() -> None:
+    raw = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"temperature":0}'
+    request = ChatRequest(raw=raw, model="gpt-4o")
+    assert request.for_model("gpt-4o") is request  # same model: the caller's bytes, untouched
+    moved = request.for_model("gpt-4o-mini")
+    assert moved.model == "gpt-4o-mini"
+    assert msgspec.json.decode(moved.raw) == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0,
+    }
+    assert msgspec.json.decode(request.raw)["model"] == "gpt-4o"  # the original is unchanged
