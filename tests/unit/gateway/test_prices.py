@@ -106,3 +106,41 @@ def test_model_price_splits_prompt_into_plain_cached_and_written() -> None:
     )
     cost = price.cost(prompt=1_000_000, completion=0, cached=200_000, cache_write=100_000)
     assert cost == pytest.approx(0.7 * 3.0 + 0.2 * 0.3 + 0.1 * 3.75)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4o-mini"),
+        ("openai", "o1"),
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("my-azure", "gpt-4o"),  # a provider name the library does not know: model alone
+    ],
+)
+def test_remembered_prices_match_the_library(provider: str, model: str) -> None:
+    from genai_prices import Usage, calc_price
+
+    book = PriceBook()
+    for _ in range(2):  # the second call is served from the book's memory
+        cost = book.cost_usd(
+            provider=provider,
+            model=model,
+            prompt_tokens=12_000,
+            completion_tokens=3_000,
+            cached_prompt_tokens=2_000,
+        )
+    usage = Usage(input_tokens=12_000, output_tokens=3_000, cache_read_tokens=2_000)
+    try:
+        expected = calc_price(usage, model, provider_id=provider).total_price
+    except LookupError:
+        expected = calc_price(usage, model).total_price
+    assert cost == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_unknown_models_are_counted_every_time_even_when_remembered() -> None:
+    book = PriceBook()
+    for _ in range(3):
+        assert (
+            book.cost_usd(provider="x", model="nope", prompt_tokens=1, completion_tokens=1) is None
+        )
+    assert book.unknown_models == 3
