@@ -112,11 +112,20 @@ def _start_gateway(root: Path, port: int, database: str, org: str) -> subprocess
     redis = RedisServer(root / "redis")
     redis.start()
     gateway_port = free_port()
+    config = root / "floopy.json"
+    config.write_text(
+        json.dumps(
+            {
+                "orgs": {org: {"name": "bench"}},
+                "keys": {"bench": {"org": org, "secret": KEY, "permissions": ["read"]}},
+            }
+        )
+    )
     env = {
         **os.environ,
         "FLOOPY_GATEWAY_PORT": str(gateway_port),
         "FLOOPY_GATEWAY_REDIS__URL": redis.url,
-        "FLOOPY_GATEWAY_API_KEYS": json.dumps({KEY: {"org_id": org, "key_id": "bench"}}),
+        "FLOOPY_GATEWAY_CONFIG_FILE": str(config),
         "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(port),
         "FLOOPY_GATEWAY_CLICKHOUSE__DATABASE": database,
         "FLOOPY_GATEWAY_ACCESS_LOG": "false",
