@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_USAGE
 from gateway.policy.ratelimit import RateLimitPolicy
 
 __all__ = [
@@ -190,11 +191,12 @@ class Gates:
 
 
 class Gate:
-    """Why ``admit`` refused before looking at the rate limits."""
+    """Why ``admit`` refused before looking at the rate limits (the values the script returns,
+    defined once in ``gateway.policy.limits``)."""
 
-    NONE = 0
-    MONTHLY_QUOTA = 1
-    USAGE = 2
+    NONE = GATE_NONE
+    MONTHLY_QUOTA = GATE_MONTHLY
+    USAGE = GATE_USAGE
 
 
 @dataclass(frozen=True)
