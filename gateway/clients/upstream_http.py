@@ -63,6 +63,16 @@ class _Client(httpx.AsyncClient):
 
 
 _NO_COOKIES = _NoCookies()
+_SPENT = httpx.ByteStream(b"")
+
+
+def _spend(response: httpx.Response) -> None:
+    """Drop the response's link to its spent body stream. httpx's response and its stream
+    point at each other, and the aiohttp response hangs off that cycle: ≈40 objects per
+    request left to the cyclic GC, whose full collections then stalled a worker for 100-200 ms
+    (p99 at 200 req/s went from ≈20 ms to ≈100-250 ms). Without the cycle, all of it is freed
+    by reference counting when the request ends."""
+    response.stream = _SPENT
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -142,6 +152,7 @@ class UpstreamHTTP:
                 response = await self.client.post(url, content=content, headers=headers)
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
+        _spend(response)
         if response.status_code >= 400:
             raise upstream_error(self.name, response.status_code, response.content)
         return response
@@ -162,9 +173,17 @@ class UpstreamHTTP:
             except _TRANSPORT_ERRORS as exc:
                 raise self.translate(exc) from exc
             finally:
-                await response.aclose()
+                await self.release(response)
             raise upstream_error(self.name, response.status_code, body)
         return response
+
+    async def release(self, response: httpx.Response) -> None:
+        """Close a streamed response (its connection goes back to the pool when the body was
+        read to the end, and is closed otherwise)."""
+        try:
+            await response.aclose()
+        finally:
+            _spend(response)
 
     async def iter_bytes(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The (decoded) body as it arrives, each read as soon as it is there."""

@@ -139,4 +139,4 @@ class AnthropicStream(UpstreamStream):
         self.finish_reason = t.finish_reason
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        await self._http.release(self._response)

@@ -128,4 +128,4 @@ class OpenAIStream(UpstreamStream):
             yield splitter.pending
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        await self._http.release(self._response)
