@@ -80,6 +80,8 @@ def stack(
     common = {
         "FLOOPY_GATEWAY_KEY_CACHE_TTL_S": str(TTL_S),
         "FLOOPY_GATEWAY_OPERATOR_ORGS": '["org-ops"]',
+        "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(clickhouse_server.port),  # the console reads
+        "FLOOPY_GATEWAY_CLICKHOUSE__DATABASE": floopy.database,
     }
     floopy.start_provider()
     floopy.start_ingester()
@@ -360,3 +362,23 @@ def test_fail_open_when_redis_is_down(
         assert "key store" in unknown.message
     finally:
         floopy.stop_all()
+
+
+def test_console_reads_need_the_read_permission(stack: Floopy) -> None:
+    """The console authenticates with the same key store: ``read`` (or ``admin``) may read."""
+    url = f"{stack.gateway_url}/console/api/requests"
+
+    def get(key: str) -> httpx.Response:
+        return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    proxy_only = get(secret("key-limited"))
+    assert (proxy_only.status_code, proxy_only.json()["error"]["code"]) == (403, "FORBIDDEN")
+    assert get("sk-floopy-unknown").status_code == 401
+    chat(sdk(stack, secret("key-header")))  # a row of the org to find
+    stack.wait_for(lambda: get(secret("key-read")).json()["data"] != [], what="console rows")
+    ids = tuple(row["request_id"] for row in get(secret("key-read")).json()["data"])
+    orgs = stack.query(
+        "SELECT DISTINCT org_id FROM requests FINAL WHERE request_id IN %(ids)s", {"ids": ids}
+    )
+    assert orgs == [(ORG_ID,)]  # only its own org's rows, though other orgs have some
+    assert get(ADMIN_KEY).status_code == 200
