@@ -30,8 +30,8 @@ ADMIN_KEY = "sk-floopy-e2e-admin"
 OPS_KEY = "sk-floopy-e2e-operator"
 KEYS = {
     "key-read": ("sk-floopy-e2e-read", {"permissions": ["read"]}),
-    "key-limited": ("sk-floopy-e2e-limited", {"limits": {"rate_limit_policy": "3;w=60"}}),
-    "key-shared": ("sk-floopy-e2e-shared", {"limits": {"rate_limit_policy": "10;w=60"}}),
+    "key-limited": ("sk-floopy-e2e-limited", {"limits": {"rate_limit_policy": "3;w=3600"}}),
+    "key-shared": ("sk-floopy-e2e-shared", {"limits": {"rate_limit_policy": "10;w=3600"}}),
     "key-usage": ("sk-floopy-e2e-usage", {"limits": {"daily_tokens": 1}}),
     "key-nobodies": ("sk-floopy-e2e-nobodies", {"switches": {"log_bodies": False}}),
     "key-revoke": ("sk-floopy-e2e-revoke", {}),
@@ -147,12 +147,13 @@ def test_error_table_rows_through_the_sdk(stack: Floopy) -> None:
 
     limited = sdk(stack, secret("key-limited"))
     first = chat(limited)
-    assert first.headers["ratelimit-policy"] == '"org";q=10000;w=60, "key";q=3;w=60'
-    assert '"key";r=2;t=20' in first.headers["ratelimit"]
+    assert first.headers["ratelimit-policy"] == '"org";q=10000;w=60, "key";q=3;w=3600'
+    # GCRA with the quota as burst: one unit back every 3600 / 3 = 1200 s
+    assert '"key";r=2;t=1200' in first.headers["ratelimit"]
     chat(limited)
     chat(limited)
     error = expect(lambda: chat(limited), 429, "RATE_LIMIT_EXCEEDED")
-    assert 1 <= int(error.response.headers["retry-after"]) <= 20
+    assert 1200 - 60 <= int(error.response.headers["retry-after"]) <= 1200
     assert '"key";r=0' in error.response.headers["ratelimit"]
 
     quota = sdk(stack, "sk-floopy-e2e-quota")
@@ -270,7 +271,7 @@ def test_body_logging_off_blanks_bodies(stack: Floopy) -> None:
 
 
 def test_rate_limit_holds_across_two_gateways(stack: Floopy) -> None:
-    """Limit 10 per 60 s, 16 requests at once spread over both gateways: exactly 10 pass."""
+    """Limit 10 per hour, 16 requests at once spread over both gateways: exactly 10 pass."""
     clients = [sdk(stack, secret("key-shared"), g) for g in ("a", "b")]
 
     def one(i: int) -> tuple[int, str]:
@@ -282,9 +283,10 @@ def test_rate_limit_holds_across_two_gateways(stack: Floopy) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(16)))
     assert sorted(status for status, _ in results) == [200] * 10 + [429] * 6
-    # GCRA with the whole quota as burst: one unit comes back every 60/10 = 6 s.
+    # GCRA with the whole quota as burst: one unit comes back every 3600 / 10 = 360 s after
+    # the burst began, so each refusal says a little under 360 s.
     retry_after = [int(r) for status, r in results if status == 429]
-    assert all(1 <= r <= 6 for r in retry_after), retry_after
+    assert all(360 - 60 <= r <= 360 for r in retry_after), retry_after
 
 
 def test_admin_api_and_revocation_reach_every_worker(stack: Floopy) -> None:
