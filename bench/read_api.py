@@ -73,6 +73,11 @@ def _endpoints(sample: dict[str, list[Any]]) -> dict[str, Params]:
 
     return {
         "requests 24h": lambda rng: ("/requests", span(1)),
+        "requests 7d": lambda rng: ("/requests", span(7)),
+        "requests 30d errors": lambda rng: (
+            "/requests",
+            {**span(30), "status": [502, 504], "provider": "anthropic"},
+        ),
         "requests 24h filtered": lambda rng: (
             "/requests",
             {**span(1), "model": "gpt-4o-mini", "status": 200, "min_latency_ms": 500},
@@ -93,6 +98,11 @@ def _endpoints(sample: dict[str, list[Any]]) -> dict[str, Params]:
         ),
         "request detail no hint": lambda rng: ("/requests/" + pick(rng, "requests")[0], {}),
         "sessions 24h": lambda rng: ("/sessions", span(1)),
+        "sessions 7d": lambda rng: ("/sessions", span(7)),
+        "sessions 30d page 3": lambda rng: (
+            "/sessions",
+            {**span(30), "cursor": "WzEwMF0"},  # offset 100
+        ),
         "session detail": lambda rng: ("/sessions/" + pick(rng, "sessions"), {}),
         "users 30d": lambda rng: ("/users", span(30)),
         "user timeline 30d": lambda rng: ("/users/" + pick(rng, "users"), span(30)),

@@ -21,6 +21,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from gateway.console import queries
 from gateway.console.filters import (
     DAY,
+    HOUR,
     Page,
     RequestFilters,
     TimeRange,
@@ -32,7 +33,7 @@ from gateway.console.filters import (
 from gateway.console.store import ConsoleStore, Rows
 from shared.errors import BadRequestError, InvalidApiKeyError, NotFoundError
 
-__all__ = ["Authenticator", "ConsoleApi", "Principal", "bearer", "parse_time"]
+__all__ = ["Authenticator", "ConsoleApi", "Principal", "bearer", "parse_time", "recent_windows"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ def time_range(start: str | None, end: str | None, default_span_s: int = DAY) ->
     return TimeRange(parse_time(start, end_ms - default_span_s * 1000), end_ms)
 
 
+def recent_windows(tr: TimeRange) -> list[TimeRange]:
+    """The last hour of ``tr``, its last day, then all of it (each only if shorter than the
+    next): most lists "latest first" are filled by the first."""
+    windows = [
+        TimeRange(max(tr.start_ms, tr.end_ms - span_s * 1000), tr.end_ms)
+        for span_s in (HOUR, DAY)
+        if tr.end_ms - span_s * 1000 > tr.start_ms
+    ]
+    return [*windows, tr]
+
+
 def _offset(cursor: str | None) -> int:
     if not cursor:
         return 0
@@ -116,6 +128,12 @@ def _figures(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _in_order(keys: Rows, rows: Rows) -> Rows:
+    """``rows`` (read by id) in the order of ``keys`` (the id query's order)."""
+    by_id = {row["request_id"]: row for row in rows}
+    return [by_id[k["request_id"]] for k in keys if k["request_id"] in by_id]
+
+
 class ConsoleApi(Controller):
     path = "/console/api"
     tags = ["analytics"]
@@ -136,6 +154,31 @@ class ConsoleApi(Controller):
     async def _principal(self, request: Request[Any, Any, Any]) -> Principal:
         authenticate = type(self).authenticator
         return await authenticate(bearer(request.headers.get("authorization", "")))
+
+    async def _rows_of(self, org_id: str, keys: Rows, extra: tuple[str, ...] = ()) -> Rows:
+        """The list columns of the requests in ``keys`` (ids with times), in the same order."""
+        if not keys:
+            return []
+        times = [int(k["created_at_ms"]) for k in keys]
+        ids = [str(k["request_id"]) for k in keys]
+        rows = await self.store.rows(
+            queries.rows_by_id_sql(self.db, org_id, ids, (min(times), max(times)), extra)
+        )
+        ordered = _in_order(keys, rows)
+        for row in ordered:
+            _props(row)
+        return ordered
+
+    async def _requests_page(
+        self, org_id: str, tr: TimeRange, f: RequestFilters, limit: int, after: list[Any]
+    ) -> dict[str, Any]:
+        keys = await self.store.rows(
+            queries.requests_sql(self.db, org_id, tr, f=f, page=Page(limit=limit), after=after)
+        )
+        more = len(keys) > limit
+        keys = keys[:limit]
+        cursor = encode_cursor([keys[-1]["_sort"], keys[-1]["request_id"]]) if more else None
+        return {"data": await self._rows_of(org_id, keys), "next_cursor": cursor}
 
     @get("/requests", summary="Requests, filtered, sorted, cursor-paginated")
     async def list_requests(
@@ -184,19 +227,11 @@ class ConsoleApi(Controller):
             sort=sort,
             descending=order == "desc",
         )
-        page = Page(limit=limit)
+        Page(limit=limit)
         after = decode_cursor(cursor) if cursor else []
         if after and len(after) != 2:
             raise BadRequestError("`cursor` is not a cursor this API returned")
-        tr = time_range(start, end)
-        rows = await self.store.rows(
-            queries.requests_sql(self.db, who.org_id, tr, f=f, page=page, after=after)
-        )
-        result = _page(rows, limit, lambda r: encode_cursor([r["_sort"], r["request_id"]]))
-        for row in result["data"]:
-            row.pop("_sort", None)
-            _props(row)
-        return result
+        return await self._requests_page(who.org_id, time_range(start, end), f, limit, after)
 
     @get("/requests/{request_id:str}", summary="One request in full")
     async def one_request(
@@ -206,9 +241,20 @@ class ConsoleApi(Controller):
         at: MaybeInt = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
-        rows = await self.store.rows(
-            queries.request_detail_sql(self.db, who.org_id, request_id, at)
-        )
+        rows: Rows = []
+        if at is not None:
+            rows = await self.store.rows(
+                queries.request_detail_sql(self.db, who.org_id, request_id, at)
+            )
+        if not rows:  # no time given, or a wrong one: find it from the id
+            found = await self.store.rows(
+                queries.locate_request_sql(self.db, who.org_id, request_id)
+            )
+            if found:
+                at = int(found[0]["created_at_ms"])
+                rows = await self.store.rows(
+                    queries.request_detail_sql(self.db, who.org_id, request_id, at)
+                )
         if not rows:
             raise NotFoundError(f"no request {request_id!r} in your organisation")
         record = rows[0]
@@ -250,11 +296,22 @@ class ConsoleApi(Controller):
     ) -> dict[str, Any]:
         who = await self._principal(request)
         offset = _offset(cursor)
-        rows = await self.store.rows(
-            queries.sessions_sql(
-                self.db, who.org_id, time_range(start, end, 7 * DAY), Page(limit), offset
+        tr = time_range(start, end, 7 * DAY)
+        latest: Rows = []
+        for window in recent_windows(tr):
+            latest = await self.store.rows(
+                queries.sessions_sql(self.db, who.org_id, window, Page(limit), offset)
             )
-        )
+            if len(latest) > limit:
+                break
+        figures: Rows = []
+        if latest:
+            ids = [str(r["session_id"]) for r in latest]
+            figures = await self.store.rows(
+                queries.session_figures_sql(self.db, who.org_id, tr, ids)
+            )
+        by_id = {row["session_id"]: row for row in figures}
+        rows = [by_id[r["session_id"]] for r in latest if r["session_id"] in by_id]
         for row in rows:
             row["duration_ms"] = row["last_ms"] - row["first_ms"]
             row["users"] = [u for u in row["users"] if u]
@@ -265,13 +322,12 @@ class ConsoleApi(Controller):
         self, request: Request[Any, Any, Any], session_id: FromPath[str]
     ) -> dict[str, Any]:
         who = await self._principal(request)
-        rows = await self.store.rows(
+        keys = await self.store.rows(
             queries.session_requests_sql(self.db, who.org_id, session_id, 1000)
         )
+        rows = await self._rows_of(who.org_id, keys, ("session_name", "session_path"))
         if not rows:
             raise NotFoundError(f"no session {session_id!r} in your organisation")
-        for row in rows:
-            _props(row)
         first, last = rows[0], rows[-1]
         summary = {
             "session_id": session_id,
@@ -324,26 +380,16 @@ class ConsoleApi(Controller):
         series = await self.store.rows(
             queries.user_timeline_sql(self.db, who.org_id, user_id, tr, step)
         )
-        recent = await self.store.rows(
-            queries.requests_sql(
-                self.db,
-                who.org_id,
-                tr,
-                f=RequestFilters(user_id=user_id),
-                page=Page(limit=20),
-                after=[],
-            )
-        )
+        recent = (
+            await self._requests_page(who.org_id, tr, RequestFilters(user_id=user_id), 20, [])
+        )["data"]
         if not series and not recent:
             raise NotFoundError(f"no user {user_id!r} in your organisation in this range")
-        for row in recent:
-            row.pop("_sort", None)
-            _props(row)
         return {
             "user_id": user_id,
             "bucket_s": step,
             "series": [_figures(r) for r in series],
-            "recent": recent[:20],
+            "recent": recent,
         }
 
     @get("/properties", summary="Property keys seen in the range")

@@ -20,6 +20,7 @@ from gateway.console.auth import static_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.settings import ApiKeyEntry
 from ingester.rollups import Rollups
+from ingester.sink import client_for
 from shared.codec import encode_record
 from shared.records import BreakerEventRecord, RequestRecord
 from shared.settings import ClickHouseSettings
@@ -43,12 +44,17 @@ def loaded(
 ) -> Iterator[tuple[ClickHouseSettings, list[RequestRecord]]]:
     ch = new_database(clickhouse_server)
     records = dataset(900, seed=5, days=2)
+    client = client_for(ch)
+    client.execute(f"SYSTEM STOP MERGES `{ch.database}`.`requests`")  # keep the duplicates
     deliver, delivery = make_deliver(ch, tmp_path_factory.mktemp("dead"))
     deliver(records)
     deliver(records[:400])  # redelivered: every figure must still count each record once
     events = [encode_record(e) for e in breaker_events_near(records)]
     assert delivery.deliver(Sink.BREAKER_EVENTS, events).inserted == len(events)
     delivery.close()
+    (raw_rows,) = client.execute(f"SELECT count() FROM `{ch.database}`.`requests`")[0]
+    client.disconnect()
+    assert raw_rows == len(records) + 400  # every answer below must count each record once
     rollups = Rollups(ch, overlap_s=0)
     rollups.run_changed()
     rollups.close()
@@ -349,3 +355,46 @@ async def test_openapi_spec_lists_the_read_api(client: Client) -> None:
     paths = r.json()["paths"]
     for path in ("/console/api/requests", "/console/api/metrics", "/console/api/sessions"):
         assert path in paths
+
+
+async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
+    client: Client, loaded: tuple[ClickHouseSettings, list[RequestRecord]]
+) -> None:
+    """Small pages are filled from the last hour or day of the range (see ``recent_windows``);
+    the order and the figures must still be those of the whole range."""
+    records = loaded[1]
+    tr = {"start": records[0].created_at_ms, "end": records[-1].created_at_ms + 1}
+    sessions: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        if r.org_id == ACME:
+            sessions.setdefault(r.session_id, []).append(r)
+    want = sorted(
+        (
+            (
+                sid,
+                rs[-1].created_at_ms,
+                len(rs),
+                rs[0].created_at_ms,
+                sum(r.total_tokens for r in rs),
+            )
+            for sid, rs in sessions.items()
+        ),
+        key=lambda s: (-s[1], s[0]),
+    )
+    got: list[tuple[str, int, int, int, int]] = []
+    cursor = None
+    for _ in range(100):
+        params = {**tr, "limit": 7, **({"cursor": cursor} if cursor else {})}
+        r = await client.get(
+            "/console/api/sessions", params=params, headers={"Authorization": "Bearer sk-acme"}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        got += [
+            (s["session_id"], s["last_ms"], s["requests"], s["first_ms"], s["total_tokens"])
+            for s in body["data"]
+        ]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert got == want
