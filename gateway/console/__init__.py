@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Router
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway.console.api import Authenticator, ConsoleApi, Principal
 from gateway.console.pages import page_handlers
@@ -21,7 +22,18 @@ __all__ = ["Console", "Principal", "openapi_config"]
 
 def openapi_config() -> OpenAPIConfig:
     """The spec is at ``/schema/openapi.json`` (and ``.yaml``); no UI bundle from a CDN."""
-    return OpenAPIConfig(title="Floopy", version="1.0.0", path="/schema", render_plugins=[])
+    bearer = SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="A Floopy API key with the read permission; it scopes every answer to its org",
+    )
+    return OpenAPIConfig(
+        title="Floopy",
+        version="1.0.0",
+        path="/schema",
+        render_plugins=[],
+        components=Components(security_schemes={"BearerAuth": bearer}),
+    )
 
 
 class Console:

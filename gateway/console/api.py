@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from litestar import Controller, Request, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.console import queries
@@ -46,10 +47,105 @@ Authenticator = Callable[[str], Awaitable[Principal]]
 """Bearer token → Principal; raises InvalidApiKeyError or ForbiddenError (no read permission)."""
 
 Multi = Annotated[list[str] | None, QueryParameter(required=False)]
-Text = Annotated[str | None, QueryParameter(required=False)]
-Number = Annotated[float | None, QueryParameter(required=False)]
-Ints = Annotated[list[int] | None, QueryParameter(required=False)]
-MaybeInt = Annotated[int | None, QueryParameter(required=False)]
+_WHEN = "unix milliseconds or ISO 8601 (UTC unless an offset is given)"
+Start = Annotated[str | None, QueryParameter(required=False, description=f"Range start: {_WHEN}")]
+End = Annotated[
+    str | None, QueryParameter(required=False, description=f"Range end, exclusive: {_WHEN}")
+]
+Cursor = Annotated[
+    str | None, QueryParameter(required=False, description="`next_cursor` of the previous page")
+]
+Bucket = Annotated[
+    str, QueryParameter(description="Bucket size: 1h, 6h, 1d, 7d or seconds (whole hours)")
+]
+
+
+QModel = Annotated[
+    list[str] | None,
+    QueryParameter(
+        required=False, description="Model used (or requested); repeat for any of several"
+    ),
+]
+QProvider = Annotated[
+    list[str] | None,
+    QueryParameter(required=False, description="Provider; repeat for any of several"),
+]
+QStatus = Annotated[
+    list[int] | None,
+    QueryParameter(required=False, description="HTTP status code; repeat for any of several"),
+]
+QErrorCode = Annotated[
+    list[str] | None,
+    QueryParameter(required=False, description="Error code, e.g. PROVIDER_ERROR; repeatable"),
+]
+QCacheStatus = Annotated[
+    list[str] | None, QueryParameter(required=False, description="hit, miss or bypass; repeatable")
+]
+QCacheTier = Annotated[
+    list[str] | None,
+    QueryParameter(required=False, description="exact, semantic or advanced; repeatable"),
+]
+QUserId = Annotated[
+    str | None, QueryParameter(required=False, description="floopy-user-id of the request")
+]
+QSessionId = Annotated[
+    str | None, QueryParameter(required=False, description="floopy-session-id of the request")
+]
+QProperty = Annotated[
+    list[str] | None,
+    QueryParameter(
+        required=False, description="key:value of a floopy-property-<key>; repeat to AND"
+    ),
+]
+QMinLatencyMs = Annotated[
+    float | None, QueryParameter(required=False, description="Total latency at least (ms)")
+]
+QMaxLatencyMs = Annotated[
+    float | None, QueryParameter(required=False, description="Total latency at most (ms)")
+]
+QMinCostUsd = Annotated[
+    float | None, QueryParameter(required=False, description="Cost at least (USD)")
+]
+QMaxCostUsd = Annotated[
+    float | None, QueryParameter(required=False, description="Cost at most (USD)")
+]
+QQ = Annotated[
+    str | None,
+    QueryParameter(
+        required=False, description="Text in the request or response body (case-insensitive)"
+    ),
+]
+QAt = Annotated[
+    int | None,
+    QueryParameter(
+        required=False, description="created_at_ms from the list: skips locating the id"
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """Every failure of the read API (DESIGN.md §4)."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+ERRORS: dict[int, ResponseSpec] = {
+    401: _error("INVALID_API_KEY: no key, or not a key of this gateway"),
+    403: _error("FORBIDDEN: the key lacks the read permission"),
+    503: _error("ANALYTICS_UNAVAILABLE: ClickHouse did not answer; the proxy is unaffected"),
+}
+NOT_FOUND = {**ERRORS, 404: _error("NOT_FOUND: no such id in the key's organisation")}
 
 
 def bearer(authorization: str) -> str:
@@ -137,6 +233,7 @@ def _in_order(keys: Rows, rows: Rows) -> Rows:
 class ConsoleApi(Controller):
     path = "/console/api"
     tags = ["analytics"]
+    security = [{"BearerAuth": []}]
 
     store: ClassVar[ConsoleStore]
     authenticator: ClassVar[Authenticator]
@@ -180,31 +277,31 @@ class ConsoleApi(Controller):
         cursor = encode_cursor([keys[-1]["_sort"], keys[-1]["request_id"]]) if more else None
         return {"data": await self._rows_of(org_id, keys), "next_cursor": cursor}
 
-    @get("/requests", summary="Requests, filtered, sorted, cursor-paginated")
+    @get("/requests", responses=ERRORS, summary="Requests, filtered, sorted, cursor-paginated")
     async def list_requests(
         self,
         request: Request[Any, Any, Any],
         *,
-        start: Text = None,
-        end: Text = None,
-        model: Multi = None,
-        provider: Multi = None,
-        status: Ints = None,
-        error_code: Multi = None,
-        cache_status: Multi = None,
-        cache_tier: Multi = None,
-        user_id: Text = None,
-        session_id: Text = None,
-        property: Multi = None,
-        min_latency_ms: Number = None,
-        max_latency_ms: Number = None,
-        min_cost_usd: Number = None,
-        max_cost_usd: Number = None,
-        q: Text = None,
-        sort: FromQuery[str] = "time",
-        order: FromQuery[str] = "desc",
-        limit: FromQuery[int] = 50,
-        cursor: Text = None,
+        start: Start = None,
+        end: End = None,
+        model: QModel = None,
+        provider: QProvider = None,
+        status: QStatus = None,
+        error_code: QErrorCode = None,
+        cache_status: QCacheStatus = None,
+        cache_tier: QCacheTier = None,
+        user_id: QUserId = None,
+        session_id: QSessionId = None,
+        property: QProperty = None,
+        min_latency_ms: QMinLatencyMs = None,
+        max_latency_ms: QMaxLatencyMs = None,
+        min_cost_usd: QMinCostUsd = None,
+        max_cost_usd: QMaxCostUsd = None,
+        q: QQ = None,
+        sort: Annotated[str, QueryParameter(description="time, latency, cost or tokens")] = "time",
+        order: Annotated[str, QueryParameter(description="desc or asc")] = "desc",
+        limit: Annotated[int, QueryParameter(description="Rows per page, 1-200")] = 50,
+        cursor: Cursor = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
         if order not in ("asc", "desc"):
@@ -233,12 +330,12 @@ class ConsoleApi(Controller):
             raise BadRequestError("`cursor` is not a cursor this API returned")
         return await self._requests_page(who.org_id, time_range(start, end), f, limit, after)
 
-    @get("/requests/{request_id:str}", summary="One request in full")
+    @get("/requests/{request_id:str}", responses=NOT_FOUND, summary="One request in full")
     async def one_request(
         self,
         request: Request[Any, Any, Any],
         request_id: FromPath[str],
-        at: MaybeInt = None,
+        at: QAt = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
         rows: Rows = []
@@ -284,15 +381,19 @@ class ConsoleApi(Controller):
             )
         return {"request": record, "spans": spans, "breaker_events": events}
 
-    @get("/sessions", summary="Sessions with requests, cost, tokens, first/last time")
+    @get(
+        "/sessions",
+        responses=ERRORS,
+        summary="Sessions with requests, cost, tokens, first/last time",
+    )
     async def list_sessions(
         self,
         request: Request[Any, Any, Any],
         *,
-        start: Text = None,
-        end: Text = None,
+        start: Start = None,
+        end: End = None,
         limit: FromQuery[int] = 50,
-        cursor: Text = None,
+        cursor: Cursor = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
         offset = _offset(cursor)
@@ -317,7 +418,11 @@ class ConsoleApi(Controller):
             row["users"] = [u for u in row["users"] if u]
         return _page(rows, limit, lambda _: encode_cursor([offset + limit]))
 
-    @get("/sessions/{session_id:str}", summary="One session as its ordered requests")
+    @get(
+        "/sessions/{session_id:str}",
+        responses=NOT_FOUND,
+        summary="One session as its ordered requests",
+    )
     async def one_session(
         self, request: Request[Any, Any, Any], session_id: FromPath[str]
     ) -> dict[str, Any]:
@@ -345,16 +450,20 @@ class ConsoleApi(Controller):
             row.pop("session_path", None)
         return {"session": summary, "requests": rows}
 
-    @get("/users", summary="Per user: requests, tokens, cost, errors, last seen (rollups)")
+    @get(
+        "/users",
+        responses=ERRORS,
+        summary="Per user: requests, tokens, cost, errors, last seen (rollups)",
+    )
     async def list_users(
         self,
         request: Request[Any, Any, Any],
         *,
-        start: Text = None,
-        end: Text = None,
+        start: Start = None,
+        end: End = None,
         sort: FromQuery[str] = "last_seen",
         limit: FromQuery[int] = 50,
-        cursor: Text = None,
+        cursor: Cursor = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
         offset = _offset(cursor)
@@ -364,15 +473,19 @@ class ConsoleApi(Controller):
         )
         return _page([_figures(r) for r in rows], limit, lambda _: encode_cursor([offset + limit]))
 
-    @get("/users/{user_id:str}", summary="One user's timeline and latest requests")
+    @get(
+        "/users/{user_id:str}",
+        responses=NOT_FOUND,
+        summary="One user's timeline and latest requests",
+    )
     async def one_user(
         self,
         request: Request[Any, Any, Any],
         user_id: FromPath[str],
         *,
-        start: Text = None,
-        end: Text = None,
-        bucket: FromQuery[str] = "1d",
+        start: Start = None,
+        end: End = None,
+        bucket: Bucket = "1d",
     ) -> dict[str, Any]:
         who = await self._principal(request)
         tr = time_range(start, end, 7 * DAY)
@@ -392,22 +505,24 @@ class ConsoleApi(Controller):
             "recent": recent,
         }
 
-    @get("/properties", summary="Property keys seen in the range")
+    @get("/properties", responses=ERRORS, summary="Property keys seen in the range")
     async def property_keys(
-        self, request: Request[Any, Any, Any], *, start: Text = None, end: Text = None
+        self, request: Request[Any, Any, Any], *, start: Start = None, end: End = None
     ) -> dict[str, Any]:
         who = await self._principal(request)
         tr = time_range(start, end, 7 * DAY)
         return {"data": await self.store.rows(queries.property_keys_sql(self.db, who.org_id, tr))}
 
-    @get("/properties/{key:str}", summary="Values of a property with their figures")
+    @get(
+        "/properties/{key:str}", responses=ERRORS, summary="Values of a property with their figures"
+    )
     async def property_values(
         self,
         request: Request[Any, Any, Any],
         key: FromPath[str],
         *,
-        start: Text = None,
-        end: Text = None,
+        start: Start = None,
+        end: End = None,
         limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
         who = await self._principal(request)
@@ -418,15 +533,19 @@ class ConsoleApi(Controller):
         )
         return {"key": key, "data": [_figures(r) for r in rows]}
 
-    @get("/properties/{key:str}/series", summary="Figures per value of a property over time")
+    @get(
+        "/properties/{key:str}/series",
+        responses=ERRORS,
+        summary="Figures per value of a property over time",
+    )
     async def property_series(
         self,
         request: Request[Any, Any, Any],
         key: FromPath[str],
         *,
-        start: Text = None,
-        end: Text = None,
-        bucket: FromQuery[str] = "1d",
+        start: Start = None,
+        end: End = None,
+        bucket: Bucket = "1d",
         value: Multi = None,
         top: FromQuery[int] = 8,
     ) -> dict[str, Any]:
@@ -447,14 +566,14 @@ class ConsoleApi(Controller):
         )
         return {"key": key, "bucket_s": step, "values": values, "data": [_figures(r) for r in rows]}
 
-    @get("/metrics", summary="Time series from the rollups (never raw rows)")
+    @get("/metrics", responses=ERRORS, summary="Time series from the rollups (never raw rows)")
     async def metrics(
         self,
         request: Request[Any, Any, Any],
         *,
-        start: Text = None,
-        end: Text = None,
-        bucket: FromQuery[str] = "1h",
+        start: Start = None,
+        end: End = None,
+        bucket: Bucket = "1h",
         group_by: FromQuery[str] = "",
         model: Multi = None,
         provider: Multi = None,

@@ -352,9 +352,31 @@ async def test_auth_and_bad_input_are_json_errors(client: Client) -> None:
 async def test_openapi_spec_lists_the_read_api(client: Client) -> None:
     r = await client.get("/schema/openapi.json")
     assert r.status_code == 200
-    paths = r.json()["paths"]
-    for path in ("/console/api/requests", "/console/api/metrics", "/console/api/sessions"):
-        assert path in paths
+    spec = r.json()
+    read_api = {p: ops["get"] for p, ops in spec["paths"].items() if p.startswith("/console/api")}
+    assert set(read_api) == {
+        "/console/api/requests",
+        "/console/api/requests/{request_id}",
+        "/console/api/sessions",
+        "/console/api/sessions/{session_id}",
+        "/console/api/users",
+        "/console/api/users/{user_id}",
+        "/console/api/properties",
+        "/console/api/properties/{key}",
+        "/console/api/properties/{key}/series",
+        "/console/api/metrics",
+    }
+    assert spec["components"]["securitySchemes"]["BearerAuth"]["scheme"] == "bearer"
+    for op in read_api.values():
+        assert op["security"] == [{"BearerAuth": []}]
+        assert {"400", "401", "403", "503"} <= set(op["responses"])
+    assert "404" in read_api["/console/api/requests/{request_id}"]["responses"]
+    documented = {
+        p["name"]: p.get("description", "") for p in read_api["/console/api/requests"]["parameters"]
+    }
+    filters = ("model", "provider", "status", "error_code", "cache_status", "cache_tier", "user_id")
+    filters += ("session_id", "property", "min_latency_ms", "max_cost_usd", "q", "sort", "cursor")
+    assert all(documented[name] for name in filters)
 
 
 async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
