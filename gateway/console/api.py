@@ -412,7 +412,11 @@ class ConsoleApi(Controller):
                 queries.session_figures_sql(self.db, who.org_id, tr, ids)
             )
         by_id = {row["session_id"]: row for row in figures}
-        rows = [by_id[r["session_id"]] for r in latest if r["session_id"] in by_id]
+        rows = [
+            {**by_id[r["session_id"]], "name": r["name"], "path": r["path"]}
+            for r in latest
+            if r["session_id"] in by_id
+        ]
         for row in rows:
             row["duration_ms"] = row["last_ms"] - row["first_ms"]
             row["users"] = [u for u in row["users"] if u]

@@ -398,12 +398,13 @@ async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
                 len(rs),
                 rs[0].created_at_ms,
                 sum(r.total_tokens for r in rs),
+                rs[-1].session_name,
             )
             for sid, rs in sessions.items()
         ),
         key=lambda s: (-s[1], s[0]),
     )
-    got: list[tuple[str, int, int, int, int]] = []
+    got: list[tuple[str, int, int, int, int, str]] = []
     cursor = None
     for _ in range(100):
         params = {**tr, "limit": 7, **({"cursor": cursor} if cursor else {})}
@@ -413,7 +414,14 @@ async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
         assert r.status_code == 200, r.text
         body = r.json()
         got += [
-            (s["session_id"], s["last_ms"], s["requests"], s["first_ms"], s["total_tokens"])
+            (
+                s["session_id"],
+                s["last_ms"],
+                s["requests"],
+                s["first_ms"],
+                s["total_tokens"],
+                s["name"],
+            )
             for s in body["data"]
         ]
         cursor = body["next_cursor"]
