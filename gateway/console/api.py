@@ -187,6 +187,26 @@ def recent_windows(tr: TimeRange) -> list[TimeRange]:
     return [*windows, tr]
 
 
+def _is_keyset(after: list[Any]) -> bool:
+    """A requests cursor is [sort value (a number), request id]."""
+    if len(after) != 2 or not isinstance(after[1], str) or isinstance(after[0], bool):
+        return False
+    return isinstance(after[0], int | float)
+
+
+def _newest_first_windows(tr: TimeRange, f: RequestFilters, after: list[Any]) -> list[TimeRange]:
+    """Where to look for a page of requests. Newest first (the default sort): the last hour
+    before the page starts (the range end, or the cursor's time), then the last day, then the
+    rest; a window holding a full page holds exactly the newest rows, since every row outside
+    it is older. Other sorts need the whole range."""
+    if f.sort != "time" or not f.descending:
+        return [tr]
+    end_ms = min(tr.end_ms, int(after[0]) + 1) if after else tr.end_ms
+    if end_ms <= tr.start_ms:
+        return [tr]  # the cursor is at the range start: the keyset condition ends the list
+    return recent_windows(TimeRange(tr.start_ms, end_ms))
+
+
 def _offset(cursor: str | None) -> int:
     if not cursor:
         return 0
@@ -269,9 +289,15 @@ class ConsoleApi(Controller):
     async def _requests_page(
         self, org_id: str, tr: TimeRange, f: RequestFilters, limit: int, after: list[Any]
     ) -> dict[str, Any]:
-        keys = await self.store.rows(
-            queries.requests_sql(self.db, org_id, tr, f=f, page=Page(limit=limit), after=after)
-        )
+        keys: Rows = []
+        for window in _newest_first_windows(tr, f, after):
+            keys = await self.store.rows(
+                queries.requests_sql(
+                    self.db, org_id, window, f=f, page=Page(limit=limit), after=after
+                )
+            )
+            if len(keys) > limit:
+                break
         more = len(keys) > limit
         keys = keys[:limit]
         cursor = encode_cursor([keys[-1]["_sort"], keys[-1]["request_id"]]) if more else None
@@ -326,7 +352,7 @@ class ConsoleApi(Controller):
         )
         Page(limit=limit)
         after = decode_cursor(cursor) if cursor else []
-        if after and len(after) != 2:
+        if after and not _is_keyset(after):
             raise BadRequestError("`cursor` is not a cursor this API returned")
         return await self._requests_page(who.org_id, time_range(start, end), f, limit, after)
 

@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from devstack.servers import ClickHouseServer
 from gateway.console import Console, openapi_config
 from gateway.console.auth import static_keys
+from gateway.console.filters import encode_cursor
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.settings import ApiKeyEntry
 from ingester.rollups import Rollups
@@ -341,7 +342,15 @@ async def test_auth_and_bad_input_are_json_errors(client: Client) -> None:
     r = await client.get("/console/api/requests", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
     h = {"Authorization": "Bearer sk-acme"}
-    for params in ({"sort": "drop table"}, {"cursor": "!!"}, {"limit": "0"}, {"start": "x"}):
+    forged = encode_cursor(["1 OR 1=1", "x"])
+    for params in (
+        {"sort": "drop table"},
+        {"cursor": "!!"},
+        {"cursor": forged},
+        {"cursor": encode_cursor([True, "x"])},
+        {"limit": "0"},
+        {"start": "x"},
+    ):
         r = await client.get("/console/api/requests", params=params, headers=h)
         assert r.status_code == 400, (params, r.text)
         assert r.json()["error"]["code"] == "BAD_REQUEST"
