@@ -16,6 +16,9 @@ the model but not arbitrary headers):
   chunk of a stream).
 - ``x-fake-chunk-delay-ms: 20``: wait between stream chunks.
 - model ``fake-drop``: close the connection without answering.
+- model ``fake-stall``: a stream that sends its first chunk, then nothing for a minute.
+- a model containing ``no-usage`` (``fake-no-usage``): answers without usage, in streams too
+  (as some OpenAI-compatible servers do).
 - models outside ``MODELS`` (and not ``fake-*``) get OpenAI's 404 ``model_not_found``.
 - a request without ``Authorization: Bearer …`` gets OpenAI's 401 ``invalid_api_key``.
 
@@ -78,6 +81,7 @@ class _Bodies:
     """Byte templates of one model's answers, with placeholders for the per-request parts."""
 
     completion: bytes
+    completion_without_usage: bytes
     chunks: tuple[bytes, ...]
     chunks_with_usage: tuple[bytes, ...]
     usage_chunk: bytes
@@ -151,6 +155,7 @@ def _bodies(model: str) -> _Bodies:
     }
     return _Bodies(
         completion=_placeholders(_encode(completion)),
+        completion_without_usage=_placeholders(_encode({**completion, "usage": None})),
         chunks=stream(False),
         chunks_with_usage=stream(True),
         usage_chunk=b"data: " + _placeholders(_encode(usage_chunk)) + b"\n\n",
@@ -181,6 +186,19 @@ def _azure_error(status: int, message: str) -> web.Response:
         body=_encode({"error": {"code": str(status), "message": message}}),
         content_type="application/json",
     )
+
+
+_NO_USAGE = "no-usage"
+_STALL_S = 60.0
+
+
+async def _stall(request: web.Request) -> None:
+    """Send nothing for ``_STALL_S``, or until the client hangs up (so a stop is prompt)."""
+    deadline = asyncio.get_running_loop().time() + _STALL_S
+    while asyncio.get_running_loop().time() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            return
+        await asyncio.sleep(0.05)
 
 
 def _magic(model: str, prefix: str) -> int | None:
@@ -241,7 +259,8 @@ class _Handler:
         bodies = self.bodies_for(body.model)
         if body.stream:
             return await self.stream(request, bodies, body, splice)
-        return web.Response(body=splice(bodies.completion), content_type="application/json")
+        template = bodies.completion_without_usage if _NO_USAGE in body.model else bodies.completion
+        return web.Response(body=splice(template), content_type="application/json")
 
     async def refusal(self, request: web.Request, model: str) -> web.Response | None:
         """The knobs: magic model names and x-fake-* headers (see the module docstring)."""
@@ -263,6 +282,7 @@ class _Handler:
         self, request: web.Request, bodies: _Bodies, body: _Request, splice: _Splice
     ) -> web.StreamResponse:
         usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+        usage = usage and _NO_USAGE not in body.model
         chunk_delay = int(request.headers.get("x-fake-chunk-delay-ms", 0)) / 1000
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -271,6 +291,8 @@ class _Handler:
                 await response.write(splice(chunk))
                 if chunk_delay:
                     await asyncio.sleep(chunk_delay)
+                if body.model == "fake-stall":
+                    await _stall(request)
             if usage:
                 await response.write(splice(bodies.usage_chunk))
             await response.write(b"data: [DONE]\n\n")

@@ -20,7 +20,9 @@ import openai
 import pytest
 
 from devstack.fake_anthropic import REPLY_TEXT as ANTHROPIC_TEXT
+from devstack.fake_openai import REPLY_TEXT
 from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
+from gateway.policy.tokens import estimate_completion_tokens
 from tests.e2e.harness import Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -28,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 COOLDOWN_S = 2.0
 BACKUP_KEY_ENV = "FLOOPY_E2E_BACKUP_KEY"
+ONE_DOLLAR_PER_TOKEN = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
 
 
 class Stack:
@@ -57,6 +60,7 @@ class Stack:
             openai_at("doomed", models=["doomed-only"]),
             openai_at("doomed2", models=["doomed2-only"]),
             openai_at("slow", models=["slow-only"], timeout_s=0.3),
+            openai_at("stall", models=["stall-only"], timeout_s=0.3),
             {
                 "name": "anthropic",
                 "kind": "anthropic",
@@ -100,6 +104,7 @@ class Stack:
             FLOOPY_GATEWAY_BREAKER__COOLDOWN_S=str(COOLDOWN_S),
             FLOOPY_GATEWAY_BREAKER__PROBE_TIMEOUT_S="5",
             FLOOPY_GATEWAY_RETRY__BACKOFF_S="0.01",
+            FLOOPY_GATEWAY_PRICES=json.dumps({"fake-no-usage": ONE_DOLLAR_PER_TOKEN}),
             **{BACKUP_KEY_ENV: "sk-backup-from-env"},
         )
 
@@ -296,6 +301,34 @@ def test_azure_adapter_plain_and_streamed(stack: Stack) -> None:
     assert text.startswith("Hello from the fake provider")
     row = stack.row(raw.headers["floopy-request-id"], "provider, model_used, status_code, cost_usd")
     assert row[:3] == ("azure", "gpt-4o", 200) and row[3] is not None and row[3] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_missing_usage_is_estimated_flagged_and_priced(stack: Stack, stream: bool) -> None:
+    raw = _create(stack, "fake-no-usage", stream=stream)
+    if stream:
+        chunks = list(raw.parse())
+        assert all(c.usage is None for c in chunks)
+    else:
+        assert raw.parse().usage is None  # the provider said nothing, the caller sees that
+    row = stack.row(
+        raw.headers["floopy-request-id"],
+        "tokens_estimated, prompt_tokens, completion_tokens, total_tokens, cost_usd",
+    )
+    estimated, prompt, completion, total, cost = row
+    assert estimated == 1 and completion == estimate_completion_tokens(REPLY_TEXT)
+    assert prompt > 0 and total == prompt + completion
+    assert cost == pytest.approx(total)  # the override: one dollar per token
+
+
+def test_a_stream_cut_midway_counts_against_the_breaker(stack: Stack) -> None:
+    raw = _create(stack, "stall/fake-stall", stream=True)
+    assert raw.status_code == 200  # the first chunk was on its way: no fallback now
+    chunks = list(raw.parse())
+    assert len(chunks) == 1  # the stall: the read timeout cut the stream after the first
+    assert stack.health()["stall"]["recent_failures"] == 1
+    row = stack.row(raw.headers["floopy-request-id"], "status_code, error_message")
+    assert row[0] == 200 and "GATEWAY_TIMEOUT" in row[1]
 
 
 def test_no_provider_key_in_any_record(stack: Stack) -> None:
