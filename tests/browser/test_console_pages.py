@@ -47,7 +47,13 @@ def test_overview_shows_rollup_totals_and_charts(console: Console) -> None:
 
 def test_requests_filters_narrow_to_exactly_the_right_rows(console: Console) -> None:
     console.open("requests")
-    assert len(row_ids(console, "#requests-table")) == 50  # first page; more behind "Load more"
+    newest = sorted(acme(console), key=lambda r: (r.created_at_ms, r.request_id), reverse=True)
+    assert row_ids(console, "#requests-table") == [r.request_id for r in newest[:50]]
+    console.driver.find_element(By.XPATH, "//button[text()='Load more']").click()
+    WebDriverWait(console.driver, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#requests-table tbody tr")) > 50
+    )
+    assert row_ids(console, "#requests-table") == [r.request_id for r in newest[:100]]
     want_user = sorted(
         (r for r in acme(console) if r.user_id == "user-0003"),
         key=lambda r: (r.created_at_ms, r.request_id),
