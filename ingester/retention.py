@@ -1,9 +1,11 @@
 """Raw-log retention: each org's plan says how many days of raw rows it keeps; rollups outlive them.
 
 Where retention lives: ClickHouse table ``org_settings`` (org_id, retention_days, updated_at),
-a ``ReplacingMergeTree(updated_at)`` read with ``FINAL``. The ingester reads it without
-importing the gateway; whoever owns plans (issue 3's key store, an admin, the CLI) writes a new
-row to change it. An org without a row keeps ``default_days``.
+a ``ReplacingMergeTree(updated_at)`` read with ``FINAL``. Plans live in the gateway's key store;
+it mirrors each org's days into one Redis hash (``shared.streams.retention_key``), and the
+retention job copies what changed into ``org_settings`` before it enforces
+(``floopy-ingester rollups retention --org X --days N`` writes a row by hand). The ingester
+never imports the gateway. An org without a row keeps ``default_days``.
 
 Invariants:
 - Cutoffs are whole UTC days: a raw row is kept while ``created_at >= start of today (UTC) -
@@ -138,11 +140,20 @@ class Retention:
         self._run(create_org_settings_ddl(self.database))
 
     def set_days(self, org_id: str, days: int) -> None:
-        self._run(
-            f"INSERT INTO `{self.database}`.`{ORG_SETTINGS_TABLE}` "
-            "(org_id, retention_days, updated_at) VALUES",
-            [(org_id, days, int(time.time()))],
-        )
+        self.sync_days({org_id: days})
+
+    def sync_days(self, plans: Mapping[str, int]) -> list[str]:
+        """Store the plans' retention for the orgs whose days changed; returns those orgs."""
+        stored = self.days_by_org()
+        changed = sorted(org for org, days in plans.items() if stored.get(org) != days)
+        if changed:
+            now = int(time.time())
+            self._run(
+                f"INSERT INTO `{self.database}`.`{ORG_SETTINGS_TABLE}` "
+                "(org_id, retention_days, updated_at) VALUES",
+                [(org, plans[org], now) for org in changed],
+            )
+        return changed
 
     def days_by_org(self) -> dict[str, int]:
         rows = self._run(

@@ -42,6 +42,7 @@ from ingester.rollup_sql import (
 )
 from ingester.sink import client_for
 from shared.settings import ClickHouseSettings
+from shared.streams import retention_key
 
 __all__ = ["RollupReport", "Rollups", "cron_jobs", "ensure_rollup_tables", "recomputable_hours"]
 
@@ -167,8 +168,16 @@ class Rollups:
         self._retention.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def cron_jobs(
-    clickhouse: ClickHouseSettings, *, default_retention_days: int = 30, overlap_s: int = 600
+    clickhouse: ClickHouseSettings,
+    *,
+    default_retention_days: int = 30,
+    overlap_s: int = 600,
+    key_prefix: str = "floopy",
 ) -> list[Any]:
     """arq cron jobs for the worker: rollups every minute, retention hourly (at :17).
 
@@ -192,10 +201,13 @@ def cron_jobs(
         finally:
             rollups.close()
 
-    def retention_tick() -> object:
+    def retention_tick(plans: dict[str, int]) -> object:
         retention = Retention(clickhouse, default_days=default_retention_days)
         try:
             retention.ensure_table()
+            changed = retention.sync_days(plans)
+            if changed:
+                log.info("retention: plans changed for %s", ", ".join(changed))
             return retention.enforce()
         finally:
             retention.close()
@@ -205,7 +217,9 @@ def cron_jobs(
         log.info("rollups: %d hour(s) of %d org(s) recomputed", report.hours, len(report.orgs))
 
     async def floopy_retention(ctx: dict[str, Any]) -> None:
-        report = await asyncio.to_thread(retention_tick)
+        flat = await ctx["redis"].hgetall(retention_key(key_prefix))
+        plans = {_text(org): int(days) for org, days in flat.items()}
+        report = await asyncio.to_thread(retention_tick, plans)
         log.info("retention: %s", report)
 
     return [

@@ -208,6 +208,7 @@ def worker_settings(settings: IngesterSettings) -> type:
             settings.clickhouse,
             default_retention_days=settings.retention_default_days,
             overlap_s=settings.rollup_overlap_s,
+            key_prefix=settings.redis.key_prefix,
         )
         redis_settings = ArqRedisSettings.from_dsn(settings.redis.url)
         queue_name = f"{settings.redis.key_prefix}:arq:queue"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CONSUMER_GROUP", "RECORD_FIELD", "Sink", "stream_key"]
+__all__ = ["CONSUMER_GROUP", "RECORD_FIELD", "Sink", "retention_key", "stream_key"]
 
 
 class Sink(StrEnum):
@@ -28,3 +28,9 @@ RECORD_FIELD = b"r"
 
 def stream_key(sink: Sink, prefix: str = "floopy") -> str:
     return f"{prefix}:stream:{sink.value}"
+
+
+def retention_key(prefix: str = "floopy") -> str:
+    """Hash org id → days of raw logs its plan keeps: written by the gateway whenever an org is
+    stored, read by the ingester's retention job (which owns the raw tables)."""
+    return f"{prefix}:org-retention"

@@ -43,6 +43,7 @@ from gateway.policy.keys import (
     month_period,
 )
 from shared.errors import InvalidApiKeyError
+from shared.streams import retention_key
 
 __all__ = ["KeyStore", "usage_expiry_s"]
 
@@ -239,6 +240,7 @@ class KeyStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(f"{self._p}:org:{org.org_id}")
             pipe.hset(f"{self._p}:org:{org.org_id}", mapping=_encode_fields(org))
+            pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
 
     async def get_org(self, org_id: str) -> Org | None:

@@ -4,12 +4,17 @@ by one mutation, rollups kept, and expired hours never recomputed from half-dele
 from __future__ import annotations
 
 import time
+import uuid
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
+from devstack.servers import RedisServer
+from gateway.clients.keystore import KeyStore
+from gateway.policy.keys import Org, Plan
 from ingester.retention import Retention
-from ingester.rollups import Rollups
+from ingester.rollups import Rollups, cron_jobs
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
 
@@ -116,3 +121,32 @@ def test_nothing_expired_issues_no_mutation(ch: ClickHouseSettings, deliver: Del
     assert query(
         ch, "SELECT count() FROM system.mutations WHERE database = %(db)s", {"db": ch.database}
     ) == [(0,)]
+
+
+async def test_a_plan_stored_by_the_gateway_reaches_the_retention_job(
+    ch: ClickHouseSettings, deliver: Deliver, redis_server: RedisServer
+) -> None:
+    """The key store mirrors each org's retention into Redis; the arq retention job copies it
+    into ``org_settings`` and enforces it, with no import of the gateway in the ingester."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    client = Redis.from_url(redis_server.url)
+    store = KeyStore(client, prefix=prefix)
+    await store.put_org(Org(org_id="org-short", plan=Plan(retention_days=5)))
+    await store.put_org(Org(org_id="org-long", plan=Plan(retention_days=60)))
+    base = dataset(10)
+    deliver(aged(base, "org-short", 10) + aged(base, "org-long", 10) + aged(base, "org-short", 1))
+
+    (job,) = [
+        c.coroutine
+        for c in cron_jobs(ch, default_retention_days=30, key_prefix=prefix)
+        if c.name == "floopy_retention"
+    ]
+    await job({"redis": client})
+    wait_for_mutations(ch)
+
+    assert Retention(ch).days_by_org() == {"org-short": 5, "org-long": 60}
+    by_org = query(
+        ch, "SELECT org_id, count() FROM DB.requests FINAL GROUP BY org_id ORDER BY org_id"
+    )
+    assert by_org == [("org-long", 10), ("org-short", 10)]  # org-short's 10-day-old rows gone
+    await client.aclose()
