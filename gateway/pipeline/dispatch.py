@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -73,38 +74,62 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
 
 
 async def _try_target(ctx: RequestContext, rt: Runtime, target: Target, *, probe: bool) -> None:
-    assert ctx.chat is not None and ctx.provider is not None
-    request = ctx.chat.for_model(target.model)
-    provider = ctx.provider
-    breaker_open = False
-
-    def worth_repeating(exc: BaseException) -> bool:
-        return retryable(exc) and not breaker_open
-
-    retry = rt.settings.retry
-    attempts = AsyncRetrying(
-        stop=stop_after_attempt(1 if probe else retry.attempts),
-        wait=wait_exponential(multiplier=retry.backoff_s, max=retry.backoff_max_s),
-        retry=retry_if_exception(worth_repeating),
-        reraise=True,
-    )
     try:
-        async for attempt in attempts:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    ctx.retries += 1
-                try:
-                    await _attempt(ctx, provider, target, request)
-                except ClientError as exc:
-                    if counts_against_breaker(classify_failure(exc)):
-                        breaker_open = await rt.upstreams.breakers.failure(target.provider)
-                    raise
+        await _TargetRun(ctx, rt, target).run(1 if probe else rt.settings.retry.attempts)
     except ClientError as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
             await rt.upstreams.breakers.probe_succeeded(target.provider)  # it answered: it is up
         raise
     if probe:
         await rt.upstreams.breakers.probe_succeeded(target.provider)
+
+
+class _TargetRun:
+    """The attempts at one target; each failure is counted by the breaker, whose verdict
+    decides whether another attempt is worth making."""
+
+    def __init__(self, ctx: RequestContext, rt: Runtime, target: Target) -> None:
+        if ctx.chat is None or ctx.provider is None:
+            raise RuntimeError("a target is tried after intake, with its provider chosen")
+        self.ctx, self.rt, self.target = ctx, rt, target
+        self.provider = ctx.provider
+        self.request = ctx.chat.for_model(target.model)
+        self.breaker_open = False
+
+    def worth_repeating(self, exc: BaseException) -> bool:
+        return retryable(exc) and not self.breaker_open
+
+    async def once(self) -> None:
+        try:
+            await _attempt(self.ctx, self.provider, self.target, self.request)
+        except ClientError as exc:
+            if counts_against_breaker(classify_failure(exc)):
+                self.breaker_open = await self.rt.upstreams.breakers.failure(self.target.provider)
+            raise
+
+    async def run(self, attempts: int) -> None:
+        """The first attempt runs bare: tenacity's per-call bookkeeping (≈60 objects in
+        reference cycles, left to the GC) is paid only by requests whose first attempt failed.
+        The waits are tenacity's exponential schedule all the same: ``backoff_s`` before the
+        second attempt, doubling after each, capped at ``backoff_max_s``."""
+        try:
+            await self.once()
+            return
+        except ClientError as exc:
+            if attempts == 1 or not self.worth_repeating(exc):
+                raise
+        retry = self.rt.settings.retry
+        await asyncio.sleep(min(retry.backoff_s, retry.backoff_max_s))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts - 1),
+            wait=wait_exponential(multiplier=2 * retry.backoff_s, max=retry.backoff_max_s),
+            retry=retry_if_exception(self.worth_repeating),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self.ctx.retries += 1
+                await self.once()
 
 
 async def _attempt(
