@@ -6,6 +6,7 @@ on the worker's own event loop and closes it at shutdown (publisher flush first)
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -49,6 +50,10 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         runtime.access = access
         opened[:] = [access]
         app.state.runtime = runtime
+        # What start-up built lives as long as the worker: move it out of the collector's way,
+        # so a full collection scans what requests leave behind, not ~100 MB of modules and
+        # clients (measured: a 64 ms stall per full collection otherwise).
+        gc.freeze()
         try:
             yield
         finally:
