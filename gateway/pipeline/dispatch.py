@@ -12,12 +12,14 @@ Invariants:
   that is the provider's counts against its breaker.
 - All targets failed: the last failure is raised as it was (504 GATEWAY_TIMEOUT after a timeout,
   else 502 PROVIDER_ERROR with the provider's own error), with ``providers_tried`` added.
-  No target could be tried (every breaker open): 502 PROVIDER_ERROR saying so.
+  No target could be tried (every breaker open): 502 PROVIDER_ERROR saying so, with
+  ``Retry-After`` set to the breakers' cool-down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -68,6 +70,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
             f"no provider for model {ctx.model_requested!r} is available: "
             "every circuit breaker is open",
             details={"targets": [str(t) for t in ctx.targets]},
+            # at the latest then, an open breaker lets a probe through
+            headers={"Retry-After": str(math.ceil(rt.settings.breaker.cooldown_s))},
         )
     last.details["providers_tried"] = list(ctx.providers_tried)
     raise last

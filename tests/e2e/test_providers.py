@@ -28,7 +28,7 @@ from tests.e2e.harness import Floopy
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
-COOLDOWN_S = 2.0
+COOLDOWN_S = 3.0
 BACKUP_KEY_ENV = "FLOOPY_E2E_BACKUP_KEY"
 ONE_DOLLAR_PER_TOKEN = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
 
@@ -83,6 +83,7 @@ class Stack:
             "fallback-5xx": ["flaky/fake-status-503", "backup/gpt-4o-mini"],
             "fallback-timeout": ["slow/fake-delay-3000", "backup/gpt-4o-mini"],
             "breaker-model": ["breakme/gpt-4o-mini", "backup/gpt-4o-mini"],
+            "breaker-only": ["breakme/gpt-4o-mini"],
             "all-fail": ["doomed/fake-status-500", "doomed2/fake-status-429"],
             "timeout-model": ["slow/fake-delay-3000"],
         }
@@ -222,6 +223,12 @@ def test_breaker_opens_skips_the_provider_and_a_probe_closes_it(stack: Stack) ->
     for _ in range(2):  # 2 attempts each: the third failure opens the breaker
         raw = _create(stack, "breaker-model")
         assert raw.headers["floopy-provider"] == "backup"
+    # the breaker is open now, for COOLDOWN_S: no target is left for this model
+    with pytest.raises(openai.APIStatusError) as caught:
+        stack.sdk.chat.completions.create(model="breaker-only", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    assert "every circuit breaker is open" in str(caught.value.body)
+    assert caught.value.response.headers["retry-after"] == str(int(COOLDOWN_S))
     health = stack.health()
     assert health["breakme"]["state"] == "open" and health["breakme"]["recent_failures"] >= 3
     assert health["backup"]["state"] == "closed"
