@@ -2,8 +2,9 @@
 
 Redis (AOF on: the streams hold records not yet ingested) and ClickHouse run from Debian's
 packages in `.stack/` with their data kept between runs; then the schema migration, the ingester
-replicas, the fake OpenAI-compatible provider and the gateway start as child processes. Ctrl-C
-stops everything, gateway first so the ingesters can drain what it published.
+replicas, the fake OpenAI-compatible and Anthropic providers (``claude-*`` models route to the
+latter) and the gateway start as child processes. Ctrl-C stops everything, gateway first so the
+ingesters can drain what it published.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Stack:
     gateway_workers: int = 1
     gateway_port: int = 8080
     provider_port: int = 8090
+    anthropic_port: int = 8091
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,7 @@ class Stack:
         )
         self.gateway_port = pick_port(self.gateway_port)
         self.provider_port = pick_port(self.provider_port)
+        self.anthropic_port = pick_port(self.anthropic_port)
 
     def _remembered_ports(self) -> dict[str, int]:
         path = self.root / "ports.json"
@@ -96,8 +99,7 @@ class Stack:
         return {
             **os.environ,
             "FLOOPY_GATEWAY_REDIS__URL": self.redis.url,
-            "FLOOPY_GATEWAY_PROVIDER__BASE_URL": f"http://127.0.0.1:{self.provider_port}/v1",
-            "FLOOPY_GATEWAY_PROVIDER__API_KEY": "sk-fake-upstream",
+            "FLOOPY_GATEWAY_PROVIDERS": json.dumps(self.providers()),
             "FLOOPY_GATEWAY_CONFIG_FILE": str(self.config_file),
             "FLOOPY_GATEWAY_OPERATOR_ORGS": json.dumps([DEV_ORG]),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
@@ -108,6 +110,24 @@ class Stack:
             "FLOOPY_INGESTER_SPOOL_DIR": str(self.root / "spool"),
             "FLOOPY_INGESTER_DEAD_LETTER_DIR": str(self.root / "dead-letter"),
         }
+
+    def providers(self) -> list[dict[str, object]]:
+        """Claude models go to the fake Anthropic, everything else to the fake OpenAI."""
+        return [
+            {
+                "name": "anthropic",
+                "kind": "anthropic",
+                "base_url": f"http://127.0.0.1:{self.anthropic_port}",
+                "api_key": "sk-ant-fake-upstream",
+                "model_prefixes": ["claude-"],
+            },
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{self.provider_port}/v1",
+                "api_key": "sk-fake-upstream",
+            },
+        ]
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.root / "logs" / f"{name}.log").open("ab") as log:
@@ -138,6 +158,11 @@ class Stack:
             [sys.executable, "-m", "devstack.fake_openai", "--port", str(self.provider_port)],
         )
         wait_for_port(self.provider_port)
+        self.spawn(
+            "fake-anthropic",
+            [sys.executable, "-m", "devstack.fake_anthropic", "--port", str(self.anthropic_port)],
+        )
+        wait_for_port(self.anthropic_port)
         self.spawn("gateway", [str(bin_dir / "floopy-gateway")])
         wait_for_port(self.gateway_port, timeout_s=60)
 
@@ -164,6 +189,9 @@ class Stack:
                 f"  console        http://127.0.0.1:{self.gateway_port}/console?key={DEV_API_KEY}"
                 f"   (API spec: /schema/openapi.json)",
                 f"  fake provider  http://127.0.0.1:{self.provider_port}/v1   (OpenAI wire format)",
+                f"  fake anthropic http://127.0.0.1:{self.anthropic_port}   (Messages API; "
+                "models claude-*)",
+                f"  providers      http://127.0.0.1:{self.gateway_port}/health/providers",
                 f"  redis          {self.redis.url}   (AOF in {self.redis.directory})",
                 f"  clickhouse     native 127.0.0.1:{self.clickhouse.port}, "
                 f"http 127.0.0.1:{self.clickhouse.http_port}, database floopy",
