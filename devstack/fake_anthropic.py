@@ -42,6 +42,8 @@ __all__ = ["MODELS", "REPLY_TEXT", "FakeAnthropic", "build_app", "error_body", "
 MODELS = (
     "claude-3-5-haiku-latest",
     "claude-3-5-haiku-20241022",
+    "claude-3-5-sonnet-latest",
+    "claude-3-5-sonnet-20241022",
     "claude-3-7-sonnet-latest",
     "claude-sonnet-4-20250514",
     "claude-opus-4-20250514",
