@@ -28,6 +28,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.expiring_cache import ExpiringCache
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -115,9 +116,9 @@ class KeyStore:
     ) -> None:
         self._redis = redis
         self._p = prefix
-        self._ttl = cache_ttl_s
-        self._clock = clock
-        self._cache: dict[str, tuple[float, _Auth]] = {}
+        self._cache: ExpiringCache[str, _Auth] = ExpiringCache(
+            cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
+        )
         self._auth = redis.register_script(_AUTH_LUA)
         self.cache_hits = 0
         self.cache_misses = 0
@@ -130,11 +131,10 @@ class KeyStore:
         if not looks_like_key(secret):
             raise InvalidApiKeyError("invalid API key")
         key_hash = hash_key(secret)
-        now = self._clock()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
+        cached = self._cache.lookup(key_hash)
+        if cached is not None and cached.fresh:
             self.cache_hits += 1
-            found = cached[1]
+            found = cached.value
         else:
             self.cache_misses += 1
             try:
@@ -147,10 +147,10 @@ class KeyStore:
                     "key store unreachable (%s: %s); answering key %s from a stale cache entry",
                     type(exc).__name__,
                     exc,
-                    cached[1][0].key_id if cached[1] else "(unknown)",
+                    cached.value[0].key_id if cached.value else "(unknown)",
                 )
-                found = cached[1]
-            self._remember(key_hash, (now + self._ttl, found))
+                found = cached.value
+            self._cache.put(key_hash, found)
         if found is None:
             raise InvalidApiKeyError("invalid API key")
         if found[0].revoked:
@@ -167,14 +167,6 @@ class KeyStore:
             log.error("API key %s belongs to a missing org %s", key.key_id, key.org_id)
             return None
         return key, _decode_fields(Org, org_flat)
-
-    def _remember(self, key_hash: str, entry: tuple[float, _Auth]) -> None:
-        if len(self._cache) >= _CACHE_MAX:
-            now = self._clock()
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            if len(self._cache) >= _CACHE_MAX:  # a flood of distinct keys: start over
-                self._cache.clear()
-        self._cache[key_hash] = entry
 
     # -- usage counters ---------------------------------------------------------------------
 
@@ -292,7 +284,7 @@ class KeyStore:
             pipe.set(f"{self._p}:keyid:{key.key_id}", key.key_hash)
             pipe.sadd(f"{self._p}:org:{key.org_id}:keys", key.key_hash)
             await pipe.execute()
-        self._cache.pop(key.key_hash, None)
+        self._cache.pop(key.key_hash)
         return key
 
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -325,7 +317,7 @@ class KeyStore:
                 mapping={"revoked": b"true", "revoked_at_ms": str(revoked_at).encode()},
             )
         )
-        self._cache.pop(key_hash, None)
+        self._cache.pop(key_hash)
         return True
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:

@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from gateway.clients.expiring_cache import ExpiringCache
 from gateway.policy.templates import Template, TemplateMessage, check_template_id
 from shared.errors import BadRequestError
 
@@ -54,9 +56,9 @@ class TemplateStore:
     ) -> None:
         self._redis = redis
         self._p = prefix
-        self._ttl = cache_ttl_s
-        self._clock = clock
-        self._cache: dict[tuple[str, str, int | None], tuple[float, Template]] = {}
+        self._cache: ExpiringCache[tuple[str, str, int | None], Template] = ExpiringCache(
+            cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
+        )
         self._get = redis.register_script(_GET_LUA)
         self._put = redis.register_script(_PUT_LUA)
 
@@ -66,10 +68,9 @@ class TemplateStore:
     async def get(self, org_id: str, template_id: str, version: int | None = None) -> Template:
         """The template, or BadRequestError naming what was not found."""
         cache_key = (org_id, template_id, version)
-        now = self._clock()
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._cache.lookup(cache_key)
+        if cached is not None and cached.fresh:
+            return cached.value
         raw: Any = await self._get(
             keys=[self._key(org_id, template_id)], args=["" if version is None else version]
         )
@@ -77,10 +78,8 @@ class TemplateStore:
             which = f"{template_id!r}" + ("" if version is None else f" version {version}")
             raise BadRequestError(f"unknown prompt template {which}")
         template = _decode(raw)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        expires = float("inf") if version is not None else now + self._ttl
-        self._cache[cache_key] = (expires, template)
+        # a pinned version never changes; the latest may, within the TTL
+        self._cache.put(cache_key, template, ttl_s=math.inf if version is not None else None)
         return template
 
     async def put(
@@ -113,7 +112,7 @@ class TemplateStore:
             keys=[self._key(org_id, template_id)], args=[msgspec.json.encode(draft)]
         )
         template = _decode(raw)
-        self._cache.pop((org_id, template_id, None), None)
+        self._cache.pop((org_id, template_id, None))
         return template
 
     async def versions(self, org_id: str, template_id: str) -> list[Template]:

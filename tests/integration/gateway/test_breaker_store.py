@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -33,11 +32,6 @@ async def clients(redis_server: RedisServer) -> AsyncIterator[list[Redis]]:
     yield made
     for client in made:
         await client.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
 
 
 async def test_full_cycle_shared_between_workers(clients: list[Redis], prefix: str) -> None:

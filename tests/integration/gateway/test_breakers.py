@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -21,13 +21,6 @@ from tests.integration.gateway.test_breaker_store import Clock
 pytestmark = pytest.mark.integration
 
 CFG = BreakerConfig(failure_threshold=2, window_s=60, cooldown_s=10, probe_timeout_s=30)
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def _worker(

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
 
-from devstack.servers import RedisServer
 from gateway.clients.keystore import KeyStore
 from gateway.policy.keys import KeyLimits, KeySwitches, Org, Permission, Plan, Usage, generate_key
 from shared.errors import InvalidApiKeyError
@@ -20,18 +18,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return f"t{abs(hash(request.node.nodeid))}"
 
 
 async def test_create_authenticate_and_store_only_the_hash(redis: Redis, prefix: str) -> None:

@@ -3,14 +3,12 @@ real Redis: quota and usage gates, all-or-nothing charging, templates, seeding, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from devstack.servers import RedisServer
 from gateway.admin.seed import apply_seed, parse_seed
 from gateway.clients.keystore import KeyStore, usage_expiry_s
 from gateway.clients.ratelimiter import Bucket, Gate, Gates, RateLimiter
@@ -21,18 +19,6 @@ from gateway.policy.templates import TemplateMessage
 from shared.errors import BadRequestError, InvalidApiKeyError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return f"t{abs(hash(request.node.nodeid))}"
 
 
 def gates(store: KeyStore, now_ms: int, **limits: Any) -> Gates:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -38,13 +37,6 @@ async def main(url, key, quota, window_s, n):
 url, key, quota, window_s, n = sys.argv[1:]
 asyncio.run(main(url, key, int(quota), int(window_s), int(n)))
 """
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def key() -> str:
