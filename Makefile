@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag bench-replay
 
 VENV := .venv/bin
 
@@ -26,10 +26,13 @@ unit: bootstrap
 	$(VENV)/pytest tests/unit
 
 bench-gateway: bench-bootstrap
-	$(VENV)/python -m bench.gateway_overhead
+	$(VENV)/python -m bench.gateway_overhead --seconds 10
 
 bench-ingest: bench-bootstrap
-	$(VENV)/python -m bench.ingest
+	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,stream-worker
 
 bench-lag: bench-bootstrap
-	$(VENV)/python -m bench.e2e_lag
+	$(VENV)/python -m bench.e2e_lag --rate 100 --seconds 30
+
+bench-replay: bench-bootstrap
+	$(VENV)/python -m bench.replay --records 200000
