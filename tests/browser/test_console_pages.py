@@ -95,6 +95,9 @@ def test_a_row_opens_the_full_request_with_trace(console: Console) -> None:
     panel = console.driver.find_element(By.ID, "panel")
     assert panel.is_displayed()
     assert target.model_used in panel.find_element(By.ID, "detail-title").text
+    # the panel opens on its title: no stray text (a null child once rendered as "null")
+    body_text = panel.find_element(By.ID, "panel-body").text
+    assert body_text.splitlines()[0] == panel.find_element(By.ID, "detail-title").text
     request_text = panel.find_element(By.ID, "request-body").text
     assert target.request_body.split('"content": "')[1][:30] in request_text
     response_text = panel.find_element(By.ID, "response-body").text

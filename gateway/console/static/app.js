@@ -314,7 +314,7 @@ async function openRequest(id, at, back) {
   const cached = Math.min(r.cached_prompt_tokens || 0, r.prompt_tokens);
   const tokTotal = Math.max(1, r.total_tokens);
   body.replaceChildren(
-    back ? h("button", { class: "btn ghost back", id: "panel-back", onclick: back }, "← back") : null,
+    ...(back ? [h("button", { class: "btn ghost back", id: "panel-back", onclick: back }, "← back")] : []),
     h("h2", { id: "detail-title" }, statusBadge(r.status_code), " ", r.model_used || r.model_requested || "(no model)", h("span", { class: "muted" }, " · " + (r.provider || "no provider"))),
     kv([["Request id", r.request_id], ["Time", fmt.time(r.created_at_ms)], ["Error", r.error_code ? `${r.error_code}: ${r.error_message}` : ""],
       ["Latency", fmt.ms(r.latency_ms)], ["Time to first token", r.stream ? fmt.ms(r.time_to_first_token_ms) : ""],
