@@ -123,7 +123,8 @@ def _record(rng: random.Random, shape: DatasetShape, i: int, n: int) -> RequestR
     latency = round(sum(stages.values()) + rng.uniform(0.2, 2.0), 3)
     user = rng.randrange(shape.users)
     session = rng.randrange(shape.sessions)
-    request_body, response_body, topic = _bodies(rng, model, shape.body_words, status)
+    request_body, response_body, _ = _bodies(rng, model, shape.body_words, status)
+    topic = _TOPICS[session % len(_TOPICS)]  # one name and path per session, as apps send them
     cost = round(prompt / 1000 * p_in + completion / 1000 * p_out, 8)
     return RequestRecord(
         request_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),

@@ -466,8 +466,9 @@ class ConsoleApi(Controller):
         first, last = rows[0], rows[-1]
         summary = {
             "session_id": session_id,
-            "name": first.pop("session_name"),
-            "path": first.pop("session_path"),
+            # the latest request's name and path, as the sessions list shows them
+            "name": last["session_name"],
+            "path": last["session_path"],
             "requests": len(rows),
             "cost_usd": sum(r["cost_usd"] or 0.0 for r in rows),
             "total_tokens": sum(r["total_tokens"] for r in rows),
