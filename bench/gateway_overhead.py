@@ -1,8 +1,10 @@
 """Gateway overhead: the same load sent straight to the fake provider and through the gateway,
 in the same run (DESIGN.md §9: ratios, because absolute figures drift on shared machines).
 
-Starts real Redis (devstack.servers), the fake provider and the gateway (1 worker, logging and
-the access log on) on loopback, then for each target:
+Starts real Redis (devstack.servers), the fake provider, the bare forwarder, the gateway (1
+worker; auth, limits, usage accounting, records and spans to Redis; granian's access log as the
+gateway's default, off, or on with ``FLOOPY_GATEWAY_ACCESS_LOG=true``) and, when its virtualenv
+exists, the LiteLLM proxy (``bench.peer``), all on loopback; then for each target:
 
 - a moderate fixed rate from an async client (open loop: requests leave on schedule whatever the
   answers do), for p50/p99 latency and the gateway's overhead over direct;
@@ -191,7 +193,10 @@ def bench(  # noqa: PLR0917 - one call site
         redis_url=redis.url,
         provider_url=fake.base_url,
         config_file=config,
-        extra_env={"FLOOPY_GATEWAY_LOG_LEVEL": "info", "FLOOPY_GATEWAY_ACCESS_LOG": "true"},
+        extra_env={
+            "FLOOPY_GATEWAY_LOG_LEVEL": "info",
+            "FLOOPY_GATEWAY_ACCESS_LOG": os.environ.get("FLOOPY_GATEWAY_ACCESS_LOG", "false"),
+        },
     )
     bare = BareForwarderProcess(directory, fake.base_url)
     venv = litellm_venv() if peer else None

@@ -125,7 +125,10 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
-    access_log: bool = True
+    access_log: bool = False
+    """granian's access log line per request. Off by default: every request is already a record
+    in ClickHouse with more than the line has, and the line cost ~0.3-0.4 ms of CPU per request
+    (a quarter of the worker's time in ``bench.gateway_overhead``)."""
 
     redis: RedisSettings = RedisSettings()
     provider: ProviderSettings = ProviderSettings()
