@@ -28,7 +28,7 @@ from itertools import product
 from pathlib import Path
 
 from devstack.servers import ClickHouseServer
-from ingester.delivery import Delivery
+from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.schema.migrate import migrate
 from shared.codec import encode_record
 from shared.records import RequestRecord
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}"
     )
     args = parser.parse_args(argv)
+    tune_gc_for_batches()  # as the ingester worker does
 
     payloads = generate_payloads(args.records)
     sizes = sorted(map(len, payloads))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.ingest import bench_env, make_record
-from ingester.delivery import Delivery
+from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.replay import Replayer, pending_files
 from ingester.spool.writer import SpoolWriter
 from shared.codec import encode_record
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-records", type=int, default=5000)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     args = parser.parse_args(argv)
+    tune_gc_for_batches()  # as `floopy-ingester replay` does
 
     with bench_env() as env:
         spool = env.scratch / "spool"

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ingester.dead_letter import dead_letter_path
-from ingester.delivery import Delivery
+from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.lock import read_lock
 from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
 from ingester.rollup_cli import rollups_app
@@ -228,6 +228,7 @@ def replay(
     """Replay spooled records into ClickHouse now (under the sink's replay lock)."""
     settings: IngesterSettings = ctx.obj
     _quiet_drivers()
+    tune_gc_for_batches()
     sinks = [sink] if sink is not None else list(Sink)
     delivery = Delivery(
         settings.clickhouse,

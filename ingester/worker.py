@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingester.consume import StreamConsumer
-from ingester.delivery import Delivery
+from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.metrics import ConsumerCounter, Counters
 from ingester.replay import Replayer, pending_files
 from ingester.schema import migrate
@@ -183,6 +183,7 @@ class IngesterRuntime:
 async def _startup(ctx: dict[str, Any]) -> None:
     settings: IngesterSettings = ctx["settings"]
     configure_logging(settings.log_level)
+    tune_gc_for_batches()
     runtime = IngesterRuntime(settings)
     ctx["runtime"] = runtime
     await runtime.start()
