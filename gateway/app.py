@@ -52,8 +52,10 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         app.state.runtime = runtime
         # What start-up built lives as long as the worker: move it out of the collector's way,
         # so a full collection scans what requests leave behind, not ~100 MB of modules and
-        # clients (measured: a 64 ms stall per full collection otherwise).
+        # clients (measured: a 64 ms stall per full collection otherwise). A request leaves few
+        # cycles, so young collections every 20,000 allocations rather than 700 (~5% of CPU).
         gc.freeze()
+        gc.set_threshold(20_000, 20, 100)
         try:
             yield
         finally:
