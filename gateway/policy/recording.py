@@ -12,7 +12,7 @@ import msgspec
 
 from gateway.clients.providers.base import TokenUsage, UpstreamStream
 from gateway.context import RequestContext, StageTiming
-from gateway.policy.usage import Settled
+from gateway.policy.usage import Settled, reported_usage
 from shared.records import RequestRecord, SpanRecord
 
 __all__ = ["TRUNCATED_MARK", "build_records", "clip_body", "stream_summary"]
@@ -53,11 +53,6 @@ def stream_summary(request_id: str, stream: UpstreamStream) -> bytes:
     )
 
 
-def _usage(ctx: RequestContext) -> TokenUsage:
-    usage = ctx.reply.usage if ctx.reply else (ctx.stream.usage if ctx.stream else None)
-    return usage or TokenUsage()
-
-
 def _ttft_ms(ctx: RequestContext) -> float:
     if ctx.stream is None or not ctx.stream.first_chunk_ns:
         return 0.0
@@ -79,7 +74,8 @@ def build_records(
     the provider's usage as reported and no cost)."""
     error_code, error_message = _error_fields(ctx)
     meta = ctx.meta
-    usage = settled.usage if settled is not None else _usage(ctx)
+    usage = settled.usage if settled is not None else (reported_usage(ctx) or TokenUsage())
+    log_bodies = ctx.api_key is None or ctx.api_key.switches.log_bodies
     record = RequestRecord(
         request_id=ctx.request_id,
         org_id=ctx.org_id,
@@ -92,8 +88,10 @@ def build_records(
         status_code=ctx.status_code,
         error_code=error_code,
         error_message=error_message,
-        request_body=clip_body(ctx.body, body_limit),
-        response_body=clip_body(ctx.response_body, body_limit),
+        # with the key's body logging off, no body and no template inputs (they are body text)
+        request_body=clip_body(ctx.body, body_limit) if log_bodies else "",
+        response_body=clip_body(ctx.response_body, body_limit) if log_bodies else "",
+        bodies_redacted=not log_bodies,
         latency_ms=ctx.elapsed_ms(end_ns),
         time_to_first_token_ms=_ttft_ms(ctx),
         stage_latency_ms={t.name: t.duration_ms for t in ctx.timings},
@@ -104,7 +102,7 @@ def build_records(
         properties=meta.properties,
         prompt_id=ctx.prompt_id or meta.prompt_id,
         prompt_version=ctx.prompt_version,
-        prompt_inputs=ctx.prompt_inputs,
+        prompt_inputs=ctx.prompt_inputs if log_bodies else {},
         providers_tried=list(ctx.providers_tried),
         retries=ctx.retries,
         tokens_estimated=settled.estimated if settled is not None else False,
@@ -114,16 +112,7 @@ def build_records(
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
     )
-    if ctx.api_key is not None and not ctx.api_key.switches.log_bodies:
-        redact_bodies(record)
     return record, build_spans(ctx)
-
-
-def redact_bodies(record: RequestRecord) -> None:
-    """The key's body logging is off: no body, and no template inputs (they are body text)."""
-    record.request_body = record.response_body = ""
-    record.prompt_inputs = {}
-    record.bodies_redacted = True
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:

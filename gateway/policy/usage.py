@@ -19,7 +19,7 @@ from gateway.context import RequestContext
 from gateway.policy.prices import PriceBook
 from gateway.policy.tokens import estimate_completion_tokens, estimate_prompt_tokens
 
-__all__ = ["Settled", "settle_usage"]
+__all__ = ["Settled", "reported_usage", "settle_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,8 @@ _decode_completion = msgspec.json.Decoder(_Completion).decode
 _decode_messages = msgspec.json.Decoder(_Messages).decode
 
 
-def _reported(ctx: RequestContext) -> TokenUsage | None:
+def reported_usage(ctx: RequestContext) -> TokenUsage | None:
+    """The usage the provider reported (its reply, or its stream's usage chunk), if any."""
     if ctx.reply is not None:
         return ctx.reply.usage
     if ctx.stream is not None:
@@ -90,7 +91,7 @@ def estimate_usage(ctx: RequestContext) -> TokenUsage:
 
 
 def settle_usage(ctx: RequestContext, prices: PriceBook) -> Settled:
-    usage = _reported(ctx)
+    usage = reported_usage(ctx)
     estimated = False
     answered = ctx.reply is not None or ctx.stream is not None
     if usage is None and answered:
