@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
@@ -174,10 +175,6 @@ class KeyStore:
         """The org's monthly request counter (the limits script increments it)."""
         return f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
 
-    @staticmethod
-    def month_expiry_s(now_ms: int) -> int:
-        return _period_end(now_ms, monthly=True)
-
     def usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
         base = f"{self._p}:usage:key:{key_id}"
         return f"{base}:d:{day_period(now_ms)}", f"{base}:m:{month_period(now_ms)}"
@@ -206,16 +203,22 @@ class KeyStore:
             count, _, (d_tok, d_cost), (m_tok, m_cost) = await pipe.execute()
         return int(count), _usage(d_tok, d_cost, m_tok, m_cost)
 
+    def queue_usage(
+        self, pipe: Pipeline, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
+    ) -> None:
+        """Add a request's spend to the key's day and month counters, on ``pipe``."""
+        day, month = self.usage_keys(key_id, now_ms)
+        for counter, monthly in ((day, False), (month, True)):
+            pipe.hincrby(counter, "tokens", tokens)
+            if cost_usd:
+                pipe.hincrbyfloat(counter, "cost", cost_usd)
+            pipe.expireat(counter, _period_end(now_ms, monthly))
+
     async def record_usage(
         self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
     ) -> None:
-        day, month = self.usage_keys(key_id, now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for counter, monthly in ((day, False), (month, True)):
-                pipe.hincrby(counter, "tokens", tokens)
-                if cost_usd:
-                    pipe.hincrbyfloat(counter, "cost", cost_usd)
-                pipe.expireat(counter, _period_end(now_ms, monthly))
+            self.queue_usage(pipe, key_id, tokens, cost_usd, now_ms)
             await pipe.execute()
 
     async def usage(self, key_id: str, now_ms: int) -> Usage:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.clients.keystore import KeyStore, usage_expiry_s
+from gateway.clients.keystore import KeyStore
 from gateway.clients.ratelimiter import Bucket, RateLimiter
 from gateway.policy.limits import after_response_cost
 
@@ -122,12 +122,9 @@ class UsageRecorder:
     async def _write(self, batch: list[UsageEntry]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
-                day, month = self._keystore.usage_keys(entry.key_id, entry.now_ms)
-                for counter, monthly in ((day, False), (month, True)):
-                    pipe.hincrby(counter, "tokens", entry.tokens)
-                    if entry.cost_usd:
-                        pipe.hincrbyfloat(counter, "cost", entry.cost_usd)
-                    pipe.expireat(counter, usage_expiry_s(entry.now_ms, monthly))
+                self._keystore.queue_usage(
+                    pipe, entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms
+                )
             await pipe.execute()
         charges = [bucket for entry in batch for bucket in entry.charges]
         if charges:
