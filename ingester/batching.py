@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from shared.streams import reply_text
+
 __all__ = [
     "Batch",
     "Cadence",
@@ -29,8 +31,7 @@ _MAX_SEQ = 2**64 - 1
 
 
 def parse_stream_id(raw: bytes | str) -> StreamId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
+    ms, _, seq = reply_text(raw).partition("-")
     return int(ms), int(seq or 0)
 
 

@@ -30,7 +30,7 @@ from ingester.settings import IngesterSettings
 from ingester.sink import ClickHouseSink
 from ingester.spool.reader import count_lines
 from ingester.spool.writer import read_dropped
-from shared.streams import CONSUMER_GROUP, Sink, stream_key
+from shared.streams import CONSUMER_GROUP, Sink, reply_text, stream_key
 
 __all__ = ["SinkStatus", "app", "main"]
 
@@ -107,14 +107,16 @@ def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
     if not client.exists(key):
         return  # no stream yet: XINFO would answer "no such key"
     groups = cast(list[dict[str, Any]], client.xinfo_groups(key))
-    ours = [g for g in groups if _text(g["name"]) == CONSUMER_GROUP]
+    ours = [g for g in groups if reply_text(g["name"]) == CONSUMER_GROUP]
     if not ours:
         return
     status.pending = int(ours[0]["pending"])
     lag = ours[0].get("lag")
     status.lag = None if lag is None else int(lag)
     consumers = cast(list[dict[str, Any]], client.xinfo_consumers(key, CONSUMER_GROUP))
-    status.consumers = [(_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers]
+    status.consumers = [
+        (reply_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
+    ]
 
 
 def _disk_status(settings: IngesterSettings, status: SinkStatus) -> None:
@@ -313,10 +315,6 @@ def _quiet_drivers() -> None:
 
 def _opt(value: int | None) -> str:
     return "?" if value is None else str(value)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def main() -> None:

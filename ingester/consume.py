@@ -48,7 +48,7 @@ from ingester.metrics import ConsumerCounter as C
 from ingester.metrics import Counters
 from ingester.settings import IngesterSettings
 from shared.errors import SinkUnavailableError
-from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
+from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, reply_text, stream_key
 
 __all__ = ["Deliverer", "Spooler", "StreamConsumer", "ensure_group", "group_positions"]
 
@@ -311,7 +311,9 @@ class StreamConsumer:
 
     async def _forget_idle_consumers(self) -> None:
         infos: list[dict[str, Any]] = await self._redis.xinfo_consumers(self.key, CONSUMER_GROUP)
-        states = [ConsumerState(_text(i["name"]), int(i["pending"]), int(i["idle"])) for i in infos]
+        states = [
+            ConsumerState(reply_text(i["name"]), int(i["pending"]), int(i["idle"])) for i in infos
+        ]
         forget_ms = int(self._settings.consumer_forget_after_s * 1000)
         for name in consumers_to_forget(states, me=self.name, forget_after_ms=forget_ms):
             deleting = self._redis.eval(_FORGET_IF_IDLE, 1, self.key, CONSUMER_GROUP, name)
@@ -340,8 +342,8 @@ async def group_positions(redis: Redis, key: str) -> list[GroupPosition]:
         oldest = None
         if int(group["pending"]):
             summary = await redis.xpending(key, group["name"])
-            oldest = _text(summary["min"]) if summary.get("min") else None
-        positions.append(GroupPosition(_text(group["last-delivered-id"]), oldest))
+            oldest = reply_text(summary["min"]) if summary.get("min") else None
+        positions.append(GroupPosition(reply_text(group["last-delivered-id"]), oldest))
     return positions
 
 
@@ -350,7 +352,3 @@ def _entries(response: Any) -> list[Entry]:
     if not response:
         return []
     return list(response[0][1])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

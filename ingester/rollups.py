@@ -42,7 +42,7 @@ from ingester.rollup_sql import (
 )
 from ingester.sink import client_for
 from shared.settings import ClickHouseSettings
-from shared.streams import retention_key
+from shared.streams import reply_text, retention_key
 
 __all__ = ["RollupReport", "Rollups", "cron_jobs", "ensure_rollup_tables", "recomputable_hours"]
 
@@ -168,10 +168,6 @@ class Rollups:
         self._retention.close()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def cron_jobs(
     clickhouse: ClickHouseSettings,
     *,
@@ -218,7 +214,7 @@ def cron_jobs(
 
     async def floopy_retention(ctx: dict[str, Any]) -> None:
         flat = await ctx["redis"].hgetall(retention_key(key_prefix))
-        plans = {_text(org): int(days) for org, days in flat.items()}
+        plans = {reply_text(org): int(days) for org, days in flat.items()}
         report = await asyncio.to_thread(retention_tick, plans)
         log.info("retention: %s", report)
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CONSUMER_GROUP", "RECORD_FIELD", "Sink", "retention_key", "stream_key"]
+__all__ = [
+    "CONSUMER_GROUP",
+    "RECORD_FIELD",
+    "Sink",
+    "reply_text",
+    "retention_key",
+    "stream_key",
+]
 
 
 class Sink(StrEnum):
@@ -34,3 +41,8 @@ def retention_key(prefix: str = "floopy") -> str:
     """Hash org id → days of raw logs its plan keeps: written by the gateway whenever an org is
     stored, read by the ingester's retention job (which owns the raw tables)."""
     return f"{prefix}:org-retention"
+
+
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply value as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
