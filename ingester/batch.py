@@ -49,6 +49,12 @@ _DERIVED: dict[str, Builder] = {
     "property_values": _values("properties"),
     "prompt_input_keys": _field("prompt_inputs"),
     "prompt_input_values": _values("prompt_inputs"),
+    "cache_lookup_tiers": _field("cache_lookup_ms"),
+    "cache_lookup_ms": _values("cache_lookup_ms"),
+    "request_header_keys": _field("request_headers"),
+    "request_header_values": _values("request_headers"),
+    "response_header_keys": _field("response_headers"),
+    "response_header_values": _values("response_headers"),
     "attribute_keys": _field("attributes"),
     "attribute_values": _values("attributes"),
 }

@@ -43,7 +43,8 @@ def encode_record(record: AnyRecord) -> bytes:
 
 
 def upgrade_v1(sink: Sink, raw: dict[str, Any]) -> dict[str, Any]:
-    """Turn a v1 record (as a dict) into the v2 shape."""
+    """Turn a v1 record (as a dict) into the current shape (v2 and v3 only added fields with
+    defaults after v1's ``properties_json``)."""
     if sink is Sink.REQUESTS:
         props = raw.pop("properties_json", "") or "{}"
         try:
@@ -75,8 +76,10 @@ def decode_record(sink: Sink, data: bytes | str, record_type: type[R] | None = N
     except msgspec.DecodeError as exc:
         raise RecordDecodeError(f"not JSON: {exc}") from exc
     version = raw.get("schema_version")
-    if version == PREVIOUS_SCHEMA_VERSION:
+    if version == 1:
         raw = upgrade_v1(sink, raw)
+    elif version == PREVIOUS_SCHEMA_VERSION:
+        raw["schema_version"] = SCHEMA_VERSION  # v3 only added fields, each with a default
     elif version != SCHEMA_VERSION:
         raise RecordDecodeError(f"unsupported schema_version {version!r}")
     try:

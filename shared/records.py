@@ -24,11 +24,14 @@ __all__ = [
     "SpanRecord",
 ]
 
-SCHEMA_VERSION = 2
-"""v2: custom properties as an object (``properties``); v1 sent them JSON-encoded in
+SCHEMA_VERSION = 3
+"""v3: the cache's and the firewall's outcome in full (similarity, threshold, key hash, lookup
+time per tier, cost saved; verdict source, categories, the classifier call's latency, tokens and
+cost, the reason for a skip or an error) and the request's and response's headers.
+v2: custom properties as an object (``properties``); v1 sent them JSON-encoded in
 ``properties_json`` and had no ``cached_prompt_tokens``/``tokens_estimated``."""
 
-PREVIOUS_SCHEMA_VERSION = 1
+PREVIOUS_SCHEMA_VERSION = 2
 
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -65,13 +68,35 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     cost_usd: float | None = None
 
     cache_status: str = ""
+    """HIT, MISS, BYPASS (``Floopy-Cache-Enabled: false``) or DISABLED (key or org switch)."""
     cache_tier: str = ""
+    """On a hit: exact, semantic or advanced."""
+    cache_similarity: float | None = None
+    cache_threshold: float | None = None
+    """The semantic threshold in force for this request (after any header raised it)."""
+    cache_key_hash: str = ""
+    """The exact tier's key (a hash of the canonical request; never the prompt)."""
+    cache_lookup_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    """Lookup time per tier looked up, in the order they ran."""
+    cache_error: str = ""
+    """Why the cache failed open (a store or the embedder unreachable); empty otherwise."""
+    cost_saved_usd: float | None = None
+    """On a hit: what the stored answer cost when it was a miss."""
 
     firewall_verdict: str = ""
     firewall_score: float | None = None
     firewall_backend: str = ""
     firewall_model_ref: str = ""
     firewall_cached: bool = False
+    """The verdict came from the verdict cache (``firewall_verdict_source == "cache"``)."""
+    firewall_verdict_source: str = ""
+    """cache or classifier; empty when the firewall did not screen the request."""
+    firewall_categories: list[str] = msgspec.field(default_factory=list)
+    firewall_reason: str = ""
+    """Why it was skipped (header, key switch, org) or what failed (timeout, malformed answer)."""
+    firewall_latency_ms: float = 0.0
+    firewall_tokens: int = 0
+    firewall_cost_usd: float | None = None
 
     user_id: str = ""
     session_id: str = ""
@@ -85,6 +110,10 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
 
     providers_tried: list[str] = msgspec.field(default_factory=list)
     retries: int = 0
+
+    request_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """As sent, names lower-cased, minus ``Authorization`` and anything named like a secret."""
+    response_headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class SpanRecord(msgspec.Struct, kw_only=True):

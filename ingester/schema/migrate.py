@@ -46,6 +46,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables: requests, spans, breaker_events"),
     Migration(2, "record v2: requests.cached_prompt_tokens, requests.tokens_estimated"),
+    Migration(3, "record v3: cache and firewall outcome in full, request and response headers"),
 )
 
 

@@ -112,6 +112,9 @@ _DERIVED_FROM = {
     "properties": {"property_keys", "property_values"},
     "prompt_inputs": {"prompt_input_keys", "prompt_input_values"},
     "attributes": {"attribute_keys", "attribute_values"},
+    "cache_lookup_ms": {"cache_lookup_tiers", "cache_lookup_ms"},
+    "request_headers": {"request_header_keys", "request_header_values"},
+    "response_headers": {"response_header_keys", "response_header_values"},
 }
 
 

@@ -26,8 +26,23 @@ def test_round_trip_current_version() -> None:
 
 
 def test_previous_version_is_upgraded() -> None:
+    """A v2 record (no cache/firewall detail, no headers) decodes with those fields empty."""
+    raw = msgspec.structs.asdict(_record())
+    raw["schema_version"] = 2
+    for name in ("cache_similarity", "cache_lookup_ms", "firewall_categories", "request_headers"):
+        del raw[name]
+    rec = decode_record(Sink.REQUESTS, msgspec.json.encode(raw))
+    assert rec.schema_version == SCHEMA_VERSION
+    assert rec.cache_similarity is None
+    assert rec.cache_lookup_ms == {}
+    assert rec.firewall_categories == []
+    assert rec.request_headers == {}
+
+
+def test_v1_is_upgraded() -> None:
     raw = msgspec.structs.asdict(_record())
     raw["schema_version"] = 1
+    del raw["request_headers"]
     del raw["properties"]
     del raw["cached_prompt_tokens"]
     raw["properties_json"] = '{"tier": "free", "n": 3}'
