@@ -20,6 +20,7 @@ from types import TracebackType
 __all__ = [
     "ClickHouseServer",
     "ManagedServer",
+    "RedisCluster",
     "RedisServer",
     "free_port",
     "kill_group",
@@ -132,15 +133,36 @@ class ManagedServer:
 
 
 class RedisServer(ManagedServer):
-    """redis-server with AOF on: the streams hold records not yet ingested."""
+    """redis-server with AOF on: the streams hold records not yet ingested. ``cluster_node``:
+    a node for ``RedisCluster`` (cluster mode, its ``nodes.conf`` in the directory)."""
 
     name = "redis"
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        cluster_node: bool = False,
+        appendfsync: str = "everysec",
+    ) -> None:
+        super().__init__(directory, port)
+        self.cluster_node = cluster_node
+        self.appendfsync = appendfsync
+        self.bus_port = free_port() if cluster_node else 0
+        """The cluster bus (default port + 10000, which may be taken or out of range)."""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        cluster = [
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            *("--cluster-port", str(self.bus_port)),
+            # a master down must not stop the others serving their slots (no replicas here)
+            *("--cluster-require-full-coverage", "no", "--cluster-node-timeout", "3000"),
+        ]
         return [
             _require("redis-server"),
             "--bind",
@@ -152,14 +174,83 @@ class RedisServer(ManagedServer):
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "",
             "--daemonize",
             "no",
             "--logfile",
             str(self.directory / "redis.log"),
+            *(cluster if self.cluster_node else []),
         ]
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` nodes (no replicas) from Debian's ``redis-server``, made
+    with ``redis-cli --cluster create``, each node in its own directory on a free port.
+
+    AOF is fsynced on every write (``appendfsync always``): a node SIGKILLed and restarted
+    comes back with every write it acknowledged, which the fault tests rely on. A killed node's
+    slots answer CLUSTERDOWN until it is back (no replica to fail over to)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.nodes = [
+            RedisServer(directory / f"node{i}", cluster_node=True, appendfsync="always")
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Any node will do as the seed: the client discovers the others."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start(timeout_s)
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [_require("redis-cli"), "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=timeout_s,
+        )
+        self.wait_ok(timeout_s)
+
+    def wait_ok(self, timeout_s: float = 60.0) -> None:
+        """Until every node reports ``cluster_state:ok`` (all slots served)."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            while True:
+                info = subprocess.run(
+                    [_require("redis-cli"), "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout
+                if "cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis cluster node {node.port} not ok: {info[:200]}")
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill()
 
 
 _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>

@@ -24,6 +24,7 @@ from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage import UsageRecorder
 from gateway.settings import GatewaySettings
+from shared.redis_client import open_redis
 
 __all__ = ["Access"]
 
@@ -42,11 +43,7 @@ class Access:
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> Access:
-        redis = Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.connect_timeout_s,
-        )
+        redis = open_redis(settings.redis)
         prefix, ttl = settings.redis.key_prefix, settings.key_cache_ttl_s
         keystore = KeyStore(redis, prefix=prefix, cache_ttl_s=ttl)
         limiter = RateLimiter(redis)

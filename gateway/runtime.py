@@ -18,6 +18,7 @@ from gateway.settings import GatewaySettings
 if TYPE_CHECKING:
     from gateway.access import Access
 from shared.codec import encode_record
+from shared.redis_client import open_redis
 from shared.streams import Sink
 
 __all__ = ["Counters", "Runtime"]
@@ -43,16 +44,19 @@ class Runtime:
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:
-        redis = Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.connect_timeout_s,
+        redis = open_redis(settings.redis)
+        publisher = Publisher(
+            redis,
+            settings.publisher,
+            prefix=settings.redis.key_prefix,
+            shards=settings.redis.stream_shards,
         )
-        publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
         upstreams = await Upstreams.open(
             settings,
             redis,
-            lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
+            lambda event: publisher.submit(
+                Sink.BREAKER_EVENTS, encode_record(event), event.event_id
+            ),
         )
         publisher.start()
         return cls(settings, redis, publisher, upstreams)

@@ -90,6 +90,8 @@ class SinkStatus:
     """What ``status`` shows for one sink; Redis fields stay None when Redis is unreachable."""
 
     sink: Sink
+    shard: int = 0
+    shards: int = 1
     stream_length: int | None = None
     pending: int | None = None
     lag: int | None = None
@@ -100,6 +102,10 @@ class SinkStatus:
     lock_owner: str = ""
     lock_age_s: float | None = None
     dead_letters: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.sink.value if self.shards == 1 else f"{self.sink.value} #{self.shard}"
 
 
 def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
@@ -143,31 +149,41 @@ def _ping_clickhouse(settings: IngesterSettings) -> bool:
 
 def collect_status(settings: IngesterSettings) -> tuple[list[SinkStatus], str | None, bool]:
     """Per-sink status, the Redis error (None when reachable) and ClickHouse reachability."""
-    statuses = [SinkStatus(sink) for sink in Sink]
+    shards = settings.redis.stream_shards
+    statuses = [SinkStatus(sink, shard, shards) for sink in Sink for shard in range(shards)]
     redis_error = None
-    client = redis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.connect_timeout_s,
-    )
+    client = _sync_client(settings)
+    prefix = settings.redis.key_prefix
     try:
         for status in statuses:
-            _redis_status(client, stream_key(status.sink, settings.redis.key_prefix), status)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _redis_status(client, stream_key(status.sink, prefix, status.shard), status)
+    except (redis.ConnectionError, redis.TimeoutError, redis.RedisError) as exc:
         redis_error = f"{type(exc).__name__}: {exc}"
     finally:
         client.close()
     for status in statuses:
-        _disk_status(settings, status)
+        if status.shard == 0:  # the spool, locks and dead letters are per sink, not per shard
+            _disk_status(settings, status)
     return statuses, redis_error, _ping_clickhouse(settings)
 
 
+def _sync_client(settings: IngesterSettings) -> redis.Redis:
+    timeouts: dict[str, Any] = {
+        "socket_timeout": settings.redis.socket_timeout_s,
+        "socket_connect_timeout": settings.redis.connect_timeout_s,
+    }
+    if settings.redis.cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(settings.redis.url, **timeouts))
+    return redis.Redis.from_url(settings.redis.url, **timeouts)
+
+
 def _status_table(statuses: list[SinkStatus]) -> Table:
-    """One column per sink, one row per figure: fits a terminal whatever the sink count."""
+    """One column per sink and stream shard, one row per figure (the spool, replay lock and
+    dead letters are per sink: shown under its shard 0)."""
     table = Table(title="ingester status")
     table.add_column("")
     for s in statuses:
-        table.add_column(s.sink.value)
+        table.add_column(s.label)
     rows: dict[str, list[str]] = {
         "stream length": [_opt(s.stream_length) for s in statuses],
         "group pending": [_opt(s.pending) for s in statuses],

@@ -1,5 +1,6 @@
-"""The stream consumer: one asyncio task per sink moves entries from the sink's Redis stream into
-ClickHouse through ``Delivery``, in batches flushed on size or age.
+"""The stream consumer: one asyncio task per sink and stream shard moves entries from that
+Redis stream into ClickHouse through ``Delivery``, in batches flushed on size or age. Claiming,
+trimming and forgetting consumers are per stream, so each shard is handled on its own.
 
 Invariants:
 - An entry is acknowledged only after ClickHouse confirmed its insert, after it was set aside
@@ -12,8 +13,9 @@ Invariants:
   had acknowledged; it runs at most every ``trim_interval_s``.
 - A consumer is forgotten (``XGROUP DELCONSUMER``) only if it has nothing pending, checked
   atomically in the same script, so no pending entry is ever orphaned.
-- On start the consumer first processes its own pending entries; on stop it finishes and acks
-  (or spools) the batch in hand, then returns.
+- On start, and after a Redis error, the consumer first processes its own pending entries (a
+  batch whose ack was lost is redelivered at once, as at-least-once allows); on stop it
+  finishes and acks (or spools) the batch in hand, then returns.
 - Blocking work (ClickHouse, fsync) runs in threads. At most one batch is in flight (being
   inserted, then acked) while the next one is read, so ClickHouse's write overlaps our read and
   decode; the ``Delivery`` is still used from one thread at a time, and batches are acked in
@@ -94,9 +96,11 @@ class StreamConsumer:
         settings: IngesterSettings,
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
+        shard: int = 0,
     ) -> None:
         self.sink = sink
-        self.key = stream_key(sink, settings.redis.key_prefix)
+        self.shard = shard
+        self.key = stream_key(sink, settings.redis.key_prefix, shard)
         self.name = settings.consumer_name
         self._redis = redis
         self._delivery = delivery
@@ -129,6 +133,10 @@ class StreamConsumer:
                     await self._step()
             except RedisError as exc:
                 await self._on_error("redis", exc)
+                # What this consumer held (the batch in hand, a batch whose ack failed) is still
+                # pending under its name: read it again now rather than after claim_min_idle_s.
+                self._batch.clear()
+                resumed = False
             # the task must outlive one bad batch; that batch's entries stay pending
             except Exception as exc:
                 log.exception("consumer %s on %s failed", self.name, self.key)

@@ -213,7 +213,10 @@ def cron_jobs(
         log.info("rollups: %d hour(s) of %d org(s) recomputed", report.hours, len(report.orgs))
 
     async def floopy_retention(ctx: dict[str, Any]) -> None:
-        flat = await ctx["redis"].hgetall(retention_key(key_prefix))
+        # the org map lives with the keys (the streams' Redis, maybe a cluster), not in arq's
+        runtime = ctx.get("runtime")
+        client = runtime.redis if runtime is not None else ctx["redis"]
+        flat = await client.hgetall(retention_key(key_prefix))
         plans = {reply_text(org): int(days) for org, days in flat.items()}
         report = await asyncio.to_thread(retention_tick, plans)
         log.info("retention: %s", report)

@@ -39,6 +39,13 @@ class IngesterSettings(BaseSettings):
     )
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    """Streams and the org retention map: a single node or a Redis Cluster."""
+    arq_redis_url: str | None = None
+    """arq's own queue (cron ticks and their one-run-per-tick locks) on a single Redis node:
+    arq does not speak Redis Cluster. Unset: ``redis.url`` (required with ``redis.cluster``)."""
+    shards: list[int] | None = None
+    """The stream shards this replica consumes (each sink); unset: all ``redis.stream_shards``.
+    Every shard needs at least one replica consuming it."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
 
     spool_dir: Path = Path("var/spool")
@@ -82,6 +89,25 @@ class IngesterSettings(BaseSettings):
     def max_hold_s(self) -> float:
         """Longest a live consumer holds an entry unacknowledged (see the module docstring)."""
         return self.batch_age_s + self.read_block_ms / 1000 + 2 * self.insert_budget_s
+
+    @property
+    def arq_url(self) -> str:
+        return self.arq_redis_url or self.redis.url
+
+    @property
+    def my_shards(self) -> list[int]:
+        return sorted(set(self.shards)) if self.shards else list(range(self.redis.stream_shards))
+
+    @model_validator(mode="after")
+    def _shards_and_arq(self) -> Self:
+        if self.redis.cluster and not self.arq_redis_url:
+            raise ValueError(
+                "redis.cluster needs arq_redis_url (a single Redis node for arq's cron queue)"
+            )
+        bad = [s for s in self.shards or [] if not 0 <= s < self.redis.stream_shards]
+        if bad:
+            raise ValueError(f"shards {bad} outside 0..{self.redis.stream_shards - 1}")
+        return self
 
     @model_validator(mode="after")
     def _claim_after_hold(self) -> Self:

@@ -38,6 +38,7 @@ from ingester.replay import Replayer, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
 from ingester.spool.writer import SpoolWriter
+from shared.redis_client import open_redis
 from shared.streams import Sink
 
 __all__ = [
@@ -65,12 +66,7 @@ def configure_logging(level: str) -> None:
 
 def redis_client(settings: IngesterSettings) -> Redis:
     """A client whose socket timeout outlasts a blocked XREADGROUP."""
-    block_s = settings.read_block_ms / 1000
-    return Redis.from_url(  # type: ignore[no-any-return]  # redis-py 5 types from_url loosely
-        settings.redis.url,
-        socket_timeout=settings.redis.socket_timeout_s + block_s,
-        socket_connect_timeout=settings.redis.connect_timeout_s,
-    )
+    return open_redis(settings.redis, extra_timeout_s=settings.read_block_ms / 1000)
 
 
 def spool_has_files(directory: Path, sink: Sink) -> bool:
@@ -111,19 +107,24 @@ class IngesterRuntime:
             spool = SpoolWriter(
                 s.spool_dir, sink, cap_bytes=s.spool_cap_bytes, generations=s.spool_generations
             )
-            consumer = StreamConsumer(
-                self.redis,
-                sink,
-                delivery=self._delivery(),
-                spool=spool,
-                settings=s,
-                counters=self.counters,
-            )
-            self.consumers.append(consumer)
-            self._tasks.append(asyncio.create_task(consumer.run(), name=f"consume-{sink}"))
+            for shard in s.my_shards:
+                consumer = StreamConsumer(
+                    self.redis,
+                    sink,
+                    delivery=self._delivery(),
+                    spool=spool,
+                    settings=s,
+                    counters=self.counters,
+                    shard=shard,
+                )
+                self.consumers.append(consumer)
+                task = asyncio.create_task(consumer.run(), name=f"consume-{sink}-{shard}")
+                self._tasks.append(task)
             watcher = self._watch_replay(sink, self._delivery())
             self._tasks.append(asyncio.create_task(watcher, name=f"replay-{sink}"))
-        log.info("ingester %s started: %d sinks", s.consumer_name, len(sinks))
+        log.info(
+            "ingester %s started: %d sinks, shards %s", s.consumer_name, len(sinks), s.my_shards
+        )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -211,7 +212,7 @@ def worker_settings(settings: IngesterSettings) -> type:
             overlap_s=settings.rollup_overlap_s,
             key_prefix=settings.redis.key_prefix,
         )
-        redis_settings = ArqRedisSettings.from_dsn(settings.redis.url)
+        redis_settings = ArqRedisSettings.from_dsn(settings.arq_url)
         queue_name = f"{settings.redis.key_prefix}:arq:queue"
         health_check_key = f"{settings.redis.key_prefix}:arq:health:{settings.consumer_name}"
         on_startup = _startup

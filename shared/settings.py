@@ -12,7 +12,15 @@ __all__ = ["ClickHouseSettings", "RedisSettings"]
 
 class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
+    """One node, or with ``cluster`` any node of a Redis Cluster (the rest are discovered)."""
+    cluster: bool = False
+    """Talk to a Redis Cluster (redis-py's cluster client): keys a script or a transaction
+    uses together carry the org as a hash tag (``shared.redis_client.org_tag``)."""
     key_prefix: str = "floopy"
+    stream_shards: int = Field(default=1, ge=1, le=64)
+    """Streams per sink. The gateway spreads records over them by request id; 1 keeps the
+    single-stream names; on a cluster each shard can live on another master. The gateway and
+    the ingesters must agree on it (raising it is safe: shard 0 keeps today's stream)."""
     socket_timeout_s: float = Field(default=2.0, gt=0)
     connect_timeout_s: float = Field(default=1.0, gt=0)
 

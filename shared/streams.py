@@ -2,10 +2,14 @@
 the consumer group and the field that carries an encoded record.
 
 Every Redis key Floopy's log pipeline writes starts with ``floopy:`` so one ``SCAN`` shows them.
+A sink has ``stream_shards`` streams: shard 0 is ``<p>:stream:<sink>`` (the name from before
+shards existed), shard i > 0 is ``<p>:stream:<sink>:<i>``. A record's shard is a pure function
+of its request id, so a record and its spans go to the same shard number.
 """
 
 from __future__ import annotations
 
+import zlib
 from enum import StrEnum
 
 __all__ = [
@@ -14,7 +18,9 @@ __all__ = [
     "Sink",
     "reply_text",
     "retention_key",
+    "shard_of",
     "stream_key",
+    "stream_keys",
 ]
 
 
@@ -33,8 +39,22 @@ RECORD_FIELD = b"r"
 """The single field of a stream entry; its value is the codec's bytes."""
 
 
-def stream_key(sink: Sink, prefix: str = "floopy") -> str:
-    return f"{prefix}:stream:{sink.value}"
+def stream_key(sink: Sink, prefix: str = "floopy", shard: int = 0) -> str:
+    base = f"{prefix}:stream:{sink.value}"
+    return base if shard == 0 else f"{base}:{shard}"
+
+
+def stream_keys(sink: Sink, prefix: str, shards: int) -> list[str]:
+    """Every shard's stream of ``sink``, shard 0 first."""
+    return [stream_key(sink, prefix, shard) for shard in range(shards)]
+
+
+def shard_of(routing_key: str, shards: int) -> int:
+    """The shard of a record routed by ``routing_key`` (its request id): CRC-32, stable across
+    processes and versions (Python's ``hash`` of a str is salted per process)."""
+    if shards <= 1 or not routing_key:
+        return 0
+    return zlib.crc32(routing_key.encode()) % shards
 
 
 def retention_key(prefix: str = "floopy") -> str:

@@ -1,9 +1,11 @@
 """Circuit-breaker state per provider, shared by every gateway worker through Redis.
 
 Invariants:
-- ``<p>:breaker:<provider>`` holds the ``BreakerStatus`` as JSON; every change is a WATCH/MULTI
-  transaction over the pure functions of ``gateway.policy.breaker``, so two workers never both
-  apply a transition (one admitted probe at a time; one open event per opening).
+- ``<p>:breaker:<provider>`` holds the ``BreakerStatus`` as JSON; every change is a
+  compare-and-set (a one-key Lua script: write only if the value is still the one read) over
+  the pure functions of ``gateway.policy.breaker``, retried on a conflict, so two workers never
+  both apply a transition (one admitted probe at a time; one open event per opening). One key
+  per script: the same on one node and on a Redis Cluster (where WATCH/MULTI is not offered).
 - The common case costs one GET and no write: admitting to a closed breaker and successes
   outside half-open change nothing.
 - Each method that changes the state returns the ``BreakerEventRecord`` to publish, or None.
@@ -23,7 +25,7 @@ from typing import TypeVar
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from gateway.policy.breaker import (
     Admission,
@@ -46,6 +48,14 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _ATTEMPTS = 20
 _KEY_TTL_S = 86_400
+_CAS_LUA = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+"""KEYS[1] the breaker; ARGV: the value read ('' for none), the new value ('' deletes), TTL."""
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(BreakerStatus)
 
@@ -79,6 +89,7 @@ class BreakerStore:
         self._p = prefix
         self._clock = clock
         self.redis_errors = 0
+        self._cas = redis.register_script(_CAS_LUA)
 
     def _key(self, provider: str) -> str:
         return f"{self._p}:breaker:{provider}"
@@ -121,7 +132,10 @@ class BreakerStore:
         """State and failures within the window for each provider (one MGET); raises RedisError."""
         if not providers:
             return []
-        raws = await self._redis.mget([self._key(p) for p in providers])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for provider in providers:  # not MGET: on a cluster the keys span slots
+                pipe.get(self._key(provider))
+            raws = await pipe.execute()
         now = self._clock()
         rows = []
         for provider, raw in zip(providers, raws, strict=True):
@@ -143,36 +157,28 @@ class BreakerStore:
         provider: str,
         step: Callable[[BreakerStatus, float], tuple[_T, BreakerStatus, Transition | None]],
     ) -> tuple[_T, BreakerEventRecord | None]:
-        """Apply ``step`` to the stored status atomically (optimistic WATCH, retried)."""
+        """Apply ``step`` to the stored status atomically (optimistic compare-and-set, retried)."""
         key = self._key(provider)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(_ATTEMPTS):
-                try:
-                    await pipe.watch(key)
-                    status = _decode(await pipe.get(key))
-                    now = self._clock()
-                    result, new, transition = step(status, now)
-                    if new == status:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                        return result, None
-                    pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                    if new == BreakerStatus():
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, _encoder.encode(new), ex=_KEY_TTL_S)
-                    await pipe.execute()
-                except WatchError:
-                    continue
-                event = to_event(provider, transition, int(now * 1000)) if transition else None
-                if event is not None:
-                    log.warning(
-                        "circuit breaker of %s: %s -> %s (%s)",
-                        provider,
-                        event.from_state,
-                        event.to_state,
-                        event.reason,
-                    )
-                return result, event
+        for _ in range(_ATTEMPTS):
+            raw = await self._redis.get(key)
+            status = _decode(raw)
+            now = self._clock()
+            result, new, transition = step(status, now)
+            if new == status:
+                return result, None
+            written = b"" if new == BreakerStatus() else _encoder.encode(new)
+            if not int(await self._cas(keys=[key], args=[raw or b"", written, _KEY_TTL_S])):
+                continue
+            event = to_event(provider, transition, int(now * 1000)) if transition else None
+            if event is not None:
+                log.warning(
+                    "circuit breaker of %s: %s -> %s (%s)",
+                    provider,
+                    event.from_state,
+                    event.to_state,
+                    event.reason,
+                )
+            return result, event
         raise RedisError(f"breaker state of {provider} kept changing under {_ATTEMPTS} attempts")
 
     def _failed_open(self, what: str, provider: str, exc: Exception) -> None:

@@ -9,6 +9,10 @@ Invariants:
   a revoked key stops working on every worker within that many seconds.
 - Usage counters are per UTC period and expire a while after it ends; one pipelined round trip
   writes them (``HINCRBY``/``HINCRBYFLOAT`` + ``EXPIREAT``) and one reads them.
+- Redis Cluster (``shared.redis_client``): the auth lookup is two round trips there (a key and
+  its org live in different slots), admin writes are ordered pipelines instead of transactions
+  (the index entries are written after the hash they point to), and the counters the limits
+  script reads carry the org as a hash tag (``org_tag``).
 - Redis errors: a key seen before (even if its cache entry is past its TTL) is answered from the
   last known entry, logged and counted (``stale_answers``), so a Redis outage does not stop
   traffic of known keys; a key never seen raises the error (authentication never fails open for
@@ -45,6 +49,7 @@ from gateway.policy.keys import (
     month_period,
 )
 from shared.errors import InvalidApiKeyError
+from shared.redis_client import is_cluster, org_tag, pipeline
 from shared.streams import retention_key
 
 __all__ = ["KeyStore", "usage_expiry_s"]
@@ -64,6 +69,13 @@ end
 if not org_id then return {key, {}} end
 return {key, redis.call('HGETALL', ARGV[1] .. org_id)}
 """
+
+_REPLACE_HASH_LUA = """
+redis.call('DEL', KEYS[1])
+return redis.call('HSET', KEYS[1], unpack(ARGV))
+"""
+"""A hash rewritten whole in one step: a reader never sees it missing (a cached "no such key"
+would lock a key out for the cache TTL), also on a cluster where there is no MULTI."""
 
 _CACHE_MAX = 50_000
 _DAY_GRACE = timedelta(days=2)
@@ -121,6 +133,7 @@ class KeyStore:
             cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
         )
         self._auth = redis.register_script(_AUTH_LUA)
+        self.cluster = is_cluster(redis)
         self.cache_hits = 0
         self.cache_misses = 0
         self.stale_answers = 0
@@ -159,8 +172,17 @@ class KeyStore:
         return found
 
     async def _load(self, key_hash: str) -> _Auth:
-        raw: Any = await self._auth(keys=[f"{self._p}:key:{key_hash}"], args=[f"{self._p}:org:"])
-        key_flat, org_flat = raw
+        if self.cluster:
+            key_flat = _flatten(await _aw(self._redis.hgetall(f"{self._p}:key:{key_hash}")))
+            org_flat: list[bytes] = []
+            if key_flat:
+                org_id = _decode_fields(ApiKey, key_flat).org_id
+                org_flat = _flatten(await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}")))
+        else:
+            raw: Any = await self._auth(
+                keys=[f"{self._p}:key:{key_hash}"], args=[f"{self._p}:org:"]
+            )
+            key_flat, org_flat = raw
         if not key_flat:
             return None
         key = _decode_fields(ApiKey, key_flat)
@@ -173,10 +195,18 @@ class KeyStore:
 
     def request_counter(self, org_id: str, now_ms: int) -> str:
         """The org's monthly request counter (the limits script increments it)."""
-        return f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+        return f"{self._p}:usage:org:{org_tag(org_id, self.cluster)}:req:{month_period(now_ms)}"
 
-    def usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
-        base = f"{self._p}:usage:key:{key_id}"
+    def usage_keys(self, key_id: str, now_ms: int, *, org_id: str = "") -> tuple[str, str]:
+        """The key's usage counters of the day and month. On a cluster they carry the org's
+        hash tag (the limits script reads them with the org's buckets), so ``org_id`` is needed
+        there; on one node the names are the org-less ones they always were."""
+        if self.cluster:
+            if not org_id:
+                raise ValueError("usage keys on a Redis Cluster need the key's org")
+            base = f"{self._p}:usage:key:{org_tag(org_id, True)}:{key_id}"
+        else:
+            base = f"{self._p}:usage:key:{key_id}"
         return f"{base}:d:{day_period(now_ms)}", f"{base}:m:{month_period(now_ms)}"
 
     async def count_request(self, org_id: str, now_ms: int) -> int:
@@ -194,7 +224,7 @@ class KeyStore:
         """What the limits stage needs, in one round trip: this request counted against the org's
         monthly quota (the count including it) and the key's usage so far."""
         counter = self.request_counter(org_id, now_ms)
-        day, month = self.usage_keys(key_id, now_ms)
+        day, month = self.usage_keys(key_id, now_ms, org_id=org_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(counter)
             pipe.expireat(counter, _period_end(now_ms, monthly=True))
@@ -204,10 +234,17 @@ class KeyStore:
         return int(count), _usage(d_tok, d_cost, m_tok, m_cost)
 
     def queue_usage(
-        self, pipe: Pipeline, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
+        self,
+        pipe: Pipeline,
+        key_id: str,
+        tokens: int,
+        cost_usd: float | None,
+        now_ms: int,
+        *,
+        org_id: str = "",
     ) -> None:
         """Add a request's spend to the key's day and month counters, on ``pipe``."""
-        day, month = self.usage_keys(key_id, now_ms)
+        day, month = self.usage_keys(key_id, now_ms, org_id=org_id)
         for counter, monthly in ((day, False), (month, True)):
             pipe.hincrby(counter, "tokens", tokens)
             if cost_usd:
@@ -215,14 +252,14 @@ class KeyStore:
             pipe.expireat(counter, _period_end(now_ms, monthly))
 
     async def record_usage(
-        self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int
+        self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int, *, org_id: str = ""
     ) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            self.queue_usage(pipe, key_id, tokens, cost_usd, now_ms)
+            self.queue_usage(pipe, key_id, tokens, cost_usd, now_ms, org_id=org_id)
             await pipe.execute()
 
-    async def usage(self, key_id: str, now_ms: int) -> Usage:
-        day, month = self.usage_keys(key_id, now_ms)
+    async def usage(self, key_id: str, now_ms: int, *, org_id: str = "") -> Usage:
+        day, month = self.usage_keys(key_id, now_ms, org_id=org_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(day, ["tokens", "cost"])
             pipe.hmget(month, ["tokens", "cost"])
@@ -232,9 +269,8 @@ class KeyStore:
     # -- administration ---------------------------------------------------------------------
 
     async def put_org(self, org: Org) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{self._p}:org:{org.org_id}")
-            pipe.hset(f"{self._p}:org:{org.org_id}", mapping=_encode_fields(org))
+        async with pipeline(self._redis, transaction=True) as pipe:
+            _replace_hash(pipe, f"{self._p}:org:{org.org_id}", _encode_fields(org))
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
 
@@ -265,7 +301,7 @@ class KeyStore:
             limits=limits or KeyLimits(),
             switches=switches or KeySwitches(),
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with pipeline(self._redis, transaction=True) as pipe:
             pipe.hset(f"{self._p}:key:{new.key_hash}", mapping=_encode_fields(key))
             pipe.set(f"{self._p}:keyid:{new.key_id}", new.key_hash)
             pipe.sadd(f"{self._p}:org:{org_id}:keys", new.key_hash)
@@ -278,12 +314,11 @@ class KeyStore:
         current = await self.get_key(key.key_id)
         if current is not None and current.revoked:
             key = msgspec.structs.replace(key, revoked=True, revoked_at_ms=current.revoked_at_ms)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with pipeline(self._redis, transaction=True) as pipe:
             if current is not None and current.key_hash != key.key_hash:
                 pipe.delete(f"{self._p}:key:{current.key_hash}")
                 pipe.srem(f"{self._p}:org:{current.org_id}:keys", current.key_hash)
-            pipe.delete(f"{self._p}:key:{key.key_hash}")
-            pipe.hset(f"{self._p}:key:{key.key_hash}", mapping=_encode_fields(key))
+            _replace_hash(pipe, f"{self._p}:key:{key.key_hash}", _encode_fields(key))
             pipe.set(f"{self._p}:keyid:{key.key_id}", key.key_hash)
             pipe.sadd(f"{self._p}:org:{key.org_id}:keys", key.key_hash)
             await pipe.execute()
@@ -340,6 +375,11 @@ def _usage(d_tok: Any, d_cost: Any, m_tok: Any, m_cost: Any) -> Usage:
         month_tokens=int(m_tok or 0),
         month_cost_usd=float(m_cost or 0),
     )
+
+
+def _replace_hash(pipe: Pipeline, key: str, fields: dict[str, bytes]) -> None:
+    flat: list[Any] = [item for pair in fields.items() for item in pair]
+    pipe.eval(_REPLACE_HASH_LUA, 1, key, *flat)
 
 
 def _aw(value: Awaitable[_T] | _T) -> Awaitable[_T]:

@@ -13,6 +13,11 @@ Invariants:
   ``retry_max_s``. A batch whose answer was lost may have been added, so a retry can duplicate
   it: delivery is at least once, and records carry their identity.
 - ``stop`` flushes what it can within ``flush_deadline_s``; what is left is logged and counted.
+- Shards: a record goes to the shard of its routing key (the request id, ``shared.streams``).
+  On a Redis Cluster a script may only touch keys of one slot, so a batch is split into one
+  script call per slot, sent concurrently; the records of a call that failed go back to the
+  front of the buffer and are retried, the others are done (a master down delays only its own
+  shards' records).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.settings import PublisherSettings
-from shared.streams import RECORD_FIELD, Sink, stream_key
+from shared.redis_client import is_cluster, slot_of
+from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
 
 __all__ = ["DROP_LOG_EVERY_S", "Publisher"]
 
@@ -48,11 +54,20 @@ DROP_LOG_EVERY_S = 10.0
 
 class Publisher:
     def __init__(
-        self, redis: Redis, settings: PublisherSettings, *, prefix: str = "floopy"
+        self,
+        redis: Redis,
+        settings: PublisherSettings,
+        *,
+        prefix: str = "floopy",
+        shards: int = 1,
     ) -> None:
         self._redis = redis
         self._settings = settings
-        self._keys = {sink: stream_key(sink, prefix) for sink in Sink}
+        self._shards = shards
+        self._keys = {
+            sink: [stream_key(sink, prefix, shard) for shard in range(shards)] for sink in Sink
+        }
+        self._by_slot = is_cluster(redis)
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._xadd_batch = redis.register_script(
             XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode()))
@@ -79,13 +94,14 @@ class Publisher:
             "last_error": self.last_error,
         }
 
-    def submit(self, sink: Sink, payload: bytes) -> bool:
-        """Queue one encoded record; False (and counted) when the buffer is full."""
+    def submit(self, sink: Sink, payload: bytes, routing_key: str = "") -> bool:
+        """Queue one encoded record for the shard of ``routing_key`` (its request id); False
+        (and counted) when the buffer is full."""
         if len(self._buffer) >= self._settings.buffer_records:
             self.dropped += 1
             self._log_drop()
             return False
-        self._buffer.append((self._keys[sink], payload))
+        self._buffer.append((self._keys[sink][shard_of(routing_key, self._shards)], payload))
         if not self._wake.is_set():
             self._wake.set()
         return True
@@ -131,20 +147,42 @@ class Publisher:
             )
 
     async def flush_batch(self) -> int:
-        """XADD the oldest batch in one call; remove it from the buffer once Redis took it."""
+        """XADD the oldest batch (one call per slot on a cluster, else one call); remove it from
+        the buffer once Redis took it. Raises the first error after putting back what failed."""
         batch = list(itertools.islice(self._buffer, self._settings.batch_records))
         if not batch:
             return 0
+        groups = _by_slot(batch) if self._by_slot else [batch]
+        if len(groups) == 1:
+            await self._xadd_group(batch)
+            failed: list[tuple[str, bytes]] = []
+            error: BaseException | None = None
+        else:
+            results = await asyncio.gather(
+                *(self._xadd_group(group) for group in groups), return_exceptions=True
+            )
+            failed = [
+                item
+                for group, result in zip(groups, results, strict=True)
+                if isinstance(result, BaseException)
+                for item in group
+            ]
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+        for _ in batch:
+            self._buffer.popleft()
+        self._buffer.extendleft(reversed(failed))
+        self.published += len(batch) - len(failed)
+        if error is not None:
+            raise error
+        return len(batch)
+
+    async def _xadd_group(self, group: list[tuple[str, bytes]]) -> None:
         keys: dict[str, int] = {}
         args: list[int | bytes] = []
-        for key, payload in batch:
+        for key, payload in group:
             args.append(keys.setdefault(key, len(keys) + 1))
             args.append(payload)
         await self._xadd_batch(keys=list(keys), args=args)
-        for _ in batch:
-            self._buffer.popleft()
-        self.published += len(batch)
-        return len(batch)
 
     async def stop(self) -> None:
         """Stop the drain task, then flush what Redis takes before the deadline."""
@@ -169,3 +207,10 @@ class Publisher:
             )
             self.dropped += self.buffered
             self._buffer.clear()
+
+
+def _by_slot(batch: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    for item in batch:
+        groups.setdefault(slot_of(item[0]), []).append(item)
+    return list(groups.values())

@@ -43,6 +43,7 @@ costs nothing, and it turns one round trip per request into one per batch under 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
     key_id: str
+    org_id: str
     tokens: int
     cost_usd: float | None
     now_ms: int
@@ -123,12 +124,25 @@ class UsageRecorder:
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
                 self._keystore.queue_usage(
-                    pipe, entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms
+                    pipe,
+                    entry.key_id,
+                    entry.tokens,
+                    entry.cost_usd,
+                    entry.now_ms,
+                    org_id=entry.org_id,
                 )
             await pipe.execute()
-        charges = [bucket for entry in batch for bucket in entry.charges]
-        if charges:
-            await self._limiter.acquire_many(charges)
+        if not self._keystore.cluster:
+            charges = [bucket for entry in batch for bucket in entry.charges]
+            if charges:
+                await self._limiter.acquire_many(charges)
+            return
+        by_org: dict[str, list[Bucket]] = {}  # a script's keys share one slot: one call per org
+        for entry in batch:
+            by_org.setdefault(entry.org_id, []).extend(entry.charges)
+        for buckets in by_org.values():
+            if buckets:
+                await self._limiter.acquire_many(buckets)
 
 
 def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageRecorder) -> None:
@@ -144,6 +158,7 @@ def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageReco
         recorder.submit(
             UsageEntry(
                 ctx.api_key.key_id,
+                ctx.api_key.org_id,
                 record.total_tokens,
                 record.cost_usd,
                 record.created_at_ms,

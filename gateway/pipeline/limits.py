@@ -21,6 +21,7 @@ from gateway.policy.limits import (
     scope_of,
 )
 from gateway.policy.ratelimit import Unit, bucket_key
+from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -37,11 +38,13 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
     prefix = rt.settings.redis.key_prefix
+    keystore = rt.access.keystore
+    org_name = org_tag(org.org_id, keystore.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
             bucket_key(
                 prefix,
-                org.org_id,
+                org_name,
                 scope_of(name, key),
                 policy,
                 user_id=ctx.meta.user_id,
@@ -53,10 +56,10 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         for name, policy in policies
     ]
     now_ms = ctx.created_at_ms
-    day, month = rt.access.keystore.usage_keys(key.key_id, now_ms)
+    day, month = keystore.usage_keys(key.key_id, now_ms, org_id=org.org_id)
     limits = key.limits
     gates = Gates(
-        request_counter=rt.access.keystore.request_counter(org.org_id, now_ms),
+        request_counter=keystore.request_counter(org.org_id, now_ms),
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,

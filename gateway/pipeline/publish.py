@@ -32,10 +32,10 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
         settled = settle_usage(ctx, rt.upstreams.prices)
         record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
         submit = rt.publisher.submit
-        submit(Sink.REQUESTS, encode_record(record))
+        submit(Sink.REQUESTS, encode_record(record), ctx.request_id)
         record_usage(ctx, record, rt.access.usage)
         for span in spans:
-            submit(Sink.SPANS, encode_record(span))
+            submit(Sink.SPANS, encode_record(span), ctx.request_id)
     except Exception:  # the response is gone: log, count, carry on
         rt.counters.record_build_failures += 1
         log.exception("could not build the record of request %s", ctx.request_id)

@@ -20,7 +20,7 @@ import httpx
 import openai
 from clickhouse_driver import Client
 
-from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
+from devstack.servers import ClickHouseServer, RedisCluster, RedisServer, free_port, wait_for_port
 
 API_KEY = "sk-floopy-e2e"
 ORG_ID = "org-e2e"
@@ -41,7 +41,9 @@ BIN = Path(sys.executable).parent
 class Floopy:
     """One isolated Floopy: its own stream prefix, database, spool and processes."""
 
-    def __init__(self, root: Path, redis: RedisServer, clickhouse: ClickHouseServer) -> None:
+    def __init__(
+        self, root: Path, redis: RedisServer | RedisCluster, clickhouse: ClickHouseServer
+    ) -> None:
         self.root = root
         self.redis = redis
         self.clickhouse = clickhouse
@@ -54,6 +56,8 @@ class Floopy:
         self.config: dict[str, Any] = base_config()
         """The gateway's config seed (``FLOOPY_GATEWAY_CONFIG_FILE``), written at its start."""
         self.config_file = root / "floopy.json"
+        self.extra_env: dict[str, str] = {}
+        """Set for every process of this stack (e.g. a Redis Cluster's settings)."""
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -79,6 +83,7 @@ class Floopy:
             "FLOOPY_INGESTER_INSERT_BACKOFF_S": "0.1",
             "FLOOPY_INGESTER_REPLAY_CHECK_INTERVAL_S": "0.5",
             "FLOOPY_INGESTER_CLAIM_MIN_IDLE_S": "60",
+            **self.extra_env,
             **extra,
         }
 

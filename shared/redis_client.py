@@ -1,0 +1,118 @@
+"""One way to open Redis for both processes: a single node or a Redis Cluster, chosen by
+``RedisSettings.cluster``, and the few rules that keep multi-key work valid on a cluster.
+
+Invariants:
+- A Lua script, a ``MULTI`` transaction or a multi-key command only ever touches keys of one
+  hash slot on a cluster. Keys used together per org (rate-limit buckets, the org's request
+  counter, its keys' usage counters) carry the org id as a hash tag, ``{org}``, in cluster mode
+  only: on one node the names stay what they always were, so upgrading keeps the counters.
+- The cluster client's own failures (no reachable node, a slot not covered while a master is
+  down) are raised as redis-py's ``ConnectionError``: every client of ours already handles
+  ``RedisError`` (fail open, retry, count), and redis-py roots those outside it.
+- The cluster client is typed as ``Redis``: it answers the same commands, and the clients keep
+  one code path. What it cannot do (transactions, WATCH) is asked through ``pipeline`` here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+    from shared.settings import RedisSettings
+
+__all__ = ["is_cluster", "open_redis", "org_tag", "pipeline", "slot_of"]
+
+
+_CLUSTER_FAILURES = (RedisClusterException, RuntimeError)
+"""RuntimeError: after a connection error redis-py closes every connection of the client while
+other coroutines may be writing on them, and uvloop refuses a write on a closed transport."""
+
+
+class _ClusterPipeline(ClusterPipeline):
+    async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        client = self._client
+        if isinstance(client, _Cluster):
+            client.reseed()
+        try:
+            return await super().execute(*args, **kwargs)
+        except _CLUSTER_FAILURES as exc:
+            raise RedisConnectionError(f"redis cluster: {exc}") from exc
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client whose failures are ``RedisError``s (see the invariants), and
+    which can always find the cluster again: redis-py 5 drops a node from its start-up list
+    on each connection error and, once the list is empty, never reconnects even after the
+    node is back (redis-py issues #2555, #3693). Every node address ever seen is kept here and
+    given back to it when its list ran dry."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self.reseed()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _CLUSTER_FAILURES as exc:
+            raise RedisConnectionError(f"redis cluster: {exc}") from exc
+
+    def reseed(self) -> None:
+        manager = self.nodes_manager
+        known: dict[str, tuple[str, int]] = self.__dict__.setdefault("_known_nodes", {})
+        for node in (*manager.startup_nodes.values(), *manager.nodes_cache.values()):
+            known.setdefault(node.name, (node.host, int(node.port)))
+        if not manager.startup_nodes and known:
+            manager.startup_nodes = {
+                name: ClusterNode(host, port, **manager.connection_kwargs)
+                for name, (host, port) in known.items()
+            }
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        super().pipeline(transaction, shard_hint)  # its argument checks
+        return _ClusterPipeline(self)  # type: ignore[abstract]  # as redis-py's own pipeline()
+
+
+def open_redis(settings: RedisSettings, *, extra_timeout_s: float = 0.0) -> Redis:
+    """A client for ``settings.url``; ``extra_timeout_s`` is added to the socket timeout (a
+    blocked XREADGROUP must not look like a dead server)."""
+    timeout = settings.socket_timeout_s + extra_timeout_s
+    if settings.cluster:
+        cluster = _Cluster.from_url(
+            settings.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=settings.connect_timeout_s,
+            # a master being restarted: retry the command on the refreshed slot map
+            cluster_error_retry_attempts=3,
+        )
+        return cast(Redis, cluster)
+    return Redis.from_url(  # type: ignore[no-any-return]  # redis-py 5 types from_url loosely
+        settings.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=settings.connect_timeout_s,
+    )
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def org_tag(org_id: str, cluster: bool) -> str:
+    """The org id as it appears in the names of keys used together: a hash tag on a cluster."""
+    return f"{{{org_id}}}" if cluster else org_id
+
+
+def slot_of(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def pipeline(redis: Redis, *, transaction: bool) -> Pipeline:
+    """A pipeline; on a cluster never a transaction (redis-py refuses one there), so callers
+    that ask for one order their writes to be safe when only a prefix of them happened."""
+    if is_cluster(redis):
+        return redis.pipeline()
+    return redis.pipeline(transaction=transaction)
