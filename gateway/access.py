@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -23,7 +23,9 @@ from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage import UsageRecorder
+from gateway.metrics import access_counters
 from gateway.settings import GatewaySettings
+from shared.metrics import CounterSet
 from shared.redis_client import open_redis
 
 __all__ = ["Access"]
@@ -39,7 +41,11 @@ class Access:
     templates: TemplateStore
     routing: RoutingConfigStore
     usage: UsageRecorder
-    seed_failures: int = 0
+    counters: CounterSet = field(default_factory=lambda: access_counters("seed", "failures"))
+
+    @property
+    def seed_failures(self) -> int:
+        return self.counters.get("failures")
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> Access:
@@ -80,7 +86,7 @@ class Access:
                     keep_orgs=keep_orgs,
                 )
             except (RedisError, OSError) as exc:
-                self.seed_failures += 1
+                self.counters.inc("failures")
                 log.error("could not apply the config seed (%s: %s)", type(exc).__name__, exc)
 
     async def merged_settings(self, settings: GatewaySettings) -> GatewaySettings:
@@ -88,7 +94,7 @@ class Access:
             providers = await self.routing.providers()
             routes = await self.routing.routes()
         except (RedisError, OSError) as exc:
-            self.seed_failures += 1
+            self.counters.inc("failures")
             log.error("stored providers/routes unavailable (%s); using settings only", exc)
             return settings
         return merge_routing(settings, providers, routes)

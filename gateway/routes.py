@@ -107,7 +107,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     except ClientError as exc:
         return _error_response(ctx, rt, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
-        rt.counters.unexpected_errors += 1
+        rt.counters.inc("unexpected")
         log.exception(
             "request %s: unexpected error at stage %s", ctx.request_id, _failed_stage(ctx)
         )
@@ -171,7 +171,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "publisher": rt.publisher.stats(),
         "access": rt.access.stats(),
         "errors": {
-            "unexpected": rt.counters.unexpected_errors,
-            "record_build": rt.counters.record_build_failures,
+            "unexpected": rt.counters.get("unexpected"),
+            "record_build": rt.counters.get("record_build"),
         },
     }

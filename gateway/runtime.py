@@ -13,23 +13,17 @@ from redis.asyncio import Redis
 
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
+from gateway.metrics import error_counters
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
 from shared.codec import encode_record
+from shared.metrics import CounterSet
 from shared.redis_client import open_redis
 from shared.streams import Sink
 
-__all__ = ["Counters", "Runtime"]
-
-
-@dataclass
-class Counters:
-    """Failures that were logged and survived, shown at ``GET /health``."""
-
-    unexpected_errors: int = 0
-    record_build_failures: int = 0
+__all__ = ["Runtime"]
 
 
 @dataclass
@@ -38,7 +32,9 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
-    counters: Counters = field(default_factory=Counters)
+    counters: CounterSet = field(default_factory=error_counters)
+    """Failures that were logged and survived (``unexpected``, ``record_build``): shown at
+    ``GET /health`` and exported at ``/metrics``."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 

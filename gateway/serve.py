@@ -7,8 +7,11 @@ unless given as arguments. Each worker builds its own app through ``app_factory`
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from gateway.settings import GatewaySettings
+from shared.metrics import prepare_multiprocess
 
 __all__ = ["main"]
 
@@ -23,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--workers", type=int, default=settings.workers)
     args = parser.parse_args(argv)
+    # before granian starts a worker (which imports prometheus-client): multiprocess metrics
+    prepare_multiprocess(settings.metrics_dir or Path(tempfile.mkdtemp(prefix="floopy-metrics-")))
     Granian(
         "gateway.app:app_factory",
         factory=True,

@@ -125,6 +125,9 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
+    metrics_dir: Path | None = None
+    """Where granian's workers write their Prometheus series for ``GET /metrics`` to add up
+    (emptied at start); unset: a new temporary directory per ``floopy-gateway`` run."""
     access_log: bool = False
     """granian's access log line per request. Off by default: every request is already a record
     in ClickHouse with more than the line has, and the line cost ~0.3-0.4 ms of CPU per request

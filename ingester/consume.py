@@ -46,8 +46,8 @@ from ingester.batching import (
 )
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.delivery import DeliveryReport, PreparedBatch, prepare
+from ingester.metrics import INSERT_SECONDS, Counters
 from ingester.metrics import ConsumerCounter as C
-from ingester.metrics import Counters
 from ingester.settings import IngesterSettings
 from shared.errors import SinkUnavailableError
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, reply_text, stream_key
@@ -251,12 +251,15 @@ class StreamConsumer:
     async def _deliver(
         self, ids: list[bytes], payloads: list[bytes], prepared: PreparedBatch
     ) -> None:
+        started = time.perf_counter()
         try:
             report = await asyncio.to_thread(self._delivery.deliver_prepared, prepared)
         except SinkUnavailableError as exc:
+            INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
             if not await self._spool_batch(payloads, exc):
                 return
         else:
+            INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
             self._counters.inc(self.sink, C.INSERTED, report.inserted)
             self._counters.inc(self.sink, C.DEAD_LETTERED, report.dead_lettered)
             log.debug(

@@ -74,6 +74,12 @@ class IngesterSettings(BaseSettings):
     rollup_overlap_s: int = Field(default=600, ge=0)
     """Each rollup run re-reads rows ingested this long before its watermark (late inserts)."""
 
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve ``GET /metrics`` (Prometheus text format) on this port; unset: no endpoint."""
+    metrics_host: str = "0.0.0.0"
+    metrics_interval_s: float = Field(default=5.0, gt=0)
+    """How often the stream and spool gauges are read."""
+
     consumer_name: str = Field(default_factory=default_consumer_name, min_length=1)
     log_level: str = "INFO"
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from arq.connections import RedisSettings as ArqRedisSettings
 from arq.worker import Worker, get_kwargs
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ingester.consume import StreamConsumer
 from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.metrics import ConsumerCounter, Counters
+from ingester.observe import observe_forever
 from ingester.replay import Replayer, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
@@ -122,6 +124,11 @@ class IngesterRuntime:
                 self._tasks.append(task)
             watcher = self._watch_replay(sink, self._delivery())
             self._tasks.append(asyncio.create_task(watcher, name=f"replay-{sink}"))
+        if s.metrics_port is not None:
+            start_http_server(s.metrics_port, addr=s.metrics_host)
+            observer = observe_forever(self.redis, s, self.counters, self._stopping)
+            self._tasks.append(asyncio.create_task(observer, name="observe"))
+            log.info("metrics on %s:%d/metrics", s.metrics_host, s.metrics_port)
         log.info(
             "ingester %s started: %d sinks, shards %s", s.consumer_name, len(sinks), s.my_shards
         )
@@ -178,6 +185,7 @@ class IngesterRuntime:
                 )
                 continue
             self.counters.inc(sink, ConsumerCounter.REPLAYS)
+            self.counters.inc(sink, ConsumerCounter.REPLAYED, report.inserted)
             log.info("replay of %s: %s", sink, report)
 
 

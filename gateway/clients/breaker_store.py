@@ -27,6 +27,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.metrics import access_counters
 from gateway.policy.breaker import (
     Admission,
     BreakerConfig,
@@ -88,8 +89,12 @@ class BreakerStore:
         self._config = config
         self._p = prefix
         self._clock = clock
-        self.redis_errors = 0
+        self.counters = access_counters("breaker", "redis_errors")
         self._cas = redis.register_script(_CAS_LUA)
+
+    @property
+    def redis_errors(self) -> int:
+        return self.counters.get("redis_errors")
 
     def _key(self, provider: str) -> str:
         return f"{self._p}:breaker:{provider}"
@@ -182,7 +187,7 @@ class BreakerStore:
         raise RedisError(f"breaker state of {provider} kept changing under {_ATTEMPTS} attempts")
 
     def _failed_open(self, what: str, provider: str, exc: Exception) -> None:
-        self.redis_errors += 1
+        self.counters.inc("redis_errors")
         log.warning(
             "circuit breaker %s for %s skipped: redis unavailable (%s: %s)",
             what,

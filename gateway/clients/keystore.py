@@ -34,6 +34,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
+from gateway.metrics import access_counters
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -134,9 +135,19 @@ class KeyStore:
         )
         self._auth = redis.register_script(_AUTH_LUA)
         self.cluster = is_cluster(redis)
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.stale_answers = 0
+        self.counters = access_counters("key_cache", "hits", "misses", "stale_answers")
+
+    @property
+    def cache_hits(self) -> int:
+        return self.counters.get("hits")
+
+    @property
+    def cache_misses(self) -> int:
+        return self.counters.get("misses")
+
+    @property
+    def stale_answers(self) -> int:
+        return self.counters.get("stale_answers")
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -147,16 +158,16 @@ class KeyStore:
         key_hash = hash_key(secret)
         cached = self._cache.lookup(key_hash)
         if cached is not None and cached.fresh:
-            self.cache_hits += 1
+            self.counters.inc("hits")
             found = cached.value
         else:
-            self.cache_misses += 1
+            self.counters.inc("misses")
             try:
                 found = await self._load(key_hash)
             except (RedisError, OSError) as exc:
                 if cached is None:
                     raise
-                self.stale_answers += 1
+                self.counters.inc("stale_answers")
                 log.warning(
                     "key store unreachable (%s: %s); answering key %s from a stale cache entry",
                     type(exc).__name__,

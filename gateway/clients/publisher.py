@@ -33,6 +33,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.metrics import RECORDS_BUFFERED, publisher_counters
 from gateway.settings import PublisherSettings
 from shared.redis_client import is_cluster, slot_of
 from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
@@ -76,10 +77,21 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_drop_log = 0.0
-        self.published = 0
-        self.dropped = 0
-        self.failures = 0
+        self.counters = publisher_counters()
+        """published, dropped, failures: shown at /health and exported at /metrics."""
         self.last_error = ""
+
+    @property
+    def published(self) -> int:
+        return self.counters.get("published")
+
+    @property
+    def dropped(self) -> int:
+        return self.counters.get("dropped")
+
+    @property
+    def failures(self) -> int:
+        return self.counters.get("failures")
 
     @property
     def buffered(self) -> int:
@@ -98,7 +110,7 @@ class Publisher:
         """Queue one encoded record for the shard of ``routing_key`` (its request id); False
         (and counted) when the buffer is full."""
         if len(self._buffer) >= self._settings.buffer_records:
-            self.dropped += 1
+            self.counters.inc("dropped")
             self._log_drop()
             return False
         self._buffer.append((self._keys[sink][shard_of(routing_key, self._shards)], payload))
@@ -122,6 +134,7 @@ class Publisher:
     async def _run(self) -> None:
         delay = 0.05
         while not self._stopping:
+            RECORDS_BUFFERED.set(len(self._buffer))  # once per batch, not per record
             if not self._buffer:
                 self._wake.clear()
                 await self._wake.wait()
@@ -136,7 +149,7 @@ class Publisher:
                 delay = min(delay * 2, self._settings.retry_max_s)
 
     def _note_failure(self, exc: BaseException) -> None:
-        self.failures += 1
+        self.counters.inc("failures")
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self.failures == 1 or self.failures % 50 == 0:
             log.warning(
@@ -171,7 +184,7 @@ class Publisher:
         for _ in batch:
             self._buffer.popleft()
         self._buffer.extendleft(reversed(failed))
-        self.published += len(batch) - len(failed)
+        self.counters.inc("published", len(batch) - len(failed))
         if error is not None:
             raise error
         return len(batch)
@@ -205,7 +218,7 @@ class Publisher:
                 "shutdown: %d records could not be published before the deadline and are lost",
                 self.buffered,
             )
-            self.dropped += self.buffered
+            self.counters.inc("dropped", self.buffered)
             self._buffer.clear()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_USAGE
 from gateway.policy.ratelimit import RateLimitPolicy
 
@@ -222,7 +223,11 @@ class RateLimiter:
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
         self._limits = redis.register_script(LIMITS_LUA)
-        self.fail_open_count = 0
+        self.counters = access_counters("rate_limiter", "fail_open")
+
+    @property
+    def fail_open_count(self) -> int:
+        return self.counters.get("fail_open")
 
     async def acquire(
         self, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False
@@ -270,7 +275,7 @@ class RateLimiter:
         )
 
     def _fail_open(self, buckets: Sequence[Bucket], exc: Exception) -> list[RateLimitDecision]:
-        self.fail_open_count += 1
+        self.counters.inc("fail_open")
         log.warning(
             "rate limiter failing open: redis unavailable (%s: %s)",
             type(exc).__name__,

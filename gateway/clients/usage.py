@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.clients.keystore import KeyStore
 from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
 
 if TYPE_CHECKING:
@@ -61,13 +62,23 @@ class UsageRecorder:
         self._capacity = capacity
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.written = 0
-        self.failed = 0
-        self.dropped = 0
+        self.counters = access_counters("usage", "written", "failed", "dropped")
+
+    @property
+    def written(self) -> int:
+        return self.counters.get("written")
+
+    @property
+    def failed(self) -> int:
+        return self.counters.get("failed")
+
+    @property
+    def dropped(self) -> int:
+        return self.counters.get("dropped")
 
     def submit(self, entry: UsageEntry) -> None:
         if len(self._queue) >= self._capacity:
-            self.dropped += 1
+            self.counters.inc("dropped")
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error("usage queue full: %d usage entries dropped so far", self.dropped)
             return
@@ -109,9 +120,9 @@ class UsageRecorder:
         batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
         try:
             await self._write(batch)
-            self.written += len(batch)
+            self.counters.inc("written", len(batch))
         except (RedisError, OSError) as exc:
-            self.failed += len(batch)
+            self.counters.inc("failed", len(batch))
             log.warning(
                 "could not record usage of %d requests (%s: %s); %d lost so far",
                 len(batch),

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.clients.usage import record_usage
+from gateway.metrics import observe_request
 from gateway.policy.recording import build_records
 from gateway.policy.usage import settle_usage
 from shared.codec import encode_record
@@ -31,13 +32,14 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
             _stretch_dispatch(ctx, end_ns)
         settled = settle_usage(ctx, rt.upstreams.prices)
         record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
+        observe_request(record, ctx.timings)
         submit = rt.publisher.submit
         submit(Sink.REQUESTS, encode_record(record), ctx.request_id)
         record_usage(ctx, record, rt.access.usage)
         for span in spans:
             submit(Sink.SPANS, encode_record(span), ctx.request_id)
     except Exception:  # the response is gone: log, count, carry on
-        rt.counters.record_build_failures += 1
+        rt.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
 
 

@@ -1,0 +1,97 @@
+"""The gateway's Prometheus metrics (``GET /metrics``), defined once per worker process.
+
+Request series are labelled by status, model, provider and cache status. The model label is
+the model a provider was asked for (``model_used``): a request refused before routing has none
+(``-``), so a client sending random model names cannot grow the series without bound.
+Everything ``/health`` counts goes through ``shared.metrics.CounterSet`` with these counters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import CounterSet
+
+if TYPE_CHECKING:
+    from gateway.context import StageTiming
+    from shared.records import RequestRecord
+
+__all__ = [
+    "BREAKER_STATE",
+    "RECORDS_BUFFERED",
+    "access_counters",
+    "error_counters",
+    "observe_request",
+    "publisher_counters",
+]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_REQUEST_LABELS = ("status", "model", "provider", "cache_status")
+
+REQUESTS = Counter("floopy_requests", "Requests answered by the gateway.", _REQUEST_LABELS)
+REQUEST_SECONDS = Histogram(
+    "floopy_request_duration_seconds",
+    "Time from the request's arrival to the end of its answer (the last chunk of a stream).",
+    _REQUEST_LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "floopy_stage_duration_seconds",
+    "Time spent in each pipeline stage (auth, rate_limit, template, cache, firewall, ...).",
+    ("stage",),
+    buckets=_LATENCY_BUCKETS,
+)
+
+RECORDS_BUFFERED = Gauge(
+    "floopy_records_buffered",
+    "Records waiting in the workers' publish buffers for Redis.",
+    multiprocess_mode="livesum",
+)
+BREAKER_STATE = Gauge(
+    "floopy_breaker_state",
+    "Circuit breaker of each provider as last read from Redis: 0 closed, 1 half-open, 2 open.",
+    ("provider",),
+    multiprocess_mode="mostrecent",
+)
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+_PUBLISHER = {
+    "published": Counter("floopy_records_published", "Records the publisher put in Redis."),
+    "dropped": Counter(
+        "floopy_records_dropped", "Records dropped: publish buffer full, or left at shutdown."
+    ),
+    "failures": Counter("floopy_publish_failures", "Failed publish round trips (retried)."),
+}
+_EVENTS = Counter(
+    "floopy_gateway_events",
+    "What /health counts: key cache, limiter fail-open, usage writes, seeding, errors.",
+    ("component", "event"),
+)
+
+
+def publisher_counters() -> CounterSet:
+    return CounterSet(_PUBLISHER)
+
+
+def access_counters(component: str, *events: str) -> CounterSet:
+    """Counters of one access component (``key_cache``, ``rate_limiter``, ``usage``, ...)."""
+    return CounterSet({event: _EVENTS.labels(component, event) for event in events})
+
+
+def error_counters() -> CounterSet:
+    return access_counters("errors", "unexpected", "record_build")
+
+
+def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:
+    labels = (
+        str(record.status_code),
+        record.model_used or "-",
+        record.provider or "-",
+        record.cache_status or "-",
+    )
+    REQUESTS.labels(*labels).inc()
+    REQUEST_SECONDS.labels(*labels).observe(record.latency_ms / 1000)
+    for timing in timings:
+        STAGE_SECONDS.labels(timing.name).observe(timing.duration_ms / 1000)

@@ -1,0 +1,76 @@
+"""The one counters mechanism of both processes: every figure ``/health`` (or a shutdown log
+line) shows and every Prometheus series ``GET /metrics`` exposes is moved by the same
+``CounterSet.inc`` call.
+
+Invariants:
+- A ``CounterSet`` belongs to one component instance (a publisher, a key store, a consumer's
+  sink): it keeps that instance's own tally (what ``/health`` and tests read) and adds the same
+  amount to the process-wide Prometheus counter of each name (what ``/metrics`` exports).
+- Prometheus metrics are defined once per process, at module level in ``gateway.metrics`` and
+  ``ingester.metrics`` (prometheus-client's registry refuses a second definition).
+- Multiprocess mode (granian workers): ``floopy-gateway`` points ``PROMETHEUS_MULTIPROC_DIR`` at
+  an emptied directory before any worker imports prometheus-client, so each worker writes its
+  series to files there and ``render`` adds them up. Without it (tests, one process) the
+  default registry is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter as Tally
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter as PromCounter
+
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "CounterSet", "prepare_multiprocess", "render"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's own switch, read by it when first imported: this module imports it
+lazily so ``prepare_multiprocess`` can run first in the process that starts the workers."""
+CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class CounterSet:
+    """Named counters of one component instance, each mirrored to a Prometheus counter (a
+    metric, or a metric's child with its labels already bound)."""
+
+    def __init__(self, metrics: Mapping[str, PromCounter]) -> None:
+        self._metrics = dict(metrics)
+        self._tally: Tally[str] = Tally()
+
+    def inc(self, name: str, n: float = 1) -> None:
+        if n:
+            self._tally[name] += int(n)
+            self._metrics[name].inc(n)
+
+    def get(self, name: str) -> int:
+        return self._tally[name]
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: self._tally[name] for name in self._metrics}
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Before workers start: an empty directory for their metric files, named in the
+    environment the workers inherit (files of a previous run would be added up otherwise)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def render() -> bytes:
+    """The Prometheus text exposition of this process, or of every worker in multiprocess
+    mode."""
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # untyped
+    return generate_latest(registry)
