@@ -24,7 +24,7 @@ from ingester.metrics import (
 )
 from ingester.replay import pending_files
 from ingester.settings import IngesterSettings
-from ingester.spool.writer import read_dropped
+from shared.spool.writer import read_dropped
 from shared.streams import CONSUMER_GROUP, Sink, reply_text, stream_key
 
 __all__ = ["observe_forever", "observe_once"]

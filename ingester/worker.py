@@ -39,8 +39,8 @@ from ingester.observe import observe_forever
 from ingester.replay import Replayer, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
-from ingester.spool.writer import SpoolWriter
 from shared.redis_client import open_redis
+from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
 
 __all__ = [
