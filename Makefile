@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag bench-replay
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-ingest-scaleout bench-lag bench-replay
 
 VENV := .venv/bin
 
@@ -30,6 +30,9 @@ bench-gateway: bench-bootstrap
 
 bench-ingest: bench-bootstrap
 	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,stream-worker
+
+bench-ingest-scaleout: bench-bootstrap
+	$(VENV)/python -m bench.ingest_scaleout --records 60000 --processes 1,2,4
 
 bench-lag: bench-bootstrap
 	$(VENV)/python -m bench.e2e_lag --rate 100 --seconds 30
