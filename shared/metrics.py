@@ -20,12 +20,19 @@ import os
 from collections import Counter as Tally
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import Counter as PromCounter
 
-__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "CounterSet", "prepare_multiprocess", "render"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "MULTIPROC_ENV",
+    "CounterSet",
+    "counted",
+    "prepare_multiprocess",
+    "render",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's own switch, read by it when first imported: this module imports it
@@ -51,6 +58,20 @@ class CounterSet:
 
     def snapshot(self) -> dict[str, int]:
         return {name: self._tally[name] for name in self._metrics}
+
+
+class counted:
+    """A read-only attribute that is the owner's ``self.counters.get(name)``: a component keeps
+    the attribute names its readers (``/health``, tests) always used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> int:
+        if instance is None:
+            raise AttributeError(self._name)
+        counters: CounterSet = instance.counters
+        return counters.get(self._name)
 
 
 def prepare_multiprocess(directory: Path) -> None:

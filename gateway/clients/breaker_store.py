@@ -40,6 +40,7 @@ from gateway.policy.breaker import (
     recent_failures,
     to_event,
 )
+from shared.metrics import counted
 from shared.records import BreakerEventRecord
 
 __all__ = ["BreakerStore", "ProviderHealth"]
@@ -77,6 +78,8 @@ def _decode(raw: bytes | None) -> BreakerStatus:
 
 
 class BreakerStore:
+    redis_errors = counted("redis_errors")
+
     def __init__(
         self,
         redis: Redis,
@@ -91,10 +94,6 @@ class BreakerStore:
         self._clock = clock
         self.counters = access_counters("breaker", "redis_errors")
         self._cas = redis.register_script(_CAS_LUA)
-
-    @property
-    def redis_errors(self) -> int:
-        return self.counters.get("redis_errors")
 
     def _key(self, provider: str) -> str:
         return f"{self._p}:breaker:{provider}"

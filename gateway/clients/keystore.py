@@ -50,6 +50,7 @@ from gateway.policy.keys import (
     month_period,
 )
 from shared.errors import InvalidApiKeyError
+from shared.metrics import counted
 from shared.redis_client import is_cluster, org_tag, pipeline
 from shared.streams import retention_key
 
@@ -120,6 +121,10 @@ def usage_expiry_s(now_ms: int, monthly: bool) -> int:
 class KeyStore:
     """Keys and orgs for the gateway (hot path: ``authenticate``) and for the admin API/CLI."""
 
+    cache_hits = counted("hits")
+    cache_misses = counted("misses")
+    stale_answers = counted("stale_answers")
+
     def __init__(
         self,
         redis: Redis,
@@ -136,18 +141,6 @@ class KeyStore:
         self._auth = redis.register_script(_AUTH_LUA)
         self.cluster = is_cluster(redis)
         self.counters = access_counters("key_cache", "hits", "misses", "stale_answers")
-
-    @property
-    def cache_hits(self) -> int:
-        return self.counters.get("hits")
-
-    @property
-    def cache_misses(self) -> int:
-        return self.counters.get("misses")
-
-    @property
-    def stale_answers(self) -> int:
-        return self.counters.get("stale_answers")
 
     # -- hot path ---------------------------------------------------------------------------
 

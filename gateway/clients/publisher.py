@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from gateway.metrics import RECORDS_BUFFERED, publisher_counters
 from gateway.settings import PublisherSettings
+from shared.metrics import counted
 from shared.redis_client import is_cluster, slot_of
 from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
 
@@ -54,6 +55,10 @@ DROP_LOG_EVERY_S = 10.0
 
 
 class Publisher:
+    published = counted("published")
+    dropped = counted("dropped")
+    failures = counted("failures")
+
     def __init__(
         self,
         redis: Redis,
@@ -80,18 +85,6 @@ class Publisher:
         self.counters = publisher_counters()
         """published, dropped, failures: shown at /health and exported at /metrics."""
         self.last_error = ""
-
-    @property
-    def published(self) -> int:
-        return self.counters.get("published")
-
-    @property
-    def dropped(self) -> int:
-        return self.counters.get("dropped")
-
-    @property
-    def failures(self) -> int:
-        return self.counters.get("failures")
 
     @property
     def buffered(self) -> int:

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_USAGE
 from gateway.policy.ratelimit import RateLimitPolicy
+from shared.metrics import counted
 
 __all__ = [
     "GCRA_LUA",
@@ -219,15 +220,13 @@ class Admission:
 class RateLimiter:
     """Takes units from GCRA buckets in Redis. One instance per process; coroutine-safe."""
 
+    fail_open_count = counted("fail_open")
+
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
         self._limits = redis.register_script(LIMITS_LUA)
         self.counters = access_counters("rate_limiter", "fail_open")
-
-    @property
-    def fail_open_count(self) -> int:
-        return self.counters.get("fail_open")
 
     async def acquire(
         self, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False

@@ -26,6 +26,7 @@ from gateway.clients.keystore import KeyStore
 from gateway.clients.ratelimiter import Bucket, RateLimiter
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
+from shared.metrics import counted
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -52,6 +53,10 @@ class UsageEntry:
 
 
 class UsageRecorder:
+    written = counted("written")
+    failed = counted("failed")
+    dropped = counted("dropped")
+
     def __init__(
         self, redis: Redis, keystore: KeyStore, limiter: RateLimiter, capacity: int = 100_000
     ) -> None:
@@ -63,18 +68,6 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.counters = access_counters("usage", "written", "failed", "dropped")
-
-    @property
-    def written(self) -> int:
-        return self.counters.get("written")
-
-    @property
-    def failed(self) -> int:
-        return self.counters.get("failed")
-
-    @property
-    def dropped(self) -> int:
-        return self.counters.get("dropped")
 
     def submit(self, entry: UsageEntry) -> None:
         if len(self._queue) >= self._capacity:
