@@ -31,9 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["is_cluster", "open_redis", "org_tag", "pipeline", "slot_of"]
 
 
-_CLUSTER_FAILURES = (RedisClusterException, RuntimeError)
-"""RuntimeError: after a connection error redis-py closes every connection of the client while
-other coroutines may be writing on them, and uvloop refuses a write on a closed transport."""
+_CLUSTER_FAILURES = (RedisClusterException, RuntimeError, AttributeError)
+"""RuntimeError, AttributeError: after a connection error redis-py 5's cluster client closes
+every connection of the client while other coroutines may be connecting or writing on them;
+uvloop then refuses a write on a closed transport (RuntimeError) or the connection's writer is
+already gone (``'NoneType' object has no attribute 'writelines'``). Seen in the master-kill
+test; both mean "this command did not reach Redis"."""
 
 
 class _ClusterPipeline(ClusterPipeline):

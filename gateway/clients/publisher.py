@@ -136,7 +136,10 @@ class Publisher:
             try:
                 await self.flush_batch()
                 delay = 0.05
-            except (RedisError, OSError) as exc:
+            # the drain task must outlive anything a client library throws: records wait
+            except Exception as exc:
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("publishing failed unexpectedly; retrying")
                 self._note_failure(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_s)
