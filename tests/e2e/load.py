@@ -58,11 +58,15 @@ class Load:
             await client.close()
 
     async def run(self, script: Callable[[Load], Awaitable[None] | None]) -> None:
+        """Run the load beside ``script``; with a ``limit``, until ``limit`` requests were sent
+        (after the script returned), else until the script returns."""
         workers = [asyncio.create_task(self._worker(n)) for n in range(self.concurrency)]
         try:
             result = script(self)
             if result is not None:
                 await result
+            if self.limit is not None:
+                await asyncio.gather(*workers)
         finally:
             self.stopping = True
             await asyncio.gather(*workers)

@@ -45,6 +45,15 @@ def pending(floopy: Floopy) -> dict[str, int]:
         client.close()
 
 
+async def until_logged(floopy: Floopy, text: str, times: int, name: str = "ingester") -> None:
+    log = floopy.root / f"{name}.log"
+    for _ in range(600):
+        if log.read_text(errors="replace").count(text) >= times:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} never logged {text!r} {times} times")
+
+
 @pytest.fixture
 def own_redis(redis_factory: Callable[[], RedisServer]) -> RedisServer:
     return redis_factory()
@@ -78,6 +87,8 @@ async def test_redis_sigkilled_under_load_every_record_arrives_within_seconds_on
         load.phase = "redis down"
         await asyncio.to_thread(own_redis.kill)
         await load.until_sent(450)  # answered from the gateway's buffer meanwhile
+        # the consumer retried past its backoff (and flushed its batch in hand) a few times
+        await until_logged(floopy, "stream:requests: redis error", 4)
         load.phase = "redis back"
         await asyncio.to_thread(own_redis.start)
 
