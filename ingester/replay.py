@@ -7,7 +7,9 @@ Invariants:
 - Sealing: under the writer's flock, the rotating files are renamed to unique sealed names
   (``<sink>.jsonl.replay.<ns>.<rank>``, oldest first), so writers start a fresh ``.jsonl`` and
   rotation never touches a file being replayed. Sealed files left by a crashed replayer are
-  replayed too, before anything newer.
+  replayed too, before anything newer. The replay list is taken under that same flock and
+  holds sealed files only: a ``.jsonl`` a writer creates after the seal is never replayed (or
+  deleted) by this run, it waits for the next one.
 - Files are replayed oldest first in batches; after each confirmed batch the file and byte
   offset go into the lock file, so a replayer that breaks a dead one's lock resumes after its
   last confirmed batch. Re-inserting a batch is harmless anyway (tables deduplicate by record
@@ -18,6 +20,8 @@ Invariants:
   next batch is decoded in a helper thread while the current one is inserted (at most two
   batches in hand), and batches are still inserted and confirmed strictly in file order.
 - ``dry_run`` counts files, records and bytes and changes nothing (no lock, no rename).
+- A file-system error (a full disk, a permission) ends the replay with ``FAILED`` and its
+  reason, the files kept and the lock released: never a traceback for on-call.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from ingester.delivery import Delivery, PreparedBatch, prepare
 from ingester.lock import ReplayLock, read_lock
 from ingester.spool.reader import SpoolBatch, count_lines, read_batches
-from ingester.spool.rotation import parse_generation, replay_order, sealed_name
+from ingester.spool.rotation import parse_generation, parse_sealed, replay_order, sealed_name
 from ingester.spool.writer import fsync_directory, spool_flock
 from shared.errors import SinkUnavailableError
 from shared.streams import Sink
@@ -52,6 +56,7 @@ class ReplayStatus(StrEnum):
     LOCKED = "locked"  # another live replayer holds the lock; nothing done
     UNAVAILABLE = "unavailable"  # ClickHouse stopped answering; the rest is kept for later
     DRY_RUN = "dry_run"  # counted only
+    FAILED = "failed"  # a file-system error (e.g. ENOSPC); the rest is kept for later
 
 
 @dataclass(frozen=True)
@@ -141,12 +146,14 @@ class Replayer:
         if dry_run:
             return self._dry_run()
         lock = ReplayLock(self.directory, self.sink, stale_after_s=self.stale_after_s)
-        if not lock.acquire():
-            owner = lock.blocked_by.owner if lock.blocked_by else "an unknown owner"
-            log.info("replay of %s skipped: lock held by %s", self.sink, owner)
-            return ReplayReport(self.sink, ReplayStatus.LOCKED, locked_by=owner)
         try:
+            if not lock.acquire():
+                log.info("replay of %s skipped: lock held by %s", self.sink, lock.holder)
+                return ReplayReport(self.sink, ReplayStatus.LOCKED, locked_by=lock.holder)
             return self._replay_locked(lock, progress)
+        except OSError as exc:
+            log.error("replay of %s failed, spool files kept: %s", self.sink, exc)
+            return ReplayReport(self.sink, ReplayStatus.FAILED, error=str(exc))
         finally:
             lock.release()
 
@@ -163,8 +170,7 @@ class Replayer:
         )
 
     def _replay_locked(self, lock: ReplayLock, progress: Progress | None) -> ReplayReport:
-        self._seal()
-        files = pending_files(self.directory, self.sink)
+        files = self._seal()
         tally = _Tally(
             files=len(files), total_bytes=sum(p.stat().st_size for p in files), progress=progress
         )
@@ -186,19 +192,23 @@ class Replayer:
         )
         return tally.report(self.sink, ReplayStatus.DONE)
 
-    def _seal(self) -> None:
-        """Move every rotating generation out of the writers' way, oldest first."""
+    def _seal(self) -> list[Path]:
+        """Move every rotating generation out of the writers' way, oldest first, and return
+        the sealed files to replay, listed before the flock is dropped (see the invariants)."""
+        sink = self.sink.value
         with spool_flock(self.directory, self.sink):
-            sink = self.sink.value
             names = [n for n in os.listdir(self.directory) if parse_generation(sink, n) is not None]
-            if not names:
-                return
-            sealed_at = time.time_ns()
-            for rank, name in enumerate(replay_order(self.sink.value, names)):
-                target = sealed_name(self.sink.value, sealed_at, rank)
-                os.rename(self.directory / name, self.directory / target)
-            fsync_directory(self.directory)
-        log.info("sealed %d spool files of %s for replay", len(names), self.sink)
+            if names:
+                sealed_at = time.time_ns()
+                for rank, name in enumerate(replay_order(sink, names)):
+                    os.rename(
+                        self.directory / name, self.directory / sealed_name(sink, sealed_at, rank)
+                    )
+                fsync_directory(self.directory)
+            sealed = [n for n in os.listdir(self.directory) if parse_sealed(sink, n) is not None]
+        if names:
+            log.info("sealed %d spool files of %s for replay", len(names), self.sink)
+        return [self.directory / name for name in replay_order(sink, sealed)]
 
     def _replay_file(self, path: Path, start: int, lock: ReplayLock, tally: _Tally) -> None:
         if start:
