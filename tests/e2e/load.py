@@ -73,7 +73,7 @@ class Load:
 
     async def until_sent(self, n: int) -> None:
         """Wait (inside a script) until ``n`` requests were sent."""
-        while self.sent < n and not self.stopping:
+        while self.sent < n and not self.stopping:  # noqa: ASYNC110 - polls a counter
             await asyncio.sleep(0.02)
 
     def report(self) -> str:

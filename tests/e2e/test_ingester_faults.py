@@ -8,8 +8,6 @@ Loads are bounded in requests, not in time; latencies are printed, never asserte
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

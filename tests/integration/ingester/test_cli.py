@@ -98,7 +98,7 @@ def test_status_on_a_healthy_setup(env: dict[str, str], tmp_path: Path) -> None:
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
     assert lines["stream length"].split("│")[2].strip() == "4"
     assert lines["group pending"].split("│")[2].strip() == "3"
-    assert lines["group lag"].split("│")[2].strip() == "1"
+    assert lines["backlog (undelivered)"].split("│")[2].strip() == "1"
     assert lines["dead letters"].split("│")[3].strip() == "1"
 
 

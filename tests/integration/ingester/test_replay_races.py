@@ -70,7 +70,7 @@ def wait_for(check: Callable[[], bool], what: str, logs: list[Path], timeout_s: 
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - a server restarting; asked again until the deadline
+        except Exception:
             pass
         if time.monotonic() > deadline:
             text = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
@@ -229,7 +229,7 @@ def test_rotation_drops_through_the_live_worker_are_exactly_the_missing_records(
     client = redis.Redis.from_url(redis_server.url)
     server.kill()
     n, chunk = 1500, 100
-    for i in range(0, n, chunk):
+    for _ in range(0, n, chunk):
         publish(client, worker.key, payloads(chunk))
 
     def all_spooled() -> bool:
