@@ -24,8 +24,8 @@ from ingester.delivery import Delivery, DeliveryReport, PreparedBatch
 from ingester.lock import lock_path
 from ingester.replay import Replayer, ReplayStatus, pending_files
 from ingester.schema import migrate
-from ingester.spool.reader import count_lines
-from ingester.spool.writer import SpoolWriter, read_dropped
+from shared.spool.reader import count_lines
+from shared.spool.writer import SpoolWriter, read_dropped, seal
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
@@ -88,19 +88,6 @@ def database(clickhouse_server: ClickHouseServer) -> Iterator[ClickHouseSettings
     client.disconnect()
 
 
-class _WriterBetweenSealAndList(Replayer):
-    """A writer takes the spool flock right after the seal and starts a new ``.jsonl``."""
-
-    def __init__(self, *args: Any, first: list[bytes], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.first = first
-
-    def _seal(self) -> Any:
-        sealed = super()._seal()
-        SpoolWriter(self.directory, self.sink).append(self.first)
-        return sealed
-
-
 class _AppendsWhileReplaying(Delivery):
     """After the ``nth`` confirmed batch, a writer appends ``later`` to the current spool file:
     what a live consumer does while ClickHouse is flapping."""
@@ -118,16 +105,25 @@ class _AppendsWhileReplaying(Delivery):
 
 
 def test_a_jsonl_created_between_seal_and_listing_is_left_for_the_next_replay(
-    database: ClickHouseSettings, tmp_path: Path
+    database: ClickHouseSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A writer takes the spool flock right after the seal and starts a new ``.jsonl``, then
+    appends to it again while the replay runs."""
     spool = tmp_path / "spool"
     sealed, first, later = payloads(100), payloads(50), payloads(30)
     SpoolWriter(spool, SINK).append(sealed)
+
+    def seal_then_write(directory: Path, name: str) -> list[Path]:
+        files = seal(directory, name)
+        SpoolWriter(directory, SINK).append(first)
+        return files
+
+    monkeypatch.setattr("ingester.replay.seal", seal_then_write)
     delivery = _AppendsWhileReplaying(
         database, tmp_path / "dead", attempts=1, nth=2, later=later, spool=spool
     )
-    replayer = _WriterBetweenSealAndList(spool, SINK, delivery, batch_records=1000, first=first)
-    report = replayer.replay()
+    report = Replayer(spool, SINK, delivery, batch_records=1000).replay()
+    monkeypatch.undo()
     delivery.close()
     written = len(sealed) + len(first) + (len(later) if delivery.calls >= 2 else 0)
     again = Delivery(database, tmp_path / "dead", attempts=1)

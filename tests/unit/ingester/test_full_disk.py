@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ingester.lock import ReplayLock, inspect_lock, lock_path, read_lock
-from ingester.spool.reader import read_batches
-from ingester.spool.writer import SpoolWriter, spool_path
+from shared.spool.reader import read_batches
+from shared.spool.writer import SpoolWriter, spool_path
 from shared.codec import decode_record, encode_record
 from shared.records import RequestRecord
 from shared.streams import Sink
