@@ -24,11 +24,11 @@ from ingester.delivery import Delivery, DeliveryReport, PreparedBatch
 from ingester.lock import lock_path
 from ingester.replay import Replayer, ReplayStatus, pending_files
 from ingester.schema import migrate
-from shared.spool.reader import count_lines
-from shared.spool.writer import SpoolWriter, read_dropped, seal
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
+from shared.spool.reader import count_lines
+from shared.spool.writer import SpoolWriter, read_dropped, seal
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from ingester.lock import ReplayLock, inspect_lock, lock_path, read_lock
-from shared.spool.reader import read_batches
-from shared.spool.writer import SpoolWriter, spool_path
 from shared.codec import decode_record, encode_record
 from shared.records import RequestRecord
+from shared.spool.reader import read_batches
+from shared.spool.writer import SpoolWriter, spool_path
 from shared.streams import Sink
 from tests.disk import fill_disk
 
