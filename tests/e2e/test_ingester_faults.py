@@ -8,6 +8,9 @@ Loads are bounded in requests, not in time; latencies are printed, never asserte
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,8 +18,9 @@ import pytest
 import redis
 
 from devstack.servers import ClickHouseServer, RedisServer
+from ingester.replay import pending_files
 from shared.streams import CONSUMER_GROUP, Sink, stream_key
-from tests.e2e.harness import Floopy
+from tests.e2e.harness import BIN, Floopy
 from tests.e2e.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -105,3 +109,138 @@ async def test_redis_sigkilled_under_load_every_record_arrives_within_seconds_on
     missing, doubled = floopy.missing_and_doubled(load.answered)
     assert not missing
     assert not doubled, f"{len(doubled)} request ids have more than one raw row"
+
+
+def spooled_records(floopy: Floopy, sink: Sink = Sink.REQUESTS) -> int:
+    """Records the ingester logged as spooled (each line: ``spooled N payloads of <sink>``)."""
+    text = (floopy.root / "ingester.log").read_text(errors="replace")
+    marker = f" payloads of {sink.value}:"
+    return sum(
+        int(line.split("spooled ")[1].split(" ")[0])
+        for line in text.splitlines()
+        if "spooled " in line and marker in line
+    )
+
+
+def rollup_requests(floopy: Floopy) -> int:
+    done = subprocess.run(
+        [str(BIN / "floopy-ingester"), "rollups", "run"],
+        env=floopy.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return int(floopy.query("SELECT sum(requests) FROM rollup_hourly FINAL")[0][0])
+
+
+def assert_rollups_match_raw(floopy: Floopy, answered: list[str]) -> None:
+    """The rollups count each request once, whatever the raw table holds twice."""
+    ((raw, distinct),) = floopy.query("SELECT count(), uniqExact(request_id) FROM requests")
+    print(f"raw rows {raw}, distinct request ids {distinct}, answered {len(answered)}")
+    assert distinct == len(answered)
+    assert rollup_requests(floopy) == len(answered)
+
+
+@pytest.fixture
+def own_clickhouse(clickhouse_factory: Callable[[], ClickHouseServer]) -> ClickHouseServer:
+    return clickhouse_factory()
+
+
+@pytest.fixture
+def floopy_own_ch(
+    tmp_path: Path, redis_server: RedisServer, own_clickhouse: ClickHouseServer
+) -> Iterator[Floopy]:
+    stack = _stack(tmp_path, redis_server, own_clickhouse, FLOOPY_INGESTER_CLAIM_MIN_IDLE_S="300")
+    yield stack
+    stack.stop_all()
+
+
+async def test_clickhouse_hung_under_load_every_record_arrives_and_rollups_count_it_once(
+    floopy_own_ch: Floopy, own_clickhouse: ClickHouseServer
+) -> None:
+    """SIGSTOP: connections are accepted, nothing answers; inserts time out and are spooled,
+    and may still complete on the server after SIGCONT (a raw duplicate, never a loss)."""
+    floopy = floopy_own_ch
+    assert own_clickhouse.process is not None
+    pid = own_clickhouse.process.pid
+
+    async def script(load: Load) -> None:
+        await load.until_sent(100)
+        load.phase = "clickhouse hung"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await until_logged(floopy, "payloads of requests", 1)  # a timed-out batch spooled
+            await load.until_sent(400)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        load.phase = "clickhouse continued"
+
+    load = Load(floopy, limit=600)
+    await load.run(script)
+    print(load.report())
+    assert not load.failures, load.failures[:3]
+    floopy.wait_for(
+        lambda: not floopy.missing_and_doubled(load.answered)[0],
+        timeout_s=90,
+        what="every answered request in clickhouse",
+    )
+    floopy.wait_for(lambda: not pending_files(floopy.spool_dir, Sink.REQUESTS), what="replay")
+    floopy.wait_for(lambda: pending(floopy) == {"requests": 0, "spans": 0}, timeout_s=15)
+    _, doubled = floopy.missing_and_doubled(load.answered)
+    spooled = spooled_records(floopy)
+    print(f"{len(doubled)} request ids with two raw rows; {spooled} records spooled")
+    assert spooled > 0
+    assert sum(n - 1 for n in doubled.values()) <= spooled, "a duplicate that was never spooled"
+    assert_rollups_match_raw(floopy, load.answered)
+
+
+@pytest.fixture
+def floopy_named_ingester(
+    tmp_path: Path, redis_server: RedisServer, clickhouse_server: ClickHouseServer
+) -> Iterator[Floopy]:
+    # a stable consumer name, as the StatefulSet gives (deploy/k8s/ingester.yaml)
+    stack = _stack(
+        tmp_path,
+        redis_server,
+        clickhouse_server,
+        FLOOPY_INGESTER_CONSUMER_NAME="ingester-0",
+        FLOOPY_INGESTER_CLAIM_MIN_IDLE_S="300",
+        FLOOPY_INGESTER_BATCH_RECORDS="100",
+    )
+    yield stack
+    stack.stop_all()
+
+
+async def test_the_only_ingester_sigkilled_and_restarted_loses_nothing(
+    floopy_named_ingester: Floopy,
+) -> None:
+    floopy = floopy_named_ingester
+    env = {
+        "FLOOPY_INGESTER_CONSUMER_NAME": "ingester-0",
+        "FLOOPY_INGESTER_CLAIM_MIN_IDLE_S": "300",
+        "FLOOPY_INGESTER_BATCH_RECORDS": "100",
+    }
+
+    async def script(load: Load) -> None:
+        await load.until_sent(150)
+        load.phase = "no ingester"
+        await asyncio.to_thread(floopy.stop, "ingester", signal.SIGKILL)
+        await load.until_sent(350)
+        load.phase = "ingester restarted"
+        floopy.start_ingester(**env)
+
+    load = Load(floopy, limit=500)
+    await load.run(script)
+    print(load.report())
+    assert not load.failures, load.failures[:3]
+    floopy.wait_for(
+        lambda: not floopy.missing_and_doubled(load.answered)[0],
+        timeout_s=45,
+        what="every answered request in clickhouse (XAUTOCLAIM would take 300 s)",
+    )
+    floopy.wait_for(lambda: pending(floopy) == {"requests": 0, "spans": 0}, timeout_s=15)
+    _, doubled = floopy.missing_and_doubled(load.answered)
+    print(f"{len(doubled)} request ids with two raw rows (the batch in flight at the kill)")
+    assert len(doubled) <= 100, "more duplicates than one batch in flight"
+    assert_rollups_match_raw(floopy, load.answered)
