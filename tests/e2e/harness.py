@@ -180,6 +180,13 @@ class Floopy:
         raw = self.raw_rows_per_request()
         return set(answered) - raw.keys(), {rid: n for rid, n in raw.items() if n > 1}
 
+    def spooled_records(self, sink: str = "requests", name: str = "ingester") -> int:
+        """Records the ingester logged as spooled (``spooled N payloads of <sink>``): the only
+        records a fault may have inserted twice."""
+        marker = f" payloads of {sink}:"
+        lines = (self.root / f"{name}.log").read_text(errors="replace").splitlines()
+        return sum(int(x.split("spooled ")[1].split(" ")[0]) for x in lines if marker in x)
+
     def request_counts(self) -> tuple[int, int]:
         """(rows read with FINAL, distinct request ids) in the requests table."""
         rows = self.query("SELECT count(), uniqExact(request_id) FROM requests FINAL")

@@ -111,17 +111,6 @@ async def test_redis_sigkilled_under_load_every_record_arrives_within_seconds_on
     assert not doubled, f"{len(doubled)} request ids have more than one raw row"
 
 
-def spooled_records(floopy: Floopy, sink: Sink = Sink.REQUESTS) -> int:
-    """Records the ingester logged as spooled (each line: ``spooled N payloads of <sink>``)."""
-    text = (floopy.root / "ingester.log").read_text(errors="replace")
-    marker = f" payloads of {sink.value}:"
-    return sum(
-        int(line.split("spooled ")[1].split(" ")[0])
-        for line in text.splitlines()
-        if "spooled " in line and marker in line
-    )
-
-
 def rollup_requests(floopy: Floopy) -> int:
     done = subprocess.run(
         [str(BIN / "floopy-ingester"), "rollups", "run"],
@@ -188,7 +177,7 @@ async def test_clickhouse_hung_under_load_every_record_arrives_and_rollups_count
     floopy.wait_for(lambda: not pending_files(floopy.spool_dir, Sink.REQUESTS), what="replay")
     floopy.wait_for(lambda: pending(floopy) == {"requests": 0, "spans": 0}, timeout_s=15)
     _, doubled = floopy.missing_and_doubled(load.answered)
-    spooled = spooled_records(floopy)
+    spooled = floopy.spooled_records()
     print(f"{len(doubled)} request ids with two raw rows; {spooled} records spooled")
     assert spooled > 0
     assert sum(n - 1 for n in doubled.values()) <= spooled, "a duplicate that was never spooled"
