@@ -130,7 +130,7 @@ def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
         return
     status.pending = int(ours[0]["pending"])
     last = reply_text(ours[0]["last-delivered-id"])
-    status.backlog = int(cast(int, client.eval(_COUNT_AFTER, 1, key, last, BACKLOG_CAP)))
+    status.backlog = int(cast(int, client.eval(_COUNT_AFTER, 1, key, last, str(BACKLOG_CAP))))
     consumers = cast(list[dict[str, Any]], client.xinfo_consumers(key, CONSUMER_GROUP))
     status.consumers = [
         (reply_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
