@@ -76,6 +76,38 @@ class Load:
         while self.sent < n and not self.stopping:  # noqa: ASYNC110 - polls a counter
             await asyncio.sleep(0.02)
 
+    async def run_fault(
+        self,
+        *,
+        at: int,
+        until: int,
+        down: Callable[[], object],
+        up: Callable[[], object],
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+        phases: tuple[str, str] = ("fault", "recovered"),
+    ) -> None:
+        """The load of every fault test: ``down()`` once ``at`` requests were sent, then
+        ``meanwhile()`` and ``until`` requests sent, then ``up()``; every request must be
+        answered. Counts, not timings, decide when things happen."""
+
+        async def script(load: Load) -> None:
+            await load.until_sent(at)
+            load.phase = phases[0]
+            await asyncio.to_thread(down)
+            try:
+                if meanwhile is not None:
+                    await meanwhile()
+                await load.until_sent(until)
+            finally:
+                load.phase = phases[1]
+                await asyncio.to_thread(up)
+
+        await self.run(script)
+        print(self.report())
+        assert not self.failures, self.failures[:3]
+        assert len(self.answered) == self.sent
+        assert self.latencies.get(phases[0]), f"no request ran in phase {phases[0]!r}"
+
     def report(self) -> str:
         parts = []
         for phase, values in self.latencies.items():

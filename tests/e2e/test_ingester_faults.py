@@ -84,22 +84,16 @@ async def test_redis_sigkilled_under_load_every_record_arrives_within_seconds_on
 ) -> None:
     floopy = floopy_own_redis
 
-    async def script(load: Load) -> None:
-        await load.until_sent(150)
-        load.phase = "redis down"
-        await asyncio.to_thread(own_redis.kill)
-        await load.until_sent(450)  # answered from the gateway's buffer meanwhile
-        # the consumer retried past its backoff (and flushed its batch in hand) a few times
-        await until_logged(floopy, "stream:requests: redis error", 4)
-        load.phase = "redis back"
-        await asyncio.to_thread(own_redis.start)
-
     load = Load(floopy, limit=700)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
-    assert len(load.answered) == 700
-    assert load.latencies.get("redis down"), "no request ran while Redis was down"
+    await load.run_fault(
+        at=150,
+        until=450,  # answered from the gateway's buffer meanwhile
+        down=own_redis.kill,
+        up=own_redis.start,
+        # the consumer retried past its backoff (and flushed its batch in hand) a few times
+        meanwhile=lambda: until_logged(floopy, "stream:requests: redis error", 4),
+        phases=("redis down", "redis back"),
+    )
     floopy.wait_for(
         lambda: not floopy.missing_and_doubled(load.answered)[0],
         timeout_s=45,
@@ -154,21 +148,15 @@ async def test_clickhouse_hung_under_load_every_record_arrives_and_rollups_count
     assert own_clickhouse.process is not None
     pid = own_clickhouse.process.pid
 
-    async def script(load: Load) -> None:
-        await load.until_sent(100)
-        load.phase = "clickhouse hung"
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            await until_logged(floopy, "payloads of requests", 1)  # a timed-out batch spooled
-            await load.until_sent(400)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        load.phase = "clickhouse continued"
-
     load = Load(floopy, limit=600)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
+    await load.run_fault(
+        at=100,
+        until=400,
+        down=lambda: os.kill(pid, signal.SIGSTOP),
+        up=lambda: os.kill(pid, signal.SIGCONT),
+        meanwhile=lambda: until_logged(floopy, "payloads of requests", 1),  # a batch spooled
+        phases=("clickhouse hung", "clickhouse continued"),
+    )
     floopy.wait_for(
         lambda: not floopy.missing_and_doubled(load.answered)[0],
         timeout_s=90,
@@ -211,18 +199,14 @@ async def test_the_only_ingester_sigkilled_and_restarted_loses_nothing(
         "FLOOPY_INGESTER_BATCH_RECORDS": "100",
     }
 
-    async def script(load: Load) -> None:
-        await load.until_sent(150)
-        load.phase = "no ingester"
-        await asyncio.to_thread(floopy.stop, "ingester", signal.SIGKILL)
-        await load.until_sent(350)
-        load.phase = "ingester restarted"
-        floopy.start_ingester(**env)
-
     load = Load(floopy, limit=500)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
+    await load.run_fault(
+        at=150,
+        until=350,
+        down=lambda: floopy.stop("ingester", signal.SIGKILL),
+        up=lambda: floopy.start_ingester(**env),
+        phases=("no ingester", "ingester restarted"),
+    )
     floopy.wait_for(
         lambda: not floopy.missing_and_doubled(load.answered)[0],
         timeout_s=45,

@@ -64,25 +64,23 @@ async def test_clickhouse_killed_under_load_loses_and_doubles_nothing(
     spooled = floopy.spool_dir / "requests.jsonl"
     saw_spool = False
 
-    async def script(load: Load) -> None:
+    async def until_spooled() -> None:
         nonlocal saw_spool
-        await load.until_sent(150)
-        load.phase = "clickhouse down"
-        await asyncio.to_thread(own_clickhouse.kill)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not saw_spool:
             saw_spool = spooled.exists() and spooled.stat().st_size > 0
             await asyncio.sleep(0.1)
-        await load.until_sent(450)
-        load.phase = "clickhouse back"
-        await asyncio.to_thread(own_clickhouse.start)
 
     load = Load(floopy, limit=700)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
+    await load.run_fault(
+        at=150,
+        until=450,
+        down=own_clickhouse.kill,
+        up=own_clickhouse.start,
+        meanwhile=until_spooled,
+        phases=("clickhouse down", "clickhouse back"),
+    )
     assert saw_spool, "no batch reached the fallback spool while ClickHouse was down"
-    assert load.latencies.get("clickhouse down"), "no request ran during the outage"
     floopy.wait_for(
         lambda: floopy.request_counts() == (load.sent, load.sent),
         timeout_s=90,
@@ -102,19 +100,14 @@ async def test_redis_stopped_under_load_records_arrive_after_it_returns(
 ) -> None:
     floopy = floopy_own_redis
 
-    async def script(load: Load) -> None:
-        await load.until_sent(150)
-        load.phase = "redis down"
-        await asyncio.to_thread(own_redis.stop)
-        await load.until_sent(450)
-        load.phase = "redis back"
-        await asyncio.to_thread(own_redis.start)
-
     load = Load(floopy, limit=700)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
-    assert load.latencies.get("redis down"), "no request ran while Redis was down"
+    await load.run_fault(
+        at=150,
+        until=450,
+        down=own_redis.stop,
+        up=own_redis.start,
+        phases=("redis down", "redis back"),
+    )
     floopy.wait_for(
         lambda: floopy.request_counts() == (load.sent, load.sent),
         timeout_s=90,

@@ -85,22 +85,21 @@ async def test_a_full_spool_disk_delays_nothing_once_clickhouse_returns(
     floopy = floopy_small_spool
     spool = floopy.spool_dir
 
-    async def script(load: Load) -> None:
-        await load.until_sent(100)
-        load.phase = "clickhouse down"
-        await asyncio.to_thread(own_clickhouse.kill)
+    async def fill_the_disk() -> None:
         await until_logged(floopy, "spooled", 1)
         fill_disk(spool)  # the spool files' last pages still have room: appends tear there
         await until_logged(floopy, "spool write failed on requests", 2)
-        await load.until_sent(500)
         assert not torn_files(spool), "a failed append left a torn line"
-        load.phase = "clickhouse back, disk full"
-        await asyncio.to_thread(own_clickhouse.start)
 
     load = Load(floopy, limit=700)
-    await load.run(script)
-    print(load.report())
-    assert not load.failures, load.failures[:3]
+    await load.run_fault(
+        at=100,
+        until=500,
+        down=own_clickhouse.kill,
+        up=own_clickhouse.start,
+        meanwhile=fill_the_disk,
+        phases=("clickhouse down", "clickhouse back, disk full"),
+    )
     cli = await asyncio.to_thread(run_cli, floopy, "replay")
     print(cli.stdout, cli.stderr)
     assert "Traceback" not in cli.stdout + cli.stderr
