@@ -390,6 +390,10 @@ class ConsoleApi(Controller):
         record["prompt_inputs"] = dict(
             zip(record.pop("prompt_input_keys"), record.pop("prompt_input_values"), strict=False)
         )
+        for side in ("request", "response"):
+            names = record.pop(f"{side}_header_keys", None) or []
+            values = record.pop(f"{side}_header_values", None) or []
+            record[f"{side}_headers"] = dict(zip(names, values, strict=False))
         created_s = int(record["created_at_ms"]) // 1000
         spans = await self.store.rows(
             queries.request_spans_sql(self.db, who.org_id, request_id, created_s)
