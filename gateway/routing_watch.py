@@ -70,6 +70,11 @@ class RoutingWatcher:
                 await task
         self._task = None
 
+    @property
+    def base(self) -> GatewaySettings:
+        """The worker's own settings, before stored providers and routes are merged in."""
+        return self._base
+
     def stats(self) -> dict[str, int]:
         return {"version": self._seen, "reloads": self.reloads, "failures": self.failures}
 

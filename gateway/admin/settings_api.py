@@ -16,6 +16,7 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, QueryParameter
 
 from gateway.admin.caller import caller
+from gateway.admin.seed import merge_routing
 from gateway.admin.service import key_view
 from gateway.policy.keys import Permission, month_period
 from gateway.settings import ProviderSettings
@@ -90,18 +91,20 @@ class SettingsApi(Controller):
         spend = {k.key_id: msgspec.to_builtins(await store.usage(k.key_id, now_ms)) for k in keys}
         return {"month": month_period(now_ms), "requests": int(raw or 0), "keys": spend}
 
-    @get("/routing", summary="The providers and routing rules in force on this worker")
+    @get("/routing", summary="The providers and routing rules in force (stored over settings)")
     async def routing(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         who = await caller(request, Permission.READ)
         operator = who.operator and Permission.ADMIN in who.key.permissions
-        stored_providers = {p["name"] for p in await who.rt.access.routing.providers()}
-        stored_routes = set(await who.rt.access.routing.routes())
-        settings = who.rt.settings
+        providers = await who.rt.access.routing.providers()
+        routes = await who.rt.access.routing.routes()
+        # from the store, not this worker's current generation: a change just made shows at
+        # once, and every worker follows it within ``routing_refresh_s``
+        settings = merge_routing(who.rt.watcher.base, providers, routes)
         view = routing_view(
             settings.provider_list(),
             settings.routes,
-            stored_providers,
-            stored_routes,
+            {p["name"] for p in providers},
+            set(routes),
             operator=operator,
         )
         return {**view, "editable": operator}

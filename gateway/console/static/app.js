@@ -22,6 +22,12 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/* ``el.append`` for children that may be null or false (conditional parts of a page). */
+function put(el, ...kids) {
+  el.append(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+  return el;
+}
+
 /* ---------- formatting ---------- */
 const fmt = {
   n: (v) => (v ?? 0).toLocaleString("en-US"),

@@ -58,7 +58,7 @@ pages.playground = async (main, query) => {
     ev.preventDefault();
     runPlayground(form, results).catch((err) => banner("Playground: " + err.message));
   });
-  main.append(h("h1", {}, "Playground"), list, h("div", { class: "pg" }, form, results));
+  put(main, h("h1", {}, "Playground"), list, h("div", { class: "pg" }, form, results));
   const from = query.get("request");
   if (from) await loadIntoPlayground(form, from, query.get("at"));
 };

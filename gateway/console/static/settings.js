@@ -19,7 +19,7 @@ pages.settings = async (main, query) => {
   const section = h("section", { id: "settings-" + tab });
   const ctx = { me, orgId, canEdit: me.can_edit, operator: me.operator, section };
   ctx.refresh = async () => { section.replaceChildren(); await settingsTabs[tab](section, ctx); };
-  main.append(
+  put(main, 
     h("h1", {}, "Settings"),
     h("div", { class: "settings-head" },
       h("span", {}, "Organisation ", h("b", { id: "settings-org" }, orgId)),
@@ -81,20 +81,20 @@ settingsTabs.keys = async (el, ctx) => {
   const { data: keys } = await call("GET", `/admin/orgs/${enc(ctx.orgId)}/keys`);
   const limitText = (l) => KEY_LIMITS.filter(([k]) => l[k] !== null && l[k] !== undefined).map(([k, label]) => `${label.toLowerCase()}: ${k.endsWith("usd") ? fmt.usd(l[k]) : fmt.n(l[k])}`).join(", ") || "—";
   const switchText = (s) => KEY_SWITCHES.map(([k, label]) => `${label.toLowerCase()} ${s[k] ? "on" : "off"}`).join(", ");
-  el.append(
+  put(el, 
     h("div", { class: "section-head" }, h("h2", {}, "API keys"),
       ctx.canEdit ? h("button", { class: "btn", id: "create-key", onclick: () => keyForm(null, ctx) }, "Create key") : null),
     h("table", { id: "keys-table" },
       h("thead", {}, h("tr", {}, ["Name", "Key id", "Permissions", "Rate limit", "Usage limits", "Switches", "Created", "Last used", "Status", ""].map((c) => h("th", {}, c)))),
       h("tbody", {}, keys.map((k) => h("tr", { "data-id": k.key_id, class: k.revoked ? "revoked" : "" },
-        h("td", {}, k.name || "—", k.hint ? h("span", { class: "muted" }, " …" + k.hint) : null), h("td", { class: "mono" }, k.key_id),
+        h("td", {}, k.name || "—", h("span", { class: "muted" }, k.hint === "seed" ? " (config file)" : k.hint ? " …" + k.hint : "")), h("td", { class: "mono" }, k.key_id),
         h("td", {}, k.permissions.join(", ")), h("td", { class: "mono" }, k.limits.rate_limit_policy || "—"),
         h("td", { class: "wrap" }, limitText(k.limits)), h("td", { class: "wrap" }, switchText(k.switches)),
         h("td", {}, k.created_at_ms ? fmt.time(k.created_at_ms) : "—"), h("td", {}, k.last_used_ms ? fmt.time(k.last_used_ms) : "never"),
         h("td", {}, k.revoked ? h("span", { class: "badge s5" }, "revoked") : h("span", { class: "badge s2" }, "active")),
-        h("td", { class: "row-actions" }, ctx.canEdit && !k.revoked ? [
+        h("td", {}, h("div", { class: "row-actions" }, ctx.canEdit && !k.revoked ? [
           h("button", { class: "btn ghost edit", type: "button", onclick: () => keyForm(k, ctx) }, "Edit"),
-          twoStep("Revoke", "Confirm revoke", async () => { await call("DELETE", `/admin/keys/${enc(k.key_id)}`); await ctx.refresh(); })] : null))))),
+          twoStep("Revoke", "Confirm revoke", async () => { await call("DELETE", `/admin/keys/${enc(k.key_id)}`); await ctx.refresh(); })] : null)))))),
     h("p", { class: "muted" }, "A revoked key stops working on every gateway worker within the key cache TTL (5 s by default). Limits and switches changed here apply within the same time."));
 };
 
@@ -135,7 +135,7 @@ settingsTabs.routing = async (el, ctx) => {
   const breaker = Object.fromEntries((health.providers || []).map((p) => [p.name, p]));
   const edit = routing.editable;
   const stateBadge = (b) => (!b ? "—" : h("span", { class: `badge ${b.state === "closed" ? "s2" : b.state === "open" ? "s5" : "s4"}` }, b.state + (b.recent_failures ? ` (${b.recent_failures} failures)` : "")));
-  el.append(
+  put(el, 
     edit ? null : h("div", { class: "note" }, "Read-only: what your organisation's models route to. Providers and routes are managed by the gateway's operator."),
     h("div", { class: "section-head" }, h("h2", {}, "Providers"), edit ? h("button", { class: "btn", id: "add-provider", onclick: () => providerForm(null, ctx) }, "Add provider") : null),
     h("table", { id: "providers-table" },
@@ -144,17 +144,17 @@ settingsTabs.routing = async (el, ctx) => {
         h("td", {}, p.name), h("td", {}, p.kind),
         h("td", { class: "wrap" }, [...p.models, ...p.model_prefixes.map((x) => x + "*")].join(", ") || "any model"),
         edit ? h("td", { class: "mono" }, p.base_url) : null,
-        edit ? h("td", {}, p.has_credential ? (p.api_key_env ? `from $${p.api_key_env}` : "stored, encrypted") : "none") : null,
+        edit ? h("td", {}, !p.has_credential ? "none" : p.api_key_env ? `from $${p.api_key_env}` : p.stored ? "stored, encrypted" : "in the gateway's settings") : null,
         h("td", {}, p.stored ? "stored" : "settings"), h("td", { class: "breaker" }, stateBadge(breaker[p.name])),
-        h("td", { class: "row-actions" }, edit ? [h("button", { class: "btn ghost edit", type: "button", onclick: () => providerForm(p, ctx) }, "Edit"),
-          p.stored ? twoStep("Delete", "Confirm delete", async () => { await call("DELETE", `/admin/providers/${enc(p.name)}`); await ctx.refresh(); }) : null] : null))))),
+        h("td", {}, h("div", { class: "row-actions" }, edit ? [h("button", { class: "btn ghost edit", type: "button", onclick: () => providerForm(p, ctx) }, "Edit"),
+          p.stored ? twoStep("Delete", "Confirm delete", async () => { await call("DELETE", `/admin/providers/${enc(p.name)}`); await ctx.refresh(); }) : null] : null)))))),
     h("div", { class: "section-head" }, h("h2", {}, "Routing rules"), edit ? h("button", { class: "btn", id: "add-route", onclick: () => routeForm(null, ctx) }, "Add route") : null),
     routing.routes.length ? h("table", { id: "routes-table" },
       h("thead", {}, h("tr", {}, ["Model", "Targets, in fallback order", "Source", ""].map((c) => h("th", {}, c)))),
       h("tbody", {}, routing.routes.map((r) => h("tr", { "data-id": r.model },
         h("td", { class: "mono" }, r.model), h("td", {}, r.targets.join(" → ")), h("td", {}, r.stored ? "stored" : "settings"),
-        h("td", { class: "row-actions" }, edit ? [h("button", { class: "btn ghost edit", type: "button", onclick: () => routeForm(r, ctx) }, "Edit"),
-          r.stored ? twoStep("Delete", "Confirm delete", async () => { await call("DELETE", `/admin/routes/${enc(r.model)}`); await ctx.refresh(); }) : null] : null)))))
+        h("td", {}, h("div", { class: "row-actions" }, edit ? [h("button", { class: "btn ghost edit", type: "button", onclick: () => routeForm(r, ctx) }, "Edit"),
+          r.stored ? twoStep("Delete", "Confirm delete", async () => { await call("DELETE", `/admin/routes/${enc(r.model)}`); await ctx.refresh(); }) : null] : null))))))
       : h("div", { class: "empty", id: "routes-table" }, "No routing rules: each model goes to the providers that list it, then by prefix, then to catch-all providers."),
     h("p", { class: "muted" }, "Changes take effect on every gateway worker within a few seconds, without a restart."));
 };
@@ -196,9 +196,15 @@ function routeForm(r, ctx) {
 }
 
 /* ---------- limits and plan ---------- */
+function windowText(s) {
+  const units = [[86400, "day"], [3600, "hour"], [60, "minute"], [1, "second"]];
+  const [size, name] = units.find(([u]) => s % u === 0);
+  return s === size ? name : `${fmt.n(s / size)} ${name}s`;
+}
+
 function policyText(policy) {
   const m = /^(\d+(?:\.\d+)?);w=(\d+)/.exec(policy || "");
-  return m ? `${fmt.n(Number(m[1]))} requests per ${fmt.dur(Number(m[2]) * 1000)}` : policy || "—";
+  return m ? `${fmt.n(Number(m[1]))} requests per ${windowText(Number(m[2]))}` : policy || "—";
 }
 
 settingsTabs.limits = async (el, ctx) => {
@@ -207,7 +213,7 @@ settingsTabs.limits = async (el, ctx) => {
   const quota = plan.monthly_requests;
   const used = usage.requests;
   const expired = plan.expires_at_ms !== null && plan.expires_at_ms <= Date.now();
-  el.append(
+  put(el, 
     h("h2", {}, "Plan and usage (billing)"),
     h("div", { class: "cards", id: "plan-cards" },
       card("Rate limit", policyText(org.rate_limit_policy)),
@@ -257,12 +263,12 @@ settingsTabs.cache = async (el, ctx) => {
   for (const [name, title] of [["cache", "Cache"], ["firewall", "Firewall"]]) {
     const box = h("div", { class: "card settings-card", id: "section-" + name }, h("h2", {}, title));
     const value = org[name];
-    if (value === undefined || value === null) box.append(h("p", { class: "muted not-configured" }, `${title} settings are not configured yet on this gateway.`));
-    else box.append(objectForm(value, ctx.canEdit, async (next) => {
+    if (value === undefined || value === null) put(box, h("p", { class: "muted not-configured" }, `${title} settings are not configured yet on this gateway.`));
+    else put(box, objectForm(value, ctx.canEdit, async (next) => {
       await call("PUT", `/admin/orgs/${enc(ctx.orgId)}/${name}`, { body: next });
       await ctx.refresh();
     }));
-    el.append(box);
+    put(el, box);
   }
 };
 
@@ -318,9 +324,9 @@ function changes(before, after) {
 
 settingsTabs.audit = async (el, ctx) => {
   const { data } = await call("GET", `/admin/orgs/${enc(ctx.orgId)}/audit`, { params: { limit: 200 } });
-  el.append(h("h2", {}, "Audit log"), h("p", { class: "muted" }, "Every settings change, newest first; secrets, key hashes and provider credentials are never recorded."));
-  if (!data.length) return el.append(h("div", { class: "empty", id: "audit-table" }, "No settings changes yet."));
-  el.append(h("table", { id: "audit-table" },
+  put(el, h("h2", {}, "Audit log"), h("p", { class: "muted" }, "Every settings change, newest first; secrets, key hashes and provider credentials are never recorded."));
+  if (!data.length) return put(el, h("div", { class: "empty", id: "audit-table" }, "No settings changes yet."));
+  put(el, h("table", { id: "audit-table" },
     h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target", "Change"].map((c) => h("th", {}, c)))),
     h("tbody", {}, data.map((e) => h("tr", { "data-action": e.action },
       h("td", {}, fmt.time(e.at_ms)), h("td", {}, `${e.actor.kind === "cli" ? "floopy-admin" : "key"} ${e.actor.name || e.actor.id}`, e.actor.org_id ? h("span", { class: "muted" }, ` (${e.actor.org_id})`) : null),

@@ -224,7 +224,7 @@ async def _provider_of_next_request(client: AsyncTestClient[Any]) -> str:
 
 async def _until_provider(client: AsyncTestClient[Any], want: str, timeout_s: float = 5) -> None:
     async with asyncio.timeout(timeout_s):
-        while await _provider_of_next_request(client) != want:
+        while await _provider_of_next_request(client) != want:  # noqa: ASYNC110 - polls workers
             await asyncio.sleep(0.05)
 
 
