@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from gateway.admin.secrets import encrypt
+from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import ApiKey, KeyLimits, KeySwitches, NewKey, Org, Permission
 from gateway.policy.redaction import redact
 from gateway.policy.templates import TemplateMessage
@@ -137,8 +138,8 @@ class AdminService:
             "after": redact(after),
         }
         org_ids = {o for o in (*orgs, self._actor.org_id) if o}
-        if operators_only:  # providers and routes: every operator org's log
-            org_ids.update(self._settings.operator_orgs)
+        if operators_only:  # providers and routes: the gateway-wide log and every operator org's
+            org_ids.update({GATEWAY_LOG, *self._settings.operator_orgs})
         await self._access.audit.append(entry, org_ids)
 
     # -- keys -------------------------------------------------------------------------------

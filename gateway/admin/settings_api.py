@@ -18,6 +18,7 @@ from litestar.params import FromPath, QueryParameter
 from gateway.admin.caller import caller
 from gateway.admin.seed import merge_routing
 from gateway.admin.service import key_view
+from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import Permission, month_period
 from gateway.settings import ProviderSettings
 
@@ -79,6 +80,16 @@ class SettingsApi(Controller):
         who = await caller(request, Permission.READ)
         who.reach(org_id)
         return {"data": await who.rt.access.audit.entries(org_id, limit)}
+
+    @get("/audit", summary="Gateway-wide changes (providers, routes), newest first; operators")
+    async def gateway_audit(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        who = await caller(request)
+        who.require_operator()
+        return {"data": await who.rt.access.audit.entries(GATEWAY_LOG, limit)}
 
     @get("/orgs/{org_id:str}/usage", summary="Requests this UTC month and each key's spend")
     async def usage(self, request: Request[Any, Any, Any], org_id: FromPath[str]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Invariants:
 - ``<p>:audit:<org_id>`` is a list of JSON entries, newest first (``LPUSH``), capped at
   ``AUDIT_MAX_ENTRIES`` (``LTRIM`` in the same transaction); an entry goes to the log of every
   org it concerns (the org changed and the actor's org), so an org's admins see what an operator
-  did to their org and the operator's org sees every change it made.
+  did to their org and the operator's org sees every change it made. Changes of providers and
+  routes (no org's own) also go to ``<p>:audit:_gateway`` (``GATEWAY_LOG``), so one made with
+  ``floopy-admin`` (no org) is logged too.
 - Entries are redacted before they get here (``gateway.policy.redaction.redact``): no secret,
   key hash or provider credential is ever written.
 - Writing happens after the change it describes succeeded; if the log write fails the change
@@ -19,9 +21,11 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-__all__ = ["AUDIT_MAX_ENTRIES", "AuditLog"]
+__all__ = ["AUDIT_MAX_ENTRIES", "GATEWAY_LOG", "AuditLog"]
 
 AUDIT_MAX_ENTRIES = 10_000
+GATEWAY_LOG = "_gateway"
+"""The log of gateway-wide changes (providers, routes); not an org id (ids never start with _)."""
 
 
 class AuditLog:

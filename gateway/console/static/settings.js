@@ -322,14 +322,21 @@ function changes(before, after) {
   return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k])).map((k) => `${k}: ${show(a[k])} → ${show(b[k])}`);
 }
 
-settingsTabs.audit = async (el, ctx) => {
-  const { data } = await call("GET", `/admin/orgs/${enc(ctx.orgId)}/audit`, { params: { limit: 200 } });
-  put(el, h("h2", {}, "Audit log"), h("p", { class: "muted" }, "Every settings change, newest first; secrets, key hashes and provider credentials are never recorded."));
-  if (!data.length) return put(el, h("div", { class: "empty", id: "audit-table" }, "No settings changes yet."));
-  put(el, h("table", { id: "audit-table" },
+function auditTable(id, data) {
+  if (!data.length) return h("div", { class: "empty", id }, "No settings changes yet.");
+  return h("table", { id },
     h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target", "Change"].map((c) => h("th", {}, c)))),
     h("tbody", {}, data.map((e) => h("tr", { "data-action": e.action },
       h("td", {}, fmt.time(e.at_ms)), h("td", {}, `${e.actor.kind === "cli" ? "floopy-admin" : "key"} ${e.actor.name || e.actor.id}`, e.actor.org_id ? h("span", { class: "muted" }, ` (${e.actor.org_id})`) : null),
       h("td", {}, e.action), h("td", { class: "mono" }, e.target),
-      h("td", { class: "change" }, changes(e.before, e.after).map((line) => h("div", {}, line))))))));
+      h("td", { class: "change" }, changes(e.before, e.after).map((line) => h("div", {}, line)))))));
+}
+
+settingsTabs.audit = async (el, ctx) => {
+  const { data } = await call("GET", `/admin/orgs/${enc(ctx.orgId)}/audit`, { params: { limit: 200 } });
+  put(el, h("h2", {}, "Audit log"), h("p", { class: "muted" }, "Every settings change, newest first; secrets, key hashes and provider credentials are never recorded."),
+    auditTable("audit-table", data));
+  if (!ctx.operator) return;
+  const gateway = await call("GET", "/admin/audit", { params: { limit: 200 } });
+  put(el, h("h2", {}, "Gateway-wide: providers and routes"), h("p", { class: "muted" }, "Including changes made with floopy-admin."), auditTable("gateway-audit-table", gateway.data));
 };

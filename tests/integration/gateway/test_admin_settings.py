@@ -197,6 +197,9 @@ async def test_every_change_is_in_the_audit_log_without_secrets(
         "provider.put",
         "provider.put",
     ]
+    gateway_log = (await client.get("/admin/audit", headers=ops)).json()["data"]
+    assert [e["action"] for e in gateway_log] == [a["action"] for a in ops_log[1:]]
+    assert (await client.get("/admin/audit", headers=auth(ADMIN))).status_code == 403
     assert ops_log[4]["after"]["api_key_encrypted"] == "[redacted]"
     assert ops_log[3]["after"]["api_key_encrypted"] == "[redacted]"  # kept on an edit
     stored = await RoutingConfigStore(
