@@ -21,6 +21,7 @@ from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
+    from gateway.routing_watch import RoutingWatcher
 from shared.codec import encode_record
 from shared.metrics import CounterSet
 from shared.redis_client import open_redis
@@ -42,6 +43,8 @@ class Runtime:
     ``GET /health`` and exported at ``/metrics``."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
+    watcher: RoutingWatcher = field(init=False)
+    """Swaps ``upstreams`` and ``settings`` when stored providers or routes change."""
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:

@@ -36,7 +36,7 @@ from ingester.consume import StreamConsumer
 from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.metrics import ConsumerCounter, Counters
 from ingester.observe import observe_forever
-from ingester.replay import Replayer, pending_files
+from ingester.replay import Replayer, ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
 from shared.redis_client import open_redis
@@ -186,6 +186,8 @@ class IngesterRuntime:
                 continue
             self.counters.inc(sink, ConsumerCounter.REPLAYS)
             self.counters.inc(sink, ConsumerCounter.REPLAYED, report.inserted)
+            if report.status is ReplayStatus.FAILED:  # logged by the replayer; retried
+                self.counters.inc(sink, ConsumerCounter.ERRORS)
             log.info("replay of %s: %s", sink, report)
 
 

@@ -10,7 +10,9 @@ Invariants:
   down) are raised as redis-py's ``ConnectionError``: every client of ours already handles
   ``RedisError`` (fail open, retry, count), and redis-py roots those outside it.
 - The cluster client is typed as ``Redis``: it answers the same commands, and the clients keep
-  one code path. What it cannot do (transactions, WATCH) is asked through ``pipeline`` here.
+  one code path. ``pipeline(transaction=True)`` gives a plain pipeline there (redis-py offers no
+  MULTI on a cluster): callers that ask for a transaction order their writes so that a prefix of
+  them is safe, and what must be atomic is a one-key Lua script. No WATCH is used anywhere.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
-
     from shared.settings import RedisSettings
 
-__all__ = ["is_cluster", "open_redis", "org_tag", "pipeline", "slot_of"]
+__all__ = ["is_cluster", "open_redis", "org_tag", "slot_of"]
 
 
 _CLUSTER_FAILURES = (RedisClusterException, RuntimeError, AttributeError)
@@ -76,7 +76,7 @@ class _Cluster(RedisCluster):
             }
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
-        super().pipeline(transaction, shard_hint)  # its argument checks
+        """A pipeline, never a transaction (see the invariants)."""
         return _ClusterPipeline(self)  # type: ignore[abstract]  # as redis-py's own pipeline()
 
 
@@ -111,11 +111,3 @@ def org_tag(org_id: str, cluster: bool) -> str:
 
 def slot_of(key: str) -> int:
     return key_slot(key.encode())
-
-
-def pipeline(redis: Redis, *, transaction: bool) -> Pipeline:
-    """A pipeline; on a cluster never a transaction (redis-py refuses one there), so callers
-    that ask for one order their writes to be safe when only a prefix of them happened."""
-    if is_cluster(redis):
-        return redis.pipeline()
-    return redis.pipeline(transaction=transaction)

@@ -4,6 +4,8 @@ Invariants:
 - Only the SHA-256 of a key is stored: ``<p>:key:<hash>`` is a hash whose fields are the
   ``ApiKey`` fields, each JSON-encoded; ``<p>:keyid:<key_id>`` → hash lets admins revoke by id;
   ``<p>:org:<org_id>`` holds the ``Org`` the same way, ``<p>:org:<org_id>:keys`` the key hashes.
+- ``<p>:key_last_used`` is a hash key id → unix ms of its latest request with usage, written
+  with the usage counters (batched, after responses), read by admins only.
 - A cache miss costs one round trip (a Lua script reads the key and its org together).
 - Authentication results, including "no such key", are cached per process for ``cache_ttl_s``:
   a revoked key stops working on every worker within that many seconds.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar, cast
@@ -51,7 +53,7 @@ from gateway.policy.keys import (
 )
 from shared.errors import InvalidApiKeyError
 from shared.metrics import counted
-from shared.redis_client import is_cluster, org_tag, pipeline
+from shared.redis_client import is_cluster, org_tag
 from shared.streams import retention_key
 
 __all__ = ["KeyStore", "usage_expiry_s"]
@@ -255,6 +257,19 @@ class KeyStore:
                 pipe.hincrbyfloat(counter, "cost", cost_usd)
             pipe.expireat(counter, _period_end(now_ms, monthly))
 
+    def queue_last_used(self, pipe: Pipeline, last_used_ms: Mapping[str, int]) -> None:
+        if last_used_ms:
+            pipe.hset(
+                f"{self._p}:key_last_used",
+                mapping={k: str(v) for k, v in last_used_ms.items()},
+            )
+
+    async def last_used(self, key_ids: list[str]) -> dict[str, int]:
+        if not key_ids:
+            return {}
+        raw = await _aw(self._redis.hmget(f"{self._p}:key_last_used", key_ids))
+        return {k: int(v) for k, v in zip(key_ids, raw, strict=True) if v is not None}
+
     async def record_usage(
         self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int, *, org_id: str = ""
     ) -> None:
@@ -273,7 +288,7 @@ class KeyStore:
     # -- administration ---------------------------------------------------------------------
 
     async def put_org(self, org: Org) -> None:
-        async with pipeline(self._redis, transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             _replace_hash(pipe, f"{self._p}:org:{org.org_id}", _encode_fields(org))
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
@@ -305,7 +320,7 @@ class KeyStore:
             limits=limits or KeyLimits(),
             switches=switches or KeySwitches(),
         )
-        async with pipeline(self._redis, transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(f"{self._p}:key:{new.key_hash}", mapping=_encode_fields(key))
             pipe.set(f"{self._p}:keyid:{new.key_id}", new.key_hash)
             pipe.sadd(f"{self._p}:org:{org_id}:keys", new.key_hash)
@@ -318,7 +333,7 @@ class KeyStore:
         current = await self.get_key(key.key_id)
         if current is not None and current.revoked:
             key = msgspec.structs.replace(key, revoked=True, revoked_at_ms=current.revoked_at_ms)
-        async with pipeline(self._redis, transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             if current is not None and current.key_hash != key.key_hash:
                 pipe.delete(f"{self._p}:key:{current.key_hash}")
                 pipe.srem(f"{self._p}:org:{current.org_id}:keys", current.key_hash)

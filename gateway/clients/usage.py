@@ -125,6 +125,7 @@ class UsageRecorder:
             )
 
     async def _write(self, batch: list[UsageEntry]) -> None:
+        last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
                 self._keystore.queue_usage(
@@ -135,6 +136,8 @@ class UsageRecorder:
                     entry.now_ms,
                     org_id=entry.org_id,
                 )
+                last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
+            self._keystore.queue_last_used(pipe, last_used)
             await pipe.execute()
         if not self._keystore.cluster:
             charges = [bucket for entry in batch for bucket in entry.charges]

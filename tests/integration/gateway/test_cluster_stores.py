@@ -1,0 +1,95 @@
+"""Issue 12: the gateway's Redis stores on a real 3-master Redis Cluster (the e2e test covers the
+request path): admin writes that use transactions on one node, the key lookup, usage counters,
+the limits script with every key in the org's slot, templates, routing config, the audit log
+and the breaker's compare-and-set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack.servers import RedisCluster
+from gateway.clients.audit_log import AuditLog
+from gateway.clients.breaker_store import BreakerStore
+from gateway.clients.keystore import KeyStore, usage_expiry_s
+from gateway.clients.ratelimiter import Bucket, Gates, RateLimiter
+from gateway.clients.routing_config import RoutingConfigStore
+from gateway.clients.templates import TemplateStore
+from gateway.policy.breaker import BreakerConfig, BreakerState
+from gateway.policy.keys import Org
+from gateway.policy.ratelimit import bucket_key, parse_policy
+from gateway.policy.templates import TemplateMessage
+from shared.redis_client import open_redis, org_tag
+from shared.settings import RedisSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with RedisCluster(Path(tmp_path_factory.mktemp("cluster"))) as made:
+        yield made
+
+
+@pytest.fixture
+async def redis(cluster: RedisCluster) -> AsyncIterator[Redis]:
+    client = open_redis(RedisSettings(url=cluster.url, cluster=True))
+    yield client
+    await client.aclose()
+
+
+async def test_keys_orgs_and_usage_on_a_cluster(redis: Redis) -> None:
+    store = KeyStore(redis, prefix="c1")
+    await store.put_org(Org(org_id="acme", name="Acme"))
+    new, key = await store.create_key("acme", name="ci")
+    found, org = await store.authenticate(new.secret)
+    assert (found.key_id, org.name) == (key.key_id, "Acme")
+    assert [k.key_id for k in await store.list_keys("acme")] == [key.key_id]
+    assert await store.list_orgs() == ["acme"]
+    now = int(time.time() * 1000)
+    await store.record_usage(key.key_id, 40, 0.25, now, org_id="acme")
+    usage = await store.usage(key.key_id, now, org_id="acme")
+    assert (usage.day_tokens, usage.month_cost_usd) == (40, 0.25)
+    assert await store.revoke_key(key.key_id)
+    assert (await store.get_key(key.key_id)).revoked  # type: ignore[union-attr]
+
+
+async def test_limits_script_takes_every_key_of_the_org_in_one_call(redis: Redis) -> None:
+    store, limiter = KeyStore(redis, prefix="c2"), RateLimiter(redis)
+    now = int(time.time() * 1000)
+    policy = parse_policy("2;w=60")
+    bucket = Bucket(bucket_key("c2", org_tag("acme", True), "org", policy), policy)
+    day, month = store.usage_keys("k1", now, org_id="acme")
+    gates = Gates(
+        request_counter=store.request_counter("acme", now),
+        counter_expire_at_s=usage_expiry_s(now, monthly=True),
+        usage_day_key=day,
+        usage_month_key=month,
+    )
+    answers = [await limiter.admit([bucket], gates) for _ in range(3)]
+    assert [a.admitted for a in answers] == [True, True, False]
+    assert not any(a.fail_open for a in answers)
+    assert answers[1].requests_this_month == 2
+
+
+async def test_templates_routing_audit_and_breakers_on_a_cluster(redis: Redis) -> None:
+    templates = TemplateStore(redis, prefix="c3")
+    await templates.put("acme", "greet", [TemplateMessage(role="user", content="Hi {{name}}")])
+    assert (await templates.get("acme", "greet")).version == 1
+    routing = RoutingConfigStore(redis, prefix="c3")
+    await routing.put_route("gpt-4o", ["openai"])
+    assert await routing.routes() == {"gpt-4o": ["openai"]}
+    assert await routing.version() == 1
+    audit = AuditLog(redis, prefix="c3")
+    await audit.append({"what": "x"}, ["acme", "globex"])
+    assert await audit.entries("globex") == [{"what": "x"}]
+    breakers = BreakerStore(redis, BreakerConfig(failure_threshold=2), prefix="c3")
+    for _ in range(2):
+        await breakers.record_failure("openai")
+    [row] = await breakers.snapshot(["openai"])
+    assert row.state is BreakerState.OPEN
+    assert breakers.redis_errors == 0
