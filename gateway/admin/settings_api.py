@@ -99,7 +99,10 @@ class SettingsApi(Controller):
         now_ms = int(time.time() * 1000)
         raw = await who.rt.access.redis.get(store.request_counter(org_id, now_ms))
         keys = await store.list_keys(org_id)
-        spend = {k.key_id: msgspec.to_builtins(await store.usage(k.key_id, now_ms)) for k in keys}
+        spend = {
+            k.key_id: msgspec.to_builtins(await store.usage(k.key_id, now_ms, org_id=org_id))
+            for k in keys
+        }
         return {"month": month_period(now_ms), "requests": int(raw or 0), "keys": spend}
 
     @get("/routing", summary="The providers and routing rules in force (stored over settings)")
