@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.settings import GatewaySettings
@@ -42,13 +43,15 @@ class Runtime:
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 
     @classmethod
-    async def open(cls, settings: GatewaySettings) -> Runtime:
+    async def open(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Runtime:
         redis = Redis.from_url(
             settings.redis.url,
             socket_timeout=settings.redis.socket_timeout_s,
             socket_connect_timeout=settings.redis.connect_timeout_s,
         )
-        publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
+        publisher = Publisher(
+            redis, settings.publisher, prefix=settings.redis.key_prefix, spool=spool
+        )
         upstreams = await Upstreams.open(
             settings,
             redis,
