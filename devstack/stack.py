@@ -104,6 +104,7 @@ class Stack:
             "FLOOPY_GATEWAY_OPERATOR_ORGS": json.dumps([DEV_ORG]),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_WORKERS": str(self.gateway_workers),
+            "FLOOPY_GATEWAY_SPOOL__DIR": str(self.root / "gateway-spool"),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
             "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(self.clickhouse.port),  # the console reads
