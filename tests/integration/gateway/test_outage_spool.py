@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -68,12 +68,21 @@ async def _request_ids(redis: Redis, prefix: str) -> list[str]:
     return [decode_record(Sink.REQUESTS, f[RECORD_FIELD]).request_id for _, f in entries]
 
 
-async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
-    redis_factory: Callable[[], RedisServer], tmp_path: Path
-) -> None:
+@pytest.fixture
+async def stoppable(
+    redis_factory: Callable[[], RedisServer],
+) -> AsyncIterator[tuple[RedisServer, Redis, str]]:
+    """A Redis of the test's own (to stop), a client that gives up fast, a key prefix."""
     server = redis_factory()
-    prefix = f"t{uuid.uuid4().hex[:8]}"
     redis = Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    yield server, redis, f"t{uuid.uuid4().hex[:8]}"
+    await redis.aclose()
+
+
+async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+) -> None:
+    server, redis, prefix = stoppable
     settings = PublisherSettings(retry_max_s=0.2)
     first = Publisher(redis, settings, prefix=prefix, spool=_spool(tmp_path, prefix))
     first.start()
@@ -97,7 +106,6 @@ async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
         assert await redis.keys(f"{prefix}:gateway-spool:*") == []
     finally:
         await second.stop()
-        await redis.aclose()
 
 
 async def test_a_drain_that_dies_resumes_after_the_batches_redis_took(
@@ -150,11 +158,9 @@ async def test_one_drainer_per_directory_at_a_time(
 
 
 async def test_spooled_usage_is_counted_once_when_redis_answers(
-    redis_factory: Callable[[], RedisServer], tmp_path: Path
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
 ) -> None:
-    server = redis_factory()
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    redis = Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    server, redis, prefix = stoppable
     spool = _spool(tmp_path, prefix)
     keystore = KeyStore(redis, prefix=prefix)
     recorder = UsageRecorder(redis, keystore, RateLimiter(redis), spool=spool)
@@ -178,4 +184,3 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
         assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
     finally:
         await recorder.stop()
-        await redis.aclose()
