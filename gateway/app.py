@@ -22,6 +22,7 @@ from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.provider_health import provider_health
 from gateway.routes import chat_completions, health
+from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
 from shared.streams import Sink
@@ -48,12 +49,21 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         spool = _open_spool(settings)
         access = await Access.open(settings, environ or {}, spool)
         try:
+            version = await access.routing_version()  # before reading: a write in between reloads
             runtime = await Runtime.open(await access.merged_settings(settings), spool)
         except BaseException:
             await access.close()
             raise
         runtime.access = access
         runtime.publisher.drains[USAGE] = access.usage.replay
+        runtime.watcher = RoutingWatcher(
+            runtime,
+            access.routing,
+            settings,
+            seen_version=version,
+            interval_s=settings.routing_refresh_s,
+        )
+        runtime.watcher.start()
         opened[:] = [access]
         app.state.runtime = runtime
         # What start-up built lives as long as the worker: move it out of the collector's way,
@@ -65,6 +75,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         try:
             yield
         finally:
+            await runtime.watcher.stop()
             await runtime.close()
             await access.close()
 
