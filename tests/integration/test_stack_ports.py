@@ -1,14 +1,16 @@
 """``pick_port``: a port whose last connection lingers in TIME-WAIT is still the stack's port
 (the issue: 8080 in TIME-WAIT made a restarted stack move to another port); a listened port is
-not."""
+not. And one stack per state directory."""
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
-from devstack.stack import pick_port
+from devstack.stack import Stack, pick_port
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +44,11 @@ def test_a_port_with_a_listener_is_not_picked() -> None:
         listener.listen()
         port = int(listener.getsockname()[1])
         assert pick_port(port) != port
+
+
+def test_one_stack_per_directory(tmp_path: Path) -> None:
+    first = Stack(tmp_path)
+    with pytest.raises(RuntimeError, match="another floopy-stack runs from"):
+        Stack(tmp_path)
+    os.close(first._lock_fd)  # what the first stack's exit does
+    Stack(tmp_path)
