@@ -63,6 +63,13 @@ _PUBLISHER = {
         "floopy_records_dropped", "Records dropped: publish buffer full, or left at shutdown."
     ),
     "failures": Counter("floopy_publish_failures", "Failed publish round trips (retried)."),
+    "spooled": Counter("floopy_records_spooled", "Records written to the gateway's outage spool."),
+    "unspooled": Counter(
+        "floopy_records_unspooled", "Spooled records (and usage lines) drained back into Redis."
+    ),
+    "spool_failures": Counter(
+        "floopy_outage_spool_failures", "Writes to the gateway's outage spool that failed."
+    ),
 }
 _EVENTS = Counter(
     "floopy_gateway_events",

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from gateway.admin.seed import merge_routing
+from gateway.metrics import access_counters
 from shared.errors import ClientError
+from shared.metrics import counted
 
 if TYPE_CHECKING:
     from gateway.clients.providers.base import ProviderClient
@@ -39,6 +41,9 @@ _RETIRE_MARGIN_S = 5.0
 
 
 class RoutingWatcher:
+    reloads = counted("reloads")
+    failures = counted("failures")
+
     def __init__(
         self,
         runtime: Runtime,
@@ -55,8 +60,7 @@ class RoutingWatcher:
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
-        self.reloads = 0
-        self.failures = 0
+        self.counters = access_counters("routing_watch", "reloads", "failures")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="routing-watch")
@@ -92,7 +96,7 @@ class RoutingWatcher:
             providers = await self._store.providers()
             routes = await self._store.routes()
         except (RedisError, OSError) as exc:
-            self.failures += 1
+            self.counters.inc("failures")
             log.warning(
                 "stored routing unreadable (%s: %s); keeping the current one",
                 type(exc).__name__,
@@ -105,14 +109,14 @@ class RoutingWatcher:
         try:
             upstreams, retired = await old.rebuilt(merged)
         except (ClientError, ValueError, KeyError) as exc:
-            self.failures += 1
+            self.counters.inc("failures")
             log.error(
                 "stored routing version %d cannot route (%s); keeping the current one", version, exc
             )
             return False
         self._rt.upstreams = upstreams
         self._rt.settings = merged
-        self.reloads += 1
+        self.counters.inc("reloads")
         log.info(
             "routing version %d: %d providers, %d routes",
             version,
