@@ -57,11 +57,12 @@ costs nothing, and it turns one round trip per request into one per batch under 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
     key_id: str
-    org_id: str
     tokens: int
     cost_usd: float | None
     now_ms: int
     charges: tuple[Bucket, ...] = ()
+    org_id: str = ""
+    """Needed on a Redis Cluster (the usage keys carry the org's hash tag)."""
 
 
 class SpooledUsage(msgspec.Struct, frozen=True):
@@ -248,10 +249,10 @@ def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageReco
         recorder.submit(
             UsageEntry(
                 ctx.api_key.key_id,
-                ctx.api_key.org_id,
                 record.total_tokens,
                 record.cost_usd,
                 record.created_at_ms,
                 charges,
+                org_id=ctx.api_key.org_id,
             )
         )
