@@ -1,4 +1,5 @@
-"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers.
+"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers,
+the embedder and the vector store.
 
 Invariants: built on the worker's event loop at start-up (``Runtime.open``), never at import;
 closed at shutdown in reverse order (publisher flush first, while Redis is still open).
@@ -11,8 +12,10 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from gateway.clients.embeddings import Embedder, open_embedder
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
+from gateway.clients.vector_store import VectorStore
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -37,6 +40,8 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
+    embedder: Embedder
+    vectors: VectorStore
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
@@ -54,10 +59,14 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
+        embedder = open_embedder(settings.embedder)
+        vectors = VectorStore.open(settings.qdrant)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors)
 
     async def close(self) -> None:
         await self.publisher.stop()
         await self.upstreams.aclose()
+        await self.vectors.aclose()
+        await self.embedder.aclose()
         await self.redis.aclose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ClickHouseSettings", "RedisSettings"]
+__all__ = ["ClickHouseSettings", "QdrantSettings", "RedisSettings"]
 
 
 class RedisSettings(BaseModel):
@@ -30,3 +30,18 @@ class ClickHouseSettings(BaseModel):
     tables are then ``Distributed`` over per-shard ``<name>_local`` tables, inserts wait for
     every shard (``insert_distributed_sync``), and rollups and retention run on each shard.
     Readers use the same table names either way, so the gateway's console needs no setting."""
+
+
+class QdrantSettings(BaseModel):
+    """Where the semantic cache and the firewall's verdict cache live.
+
+    With ``url`` set, a Qdrant server (shared by every worker and process). Without it,
+    qdrant-client's local mode inside each process: in memory (``path`` empty) or in a
+    directory (``path``), which one process at a time may open. Local mode is not shared across
+    processes, so each gateway worker has its own vectors (see README, "Qdrant")."""
+
+    url: str = ""
+    api_key: str = ""
+    path: str = ""
+    collection_prefix: str = "floopy"
+    timeout_s: float = Field(default=2.0, gt=0)
