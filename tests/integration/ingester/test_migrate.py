@@ -80,7 +80,7 @@ def test_migrate_with_a_client_leaves_it_open(clickhouse_server: ClickHouseServe
     settings = unique_settings(clickhouse_server)
     client = client_for(settings)
     try:
-        assert migrate(client, settings.database) == [1, 2]
+        assert migrate(client, settings.database) == [1, 2, 3]
         assert client.execute("SELECT 1") == [(1,)]
         with pytest.raises(ValueError, match="database"):
             migrate(client)
