@@ -4,6 +4,10 @@ Invariants:
 - Migration ``n`` brings every table to the columns with ``since <= n`` (CREATE TABLE IF NOT
   EXISTS, then ADD COLUMN for each column ``system.columns`` lacks), so a step that crashed
   halfway is finished by running it again, and two ingesters migrating at once both succeed.
+- Replicated tables (a cluster with ZooKeeper) are created with the newest columns at once, as
+  the shard's other replicas have them in ZooKeeper; a replica added after an upgrade gets its
+  columns in spec order, which 18.16 may refuse if the first replicas had them appended by
+  ALTERs: create it from a sibling's ``SHOW CREATE TABLE`` then.
 - A migration is recorded in ``<db>.schema_migrations`` only after all its statements ran;
   recorded migrations are skipped, so re-running ``migrate`` is a no-op.
 - The DDL depends on the server version (``server_capabilities``): the portable core on 18.16,
@@ -102,11 +106,13 @@ def _apply(
     *,
     retention_days: int | None,
     placement: Placement,
+    newest: int,
 ) -> None:
+    # A replicated table must be created as its shard's other replicas have it in ZooKeeper by
+    # now (the newest columns), or the server refuses it ("structure ... too different").
+    up_to = newest if placement.replicated else migration.version
     for spec in TABLES.values():
-        ddl = create_table_ddl(
-            database, spec, caps, up_to=migration.version, retention_days=retention_days
-        )
+        ddl = create_table_ddl(database, spec, caps, up_to=up_to, retention_days=retention_days)
         for table, statement in placed_ddl(ddl, placement, spec.shard_by):
             client.execute(statement)
             _add_missing_columns(
@@ -136,7 +142,13 @@ def _migrate_node(
         if migration.version in done:
             continue
         _apply(
-            client, database, migration, caps, retention_days=retention_days, placement=placement
+            client,
+            database,
+            migration,
+            caps,
+            retention_days=retention_days,
+            placement=placement,
+            newest=max(m.version for m in migrations),
         )
         applied.append(migration.version)
     from ingester.rollups import ensure_rollup_tables  # rollups import the sink: late
