@@ -7,6 +7,7 @@ import pytest
 from ingester.rollup_sql import (
     ROLLUPS,
     changed_hours_sql,
+    create_state_ddl,
     recompute_daily_sql,
     recompute_hourly_sql,
 )
