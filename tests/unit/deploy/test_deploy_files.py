@@ -302,3 +302,11 @@ def test_dockerfile_env_names_real_settings() -> None:
         mine = {k: v for k, v in env.items() if k.startswith(prefix)}
         assert mine and wrong_names(command, mine) == []
     assert set(env) == {k for k in env if k.startswith(("FLOOPY_GATEWAY_", "FLOOPY_INGESTER_"))}
+
+
+def test_env_example_names_real_settings() -> None:
+    names = re.findall(r"^(FLOOPY_\w+)=", (ROOT / "deploy" / "env.example").read_text(), re.M)
+    for command, (prefix, _) in PROCESSES.items():
+        mine = {name: "" for name in names if name.startswith(prefix)}
+        assert mine and wrong_names(command, mine) == []
+    assert all(name.startswith(("FLOOPY_GATEWAY_", "FLOOPY_INGESTER_")) for name in names)
