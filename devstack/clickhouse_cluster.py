@@ -12,6 +12,8 @@ their directories and ports across ``kill``/``start`` (fault injection).
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 from pathlib import Path
 
 from devstack.servers import ClickHouseServer, ManagedServer
@@ -32,8 +34,25 @@ class ZooKeeperServer(ManagedServer):
             "tickTime=500\ninitLimit=10\nsyncLimit=5\n"
             f"dataDir={self.directory / 'data'}\nclientPort={self.port}\n"
             "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
-            "maxSessionTimeout=60000\n"
+            "maxSessionTimeout=60000\n4lw.commands.whitelist=srvr\n"
         )
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """The port accepts connections before the server serves sessions (a client's handshake
+        then fails): wait until ``srvr`` reports its mode."""
+        deadline = time.monotonic() + timeout_s
+        while b"Mode:" not in self._srvr():
+            if time.monotonic() > deadline:
+                raise TimeoutError("zookeeper did not start serving")
+            time.sleep(0.1)
+
+    def _srvr(self) -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"srvr")
+                return conn.recv(4096)
+        except OSError:
+            return b""
 
     def command(self) -> list[str]:
         java = shutil.which("java")
@@ -71,7 +90,7 @@ def cluster_config(
     if zookeeper_port is not None:
         xml += (
             f"  <zookeeper><node><host>127.0.0.1</host><port>{zookeeper_port}</port></node>"
-            "<session_timeout_ms>6000</session_timeout_ms></zookeeper>\n"
+            "<session_timeout_ms>30000</session_timeout_ms></zookeeper>\n"
         )
     return xml
 
