@@ -310,3 +310,13 @@ def test_env_example_names_real_settings() -> None:
         mine = {name: "" for name in names if name.startswith(prefix)}
         assert mine and wrong_names(command, mine) == []
     assert all(name.startswith(("FLOOPY_GATEWAY_", "FLOOPY_INGESTER_")) for name in names)
+
+
+def test_the_gateways_outage_spool_is_on_a_volume() -> None:
+    service = compose()["services"]["gateway"]
+    mounts = [v.split(":")[1] for v in service["volumes"]]
+    assert any(service["environment"]["FLOOPY_GATEWAY_SPOOL__DIR"].startswith(m) for m in mounts)
+    for _, container in containers():
+        if container["command"][0] == "floopy-gateway":
+            spool = container_env(container)["FLOOPY_GATEWAY_SPOOL__DIR"]
+            assert any(spool.startswith(m["mountPath"]) for m in container["volumeMounts"])
