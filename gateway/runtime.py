@@ -17,6 +17,7 @@ from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
+    from gateway.clients.verdict_cache import VerdictCache
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -29,6 +30,8 @@ class Counters:
 
     unexpected_errors: int = 0
     record_build_failures: int = 0
+    firewall_classifier_failures: int = 0
+    firewall_cache_errors: int = 0
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Runtime:
     publisher: Publisher
     upstreams: Upstreams
     counters: Counters = field(default_factory=Counters)
+    verdict_cache: VerdictCache | None = None
+    """The firewall's verdict cache; None when the embedder or Qdrant is not configured."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 

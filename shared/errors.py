@@ -18,11 +18,14 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     │   ├── UsageLimitExceededError      429 USAGE_LIMIT_EXCEEDED
     │   ├── MonthlyLimitExceededError    429 MONTHLY_LIMIT_EXCEEDED
     │   ├── ProviderError                502 PROVIDER_ERROR
+    │   ├── FirewallUnavailableError     503 FIREWALL_UNAVAILABLE (the org fails closed)
     │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
     └── PipelineError                    (internal; never rendered)
         ├── RecordDecodeError            an entry that is not a record of a known schema version
         ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
         └── PoisonBatchError             the store rejected the data itself: set rows aside
+    ClassifierFailedError                (internal) the firewall's classifier gave no verdict
+    └── MalformedVerdictError            it answered, but not with a readable verdict
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BadRequestError",
+    "ClassifierFailedError",
     "ClientError",
+    "DependencyError",
+    "EmbeddingUnavailableError",
+    "FirewallUnavailableError",
     "FloopyError",
     "ForbiddenError",
     "GatewayTimeoutError",
     "InvalidApiKeyError",
+    "MalformedVerdictError",
     "MonthlyLimitExceededError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -48,6 +56,7 @@ __all__ = [
     "SinkUnavailableError",
     "SubscriptionExpiredError",
     "UsageLimitExceededError",
+    "VectorStoreUnavailableError",
 ]
 
 
@@ -135,6 +144,14 @@ class ProviderError(ClientError):
     code = "PROVIDER_ERROR"
 
 
+class FirewallUnavailableError(ClientError):
+    """The org's firewall fails closed and could not screen the request (classifier timed out,
+    failed, answered nonsense, or its breaker is open)."""
+
+    status_code = 503
+    code = "FIREWALL_UNAVAILABLE"
+
+
 class GatewayTimeoutError(ClientError):
     status_code = 504
     code = "GATEWAY_TIMEOUT"
@@ -154,3 +171,31 @@ class SinkUnavailableError(PipelineError):
 
 class PoisonBatchError(PipelineError):
     """The store rejected the rows themselves; retrying the same rows cannot succeed."""
+
+
+class DependencyError(FloopyError):
+    """A store or model a stage uses failed; what the caller sees is the stage's decision."""
+
+
+class EmbeddingUnavailableError(DependencyError):
+    """The embedder raised or did not answer in time."""
+
+
+class VectorStoreUnavailableError(DependencyError):
+    """Qdrant could not be reached, timed out or refused the call."""
+
+
+class ClassifierFailedError(FloopyError):
+    """The firewall's classifier gave no verdict; ``reason`` is one word for the record
+    (``timeout``, ``breaker_open``, ``provider_error``, ``malformed``)."""
+
+    reason = "provider_error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MalformedVerdictError(ClassifierFailedError):
+    reason = "malformed"

@@ -18,11 +18,11 @@ from litestar.params import FromPath, JSONBody
 from gateway.admin.secrets import encrypt
 from gateway.admin.seed import OrgSeed
 from gateway.pipeline.auth import bearer_token
+from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
     KeySwitches,
-    Org,
     Permission,
     check_permission,
 )
@@ -111,11 +111,22 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         seed = _convert(data, OrgSeed)
-        org = Org(
-            org_id=org_id, name=seed.name, plan=seed.plan.plan(), rate_limit_policy=seed.rate_limit
-        )
+        org = seed.org(org_id, await rt.access.keystore.get_org(org_id))
         await rt.access.keystore.put_org(org)
         result: dict[str, Any] = msgspec.to_builtins(org)
+        return result
+
+    @put("/orgs/{org_id:str}/firewall")
+    async def put_firewall(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The whole ``firewall`` object (fields left out take their defaults); the org's
+        own admin key or an operator's. Every worker applies it within ``key_cache_ttl_s``."""
+        rt = await self._org_scope(request, org_id)
+        config = _convert(data, FirewallConfig)
+        if not await rt.access.keystore.put_org_firewall(org_id, config):
+            raise NotFoundError(f"no org {org_id!r}")
+        result: dict[str, Any] = msgspec.to_builtins(config)
         return result
 
     @get("/orgs/{org_id:str}/keys")

@@ -7,6 +7,7 @@ is the same span downstream, like its request record.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import msgspec
 
@@ -111,13 +112,31 @@ def build_records(
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
+        **_firewall_fields(ctx),
     )
     return record, build_spans(ctx)
 
 
+def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:
+    outcome = ctx.firewall
+    return {
+        "firewall_verdict": outcome.verdict,
+        "firewall_score": outcome.score,
+        "firewall_backend": outcome.backend,
+        "firewall_model_ref": outcome.model_ref,
+        "firewall_cached": outcome.source == "cache",
+        "firewall_verdict_source": outcome.source,
+        "firewall_categories": list(outcome.categories),
+        "firewall_reason": outcome.reason,
+        "firewall_latency_ms": outcome.latency_ms,
+        "firewall_tokens": outcome.tokens,
+        "firewall_cost_usd": outcome.cost_usd,
+    }
+
+
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
-    """One span per stage, then one per upstream attempt (ids from the attempt number, so
-    each stays unique and stable)."""
+    """One span per stage, the spans inside stages, then one per upstream attempt (ids from
+    the attempt number, so each stays unique and stable)."""
     namespace = _namespace(ctx.request_id)
     return [
         SpanRecord(
@@ -131,7 +150,7 @@ def build_spans(ctx: RequestContext) -> list[SpanRecord]:
             status=timing.status,
             attributes=dict(timing.attributes),
         )
-        for timing in (*ctx.timings, *ctx.attempts)
+        for timing in (*ctx.timings, *ctx.child_spans, *ctx.attempts)
     ]
 
 

@@ -1,0 +1,104 @@
+"""The firewall's verdict cache: earlier unsafe verdicts in Qdrant, searched by embedding.
+
+Invariants:
+- One collection (``<collection_prefix>_firewall_verdicts``, cosine), created at start-up if
+  missing, payload indexes on ``org_id`` (the tenant) and ``score``.
+- Every search is filtered on the caller's ``org_id`` (a ``must`` filter, never a score boost),
+  so one org's verdicts never decide another org's request.
+- Only unsafe verdicts (flagged or blocked) are stored, and a search returns only points whose
+  stored score blocks under the thresholds of the request at hand: a hit always means "block".
+- One point per (org, text): a text judged again overwrites its point.
+- Every failure of the embedder or of Qdrant leaves as ``EmbeddingUnavailableError`` or
+  ``VectorStoreUnavailableError``; the stage fails open to the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.clients.embeddings import Embedder
+from gateway.clients.vector_store import PayloadIndex, VectorStore
+from shared.errors import EmbeddingUnavailableError
+
+__all__ = ["COLLECTION", "CachedVerdict", "VerdictCache"]
+
+COLLECTION = "firewall_verdicts"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVerdict:
+    score: float
+    categories: tuple[str, ...]
+    model_ref: str
+    similarity: float
+
+
+class VerdictCache:
+    def __init__(self, store: VectorStore, embedder: Embedder, similarity: float) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.similarity = similarity
+
+    async def open(self) -> None:
+        await self.store.ensure_collection(
+            COLLECTION,
+            self.embedder.dimensions,
+            (PayloadIndex("org_id", tenant=True), PayloadIndex("score", "float")),
+        )
+
+    async def embed(self, text: str) -> list[float]:
+        embeddings = await self.embedder.embed([text])
+        if not embeddings.vectors:
+            raise EmbeddingUnavailableError("the embedder returned no vector")
+        return embeddings.vectors[0]
+
+    async def lookup(
+        self, org_id: str, vector: Sequence[float], *, min_score: float
+    ) -> CachedVerdict | None:
+        """The most similar earlier verdict of ``org_id`` at or above ``similarity`` whose
+        score is at least ``min_score``, if any."""
+        hits = await self.store.search(
+            COLLECTION,
+            vector,
+            must={"org_id": org_id},
+            at_least={"score": min_score},
+            limit=1,
+            score_threshold=self.similarity,
+        )
+        if not hits:
+            return None
+        payload = hits[0].payload
+        return CachedVerdict(
+            score=float(payload.get("score", 1.0)),
+            categories=tuple(str(c) for c in payload.get("categories", [])),
+            model_ref=str(payload.get("model_ref", "")),
+            similarity=hits[0].score,
+        )
+
+    async def save(
+        self,
+        org_id: str,
+        text: str,
+        vector: Sequence[float],
+        *,
+        score: float,
+        categories: Sequence[str],
+        model_ref: str,
+    ) -> None:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        await self.store.upsert(
+            COLLECTION,
+            f"{org_id}\n{digest}",
+            vector,
+            {
+                "org_id": org_id,
+                "score": score,
+                "categories": list(categories),
+                "model_ref": model_ref,
+                "text_sha256": digest,
+                "created_at_ms": int(time.time() * 1000),
+            },
+        )
