@@ -1,4 +1,5 @@
-"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers.
+"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers,
+the embedder and the vector store.
 
 Invariants: built on the worker's event loop at start-up (``Runtime.open``), never at import;
 closed at shutdown in reverse order (publisher flush first, while Redis is still open).
@@ -11,13 +12,15 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from gateway.clients.embeddings import Embedder, open_embedder
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
+from gateway.clients.vector_store import VectorStore
+from gateway.clients.verdict_cache import VerdictCache
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
-    from gateway.clients.verdict_cache import VerdictCache
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -40,9 +43,10 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
+    embedder: Embedder
+    vectors: VectorStore
+    verdict_cache: VerdictCache
     counters: Counters = field(default_factory=Counters)
-    verdict_cache: VerdictCache | None = None
-    """The firewall's verdict cache; None when the embedder or Qdrant is not configured."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
 
@@ -59,10 +63,15 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
+        embedder = open_embedder(settings.embedder)
+        vectors = VectorStore.open(settings.qdrant)
+        verdicts = VerdictCache(vectors, embedder, settings.firewall.cache_similarity)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
     async def close(self) -> None:
         await self.publisher.stop()
         await self.upstreams.aclose()
+        await self.vectors.aclose()
+        await self.embedder.aclose()
         await self.redis.aclose()

@@ -20,12 +20,16 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     │   ├── ProviderError                502 PROVIDER_ERROR
     │   ├── FirewallUnavailableError     503 FIREWALL_UNAVAILABLE (the org fails closed)
     │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
-    └── PipelineError                    (internal; never rendered)
-        ├── RecordDecodeError            an entry that is not a record of a known schema version
-        ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
-        └── PoisonBatchError             the store rejected the data itself: set rows aside
-    ClassifierFailedError                (internal) the firewall's classifier gave no verdict
-    └── MalformedVerdictError            it answered, but not with a readable verdict
+    ├── PipelineError                    (internal; never rendered)
+    │   ├── RecordDecodeError            an entry that is not a record of a known schema version
+    │   ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
+    │   └── PoisonBatchError             the store rejected the data itself: set rows aside
+    └── DependencyError                  (internal; never rendered: the stage that needed it
+        │                                 fails open, or maps it to its own ClientError)
+        ├── EmbeddingUnavailableError    the embedder failed or did not answer in time
+        ├── VectorStoreUnavailableError  Qdrant could not be reached or refused the call
+        └── ClassifierFailedError        the firewall's classifier gave no verdict
+            └── MalformedVerdictError    it answered, but not with a readable verdict
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ class VectorStoreUnavailableError(DependencyError):
     """Qdrant could not be reached, timed out or refused the call."""
 
 
-class ClassifierFailedError(FloopyError):
+class ClassifierFailedError(DependencyError):
     """The firewall's classifier gave no verdict; ``reason`` is one word for the record
     (``timeout``, ``breaker_open``, ``provider_error``, ``malformed``)."""
 

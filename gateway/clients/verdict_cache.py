@@ -1,8 +1,9 @@
 """The firewall's verdict cache: earlier unsafe verdicts in Qdrant, searched by embedding.
 
 Invariants:
-- One collection (``<collection_prefix>_firewall_verdicts``, cosine), created at start-up if
-  missing, payload indexes on ``org_id`` (the tenant) and ``score``.
+- One collection (``<collection_prefix>_firewall_verdicts``, cosine), created on first use if
+  missing (and again after a failure), payload indexes on ``org_id`` (the tenant) and
+  ``score``. Creating it lazily keeps a Qdrant outage at start-up from disabling the cache.
 - Every search is filtered on the caller's ``org_id`` (a ``must`` filter, never a score boost),
   so one org's verdicts never decide another org's request.
 - Only unsafe verdicts (flagged or blocked) are stored, and a search returns only points whose
@@ -41,13 +42,16 @@ class VerdictCache:
         self.store = store
         self.embedder = embedder
         self.similarity = similarity
+        self._ready = False
 
-    async def open(self) -> None:
-        await self.store.ensure_collection(
-            COLLECTION,
-            self.embedder.dimensions,
-            (PayloadIndex("org_id", tenant=True), PayloadIndex("score", "float")),
-        )
+    async def _ensure(self) -> None:
+        if not self._ready:
+            await self.store.ensure_collection(
+                COLLECTION,
+                self.embedder.dimensions,
+                (PayloadIndex("org_id", tenant=True), PayloadIndex("score", "float")),
+            )
+            self._ready = True
 
     async def embed(self, text: str) -> list[float]:
         embeddings = await self.embedder.embed([text])
@@ -60,6 +64,7 @@ class VerdictCache:
     ) -> CachedVerdict | None:
         """The most similar earlier verdict of ``org_id`` at or above ``similarity`` whose
         score is at least ``min_score``, if any."""
+        await self._ensure()
         hits = await self.store.search(
             COLLECTION,
             vector,
@@ -88,6 +93,7 @@ class VerdictCache:
         categories: Sequence[str],
         model_ref: str,
     ) -> None:
+        await self._ensure()
         digest = hashlib.sha256(text.encode()).hexdigest()
         await self.store.upsert(
             COLLECTION,
