@@ -173,6 +173,15 @@ class VectorStore:
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
+    async def payload(self, name: str, key: str) -> dict[str, Any] | None:
+        """The payload of the point written under ``key``, if there is one (no vector math:
+        an exact repeat is found without embedding it)."""
+        points = await self._call(
+            "retrieve",
+            self.client.retrieve(self.collection(name), [point_id(key)], with_payload=True),
+        )
+        return dict(points[0].payload or {}) if points else None
+
     async def upsert(
         self, name: str, key: str, vector: Sequence[float], payload: Mapping[str, Any]
     ) -> None:

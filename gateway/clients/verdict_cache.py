@@ -8,7 +8,8 @@ Invariants:
   so one org's verdicts never decide another org's request.
 - Only unsafe verdicts (flagged or blocked) are stored, and a search returns only points whose
   stored score blocks under the thresholds of the request at hand: a hit always means "block".
-- One point per (org, text): a text judged again overwrites its point.
+- One point per (org, text), keyed by the text's SHA-256: an exact repeat is found by key
+  without embedding it (``exact``); a text judged again overwrites its point.
 - Every failure of the embedder or of Qdrant leaves as ``EmbeddingUnavailableError`` or
   ``VectorStoreUnavailableError``; the stage fails open to the classifier.
 """
@@ -19,6 +20,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.clients.embeddings import Embedder
 from gateway.clients.vector_store import PayloadIndex, VectorStore
@@ -53,6 +55,14 @@ class VerdictCache:
             )
             self._ready = True
 
+    async def exact(self, org_id: str, text: str, *, min_score: float) -> CachedVerdict | None:
+        """An earlier verdict on exactly this text whose score is at least ``min_score``."""
+        await self._ensure()
+        payload = await self.store.payload(COLLECTION, _key(org_id, text))
+        if payload is None or float(payload.get("score", 0.0)) < min_score:
+            return None
+        return _verdict(payload, similarity=1.0)
+
     async def embed(self, text: str) -> list[float]:
         embeddings = await self.embedder.embed([text])
         if not embeddings.vectors:
@@ -73,15 +83,7 @@ class VerdictCache:
             limit=1,
             score_threshold=self.similarity,
         )
-        if not hits:
-            return None
-        payload = hits[0].payload
-        return CachedVerdict(
-            score=float(payload.get("score", 1.0)),
-            categories=tuple(str(c) for c in payload.get("categories", [])),
-            model_ref=str(payload.get("model_ref", "")),
-            similarity=hits[0].score,
-        )
+        return _verdict(hits[0].payload, hits[0].score) if hits else None
 
     async def save(
         self,
@@ -94,17 +96,28 @@ class VerdictCache:
         model_ref: str,
     ) -> None:
         await self._ensure()
-        digest = hashlib.sha256(text.encode()).hexdigest()
         await self.store.upsert(
             COLLECTION,
-            f"{org_id}\n{digest}",
+            _key(org_id, text),
             vector,
             {
                 "org_id": org_id,
                 "score": score,
                 "categories": list(categories),
                 "model_ref": model_ref,
-                "text_sha256": digest,
                 "created_at_ms": int(time.time() * 1000),
             },
         )
+
+
+def _key(org_id: str, text: str) -> str:
+    return f"{org_id}\n{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def _verdict(payload: dict[str, Any], similarity: float) -> CachedVerdict:
+    return CachedVerdict(
+        score=float(payload.get("score", 1.0)),
+        categories=tuple(str(c) for c in payload.get("categories", [])),
+        model_ref=str(payload.get("model_ref", "")),
+        similarity=similarity,
+    )

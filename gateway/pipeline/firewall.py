@@ -4,9 +4,10 @@ routing, so a blocked prompt never costs a provider call.
 1. ``plan_screening``: the org's switch, the key's switch, the classifier model, and the
    per-request ``floopy-llm-security-enabled`` header (if the org honours it). A skip is
    recorded as ``skipped`` with its reason.
-2. The verdict cache (Qdrant): the screened text's embedding is searched among the org's earlier
-   *unsafe* verdicts whose score blocks under this request's thresholds; a match at or above
-   ``firewall.cache_similarity`` blocks at once (``verdict_source = cache``). A cache that fails
+2. The verdict cache (Qdrant): the org's earlier *unsafe* verdicts whose score blocks under this
+   request's thresholds are looked up, first by the screened text's hash (an exact repeat, no
+   embedding), then by its embedding; a match at or above ``firewall.cache_similarity`` blocks
+   at once (``verdict_source = cache``). A cache that fails
    is logged, counted and recorded (``reason``), and the classifier decides alone.
 3. The classifier, through routing and dispatch (``gateway.pipeline.classifier``); its score
    decides ``block`` (400 PROMPT_THREAT_DETECTED), ``flag`` or ``pass``; a flagged or blocked
@@ -146,14 +147,19 @@ def _child_span(
 async def _cached_verdict(
     ctx: RequestContext, rt: Runtime, cache: VerdictCache, text: str, thresholds: Thresholds
 ) -> list[float] | None:
-    """Look the text up; on a hit fill the outcome as a block. Returns the text's embedding
-    (to store a new unsafe verdict under), or None when the cache could not answer."""
+    """Look the text up (by its hash, then by similarity); on a hit fill the outcome as a block.
+    Returns the text's embedding (to store a new unsafe verdict under), or None when there is
+    none (an exact hit needs none; a failed cache has none)."""
     outcome = ctx.firewall
     start = time.perf_counter_ns()
-    attributes: dict[str, str] = {}
+    vector: list[float] | None = None
     try:
-        vector = await cache.embed(text)
-        hit = await cache.lookup(ctx.org_id, vector, min_score=thresholds.block)
+        hit = await cache.exact(ctx.org_id, text, min_score=thresholds.block)
+        match = "exact" if hit else "none"
+        if hit is None:
+            vector = await cache.embed(text)
+            hit = await cache.lookup(ctx.org_id, vector, min_score=thresholds.block)
+            match = "similar" if hit else "none"
     except DependencyError as exc:
         rt.counters.firewall_cache_errors += 1
         log.warning("request %s: verdict cache unavailable (%s)", ctx.request_id, exc)
@@ -161,7 +167,7 @@ async def _cached_verdict(
         outcome.reason = f"{outcome.reason}; {note}" if outcome.reason else note
         _child_span(ctx, CACHE_SPAN, start, "error", {"error": type(exc).__name__})
         return None
-    attributes["hit"] = "true" if hit else "false"
+    attributes = {"hit": match}
     if hit is not None:
         attributes["similarity"] = f"{hit.similarity:.4f}"
         outcome.verdict, outcome.source = Verdict.BLOCK, "cache"

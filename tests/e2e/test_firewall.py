@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
 from devstack.fake_openai import REPLY_TEXT
 from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
+from ingester.cli import app as ingester_cli
 from tests.e2e.harness import Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -113,6 +115,8 @@ class Stack:
             FLOOPY_GATEWAY_FIREWALL__TIMEOUT_S="1",
             FLOOPY_GATEWAY_BREAKER__FAILURE_THRESHOLD="2",
             FLOOPY_GATEWAY_RETRY__BACKOFF_S="0.01",
+            FLOOPY_GATEWAY_CLICKHOUSE__PORT=str(self.floopy.clickhouse.port),  # the console
+            FLOOPY_GATEWAY_CLICKHOUSE__DATABASE=self.floopy.database,
         )
 
     def sdk(self, key: str) -> openai.OpenAI:
@@ -205,18 +209,19 @@ def test_an_injection_is_blocked_then_blocked_again_from_the_verdict_cache(stack
 
     spans = stack.spans(_id(error))
     assert {"firewall", "firewall.verdict_cache", "firewall.classifier"} <= spans.keys()
-    assert spans["firewall.verdict_cache"] == {"parent": "firewall", "hit": "false"}
+    assert spans["firewall.verdict_cache"] == {"parent": "firewall", "hit": "none"}
     assert spans["firewall.classifier"]["provider"] == "guard"
     assert "routing" not in spans and "dispatch" not in spans
 
-    for text in (INJECTION, PARAPHRASE):
+    for text, match in ((INJECTION, "exact"), (PARAPHRASE, "similar")):
         again = stack.refused("a", text, openai.BadRequestError)
         assert isinstance(again.body, dict) and again.body["verdict_source"] == "cache"
         row = stack.row(_id(again))
         assert row["firewall_verdict"] == "block" and row["firewall_cached"] == 1
         assert row["firewall_verdict_source"] == "cache" and row["firewall_tokens"] == 0
-        similarity = float(stack.spans(_id(again))["firewall.verdict_cache"]["similarity"])
-        assert similarity >= 0.94
+        lookup = stack.spans(_id(again))["firewall.verdict_cache"]
+        assert lookup["hit"] == match
+        assert float(lookup["similarity"]) >= 0.94
     assert stack.stats()["classifier"] == after["classifier"], "the cache answered, not the model"
 
 
@@ -332,3 +337,25 @@ def test_the_console_filters_by_verdict_and_source(stack: Stack) -> None:
     assert {r["firewall_verdict"] for r in listed(firewall_verdict="flag")} == {"flag"}
     both = listed(firewall_verdict="block", firewall_source="classifier")
     assert both and all(r["status_code"] == 400 for r in both)
+
+
+def test_the_overview_counts_blocked_and_flagged_from_the_rollups(stack: Stack) -> None:
+    db = stack.floopy.database
+    [(blocked, flagged, first, last)] = stack.floopy.query(
+        "SELECT countIf(firewall_verdict = 'block'), countIf(firewall_verdict = 'flag'), "
+        "toUInt32(min(created_at)), toUInt32(max(created_at)) FROM requests FINAL "
+        "WHERE org_id = 'org-a'"
+    )
+    assert blocked >= 4 and flagged >= 1
+    base = ["--clickhouse-port", str(stack.floopy.clickhouse.port), "--clickhouse-database", db]
+    rebuild = ["rollups", "rebuild", "--from", str(first), "--to", str(last + 1)]
+    result = CliRunner().invoke(ingester_cli, [*base, *rebuild])
+    assert result.exit_code == 0, result.output
+    response = httpx.get(
+        f"{stack.floopy.gateway_url}/console/api/metrics",
+        headers={"Authorization": "Bearer sk-floopy-fw-a"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    totals = response.json()["totals"]
+    assert (totals["firewall_blocked"], totals["firewall_flagged"]) == (blocked, flagged)
