@@ -67,3 +67,29 @@ async def test_an_unreachable_server_is_our_error() -> None:
     with pytest.raises(VectorStoreUnavailableError):
         await s.ensure_collection("things", 3, INDEXES)
     await s.aclose()
+
+
+async def test_a_search_without_every_keyword_reads_every_matching_partition() -> None:
+    s = VectorStore.open(QdrantSettings(collection_prefix="p"))
+    indexes = (PayloadIndex("org_id", tenant=True), PayloadIndex("model"))
+    await s.ensure_collection("parts", 3, indexes)
+    assert await s.search("parts", [1.0, 0.0, 0.0], must={"org_id": "a"}) == []
+    await s.upsert("parts", "1", [1.0, 0.0, 0.0], {"org_id": "a", "model": "m1"})
+    await s.upsert("parts", "2", [0.0, 1.0, 0.0], {"org_id": "a", "model": "m2"})
+    await s.upsert("parts", "3", [1.0, 0.0, 0.0], {"org_id": "b", "model": "m1"})
+    by_org = await s.search("parts", [0.6, 0.8, 0.0], must={"org_id": "a"}, limit=5)
+    assert [h.id for h in by_org] == [point_id("2"), point_id("1")]
+    exact = await s.search("parts", [0.6, 0.8, 0.0], must={"org_id": "a", "model": "m1"}, limit=5)
+    assert [h.id for h in exact] == [point_id("1")]
+    await s.aclose()
+
+
+async def test_a_collection_without_keyword_fields() -> None:
+    s = VectorStore.open(QdrantSettings(collection_prefix="q"))
+    await s.ensure_collection("plain", 3)
+    assert await s.search("plain", [1.0, 0.0, 0.0], must={}) == []
+    await s.upsert("plain", "1", [1.0, 0.0, 0.0], {"n": 1})
+    assert [h.payload for h in await s.search("plain", [1.0, 0.0, 0.0], must={"n": 1})] == [
+        {"n": 1}
+    ]
+    await s.aclose()
