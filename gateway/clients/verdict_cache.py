@@ -58,7 +58,7 @@ class VerdictCache:
     async def exact(self, org_id: str, text: str, *, min_score: float) -> CachedVerdict | None:
         """An earlier verdict on exactly this text whose score is at least ``min_score``."""
         await self._ensure()
-        payload = await self.store.payload(COLLECTION, _key(org_id, text))
+        payload = await self.store.payload(COLLECTION, _key(org_id, text), must={"org_id": org_id})
         if payload is None or float(payload.get("score", 0.0)) < min_score:
             return None
         return _verdict(payload, similarity=1.0)
