@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,7 +138,8 @@ class _Handler:
         self.ids = itertools.count(1)
         self.requests: list[dict[str, Any]] = []
         """Every accepted request body, for tests that check what the gateway sent."""
-        self.stats = {"chat": 0, "classifier": 0}
+        self.served: Counter[str] = Counter()
+        """Requests received, by kind (``chat``, ``classifier``); ``GET /fake/stats``."""
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         n = next(self.ids)
@@ -150,7 +152,7 @@ class _Handler:
         screened = classifier_text(
             system if isinstance(system, list) else [system], body["messages"]
         )
-        self.stats["chat" if screened is None else "classifier"] += 1
+        self.served["chat" if screened is None else "classifier"] += 1
         if screened is not None:
             return await self._classify(body, screened, f"msg_fake{n:06d}", rid)
         message = self._message(body, request, f"msg_fake{n:06d}")
@@ -210,7 +212,7 @@ class _Handler:
         )
 
     async def stats_view(self, _: web.Request) -> web.Response:
-        return web.Response(body=_encode(self.stats), content_type="application/json")
+        return web.Response(body=_encode(dict(self.served)), content_type="application/json")
 
     def _message(
         self, body: Mapping[str, Any], request: web.Request, msg_id: str

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+from collections import Counter
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -219,7 +220,8 @@ class _Handler:
     def __init__(self) -> None:
         self.bodies = {m: _bodies(m) for m in MODELS}
         self.ids = itertools.count(1)
-        self.stats = {"chat": 0, "classifier": 0}
+        self.served: Counter[str] = Counter()
+        """Requests received, by kind (``chat``, ``classifier``); ``GET /fake/stats``."""
 
     def bodies_for(self, model: str) -> _Bodies:
         found = self.bodies.get(model)
@@ -261,7 +263,7 @@ class _Handler:
             [m.get("content") for m in messages if m.get("role") == "system"],
             [m for m in messages if m.get("role") == "user"],
         )
-        self.stats["chat" if screened is None else "classifier"] += 1
+        self.served["chat" if screened is None else "classifier"] += 1
         refusal = await self.refusal(request, body.model)
         if refusal is not None:
             return refusal
@@ -320,7 +322,7 @@ class _Handler:
         return web.Response(body=_encode(answer), content_type="application/json")
 
     async def stats_view(self, _: web.Request) -> web.Response:
-        return web.Response(body=_encode(self.stats), content_type="application/json")
+        return web.Response(body=_encode(dict(self.served)), content_type="application/json")
 
     async def stream(
         self, request: web.Request, bodies: _Bodies, body: _Request, splice: _Splice

@@ -139,7 +139,7 @@ class Stack:
     def stats(self, port: int | None = None) -> dict[str, int]:
         port = port or self.floopy.provider_port
         body: dict[str, int] = httpx.get(f"http://127.0.0.1:{port}/fake/stats", timeout=5).json()
-        return body
+        return {"chat": 0, "classifier": 0, **body}
 
     def row(self, request_id: str) -> dict[str, Any]:
         sql = f"SELECT {FIELDS} FROM requests FINAL WHERE request_id = %(id)s"
