@@ -35,8 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-from collections import Counter
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.policy.usage import completion_text
 from shared.errors import MalformedVerdictError
 
 __all__ = [
@@ -117,31 +118,14 @@ def classifier_body(model: str, text: str, max_tokens: int) -> bytes:
     )
 
 
-class _Message(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-
-
-class _Completion(msgspec.Struct):
-    choices: list[_Choice] = []
-
-
-_decode_completion = msgspec.json.Decoder(_Completion).decode
-
-
 def answer_text(body: bytes) -> str:
     """The assistant's text of a chat.completion body; a body of another shape is malformed."""
-    try:
-        choices = _decode_completion(body).choices
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedVerdictError(f"classifier answer is not a chat completion: {exc}") from None
-    message = choices[0].message if choices else None
-    if message is None or not message.content:
+    text = completion_text(body)
+    if text is None:
+        raise MalformedVerdictError("classifier answer is not a chat completion")
+    if not text:
         raise MalformedVerdictError("classifier answered without text")
-    return message.content
+    return text
 
 
 @dataclass(frozen=True, slots=True)
