@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.admin.seed import apply_seed, load_seed, merge_routing, seed_from_api_keys
+from gateway.clients.audit_log import AuditLog
 from gateway.clients.keystore import KeyStore
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
@@ -38,6 +39,7 @@ class Access:
     templates: TemplateStore
     routing: RoutingConfigStore
     usage: UsageRecorder
+    audit: AuditLog
     seed_failures: int = 0
 
     @classmethod
@@ -57,6 +59,7 @@ class Access:
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
             routing=RoutingConfigStore(redis, prefix=prefix),
             usage=UsageRecorder(redis, keystore, limiter),
+            audit=AuditLog(redis, prefix=prefix),
         )
 
     @classmethod
@@ -85,6 +88,14 @@ class Access:
             except (RedisError, OSError) as exc:
                 self.seed_failures += 1
                 log.error("could not apply the config seed (%s: %s)", type(exc).__name__, exc)
+
+    async def routing_version(self) -> int:
+        """The stored routing version now (-1 if Redis cannot say: the watcher reloads then)."""
+        try:
+            return await self.routing.version()
+        except (RedisError, OSError) as exc:
+            log.warning("stored routing version unavailable (%s)", exc)
+            return -1
 
     async def merged_settings(self, settings: GatewaySettings) -> GatewaySettings:
         try:

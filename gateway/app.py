@@ -21,6 +21,7 @@ from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.provider_health import provider_health
 from gateway.routes import chat_completions, health
+from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
 
@@ -43,11 +44,20 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         access = await Access.open(settings, environ or {})
         try:
+            version = await access.routing_version()  # before reading: a write in between reloads
             runtime = await Runtime.open(await access.merged_settings(settings))
         except BaseException:
             await access.close()
             raise
         runtime.access = access
+        runtime.watcher = RoutingWatcher(
+            runtime,
+            access.routing,
+            settings,
+            seen_version=version,
+            interval_s=settings.routing_refresh_s,
+        )
+        runtime.watcher.start()
         opened[:] = [access]
         app.state.runtime = runtime
         # What start-up built lives as long as the worker: move it out of the collector's way,
@@ -59,6 +69,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         try:
             yield
         finally:
+            await runtime.watcher.stop()
             await runtime.close()
             await access.close()
 

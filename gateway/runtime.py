@@ -21,6 +21,7 @@ from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
+    from gateway.routing_watch import RoutingWatcher
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -49,6 +50,8 @@ class Runtime:
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
+    watcher: RoutingWatcher = field(init=False)
+    """Swaps ``upstreams`` and ``settings`` when stored providers or routes change."""
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Runtime:

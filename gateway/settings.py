@@ -199,6 +199,9 @@ class GatewaySettings(BaseSettings):
     master_key: SecretStr = SecretStr("")
     """Fernet key (``floopy-admin master-key``) that decrypts ``api_key_encrypted`` of providers
     in the config file and in the store."""
+    routing_refresh_s: float = Field(default=2.0, gt=0, le=300)
+    """How often each worker checks whether stored providers or routes changed (one Redis GET);
+    a change made through ``/admin`` or ``floopy-admin`` is followed within about this long."""
     operator_orgs: list[str] = Field(default_factory=list)
     """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
     admin key of any other org manages its own org's keys and templates only."""

@@ -120,11 +120,14 @@ class UsageRecorder:
             )
 
     async def _write(self, batch: list[UsageEntry]) -> None:
+        last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
                 self._keystore.queue_usage(
                     pipe, entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms
                 )
+                last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
+            self._keystore.queue_last_used(pipe, last_used)
             await pipe.execute()
         charges = [bucket for entry in batch for bucket in entry.charges]
         if charges:
