@@ -30,7 +30,7 @@ from gateway.admin.service import (
 )
 from gateway.admin.settings_api import SettingsApi
 from gateway.policy.firewall import FirewallConfig
-from gateway.policy.keys import ApiKey, Org, Permission
+from gateway.policy.keys import ApiKey, Permission
 from gateway.policy.templates import TemplateMessage
 from gateway.runtime import Runtime
 from shared.errors import (

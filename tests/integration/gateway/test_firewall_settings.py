@@ -85,6 +85,9 @@ async def test_firewall_settings_through_the_admin_api(client: AsyncTestClient[A
     assert put.status_code == 200, put.text
     shown = (await client.get("/admin/orgs/acme", headers=ADMIN)).json()["firewall"]
     assert shown == {**msgspec.to_builtins(FirewallConfig()), **wanted}
+    audit = (await client.get("/admin/orgs/acme/audit", headers=ADMIN)).json()["data"]
+    assert audit[0]["action"] == "firewall.put" and audit[0]["after"] == shown
+    assert audit[0]["before"]["block_threshold"] == 0.9
 
     for bad in ({"flag_threshold": 0.9, "block_threshold": 0.5}, {"block_threshold": 2}):
         refused = await client.put("/admin/orgs/acme/firewall", json=bad, headers=ADMIN)
