@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,11 +342,20 @@ def test_the_console_filters_by_verdict_and_source(stack: Stack) -> None:
 
 def test_the_overview_counts_blocked_and_flagged_from_the_rollups(stack: Stack) -> None:
     db = stack.floopy.database
-    [(blocked, flagged, first, last)] = stack.floopy.query(
+    sql = (
         "SELECT countIf(firewall_verdict = 'block'), countIf(firewall_verdict = 'flag'), "
-        "toUInt32(min(created_at)), toUInt32(max(created_at)) FROM requests FINAL "
+        "toUInt32(min(created_at)), toUInt32(max(created_at)), count() FROM requests FINAL "
         "WHERE org_id = 'org-a'"
     )
+    seen: list[tuple[int, ...]] = []
+
+    def settled() -> bool:  # every earlier request's row is in (no change for a second)
+        seen.append(tuple(stack.floopy.query(sql)[0]))
+        time.sleep(1)
+        return tuple(stack.floopy.query(sql)[0]) == seen[-1]
+
+    stack.floopy.wait_for(settled, what="org-a's rows to settle")
+    blocked, flagged, first, last, _ = seen[-1]
     assert blocked >= 4 and flagged >= 1
     base = ["--clickhouse-port", str(stack.floopy.clickhouse.port), "--clickhouse-database", db]
     rebuild = ["rollups", "rebuild", "--from", str(first), "--to", str(last + 1)]
