@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 
 from gateway.clients.embeddings import Embedder, open_embedder
+from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
@@ -54,13 +55,15 @@ class Runtime:
     """Swaps ``upstreams`` and ``settings`` when stored providers or routes change."""
 
     @classmethod
-    async def open(cls, settings: GatewaySettings) -> Runtime:
+    async def open(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Runtime:
         redis = Redis.from_url(
             settings.redis.url,
             socket_timeout=settings.redis.socket_timeout_s,
             socket_connect_timeout=settings.redis.connect_timeout_s,
         )
-        publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
+        publisher = Publisher(
+            redis, settings.publisher, prefix=settings.redis.key_prefix, spool=spool
+        )
         upstreams = await Upstreams.open(
             settings,
             redis,

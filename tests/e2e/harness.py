@@ -65,6 +65,7 @@ class Floopy:
             "FLOOPY_GATEWAY_CONFIG_FILE": str(self.config_file),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_ACCESS_LOG": "false",
+            "FLOOPY_GATEWAY_SPOOL__DIR": str(self.root / "gateway-spool"),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
             "FLOOPY_INGESTER_REDIS__KEY_PREFIX": self.tag,
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
