@@ -88,7 +88,9 @@ def access_counters(component: str, *events: str) -> CounterSet:
 
 
 def error_counters() -> CounterSet:
-    return access_counters("errors", "unexpected", "record_build")
+    return access_counters(
+        "errors", "unexpected", "record_build", "firewall_classifier", "firewall_verdict_cache"
+    )
 
 
 def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:

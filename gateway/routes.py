@@ -180,5 +180,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "errors": {
             "unexpected": rt.counters.get("unexpected"),
             "record_build": rt.counters.get("record_build"),
+            "firewall_classifier": rt.counters.get("firewall_classifier"),
+            "firewall_verdict_cache": rt.counters.get("firewall_verdict_cache"),
         },
     }

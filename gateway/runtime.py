@@ -17,6 +17,7 @@ from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
+from gateway.clients.verdict_cache import VerdictCache
 from gateway.metrics import error_counters
 from gateway.settings import GatewaySettings
 
@@ -39,9 +40,11 @@ class Runtime:
     upstreams: Upstreams
     embedder: Embedder
     vectors: VectorStore
+    verdict_cache: VerdictCache
     counters: CounterSet = field(default_factory=error_counters)
-    """Failures that were logged and survived (``unexpected``, ``record_build``): shown at
-    ``GET /health`` and exported at ``/metrics``."""
+    """Failures that were logged and survived (``unexpected``, ``record_build``,
+    ``firewall_classifier``, ``firewall_verdict_cache``): shown at ``GET /health`` and exported
+    at ``/metrics``."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
     watcher: RoutingWatcher = field(init=False)
@@ -66,8 +69,9 @@ class Runtime:
         )
         embedder = open_embedder(settings.embedder)
         vectors = VectorStore.open(settings.qdrant)
+        verdicts = VerdictCache(vectors, embedder, settings.firewall.cache_similarity)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, embedder, vectors)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
     async def close(self) -> None:
         await self.publisher.stop()

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
 from gateway.metrics import access_counters
+from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -80,6 +81,12 @@ return redis.call('HSET', KEYS[1], unpack(ARGV))
 """
 """A hash rewritten whole in one step: a reader never sees it missing (a cached "no such key"
 would lock a key out for the cache TTL), also on a cluster where there is no MULTI."""
+
+_SET_ORG_FIELD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 _CACHE_MAX = 50_000
 _DAY_GRACE = timedelta(days=2)
@@ -141,6 +148,7 @@ class KeyStore:
             cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
         )
         self._auth = redis.register_script(_AUTH_LUA)
+        self._set_org_field = redis.register_script(_SET_ORG_FIELD_LUA)
         self.cluster = is_cluster(redis)
         self.counters = access_counters("key_cache", "hits", "misses", "stale_answers")
 
@@ -292,6 +300,13 @@ class KeyStore:
             _replace_hash(pipe, f"{self._p}:org:{org.org_id}", _encode_fields(org))
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
+
+    async def put_org_firewall(self, org_id: str, config: FirewallConfig) -> bool:
+        """Replace one org's firewall settings, nothing else; False if there is no such org."""
+        done = await self._set_org_field(
+            keys=[f"{self._p}:org:{org_id}"], args=["firewall", msgspec.json.encode(config)]
+        )
+        return bool(done)
 
     async def get_org(self, org_id: str) -> Org | None:
         flat = await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}"))
