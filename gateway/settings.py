@@ -160,6 +160,15 @@ class GatewaySettings(BaseSettings):
     admin key of any other org manages its own org's keys and templates only."""
 
     max_body_bytes: int = Field(default=4 * 2**20, ge=1)
+    """Largest chat-completions body; a larger one is refused (413) before it is read."""
+    admin_max_body_bytes: int = Field(default=256 * 2**10, ge=1)
+    """Largest body on every other route (admin API, read API): they take small JSON objects."""
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    """A body must arrive within this long of its first read (408 otherwise), so slow senders
+    cannot hold the worker's connections."""
+    max_in_flight_per_client: int = Field(default=64, ge=1)
+    """Requests one client (a key, or an address without one) may have in flight per worker;
+    more get 429 at once. ``/health`` is not counted."""
     record_body_max_bytes: int = Field(default=256 * 2**10, ge=0)
     """Bodies longer than this are cut in the record (never in the proxied traffic)."""
     publisher: PublisherSettings = PublisherSettings()

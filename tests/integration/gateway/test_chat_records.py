@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
 from gateway.app import create_app
+from gateway.clients.keystore import KeyStore
+from gateway.policy.keys import Permission
 from gateway.settings import GatewaySettings
 from shared.codec import decode_record
 from shared.records import RequestRecord, SpanRecord
@@ -168,8 +170,21 @@ async def test_failures_are_structured_and_recorded(  # noqa: PLR0917 - parametr
     assert record.request_id == response.headers["floopy-request-id"] == error["request_id"]
 
 
-async def test_health_reports_redis_and_counters(client: AsyncTestClient[Any]) -> None:
+async def test_health_reports_redis_and_counters(
+    client: AsyncTestClient[Any], settings: GatewaySettings
+) -> None:
+    """Liveness for anyone; the counters (every tenant's traffic) for an operator's admin key."""
     await client.post("/v1/chat/completions", json=BODY, headers=AUTH)
-    health = (await client.get("/health")).json()
+    public = (await client.get("/health")).json()
+    assert public == {"status": "ok", "redis": {"reachable": True}}
+    assert (await client.get("/health", headers=AUTH)).json() == public  # a proxy key: no more
+    settings.operator_orgs = ["org-1"]
+    redis = Redis.from_url(settings.redis.url)  # the app runs on the test client's own loop
+    try:
+        keystore = KeyStore(redis, prefix=settings.redis.key_prefix)
+        new, _ = await keystore.create_key("org-1", permissions=frozenset({Permission.ADMIN}))
+    finally:
+        await redis.aclose()
+    health = (await client.get("/health", headers={"Authorization": f"Bearer {new.secret}"})).json()
     assert health["redis"]["reachable"] is True
     assert set(health["publisher"]) >= {"buffered", "published", "dropped"}
