@@ -38,6 +38,9 @@ class Access:
     templates: TemplateStore
     routing: RoutingConfigStore
     usage: UsageRecorder
+    base_settings: GatewaySettings
+    """The worker's settings before stored providers and routes were merged in: what admin
+    writes are checked against (``check_routing``), as the next start will build them."""
     seed_failures: int = 0
 
     @classmethod
@@ -57,6 +60,7 @@ class Access:
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
             routing=RoutingConfigStore(redis, prefix=prefix),
             usage=UsageRecorder(redis, keystore, limiter),
+            base_settings=settings,
         )
 
     @classmethod

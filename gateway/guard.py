@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from litestar.enums import ScopeType
 from redis.exceptions import RedisError
 
 from gateway.errors import error_body
@@ -43,7 +44,7 @@ from shared.errors import (
 )
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
     from gateway.runtime import Runtime
 
@@ -95,7 +96,7 @@ class _BodyGate:
         self._size = 0
         self._done = False
 
-    async def __call__(self) -> Message:
+    async def __call__(self) -> ReceiveMessage:
         if self._done:
             return await self._receive()
         if not self._deadline:
@@ -128,7 +129,7 @@ class _Guard:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self._app(scope, receive, send)
             return
         kind = route_class(scope["path"])

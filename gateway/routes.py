@@ -164,7 +164,7 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
         log.warning("request %s: %s", ctx.request_id, ctx.stream_error)
         # too late to fall back (the caller has bytes), not too late to count against it
-        await rt.upstreams.breakers.failure(ctx.provider_name)
+        await rt.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
     except (GeneratorExit, asyncio.CancelledError):
         ctx.stream_error = "client disconnected before the end of the stream"
         raise

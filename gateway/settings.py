@@ -54,6 +54,9 @@ class ProviderSettings(BaseModel):
     """Azure only: the ``api-version`` query parameter."""
     deployments: dict[str, str] = Field(default_factory=dict)
     """Azure only: model → deployment name; a model not listed is its own deployment name."""
+    orgs: list[str] = Field(default_factory=list)
+    """Orgs that may use this provider (by routing or by an explicit ``<provider>/<model>``);
+    empty: every org."""
 
     @model_validator(mode="after")
     def _key_from_environment(self) -> ProviderSettings:
@@ -86,6 +89,10 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30.0, gt=0)
     """How long an open breaker skips its provider before one probe request may try it."""
     probe_timeout_s: float = Field(default=30.0, gt=0)
+    min_orgs: int = Field(default=2, ge=1)
+    """Distinct orgs whose requests must have failed within the window for the provider-wide
+    breaker to open; one org's failures open only that org's own breaker of the provider (so a
+    tenant's bad requests never turn the others away). 1: any failures open it for all."""
 
 
 class PriceOverride(BaseModel):
@@ -155,6 +162,10 @@ class GatewaySettings(BaseSettings):
     master_key: SecretStr = SecretStr("")
     """Fernet key (``floopy-admin master-key``) that decrypts ``api_key_encrypted`` of providers
     in the config file and in the store."""
+    provider_key_env_prefixes: list[str] = Field(default_factory=lambda: ["FLOOPY_PROVIDER_KEY_"])
+    """``api_key_env`` of a provider written through the admin API must start with one of these,
+    so an admin key cannot name another secret of the gateway's environment (the master key)
+    and have it sent to a URL of its choosing. The config file and CLI are not limited."""
     operator_orgs: list[str] = Field(default_factory=list)
     """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
     admin key of any other org manages its own org's keys and templates only."""

@@ -16,6 +16,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.errors import BadRequestError
+from shared.redis_keys import RedisKeys
 
 __all__ = ["RoutingConfigStore"]
 
@@ -25,8 +26,9 @@ _FORBIDDEN_FIELDS = ("api_key",)
 class RoutingConfigStore:
     def __init__(self, redis: Redis, *, prefix: str = "floopy") -> None:
         self._redis = redis
-        self._providers = f"{prefix}:providers"
-        self._routes = f"{prefix}:routes"
+        keys = RedisKeys(prefix)
+        self._providers = keys.providers
+        self._routes = keys.routes
 
     async def put_provider(self, provider: dict[str, Any]) -> None:
         name = provider.get("name")

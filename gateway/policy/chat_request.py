@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from gateway.clients.providers.base import ChatRequest
+from gateway.policy.json_body import decode_json
 from shared.errors import BadRequestError
 
 __all__ = [
@@ -96,12 +97,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")
     _check_utf8(raw)
-    try:
-        head = _decode_head(raw)
-    except msgspec.ValidationError as exc:
-        raise BadRequestError(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    head = decode_json(_decode_head, raw)
     check_model_name(head.model)
     if not head.messages:
         raise BadRequestError("invalid request body: `messages` must not be empty")
@@ -109,5 +105,5 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     wants_usage = bool(head.stream_options and head.stream_options.include_usage)
     request = ChatRequest(raw=raw, model=head.model, stream=stream, client_wants_usage=wants_usage)
     if stream:
-        request.fields = _decode_object(raw)
+        request.fields = decode_json(_decode_object, raw)
     return request
