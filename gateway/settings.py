@@ -170,6 +170,9 @@ class GatewaySettings(BaseSettings):
     """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
     admin key of any other org manages its own org's keys and templates only."""
 
+    rate_limit_segment_cap: int = Field(default=10_000, ge=1)
+    """Live per-segment rate-limit buckets (one per ``floopy-user-id`` or property value of a
+    ``s=user``/``s=property:…`` policy) an org may have at once; a new value beyond it is 429."""
     max_body_bytes: int = Field(default=4 * 2**20, ge=1)
     """Largest chat-completions body; a larger one is refused (413) before it is read."""
     admin_max_body_bytes: int = Field(default=256 * 2**10, ge=1)
