@@ -44,11 +44,11 @@ def clip_inputs(inputs: dict[str, str], limit: int) -> dict[str, str]:
     kept whole, the one that crosses the limit cut, the rest left out (and marked)."""
     kept: dict[str, str] = {}
     left = limit
-    for name, value in inputs.items():
+    for raw_name, value in inputs.items():
         if left <= 0:
             kept[TRUNCATED_MARK] = ""
             break
-        name = clip_text(name, NAME_MAX_CHARS)
+        name = clip_text(raw_name, NAME_MAX_CHARS)
         kept[name] = clip_text(value, max(0, left - len(name)))
         left -= len(name) + len(value)
     return kept
