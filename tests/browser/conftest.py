@@ -117,6 +117,8 @@ def _driver(profile: Path) -> WebDriver:
     options.binary_location = "/usr/bin/chromium"
     for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    # the console log, where Chromium reports every Content-Security-Policy violation
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     # A chromium that stops answering fails the test after these, instead of hanging it (and
     # pytest-timeout on the module is the backstop for chromedriver itself).
