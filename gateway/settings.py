@@ -132,6 +132,9 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
+    backpressure: int | None = Field(default=None, ge=1)
+    """granian's limit of requests in flight per worker (its default: the backlog, 1,024, per
+    worker); beyond it a worker stops accepting connections, ``/health`` included."""
     access_log: bool = False
     """granian's access log line per request. Off by default: every request is already a record
     in ClickHouse with more than the line has, and the line cost ~0.3-0.4 ms of CPU per request

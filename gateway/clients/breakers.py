@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from gateway.clients.breaker_store import BreakerStore, ProviderHealth, org_scope
-from gateway.policy.breaker import Admission, BreakerState
+from gateway.policy.breaker import ANY_ORG, Admission, BreakerState
 from shared.records import BreakerEventRecord
 
 _T = TypeVar("_T")
@@ -84,13 +84,16 @@ class Breakers:
             self._closed_until[scope] = now + CLOSED_MEMORY_S
         return admission
 
-    async def failure(self, provider: str, org: str = "") -> bool:
-        """Count a failure of ``org``'s request; True when a breaker in its way opened."""
+    async def failure(self, provider: str, org: str = "", *, answered: bool = False) -> bool:
+        """Count a failure of ``org``'s request; True when a breaker in its way opened.
+        ``answered``: the provider answered with an error status, which a request's content can
+        provoke, so it is weighed per org; otherwise (unreachable, timeout) it counts for all."""
         opened = False
+        weighed_as = org if answered and org else ANY_ORG
         for scope in self._scopes(provider, org):
             self._closed_until.pop(scope, None)
             event = await self._within(
-                RECORD_BUDGET_S, self._store.record_failure(scope, org), None, provider
+                RECORD_BUDGET_S, self._store.record_failure(scope, weighed_as), None, provider
             )
             self._publish(event)
             opened = opened or (event is not None and event.to_state == BreakerState.OPEN.value)

@@ -108,8 +108,10 @@ class _TargetRun:
             await _attempt(self.ctx, self.provider, self.target, self.request)
         except ClientError as exc:
             if counts_against_breaker(classify_failure(exc)):
-                breakers = self.rt.upstreams.breakers
-                self.breaker_open = await breakers.failure(self.target.provider, self.ctx.org_id)
+                answered = exc.details.get("provider_status") is not None
+                self.breaker_open = await self.rt.upstreams.breakers.failure(
+                    self.target.provider, self.ctx.org_id, answered=answered
+                )
             raise
 
     async def run(self, attempts: int) -> None:

@@ -10,6 +10,8 @@ everyone). Each failure carries the org whose request failed; the provider-wide 
 only when the failures within the window come from at least ``min_orgs`` orgs. Each org also
 has a breaker of its own per provider (``min_orgs`` 1), so a provider failing one org's requests
 only is skipped for that org alone; single-tenant deployments are protected by that one.
+A failure no request can cause (the provider unreachable, a timeout, a cut stream) is
+recorded with org ``ANY_ORG`` and counts as coming from every org: it opens as before.
 
 Every function takes the state and the time and returns the new state plus the transition that
 happened (or None), so each state change can become a ``BreakerEventRecord`` and the state can
@@ -29,6 +31,7 @@ import msgspec
 from shared.records import BreakerEventRecord
 
 __all__ = [
+    "ANY_ORG",
     "Admission",
     "BreakerConfig",
     "BreakerState",
@@ -40,6 +43,10 @@ __all__ = [
     "recent_failures",
     "to_event",
 ]
+
+
+ANY_ORG = "*"
+"""The org of a failure that no request's content can cause (org ids never hold ``*``)."""
 
 
 class BreakerState(StrEnum):
@@ -136,13 +143,14 @@ def on_failure(
         )
     if status.state is BreakerState.OPEN:  # a straggler that started before the breaker opened
         return _replace(status, failures=failures, failure_orgs=orgs), None
-    if len(failures) >= config.failure_threshold and len(set(orgs)) >= config.min_orgs:
+    distinct = config.min_orgs if ANY_ORG in orgs else len(set(orgs))
+    if len(failures) >= config.failure_threshold and distinct >= config.min_orgs:
         opened = BreakerStatus(
             state=BreakerState.OPEN, failures=failures, failure_orgs=orgs, opened_at=now
         )
         reason = f"{len(failures)} failures within {config.window_s:g}s"
-        if config.min_orgs > 1:
-            reason += f" from {len(set(orgs))} orgs"
+        if config.min_orgs > 1 and ANY_ORG not in orgs:
+            reason += f" from {distinct} orgs"
         return opened, Transition(BreakerState.CLOSED, BreakerState.OPEN, len(failures), reason)
     return _replace(status, failures=failures, failure_orgs=orgs), None
 
