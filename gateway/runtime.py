@@ -1,4 +1,5 @@
-"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers.
+"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers,
+the embedder and the vector store.
 
 Invariants: built on the worker's event loop at start-up (``Runtime.open``), never at import;
 closed at shutdown in reverse order (publisher flush first, while Redis is still open).
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from gateway.clients.embeddings import Embedder, open_embedder
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
+from gateway.clients.vector_store import VectorStore
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
+    embedder: Embedder
+    vectors: VectorStore
     counters: Counters = field(default_factory=Counters)
     in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Requests in flight per client (``gateway.guard``)."""
@@ -70,8 +75,10 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
+        embedder = open_embedder(settings.embedder)
+        vectors = VectorStore.open(settings.qdrant)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -85,4 +92,6 @@ class Runtime:
                 log.error("%d records still waiting for a token estimate at shutdown", len(late))
         await self.publisher.stop()
         await self.upstreams.aclose()
+        await self.vectors.aclose()
+        await self.embedder.aclose()
         await self.redis.aclose()
