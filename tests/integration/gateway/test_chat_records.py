@@ -188,3 +188,22 @@ async def test_health_reports_redis_and_counters(
     health = (await client.get("/health", headers={"Authorization": f"Bearer {new.secret}"})).json()
     assert health["redis"]["reachable"] is True
     assert set(health["publisher"]) >= {"buffered", "published", "dropped"}
+
+
+async def test_a_response_that_fails_after_dispatch_still_leaves_its_record(
+    settings: GatewaySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: a provider's model name the response header cannot carry failed the response
+    after dispatch, and the record (and usage) went with it. Header text is made safe now; with
+    that switched off here, the guard's after-response hook must still publish the record."""
+    from gateway import routes
+
+    monkeypatch.setattr(routes, "header_text", lambda value: value)
+    settings.routes = {"unicode-route": ["openai/fake-模型"]}
+    body = {"model": "unicode-route", "messages": [{"role": "user", "content": "hi"}]}
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+        assert response.status_code >= 500
+    [record] = await _records(settings, 1)
+    assert record.model_used == "fake-模型" and record.total_tokens > 0
+    assert record.status_code == 502
