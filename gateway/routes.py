@@ -183,7 +183,7 @@ async def _sees_counters(request: Request[Any, Any, Any], rt: Runtime) -> bool:
     if token is None:
         return False
     try:
-        async with asyncio.timeout(0.5):
+        async with asyncio.timeout(1.0):
             key, org = await rt.access.keystore.authenticate(token)
     except Exception:  # noqa: BLE001 - liveness answers whatever the key; no key, no counters
         return False
