@@ -5,17 +5,20 @@ and speak raw HTTP/1.1 over sockets (what an attacker sends is not what an SDK s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from cryptography.fernet import Fernet
 from redis import Redis
 
-from devstack.servers import free_port, wait_for_port
+from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
 from shared.codec import decode_record
 from shared.records import RequestRecord
 from shared.streams import RECORD_FIELD, Sink, stream_key
@@ -55,6 +58,16 @@ def config() -> dict[str, Any]:
         "key-lapsed": {"org": "org-lapsed", "secret": KEY_LAPSED, "permissions": ["admin"]},
     }
     return {"orgs": orgs, "keys": keys}
+
+
+@contextlib.contextmanager
+def running(root: Path, redis: RedisServer, clickhouse: ClickHouseServer) -> Iterator[Floopy]:
+    floopy = Floopy(root, redis, clickhouse)
+    try:
+        start(floopy)
+        yield floopy
+    finally:
+        floopy.stop_all()
 
 
 def start(floopy: Floopy) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from devstack.servers import ClickHouseServer, RedisServer
 from tests.e2e.harness import Floopy
-from tests.e2e.hostile import HELLO, KEY_A, KEY_ACME, KEY_OPS, start
+from tests.e2e.hostile import HELLO, KEY_A, KEY_ACME, KEY_OPS, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -38,12 +38,12 @@ def stack(
     redis_server: RedisServer,
     clickhouse_server: ClickHouseServer,
 ) -> Iterator[Floopy]:
-    floopy = Floopy(tmp_path_factory.mktemp("fuzz"), redis_server, clickhouse_server)
-    start(floopy)
-    _state["client"] = httpx.Client(base_url=floopy.gateway_url, timeout=30)
-    yield floopy
-    _state.pop("client").close()
-    floopy.stop_all()
+    with (
+        running(tmp_path_factory.mktemp("fuzz"), redis_server, clickhouse_server) as floopy,
+        httpx.Client(base_url=floopy.gateway_url, timeout=30) as client,
+    ):
+        _state["client"] = client
+        yield floopy
 
 
 # -- what is sent -----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from tests.e2e.hostile import (
     raw_request,
     read_response,
     records,
-    start,
+    running,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -46,10 +46,8 @@ def stack(
     redis_server: RedisServer,
     clickhouse_server: ClickHouseServer,
 ) -> Iterator[Floopy]:
-    floopy = Floopy(tmp_path_factory.mktemp("hardening"), redis_server, clickhouse_server)
-    start(floopy)
-    yield floopy
-    floopy.stop_all()
+    with running(tmp_path_factory.mktemp("hardening"), redis_server, clickhouse_server) as floopy:
+        yield floopy
 
 
 def sdk(stack: Floopy, key: str) -> openai.OpenAI:
