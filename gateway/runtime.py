@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from gateway.clients.embeddings import Embedder, open_embedder
+from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
@@ -24,6 +25,7 @@ from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
+    from gateway.routing_watch import RoutingWatcher
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -61,15 +63,19 @@ class Runtime:
     """Work a request left behind (records waiting for a token estimate), awaited at close."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
+    watcher: RoutingWatcher = field(init=False)
+    """Swaps ``upstreams`` and ``settings`` when stored providers or routes change."""
 
     @classmethod
-    async def open(cls, settings: GatewaySettings) -> Runtime:
+    async def open(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Runtime:
         redis = Redis.from_url(
             settings.redis.url,
             socket_timeout=settings.redis.socket_timeout_s,
             socket_connect_timeout=settings.redis.connect_timeout_s,
         )
-        publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
+        publisher = Publisher(
+            redis, settings.publisher, prefix=settings.redis.key_prefix, spool=spool
+        )
         upstreams = await Upstreams.open(
             settings,
             redis,

@@ -87,3 +87,8 @@ class RedisKeys:
     @property
     def routes(self) -> str:
         return f"{self.prefix}:routes"
+
+    @property
+    def routing_version(self) -> str:
+        """Bumped by every provider or route write: workers follow changes by polling it."""
+        return f"{self.prefix}:routing:version"

@@ -1,61 +1,52 @@
-"""The admin API under ``/admin``: keys, orgs, prompt templates, providers and routes.
+"""The admin API under ``/admin``: keys, orgs, prompt templates, providers and routes, and the
+audit log of every change (the console's Settings pages use this API and nothing else).
 
-Who may do what: every route needs a key with the ``admin`` permission. An admin key manages its
-own org (read the org, create, list and revoke keys, add template versions); a key of an org
-listed in ``operator_orgs`` manages every org, org plans, providers and routes. Another org's
-ids answer 404, as if they did not exist. A new key's secret is in the creation response only.
-Provider keys sent in plaintext are encrypted with the master key before they are stored.
+Who may do what: reading an org's settings (``GET``) needs ``read`` (``admin`` implies it);
+changing them needs ``admin``. An admin key manages its own org (create, edit and revoke keys,
+add template versions); a key of an org listed in ``operator_orgs`` manages every org, org
+plans, providers and routes. Another org's ids answer 404, as if they did not exist. A new
+key's secret is in the creation response only. Provider keys sent in plaintext are encrypted
+with the master key before they are stored. Every change goes through ``AdminService``, which
+writes the audit entry.
 
 Hostile input (issue 10): the guard has authenticated the key and capped the body before a
-handler runs; handlers read the body themselves (``_body``), so nesting, bad UTF-8 or a wrong
-shape is a 400 from ``decode_json``. Path ids are checked against the one id charset. Providers
-and routes are checked on write by what a worker builds at start-up (``check_routing``), and an
-``api_key_env`` must start with an allowed prefix. An expired org reads for a grace period and
-writes nothing (``check_plan_access``); revoking a key stays allowed.
+handler runs. Path ids are checked against the one id charset (``shared.redis_keys``). Provider
+and route writes are checked by building what a worker builds from them (``check_routing``, in
+the service), and an ``api_key_env`` must start with an allowed prefix. An expired org reads for
+a grace period and writes nothing (``check_plan_access``); revoking a key stays allowed.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Router, delete, get, post, put
-from litestar.params import FromPath
+from litestar import Controller, Request, Router, delete, get, patch, post, put
+from litestar.params import FromPath, JSONBody
 
-from gateway.admin.secrets import encrypt
-from gateway.admin.seed import OrgSeed, check_routing
-from gateway.pipeline.auth import bearer_token
-from gateway.policy.json_body import decode_json
-from gateway.policy.keys import (
-    ApiKey,
-    KeyLimits,
-    KeySwitches,
-    Org,
-    Permission,
-    check_permission,
-    check_plan_access,
+from gateway.admin.caller import caller
+from gateway.admin.seed import OrgSeed
+from gateway.admin.service import (
+    Actor,
+    AdminService,
+    KeyPatch,
+    NewKeyBody,
+    key_view,
+    to_struct,
 )
+from gateway.admin.settings_api import SettingsApi
+from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
 from gateway.runtime import Runtime
 from shared.errors import (
     BadRequestError,
     ForbiddenError,
-    InvalidApiKeyError,
     NotFoundError,
 )
 from shared.redis_keys import check_id
 
 __all__ = ["admin_router"]
-
-_T = TypeVar("_T")
-
-
-class NewKeyBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str = ""
-    permissions: frozenset[Permission] = frozenset({Permission.PROXY})
-    limits: KeyLimits = KeyLimits()
-    switches: KeySwitches = KeySwitches()
 
 
 class TemplateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -66,62 +57,58 @@ class RouteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     targets: list[str]
 
 
-async def _body(request: Request[Any, Any, Any], kind: type[_T]) -> _T:
-    """The body as ``kind``; read here, after the caller was authenticated, never before."""
-    raw = await request.body()
-    content = decode_json(lambda b: msgspec.json.decode(b, type=kind, strict=False), raw, "body")
-    return content
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def key_view(key: ApiKey) -> dict[str, Any]:
-    """A key as shown to admins: never its hash (a stolen hash list must not help anyone)."""
-    shown: dict[str, Any] = msgspec.to_builtins(key)
-    shown.pop("key_hash", None)
-    shown["permissions"] = sorted(shown["permissions"])
-    return shown
-
-
 class AdminApi(Controller):
     path = "/admin"
 
     async def _caller(
-        self, request: Request[Any, Any, Any], *, write: bool | None = None
+        self,
+        request: Request[Any, Any, Any],
+        need: Permission = Permission.ADMIN,
+        *,
+        write: bool | None = False,
     ) -> tuple[Runtime, ApiKey, bool]:
-        """``write``: None for a revocation (allowed to an expired org), else read or write."""
-        rt: Runtime = request.app.state.runtime
-        token = bearer_token(request.headers.get("authorization", ""))
-        if token is None:
-            raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
-        key, org = await rt.access.keystore.authenticate(token)
-        check_permission(key, Permission.ADMIN)
-        if write is not None:
-            check_plan_access(org, _now_ms(), write=write)
-        return rt, key, org.org_id in rt.settings.operator_orgs
+        who = await caller(request, need, write=write)
+        return who.rt, who.key, who.operator
 
     async def _org_scope(
-        self, request: Request[Any, Any, Any], org_id: str, *, write: bool = False
+        self, request: Request[Any, Any, Any], org_id: str, need: Permission = Permission.ADMIN
     ) -> Runtime:
-        rt, key, operator = await self._caller(request, write=write)
+        rt, key, operator = await self._caller(request, need)
         check_id("org", org_id)
         if not operator and key.org_id != org_id:
             raise NotFoundError(f"no org {org_id!r}")
         return rt
 
-    async def _operator(self, request: Request[Any, Any, Any], *, write: bool = False) -> Runtime:
-        rt, _, operator = await self._caller(request, write=write)
+    async def _operator(self, request: Request[Any, Any, Any]) -> Runtime:
+        rt, _, operator = await self._caller(request)
         if not operator:
             raise ForbiddenError("only an operator org's admin key may do this")
         return rt
+
+    async def _service(
+        self, request: Request[Any, Any, Any], *, write: bool | None = True
+    ) -> tuple[AdminService, ApiKey, bool]:
+        """An admin key's service (who acts is recorded in the audit log); its provider and
+        route writes are checked against the worker's own settings (``check_routing``)."""
+        rt, key, operator = await self._caller(request, write=write)
+        actor = Actor("key", key.key_id, key.org_id, key.name)
+        service = AdminService(rt.access, rt.settings, actor, check_against=rt.watcher.base)
+        return service, key, operator
+
+    async def _key_of_caller_org(
+        self, request: Request[Any, Any, Any], key_id: str, *, write: bool | None = True
+    ) -> tuple[AdminService, ApiKey]:
+        service, caller, operator = await self._service(request, write=write)
+        key = await request.app.state.runtime.access.keystore.get_key(check_id("key", key_id))
+        if key is None or (not operator and key.org_id != caller.org_id):
+            raise NotFoundError(f"no key {key_id!r}")
+        return service, key
 
     @get("/orgs/{org_id:str}")
     async def get_org(
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id)
+        rt = await self._org_scope(request, org_id, Permission.READ)
         org = await rt.access.keystore.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
@@ -130,15 +117,16 @@ class AdminApi(Controller):
 
     @put("/orgs/{org_id:str}")
     async def put_org(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        rt = await self._operator(request, write=True)
+        await self._operator(request)
+        service, _, _ = await self._service(request)
         check_id("org", org_id)
-        seed = await _body(request, OrgSeed)
+        seed = to_struct(data, OrgSeed)
         org = Org(
             org_id=org_id, name=seed.name, plan=seed.plan.plan(), rate_limit_policy=seed.rate_limit
         )
-        await rt.access.keystore.put_org(org)
+        await service.put_org(org)
         result: dict[str, Any] = msgspec.to_builtins(org)
         return result
 
@@ -146,51 +134,55 @@ class AdminApi(Controller):
     async def list_keys(
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id)
-        return {"data": [key_view(k) for k in await rt.access.keystore.list_keys(org_id)]}
+        rt = await self._org_scope(request, org_id, Permission.READ)
+        keys = await rt.access.keystore.list_keys(org_id)
+        last_used = await rt.access.keystore.last_used([k.key_id for k in keys])
+        return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
     async def create_key(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, write=True)
+        rt = await self._org_scope(request, org_id)
+        service, _, _ = await self._service(request)
         org = await rt.access.keystore.get_org(org_id)
-        if org is None:
-            raise NotFoundError(f"no org {org_id!r}")
-        check_plan_access(org, _now_ms(), write=True)  # an operator creating in an expired org
-        body = await _body(request, NewKeyBody)
-        new, key = await rt.access.keystore.create_key(
-            org_id,
-            name=body.name,
-            permissions=body.permissions,
-            limits=body.limits,
-            switches=body.switches,
-        )
+        if org is not None:  # an operator creating a key in an expired org: refused too
+            check_plan_access(org, int(time.time() * 1000), write=True)
+        new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))
         return {"secret": new.secret, "key": key_view(key)}
+
+    @patch("/keys/{key_id:str}")
+    async def update_key(
+        self, request: Request[Any, Any, Any], key_id: FromPath[str], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Change a key's name, permissions, limits or switches; every worker follows within
+        the key cache TTL."""
+        service, key = await self._key_of_caller_org(request, key_id)
+        if key.revoked:
+            raise BadRequestError(f"key {key_id!r} is revoked")
+        updated = await service.update_key(key, to_struct(data, KeyPatch))
+        return {"key": key_view(updated)}
 
     @delete("/keys/{key_id:str}", status_code=200)
     async def revoke_key(
         self, request: Request[Any, Any, Any], key_id: FromPath[str]
     ) -> dict[str, Any]:
-        rt, caller, operator = await self._caller(request)
-        key = await rt.access.keystore.get_key(check_id("key", key_id))
-        if key is None or (not operator and key.org_id != caller.org_id):
-            raise NotFoundError(f"no key {key_id!r}")
-        await rt.access.keystore.revoke_key(key_id)
+        service, key = await self._key_of_caller_org(request, key_id, write=None)
+        await service.revoke_key(key)
         return {"key_id": key_id, "revoked": True}
 
     @get("/orgs/{org_id:str}/templates")
     async def list_templates(
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id)
+        rt = await self._org_scope(request, org_id, Permission.READ)
         return {"data": await rt.access.templates.list_ids(org_id)}
 
     @get("/orgs/{org_id:str}/templates/{template_id:str}")
     async def template_versions(
         self, request: Request[Any, Any, Any], org_id: FromPath[str], template_id: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id)
+        rt = await self._org_scope(request, org_id, Permission.READ)
         versions = await rt.access.templates.versions(org_id, check_template_id(template_id))
         if not versions:
             raise NotFoundError(f"no prompt template {template_id!r}")
@@ -202,11 +194,13 @@ class AdminApi(Controller):
         request: Request[Any, Any, Any],
         org_id: FromPath[str],
         template_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, write=True)
+        await self._org_scope(request, org_id)
+        service, _, _ = await self._service(request)
         check_template_id(template_id)
-        body = await _body(request, TemplateBody)
-        template = await rt.access.templates.put(org_id, template_id, body.messages)
+        body = to_struct(data, TemplateBody)
+        template = await service.add_template_version(org_id, template_id, body.messages)
         result: dict[str, Any] = msgspec.to_builtins(template)
         return result
 
@@ -217,31 +211,22 @@ class AdminApi(Controller):
 
     @put("/providers/{name:str}")
     async def put_provider(
-        self, request: Request[Any, Any, Any], name: FromPath[str]
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        rt = await self._operator(request, write=True)
-        provider = {**await _body(request, dict[str, Any]), "name": name}
-        _check_key_env(provider, rt.settings.provider_key_env_prefixes)
-        plaintext = provider.pop("api_key", "")
-        if plaintext:
-            master = rt.settings.master_key.get_secret_value()
-            provider["api_key_encrypted"] = encrypt(master, str(plaintext))
-        stored = [p for p in await rt.access.routing.providers() if p.get("name") != name]
-        check_routing(
-            rt.access.base_settings, [*stored, provider], await rt.access.routing.routes()
-        )
-        await rt.access.routing.put_provider(provider)
-        return {"data": provider, "note": "takes effect when the gateway workers restart"}
+        rt = await self._operator(request)
+        service, _, _ = await self._service(request)
+        _check_key_env(data, rt.settings.provider_key_env_prefixes)
+        provider = await service.put_provider(name, data)
+        shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
+        return {"data": shown, "note": _followed_note(rt)}
 
     @delete("/providers/{name:str}", status_code=200)
     async def delete_provider(
         self, request: Request[Any, Any, Any], name: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._operator(request, write=True)
-        stored = [p for p in await rt.access.routing.providers() if p.get("name") != name]
-        check_routing(rt.access.base_settings, stored, await rt.access.routing.routes())
-        if not await rt.access.routing.delete_provider(name):
-            raise NotFoundError(f"no stored provider {name!r}")
+        await self._operator(request)
+        service, _, _ = await self._service(request)
+        await service.delete_provider(name)
         return {"deleted": name}
 
     @get("/routes")
@@ -251,26 +236,27 @@ class AdminApi(Controller):
 
     @put("/routes/{model:path}")
     async def put_route(
-        self, request: Request[Any, Any, Any], model: FromPath[str]
+        self, request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        rt = await self._operator(request, write=True)
-        body = await _body(request, RouteBody)
-        routes = {**await rt.access.routing.routes(), model.lstrip("/"): body.targets}
-        check_routing(rt.access.base_settings, await rt.access.routing.providers(), routes)
-        await rt.access.routing.put_route(model.lstrip("/"), body.targets)
-        return {"model": model.lstrip("/"), "targets": body.targets}
+        rt = await self._operator(request)
+        service, _, _ = await self._service(request)
+        body = to_struct(data, RouteBody)
+        await service.put_route(model.lstrip("/"), body.targets)
+        return {"model": model.lstrip("/"), "targets": body.targets, "note": _followed_note(rt)}
 
     @delete("/routes/{model:path}", status_code=200)
     async def delete_route(
         self, request: Request[Any, Any, Any], model: FromPath[str]
     ) -> dict[str, Any]:
-        rt = await self._operator(request, write=True)
-        if not await rt.access.routing.delete_route(model.lstrip("/")):
-            raise NotFoundError(f"no stored route for {model.lstrip('/')!r}")
+        await self._operator(request)
+        service, _, _ = await self._service(request)
+        await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
 
 
 def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
+    """Only variables meant for provider keys: an admin key must not be able to name the master
+    key (or any other secret of the gateway's environment) and have it sent to its own URL."""
     env = provider.get("api_key_env")
     if env is None or env == "":
         return
@@ -282,5 +268,9 @@ def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
         )
 
 
+def _followed_note(rt: Runtime) -> str:
+    return f"every gateway worker follows within about {rt.settings.routing_refresh_s:g} s"
+
+
 def admin_router() -> Router:
-    return Router(path="/", route_handlers=[AdminApi], include_in_schema=True)
+    return Router(path="/", route_handlers=[AdminApi, SettingsApi], include_in_schema=True)
