@@ -77,6 +77,16 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return response
 
 
+def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """What msgspec raises, instead of a ``DecodeError``, while litestar parses a handler's JSON
+    body: ``RecursionError`` past ~1,000 levels of nesting, ``UnicodeDecodeError`` for bytes
+    that are not UTF-8 inside a string. The caller sent that; our own decoding maps the same
+    two in ``gateway.policy.json_body``."""
+    log.info("undecodable body on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    said = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
+    return render_error(BadRequestError(f"request body is {said}"))
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error(
         "unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc
@@ -87,5 +97,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ClientError: _client_error,
     HTTPException: _http_exception,
+    RecursionError: _undecodable,
+    UnicodeDecodeError: _undecodable,
     Exception: _unexpected,
 }

@@ -173,7 +173,7 @@ def test_pages_pass_their_csp_and_keep_the_key_out_of_the_url(console: Console) 
     ``?key=`` leaves the URL at once and lives in the tab's sessionStorage, not localStorage."""
     driver = console.driver
     driver.get_log("browser")  # drop what earlier tests logged
-    for page in ("overview", "requests", "sessions", "users", "properties"):
+    for page in ("overview", "requests", "sessions", "users", "properties", "playground"):
         console.open(page)
         assert "key=" not in driver.current_url
         assert driver.find_element(By.ID, "banner").text == ""

@@ -1,0 +1,1 @@
+init();  /* its own file: the Content-Security-Policy runs no inline script */
