@@ -21,6 +21,7 @@ from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
+from gateway.clients.verdict_cache import VerdictCache
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class Counters:
     """Requests refused by the guard because their client had too many in flight."""
     records_after_failed_response: int = 0
     """Records published by the guard because building or sending the response failed."""
+    firewall_classifier_failures: int = 0
+    firewall_cache_errors: int = 0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Runtime:
     upstreams: Upstreams
     embedder: Embedder
     vectors: VectorStore
+    verdict_cache: VerdictCache
     counters: Counters = field(default_factory=Counters)
     in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Requests in flight per client (``gateway.guard``)."""
@@ -83,8 +87,9 @@ class Runtime:
         )
         embedder = open_embedder(settings.embedder)
         vectors = VectorStore.open(settings.qdrant)
+        verdicts = VerdictCache(vectors, embedder, settings.firewall.cache_similarity)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, embedder, vectors)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -203,7 +203,8 @@ pages.overview = async (main) => {
     h("div", { class: "cards" },
       card("Requests", fmt.n(t.requests)), card("Cost", fmt.usd(t.cost_usd)),
       card("Tokens", fmt.n(t.total_tokens)), card("Error rate", fmt.pct(t.error_rate)),
-      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Worst p95 latency", fmt.ms(p95))),
+      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Worst p95 latency", fmt.ms(p95)),
+      card("Firewall blocked", fmt.n(t.firewall_blocked)), card("Firewall flagged", fmt.n(t.firewall_flagged))),
     h("div", { class: "grid2" },
       chart("Requests by model", byField(byModel.data, "requests"), { kind: "bar", step: all.bucket_s }),
       chart("Cost (USD) by model", byField(byModel.data, "cost_usd"), { kind: "bar", format: (v) => "$" + (v < 1 ? v.toFixed(3) : fmt.c(v)), step: all.bucket_s }),
@@ -227,7 +228,9 @@ function card(label, value) {
 const REQUEST_FILTERS = [
   ["model", "Model", "select"], ["provider", "Provider", "select"], ["status", "Status code", "text", "e.g. 429 or 500,502"],
   ["error_code", "Error code", "text", "e.g. PROVIDER_ERROR"], ["cache_status", "Cache", "choice", ["", "hit", "miss", "bypass"]],
-  ["cache_tier", "Cache tier", "choice", ["", "exact", "semantic", "advanced"]], ["user_id", "User", "text"],
+  ["cache_tier", "Cache tier", "choice", ["", "exact", "semantic", "advanced"]],
+  ["firewall_verdict", "Firewall", "choice", ["", "block", "flag", "pass", "error", "skipped"]],
+  ["firewall_source", "Verdict source", "choice", ["", "cache", "classifier"]], ["user_id", "User", "text"],
   ["session_id", "Session", "text"], ["property", "Property", "text", "key:value"],
   ["min_latency_ms", "Min latency (ms)", "number"], ["max_latency_ms", "Max latency (ms)", "number"],
   ["min_cost_usd", "Min cost ($)", "number"], ["max_cost_usd", "Max cost ($)", "number"],
@@ -315,7 +318,8 @@ function preview(body) {
 /* ``back``: set for rows inside a panel (a session, a user), so the detail can return there. */
 function requestRow(r, back) {
   const tr = h("tr", { "data-id": r.request_id, onclick: () => { document.querySelectorAll("tbody tr.selected").forEach((x) => x.classList.remove("selected")); tr.classList.add("selected"); openRequest(r.request_id, r.created_at_ms, back); } },
-    h("td", {}, fmt.time(r.created_at_ms)), h("td", {}, statusBadge(r.status_code), r.error_code ? h("span", { class: "muted" }, " " + r.error_code) : null),
+    h("td", {}, fmt.time(r.created_at_ms)), h("td", {}, statusBadge(r.status_code), r.error_code ? h("span", { class: "muted" }, " " + r.error_code) : null,
+      r.firewall_verdict === "block" || r.firewall_verdict === "flag" ? h("span", { class: "badge firewall" }, " firewall " + r.firewall_verdict) : null),
     h("td", {}, r.model || "—"), h("td", {}, r.provider || "—"), h("td", { class: "num" }, fmt.ms(r.latency_ms)),
     h("td", { class: "num" }, fmt.n(r.total_tokens)), h("td", { class: "num" }, fmt.usd(r.cost_usd)),
     h("td", {}, r.cache_status === "hit" ? h("span", { class: "badge hit" }, "hit " + r.cache_tier) : r.cache_status || "—"),
@@ -373,7 +377,7 @@ async function openRequest(id, at, back) {
       ["Cost", fmt.usd(r.cost_usd)], ["Cache", r.cache_status ? `${r.cache_status}${r.cache_tier ? " (" + r.cache_tier + ")" : ""}` : ""],
       ["User", r.user_id], ["Session", r.session_id ? `${r.session_id} — ${r.session_name} ${r.session_path}` : ""],
       ["API key", r.api_key_id], ["Providers tried", (r.providers_tried || []).join(" → ")], ["Retries", r.retries || ""],
-      ["Firewall", r.firewall_verdict ? `${r.firewall_verdict} (score ${r.firewall_score === null ? "—" : Number(r.firewall_score).toFixed(3)}, ${r.firewall_backend} ${r.firewall_model_ref}${r.firewall_cached ? ", cached verdict" : ""})` : ""],
+      ["Firewall", r.firewall_verdict ? `${r.firewall_verdict} (score ${r.firewall_score === null ? "—" : Number(r.firewall_score).toFixed(3)}, ${r.firewall_verdict_source || "no verdict"}${r.firewall_backend ? " via " + r.firewall_backend : ""} ${r.firewall_model_ref}${(r.firewall_categories || []).length ? ", " + r.firewall_categories.join(", ") : ""}${r.firewall_reason ? "; " + r.firewall_reason : ""})` : ""],
       ["Properties", Object.entries(r.properties || {}).map(([k, v]) => `${k}=${v}`).join("  ")]]),
     h("h3", {}, "Tokens"),
     h("div", { class: "tokens", id: "token-bar" },
@@ -516,3 +520,7 @@ function init() {
   window.addEventListener("hashchange", route);
   route();
 }
+
+/* After every page script (playground.js, settings.js) has added its pages; no inline script,
+   so a strict Content-Security-Policy holds. */
+document.addEventListener("DOMContentLoaded", init);

@@ -1,1 +1,0 @@
-init();  /* its own file: the Content-Security-Policy runs no inline script */
