@@ -37,7 +37,7 @@ from gateway.admin.service import (
 )
 from gateway.admin.settings_api import SettingsApi
 from gateway.policy.firewall import FirewallConfig
-from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
+from gateway.policy.keys import ApiKey, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
 from gateway.runtime import Runtime
 from shared.errors import (
