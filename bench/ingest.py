@@ -284,11 +284,42 @@ def measure_json_http(
     return Measurement("json-http", batch_size, done, time.perf_counter() - started)
 
 
+def measure_phases(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """``Delivery``'s two steps timed apart (CPU of this thread, per record): ``prepare``
+    (msgspec decode, building the columns) and the driver's insert (serialisation and socket
+    writes; waiting on the server is not CPU). Prints a ``PHASES`` line."""
+    from ingester.delivery import prepare
+    from ingester.sink import ClickHouseSink
+
+    sink = ClickHouseSink(env.clickhouse)
+    spent = {"prepare": 0.0, "insert": 0.0}
+    done = 0
+    started = time.perf_counter()
+    try:
+        for i in range(0, len(payloads), batch_size):
+            t0 = time.thread_time()
+            batch = prepare(Sink.REQUESTS, payloads[i : i + batch_size])
+            t1 = time.thread_time()
+            done += sink.insert(Sink.REQUESTS, batch.columns)
+            spent["prepare"] += t1 - t0
+            spent["insert"] += time.thread_time() - t1
+            if time.monotonic() > deadline:
+                break
+    finally:
+        sink.close()
+    per = " ".join(f"{k}_us_per_record={v / max(done, 1) * 1e6:.1f}" for k, v in spent.items())
+    print(f"PHASES batch={batch_size} records={done} {per}", flush=True)
+    return Measurement("phases", batch_size, done, time.perf_counter() - started)
+
+
 PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
     "delivery": measure_delivery,
     "delivery-2-threads": measure_delivery_threads,
     "stream-worker": measure_stream,
     "json-http": measure_json_http,
+    "phases": measure_phases,
 }
 
 
@@ -334,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}"
     )
+    parser.add_argument(
+        "--gc-walks-batches",
+        action="store_true",
+        help="the collector as before batches were frozen out of it (to measure the change)",
+    )
     args = parser.parse_args(argv)
-    tune_gc_for_batches()  # as the ingester worker does
+    tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the worker does
 
     payloads = generate_payloads(args.records)
     sizes = sorted(map(len, payloads))
@@ -350,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + args.max_seconds
             m = _run_path(env, path, payloads, int(batch_size), deadline)
             print(
-                f"RESULT path={m.path} batch={m.batch_size} records={m.records} "
+                f"RESULT path={m.path} batch={m.batch_size} "
+                f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
+                f"records={m.records} "
                 f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "
                 f"client_cpu_us_per_record={m.us_per_record(m.client_cpu_s):.1f} "
                 f"clickhouse_cpu_us_per_record={m.us_per_record(m.server_cpu_s):.1f} "

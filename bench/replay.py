@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-records", type=int, default=5000)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--gc-walks-batches",
+        action="store_true",
+        help="the collector as before batches were frozen out of it (to measure the change)",
+    )
     args = parser.parse_args(argv)
-    tune_gc_for_batches()  # as `floopy-ingester replay` does
+    tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the CLI does
 
     with bench_env() as env:
         spool = env.scratch / "spool"
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         per_record = 1e6 / max(report.records, 1)
         peak = _rss_kib("VmHWM") if reset else max(sampled)
         print(
-            f"RESULT records={report.records} status={report.status} seconds={seconds:.2f} "
+            f"RESULT gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
+            f"records={report.records} status={report.status} seconds={seconds:.2f} "
             f"records_per_s={report.records / seconds:.0f} "
             f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
             f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
