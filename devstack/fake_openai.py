@@ -21,6 +21,9 @@ the model but not arbitrary headers):
   (as some OpenAI-compatible servers do).
 - models outside ``MODELS`` (and not ``fake-*``) get OpenAI's 404 ``model_not_found``.
 - a request without ``Authorization: Bearer …`` gets OpenAI's 401 ``invalid_api_key``.
+- a firewall classification (the gateway's classifier prompt) gets a verdict from
+  ``devstack.fake_classifier`` (markers in the screened text choose it).
+- ``GET /fake/stats``: how many chat requests and classifications it received.
 
 Azure OpenAI is served too, at ``/openai/deployments/{deployment}/chat/completions`` with the
 ``api-version`` query parameter and the ``api-key`` header (401 without it, Azure's 404 without
@@ -33,12 +36,14 @@ import argparse
 import asyncio
 import itertools
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from devstack.fake_classifier import classifier_text, fake_verdict
 from devstack.servers import free_port
 
 __all__ = ["MODELS", "REPLY_TEXT", "FakeOpenAI", "FakeOpenAIThread", "build_app", "main"]
@@ -215,6 +220,8 @@ class _Handler:
     def __init__(self) -> None:
         self.bodies = {m: _bodies(m) for m in MODELS}
         self.ids = itertools.count(1)
+        self.served: Counter[str] = Counter()
+        """Requests received, by kind (``chat``, ``classifier``); ``GET /fake/stats``."""
 
     def bodies_for(self, model: str) -> _Bodies:
         found = self.bodies.get(model)
@@ -251,10 +258,18 @@ class _Handler:
         return await self.answer(request, body)
 
     async def answer(self, request: web.Request, body: _Request) -> web.StreamResponse:
+        messages = [m for m in body.messages if isinstance(m, dict)]
+        screened = classifier_text(
+            [m.get("content") for m in messages if m.get("role") == "system"],
+            [m for m in messages if m.get("role") == "user"],
+        )
+        self.served["chat" if screened is None else "classifier"] += 1
         refusal = await self.refusal(request, body.model)
         if refusal is not None:
             return refusal
         prompt = max(1, sum(len(str(m)) for m in body.messages) // 4)
+        if screened is not None:
+            return await self.classify(body.model, screened, prompt)
         splice = _Splice(f"chatcmpl-fake{next(self.ids)}", prompt)
         bodies = self.bodies_for(body.model)
         if body.stream:
@@ -277,6 +292,37 @@ class _Handler:
         if model not in self.bodies and not model.startswith("fake-"):
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
         return None
+
+    async def classify(self, model: str, screened: str, prompt_tokens: int) -> web.Response:
+        verdict = fake_verdict(screened)
+        if verdict.delay_s:
+            await asyncio.sleep(verdict.delay_s)
+        if verdict.status != 200:
+            return _error(verdict.status, "Fake classifier failure.", "fake_classifier_error")
+        completion = max(1, len(verdict.text) // 4)
+        answer = {
+            "id": f"chatcmpl-fake{next(self.ids)}",
+            "object": "chat.completion",
+            "created": _CREATED,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": verdict.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+            },
+        }
+        return web.Response(body=_encode(answer), content_type="application/json")
+
+    async def stats_view(self, _: web.Request) -> web.Response:
+        return web.Response(body=_encode(dict(self.served)), content_type="application/json")
 
     async def stream(
         self, request: web.Request, bodies: _Bodies, body: _Request, splice: _Splice
@@ -327,6 +373,7 @@ def build_app() -> web.Application:
     app.router.add_post("/v1/chat/completions", handler.chat)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", handler.azure_chat)
     app.router.add_get("/health", _health)
+    app.router.add_get("/fake/stats", handler.stats_view)
     return app
 
 

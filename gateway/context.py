@@ -17,6 +17,7 @@ from gateway.clients.providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from gateway.policy.firewall import FirewallOutcome
 from gateway.policy.headers import RequestMeta
 from gateway.policy.keys import ApiKey, Org
 from gateway.policy.routing import Target
@@ -71,6 +72,11 @@ class RequestContext:
     body: bytes = b""
     chat: ChatRequest | None = None
     meta: RequestMeta = field(default_factory=RequestMeta)
+
+    firewall: FirewallOutcome = field(default_factory=FirewallOutcome)
+    child_spans: list[StageTiming] = field(default_factory=list)
+    """Spans inside a stage (``firewall.verdict_cache``, ``firewall.classifier``), each with a
+    ``parent`` attribute naming its stage."""
 
     targets: list[Target] = field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""

@@ -17,6 +17,7 @@ from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
+from gateway.clients.verdict_cache import VerdictCache
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class Counters:
 
     unexpected_errors: int = 0
     record_build_failures: int = 0
+    firewall_classifier_failures: int = 0
+    firewall_cache_errors: int = 0
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Runtime:
     upstreams: Upstreams
     embedder: Embedder
     vectors: VectorStore
+    verdict_cache: VerdictCache
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
@@ -67,8 +71,9 @@ class Runtime:
         )
         embedder = open_embedder(settings.embedder)
         vectors = VectorStore.open(settings.qdrant)
+        verdicts = VerdictCache(vectors, embedder, settings.firewall.cache_similarity)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, embedder, vectors)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
     async def close(self) -> None:
         await self.publisher.stop()

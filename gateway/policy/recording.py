@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -118,8 +119,26 @@ def build_records(
         cached_prompt_tokens=usage.cached_prompt_tokens,
         request_headers=recorded_request_headers(_decoded(ctx.raw_headers)),
         response_headers=recorded_response_headers(ctx.sent_headers),
+        **_firewall_fields(ctx),
     )
     return record, build_spans(ctx)
+
+
+def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:
+    outcome = ctx.firewall
+    return {
+        "firewall_verdict": outcome.verdict,
+        "firewall_score": outcome.score,
+        "firewall_backend": outcome.backend,
+        "firewall_model_ref": outcome.model_ref,
+        "firewall_cached": outcome.source == "cache",
+        "firewall_verdict_source": outcome.source,
+        "firewall_categories": list(outcome.categories),
+        "firewall_reason": outcome.reason,
+        "firewall_latency_ms": outcome.latency_ms,
+        "firewall_tokens": outcome.tokens,
+        "firewall_cost_usd": outcome.cost_usd,
+    }
 
 
 def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
@@ -128,8 +147,8 @@ def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
-    """One span per stage, then one per upstream attempt (ids from the attempt number, so
-    each stays unique and stable)."""
+    """One span per stage, the spans inside stages, then one per upstream attempt (ids from
+    the attempt number, so each stays unique and stable)."""
     namespace = _namespace(ctx.request_id)
     return [
         SpanRecord(
@@ -143,7 +162,7 @@ def build_spans(ctx: RequestContext) -> list[SpanRecord]:
             status=timing.status,
             attributes=dict(timing.attributes),
         )
-        for timing in (*ctx.timings, *ctx.attempts)
+        for timing in (*ctx.timings, *ctx.child_spans, *ctx.attempts)
     ]
 
 
