@@ -154,24 +154,44 @@ def bench_env() -> Iterator[BenchEnv]:
             server.kill()
 
 
+def _batches(payloads: list[bytes], batch_size: int, deadline: float) -> Iterator[list[bytes]]:
+    """``payloads`` in slices of ``batch_size``; none after ``deadline`` (time.monotonic)."""
+    for i in range(0, len(payloads), batch_size):
+        yield payloads[i : i + batch_size]
+        if time.monotonic() > deadline:
+            return
+
+
 def measure_delivery(
     env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
 ) -> Measurement:
     """Delivery.deliver over ``payloads`` in batches; stops early at ``deadline``."""
     delivery = Delivery(env.clickhouse, env.scratch / "dead")
-    done = 0
-    started = time.perf_counter()
+
+    def insert(batch: list[bytes]) -> int:
+        report = delivery.deliver(Sink.REQUESTS, batch)
+        if report.dead_lettered:
+            raise RuntimeError(f"bench records were dead-lettered: {report}")
+        return report.inserted
+
     try:
-        for i in range(0, len(payloads), batch_size):
-            report = delivery.deliver(Sink.REQUESTS, payloads[i : i + batch_size])
-            if report.dead_lettered:
-                raise RuntimeError(f"bench records were dead-lettered: {report}")
-            done += report.inserted
-            if time.monotonic() > deadline:
-                break
+        return _timed("delivery", insert, payloads, batch_size, deadline)
     finally:
         delivery.close()
-    return Measurement("delivery", batch_size, done, time.perf_counter() - started)
+
+
+def _timed(
+    path: str,
+    insert: Callable[[list[bytes]], int],
+    payloads: list[bytes],
+    batch_size: int,
+    deadline: float,
+) -> Measurement:
+    done = 0
+    started = time.perf_counter()
+    for batch in _batches(payloads, batch_size, deadline):
+        done += insert(batch)
+    return Measurement(path, batch_size, done, time.perf_counter() - started)
 
 
 def measure_delivery_threads(
@@ -272,16 +292,10 @@ def measure_json_http(
     from bench.json_insert import JsonEachRowInserter
 
     inserter = JsonEachRowInserter("127.0.0.1", env.http_port, env.clickhouse.database)
-    done = 0
-    started = time.perf_counter()
     try:
-        for i in range(0, len(payloads), batch_size):
-            done += inserter.insert(payloads[i : i + batch_size])
-            if time.monotonic() > deadline:
-                break
+        return _timed("json-http", inserter.insert, payloads, batch_size, deadline)
     finally:
         inserter.close()
-    return Measurement("json-http", batch_size, done, time.perf_counter() - started)
 
 
 def measure_phases(
@@ -298,15 +312,13 @@ def measure_phases(
     done = 0
     started = time.perf_counter()
     try:
-        for i in range(0, len(payloads), batch_size):
+        for batch in _batches(payloads, batch_size, deadline):
             t0 = time.thread_time()
-            batch = prepare(Sink.REQUESTS, payloads[i : i + batch_size])
+            prepared = prepare(Sink.REQUESTS, batch)
             t1 = time.thread_time()
-            done += sink.insert(Sink.REQUESTS, batch.columns)
+            done += sink.insert(Sink.REQUESTS, prepared.columns)
             spent["prepare"] += t1 - t0
             spent["insert"] += time.thread_time() - t1
-            if time.monotonic() > deadline:
-                break
     finally:
         sink.close()
     per = " ".join(f"{k}_us_per_record={v / max(done, 1) * 1e6:.1f}" for k, v in spent.items())
