@@ -7,8 +7,12 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -28,6 +32,10 @@ from shared.streams import Sink
 
 __all__ = ["Counters", "Runtime"]
 
+log = logging.getLogger(__name__)
+
+_DRAIN_S = 5.0
+
 
 @dataclass
 class Counters:
@@ -35,6 +43,10 @@ class Counters:
 
     unexpected_errors: int = 0
     record_build_failures: int = 0
+    refused_in_flight: int = 0
+    """Requests refused by the guard because their client had too many in flight."""
+    records_after_failed_response: int = 0
+    """Records published by the guard because building or sending the response failed."""
     firewall_classifier_failures: int = 0
     firewall_cache_errors: int = 0
 
@@ -49,6 +61,10 @@ class Runtime:
     vectors: VectorStore
     verdict_cache: VerdictCache
     counters: Counters = field(default_factory=Counters)
+    in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Requests in flight per client (``gateway.guard``)."""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Work a request left behind (records waiting for a token estimate), awaited at close."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
     watcher: RoutingWatcher = field(init=False)
@@ -75,7 +91,16 @@ class Runtime:
         publisher.start()
         return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def close(self) -> None:
+        if self.tasks:
+            _, late = await asyncio.wait(self.tasks, timeout=_DRAIN_S)
+            if late:
+                log.error("%d records still waiting for a token estimate at shutdown", len(late))
         await self.publisher.stop()
         await self.upstreams.aclose()
         await self.vectors.aclose()
