@@ -29,7 +29,7 @@ bench-gateway: bench-bootstrap
 	$(VENV)/python -m bench.gateway_overhead --seconds 10
 
 bench-ingest: bench-bootstrap
-	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,stream-worker
+	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,json-http,stream-worker
 
 bench-ingest-scaleout: bench-bootstrap
 	$(VENV)/python -m bench.ingest_scaleout --records 60000 --processes 1,2,4

@@ -89,7 +89,13 @@ def access_counters(component: str, *events: str) -> CounterSet:
 
 def error_counters() -> CounterSet:
     return access_counters(
-        "errors", "unexpected", "record_build", "firewall_classifier", "firewall_verdict_cache"
+        "errors",
+        "unexpected",
+        "record_build",
+        "firewall_classifier",
+        "firewall_verdict_cache",
+        "refused_in_flight",
+        "records_after_failed_response",
     )
 
 

@@ -7,8 +7,12 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -31,6 +35,10 @@ from shared.streams import Sink
 
 __all__ = ["Runtime"]
 
+log = logging.getLogger(__name__)
+
+_DRAIN_S = 5.0
+
 
 @dataclass
 class Runtime:
@@ -43,8 +51,14 @@ class Runtime:
     verdict_cache: VerdictCache
     counters: CounterSet = field(default_factory=error_counters)
     """Failures that were logged and survived (``unexpected``, ``record_build``,
-    ``firewall_classifier``, ``firewall_verdict_cache``): shown at ``GET /health`` and exported
-    at ``/metrics``."""
+    ``refused_in_flight``: requests the guard refused because their client had too many in
+    flight, ``records_after_failed_response``: records the guard published because building or
+    sending the response failed, ``firewall_classifier``, ``firewall_verdict_cache``): shown at
+    ``GET /health`` and exported at ``/metrics``."""
+    in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Requests in flight per client (``gateway.guard``)."""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Work a request left behind (records waiting for a token estimate), awaited at close."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
     watcher: RoutingWatcher = field(init=False)
@@ -73,7 +87,16 @@ class Runtime:
         publisher.start()
         return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def close(self) -> None:
+        if self.tasks:
+            _, late = await asyncio.wait(self.tasks, timeout=_DRAIN_S)
+            if late:
+                log.error("%d records still waiting for a token estimate at shutdown", len(late))
         await self.publisher.stop()
         await self.upstreams.aclose()
         await self.vectors.aclose()

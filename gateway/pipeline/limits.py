@@ -20,7 +20,7 @@ from gateway.policy.limits import (
     refusal,
     scope_of,
 )
-from gateway.policy.ratelimit import Unit, bucket_key
+from gateway.policy.ratelimit import Segment, Unit, bucket_key
 from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
             ),
             policy,
             admission_cost(policy),
+            segmented=policy.segment is not Segment.GLOBAL,
         )
         for name, policy in policies
     ]
@@ -63,6 +64,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,
+        segment_set=keystore.keys.rate_limit_segments(org.org_id),
+        segment_cap=rt.settings.rate_limit_segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
         monthly_tokens=limits.monthly_tokens,

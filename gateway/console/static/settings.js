@@ -275,6 +275,12 @@ settingsTabs.cache = async (el, ctx) => {
   }
 };
 
+const LABEL_WORDS = { ttl: "TTL", s: "(s)", ms: "(ms)", usd: "(USD)", id: "id" };
+const fieldLabel = (name) => {
+  const text = name.split("_").map((w) => LABEL_WORDS[w] || w).join(" ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+};
+
 /* A form for a flat-ish JSON object: booleans as checkboxes, numbers and text as inputs, lists
    of text comma-separated, anything else as JSON. Saving sends the same shape back. */
 function objectForm(obj, canEdit, save) {
@@ -282,13 +288,13 @@ function objectForm(obj, canEdit, save) {
   const error = h("div", { class: "form-error", hidden: true });
   const rows = Object.entries(obj).map(([k, v]) => {
     let input;
-    if (typeof v === "boolean") { kinds[k] = "bool"; input = h("input", { type: "checkbox", name: k, checked: v, disabled: !canEdit }); return h("label", { class: "check" }, input, k); }
+    if (typeof v === "boolean") { kinds[k] = "bool"; input = h("input", { type: "checkbox", name: k, checked: v, disabled: !canEdit }); return h("label", { class: "check" }, input, fieldLabel(k)); }
     if (typeof v === "number") { kinds[k] = "number"; input = h("input", { type: "number", step: "any", name: k, value: v, disabled: !canEdit }); }
-    else if (typeof v === "string") { kinds[k] = "text"; input = h("input", { name: k, value: v, disabled: !canEdit }); }
+    else if (typeof v === "string") { kinds[k] = "text"; input = h("input", { name: k, value: v, placeholder: "empty: the gateway's default", disabled: !canEdit }); }
     else if (v === null) { kinds[k] = "nullable"; input = h("input", { name: k, value: "", placeholder: "not set", disabled: !canEdit }); }
     else if (Array.isArray(v) && v.every((x) => typeof x === "string")) { kinds[k] = "list"; input = h("input", { name: k, value: v.join(", "), disabled: !canEdit }); }
     else { kinds[k] = "json"; input = h("textarea", { name: k, rows: 3, disabled: !canEdit }); input.value = JSON.stringify(v, null, 1); }
-    return labelled(k, input);
+    return labelled(fieldLabel(k), input);
   });
   const form = h("form", { class: "form object-form" }, h("div", { class: "row2" }, rows), error,
     canEdit ? h("div", { class: "actions" }, h("button", { class: "btn", type: "submit" }, "Save")) : null);

@@ -1,0 +1,108 @@
+"""Every Redis key the gateway builds for keys, orgs, usage, templates, limits, breakers and
+routing config, in one place; and the one charset of the ids that go into them.
+
+Invariants:
+- Org, key and template ids are 1-128 characters of ``A-Z a-z 0-9 _ . -`` (``ID_CHARSET``),
+  checked when an id is written (admin API, CLI, config seed) and when one comes from a caller
+  (paths, ``floopy-prompt-id``). No id holds ``:``, the separator, so ``org:<id>`` of one org is
+  never a prefix of another org's keys (issue 10: ``acme`` read ``acme:eu``'s templates).
+- Key hashes are SHA-256 hex; provider names are checked by the provider validation.
+- Stream names and the retention hash, shared with the ingester, are in ``shared.streams``.
+- Redis Cluster (``cluster=True``): the keys the limits script takes together — the org's
+  rate-limit buckets and segment set, its monthly request counter, its keys' usage counters —
+  carry the org id as a hash tag (``{acme}``), so they share one slot. On one node the names
+  are the untagged ones they always were (an upgrade keeps this month's counters).
+"""
+
+from __future__ import annotations
+
+import re
+
+from shared.errors import BadRequestError
+
+__all__ = ["ID_CHARSET", "MAX_ID_CHARS", "RedisKeys", "check_id", "is_id"]
+
+MAX_ID_CHARS = 128
+ID_CHARSET = "A-Z a-z 0-9 _ . -"
+_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def is_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def check_id(kind: str, value: str) -> str:
+    """``value`` if it is a valid id, else a 400 naming ``kind`` (org, key, prompt template)."""
+    if not is_id(value):
+        shown = value if len(value) <= 64 else value[:64] + "…"
+        raise BadRequestError(
+            f"{kind} id {shown!r} must be 1-{MAX_ID_CHARS} characters of {ID_CHARSET}"
+        )
+    return value
+
+
+class RedisKeys:
+    """Key names under one prefix (``FLOOPY_GATEWAY_REDIS__KEY_PREFIX``)."""
+
+    def __init__(self, prefix: str = "floopy", *, cluster: bool = False) -> None:
+        self.prefix = prefix
+        self.cluster = cluster
+
+    def _slot_org(self, org_id: str) -> str:
+        """The org as it appears in keys used together: a hash tag on a cluster."""
+        return f"{{{org_id}}}" if self.cluster else org_id
+
+    def org(self, org_id: str) -> str:
+        return f"{self.prefix}:org:{org_id}"
+
+    @property
+    def org_prefix(self) -> str:
+        """``org(id)`` is this plus the id (the auth script appends the key's org id)."""
+        return f"{self.prefix}:org:"
+
+    def org_keys(self, org_id: str) -> str:
+        return f"{self.prefix}:org:{org_id}:keys"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:key:{key_hash}"
+
+    def key_id(self, key_id: str) -> str:
+        return f"{self.prefix}:keyid:{key_id}"
+
+    def org_requests(self, org_id: str, month: str) -> str:
+        return f"{self.prefix}:usage:org:{self._slot_org(org_id)}:req:{month}"
+
+    def key_usage(self, key_id: str, period: str, *, org_id: str = "") -> str:
+        """``period``: ``d:<yyyymmdd>`` or ``m:<yyyymm>``. On a cluster the key's org is
+        needed (its hash tag): ``<p>:usage:key:{acme}:<key_id>:<period>``."""
+        if self.cluster:
+            if not org_id:
+                raise ValueError("usage keys on a Redis Cluster need the key's org")
+            return f"{self.prefix}:usage:key:{self._slot_org(org_id)}:{key_id}:{period}"
+        return f"{self.prefix}:usage:key:{key_id}:{period}"
+
+    def template(self, org_id: str, template_id: str) -> str:
+        return f"{self.prefix}:tpl:{org_id}:{template_id}"
+
+    def rate_limit(self, org_id: str, rest: str) -> str:
+        return f"{self.prefix}:rl:{self._slot_org(org_id)}:{rest}"
+
+    def rate_limit_segments(self, org_id: str) -> str:
+        """The org's live per-segment buckets (a sorted set scored by expiry), for the cap."""
+        return f"{self.prefix}:rl-segments:{self._slot_org(org_id)}"
+
+    def breaker(self, scope: str) -> str:
+        return f"{self.prefix}:breaker:{scope}"
+
+    @property
+    def providers(self) -> str:
+        return f"{self.prefix}:providers"
+
+    @property
+    def routes(self) -> str:
+        return f"{self.prefix}:routes"
+
+    @property
+    def routing_version(self) -> str:
+        """Bumped by every provider or route write: workers follow changes by polling it."""
+        return f"{self.prefix}:routing:version"
