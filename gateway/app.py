@@ -21,8 +21,8 @@ from gateway.console import Console, Principal, openapi_config
 from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.guard import guard_middleware
-from gateway.provider_health import metrics, provider_health
-from gateway.routes import chat_completions, health
+from gateway.provider_health import provider_health
+from gateway.routes import chat_completions, health, metrics
 from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings

@@ -12,14 +12,12 @@ import asyncio
 import logging
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Request, get
 from redis.exceptions import RedisError
 
-from gateway.metrics import BREAKER_STATE, BREAKER_STATE_VALUES
 from gateway.runtime import Runtime
-from shared.metrics import CONTENT_TYPE_LATEST, render
 
-__all__ = ["metrics", "provider_health"]
+__all__ = ["provider_health"]
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +52,3 @@ async def provider_health(request: Request[Any, Any, Any]) -> dict[str, Any]:
     ]
     degraded = any(p["state"] != "closed" for p in providers)
     return {"status": "degraded" if degraded else "ok", "providers": providers}
-
-
-@get("/metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text format, every worker's series added up (``shared.metrics``). Breaker
-    states are read from Redis now (they change in any worker); if Redis cannot answer, the
-    last states read stay."""
-    rt: Runtime = request.app.state.runtime
-    try:
-        async with asyncio.timeout(_TIMEOUT_S):
-            rows = await rt.upstreams.breakers.snapshot(list(rt.upstreams.providers))
-    except (RedisError, OSError) as exc:
-        log.warning("metrics: breaker states unavailable: %s: %s", type(exc).__name__, exc)
-    else:
-        for row in rows:
-            BREAKER_STATE.labels(row.provider).set(BREAKER_STATE_VALUES[row.state.value])
-    body = await asyncio.to_thread(render)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)

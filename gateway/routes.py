@@ -20,19 +20,22 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
+from redis.exceptions import RedisError
 
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
 from gateway.guard import FINISH
+from gateway.metrics import BREAKER_STATE, BREAKER_STATE_VALUES
 from gateway.pipeline.auth import bearer_token
 from gateway.pipeline.publish import publish, publish_after_response
 from gateway.pipeline.run import run_stages
 from gateway.policy.chat_request import header_text
 from gateway.policy.keys import Permission
 from gateway.runtime import Runtime
-from shared.errors import ClientError, PayloadTooLargeError
+from shared.errors import ClientError, ForbiddenError, PayloadTooLargeError
+from shared.metrics import CONTENT_TYPE_LATEST, render
 
-__all__ = ["chat_completions", "health"]
+__all__ = ["chat_completions", "health", "metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +230,24 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
             "in_flight_clients": len(rt.in_flight),
         },
     }
+
+
+@get("/metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format, every worker's series added up (``shared.metrics``): the same
+    counters as ``/health``, so behind the same key (an admin key of an operator org, sent as
+    the scrape's bearer token). Breaker states are read from Redis now (any worker changes
+    them); if Redis cannot answer, the last states read stay."""
+    rt = _runtime(request)
+    if not await _sees_counters(request, rt):
+        raise ForbiddenError("metrics need an admin key of an operator org")
+    try:
+        async with asyncio.timeout(0.5):
+            rows = await rt.upstreams.breakers.snapshot(list(rt.upstreams.providers))
+    except (RedisError, OSError) as exc:
+        log.warning("metrics: breaker states unavailable: %s: %s", type(exc).__name__, exc)
+    else:
+        for row in rows:
+            BREAKER_STATE.labels(row.provider).set(BREAKER_STATE_VALUES[row.state.value])
+    body = await asyncio.to_thread(render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -13,11 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.servers import ClickHouseServer, RedisServer, free_port
-from tests.e2e.harness import Floopy
+from tests.e2e.harness import ORG_ID, Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 REQUESTS = 12
+OPS_KEY = "sk-floopy-metrics-operator"
 
 
 @pytest.fixture
@@ -25,7 +26,15 @@ def stack(
     tmp_path: Path, redis_server: RedisServer, clickhouse_server: ClickHouseServer
 ) -> Iterator[tuple[Floopy, int]]:
     floopy = Floopy(tmp_path, redis_server, clickhouse_server)
-    floopy.extra_env = {"FLOOPY_GATEWAY_REDIS__STREAM_SHARDS": "2"}
+    floopy.extra_env = {
+        "FLOOPY_GATEWAY_REDIS__STREAM_SHARDS": "2",
+        "FLOOPY_GATEWAY_OPERATOR_ORGS": f'["{ORG_ID}"]',
+    }
+    floopy.config["keys"]["key-ops"] = {
+        "org": ORG_ID,
+        "secret": OPS_KEY,
+        "permissions": ["admin"],
+    }
     ingester_port = free_port()
     floopy.start_provider()
     floopy.start_ingester(
@@ -43,7 +52,7 @@ def stack(
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample as (name, sorted labels) -> value."""
-    text = httpx.get(url, timeout=5).text
+    text = httpx.get(url, timeout=5, headers={"authorization": f"Bearer {OPS_KEY}"}).text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -117,6 +126,8 @@ def test_metrics_move_with_traffic(stack: tuple[Floopy, int]) -> None:
         assert ing[("floopy_stream_lag", labels)] == 0
     assert ("floopy_spool_bytes", (("sink", "requests"),)) in ing
 
-    health = httpx.get(f"{floopy.gateway_url}/health", timeout=5).json()
+    assert httpx.get(gateway_url, timeout=5).status_code == 403  # the counters need the key
+    auth = {"authorization": f"Bearer {OPS_KEY}"}
+    health = httpx.get(f"{floopy.gateway_url}/health", timeout=5, headers=auth).json()
     published = health["publisher"]["published"]  # one worker's share of the same counter
     assert 0 < published <= total(gw, "floopy_records_published_total")
