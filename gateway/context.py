@@ -17,6 +17,7 @@ from gateway.clients.providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from gateway.policy.cache import CacheOutcome
 from gateway.policy.headers import RequestMeta
 from gateway.policy.keys import ApiKey, Org
 from gateway.policy.routing import Target
@@ -67,6 +68,13 @@ class RequestContext:
     body: bytes = b""
     chat: ChatRequest | None = None
     meta: RequestMeta = field(default_factory=RequestMeta)
+
+    endpoint: str = "/v1/chat/completions"
+    answered: bool = False
+    """Set by a stage that answered (a cache hit): the stages after it do not run."""
+    cache: CacheOutcome = field(default_factory=CacheOutcome)
+    spans: list[StageTiming] = field(default_factory=list)
+    """Child spans of stages (``cache.exact``, ``cache.embed`` …), recorded after the stages."""
 
     targets: list[Target] = field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""

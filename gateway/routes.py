@@ -134,8 +134,11 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
     stream = ctx.stream
     assert stream is not None
+    kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
         async for chunk in stream.chunks():
+            if kept is not None:
+                kept.append(chunk)
             yield chunk
         if not stream.completed:
             ctx.stream_error = "upstream ended the stream without [DONE]"
@@ -170,6 +173,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "redis": {"reachable": reachable},
         "publisher": rt.publisher.stats(),
         "access": rt.access.stats(),
+        "cache": rt.cache.stats(),
         "errors": {
             "unexpected": rt.counters.unexpected_errors,
             "record_build": rt.counters.record_build_failures,

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from gateway.clients.exact_cache import ExactCache
 from gateway.clients.publisher import Publisher
+from gateway.clients.response_cache import ResponseCache
 from gateway.clients.upstreams import Upstreams
 from gateway.settings import GatewaySettings
 
@@ -37,6 +39,7 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
+    cache: ResponseCache
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
@@ -54,10 +57,12 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
+        cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix))
         publisher.start()
-        return cls(settings, redis, publisher, upstreams)
+        return cls(settings, redis, publisher, upstreams, cache)
 
     async def close(self) -> None:
+        await self.cache.close()
         await self.publisher.stop()
         await self.upstreams.aclose()
         await self.redis.aclose()

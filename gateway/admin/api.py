@@ -18,6 +18,7 @@ from litestar.params import FromPath, JSONBody
 from gateway.admin.secrets import encrypt
 from gateway.admin.seed import OrgSeed
 from gateway.pipeline.auth import bearer_token
+from gateway.policy.cache import CacheSettings
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -62,6 +63,12 @@ def _convert(data: Any, kind: type[_T]) -> _T:
         raise BadRequestError(f"invalid body: {exc}") from None
 
 
+def org_view(org: Org) -> dict[str, Any]:
+    shown: dict[str, Any] = msgspec.to_builtins(org)
+    shown["cache"] = org.cache.view()
+    return shown
+
+
 def key_view(key: ApiKey) -> dict[str, Any]:
     """A key as shown to admins: never its hash (a stolen hash list must not help anyone)."""
     shown: dict[str, Any] = msgspec.to_builtins(key)
@@ -102,8 +109,20 @@ class AdminApi(Controller):
         org = await rt.access.keystore.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
-        result: dict[str, Any] = msgspec.to_builtins(org)
-        return result
+        return org_view(org)
+
+    @put("/orgs/{org_id:str}/cache")
+    async def put_org_cache(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Partial: the fields sent replace the stored ones. The org's own admin key may."""
+        rt = await self._org_scope(request, org_id)
+        org = await rt.access.keystore.get_org(org_id)
+        if org is None:
+            raise NotFoundError(f"no org {org_id!r}")
+        cache = _convert({**org.cache.view(), **data}, CacheSettings)
+        await rt.access.keystore.put_org_cache(org_id, cache)
+        return {"org_id": org_id, "cache": cache.view()}
 
     @put("/orgs/{org_id:str}")
     async def put_org(
@@ -115,8 +134,8 @@ class AdminApi(Controller):
             org_id=org_id, name=seed.name, plan=seed.plan.plan(), rate_limit_policy=seed.rate_limit
         )
         await rt.access.keystore.put_org(org)
-        result: dict[str, Any] = msgspec.to_builtins(org)
-        return result
+        stored = await rt.access.keystore.get_org(org_id)
+        return org_view(stored or org)
 
     @get("/orgs/{org_id:str}/keys")
     async def list_keys(

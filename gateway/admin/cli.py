@@ -3,6 +3,7 @@ the Redis the gateways use (``FLOOPY_GATEWAY_REDIS__URL``, ``FLOOPY_GATEWAY_REDI
 
     floopy-admin seed floopy.toml
     floopy-admin orgs put acme --monthly-requests 100000 --expires-at 2027-01-01T00:00:00Z
+    floopy-admin orgs cache acme --tiers exact,semantic --semantic-threshold 0.95
     floopy-admin keys create acme --name ci --permission proxy --permission read
     floopy-admin keys revoke key_0123abcd
     floopy-admin templates put acme greet --message 'system:You help with {{product}}.'
@@ -30,6 +31,7 @@ from gateway.access import Access
 from gateway.admin.api import key_view
 from gateway.admin.secrets import encrypt, new_master_key
 from gateway.admin.seed import PlanSeed, apply_seed, load_seed
+from gateway.policy.cache import CacheSettings
 from gateway.policy.keys import DEFAULT_ORG_RATE_LIMIT, KeyLimits, KeySwitches, Org, Permission
 from gateway.policy.templates import TemplateMessage
 from gateway.settings import GatewaySettings
@@ -134,6 +136,44 @@ def org_put(
 
     _run(work)
     _print(org)
+
+
+@orgs.command("cache")
+def org_cache(
+    org_id: str,
+    *,
+    tiers: Annotated[str | None, typer.Option(help="e.g. exact,semantic,advanced")] = None,
+    ttl_s: Annotated[int | None, typer.Option()] = None,
+    max_ttl_s: Annotated[int | None, typer.Option()] = None,
+    semantic_threshold: Annotated[float | None, typer.Option()] = None,
+    advanced_threshold: Annotated[float | None, typer.Option()] = None,
+    advanced_overlap: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Show or change an org's cache settings (options given replace the stored ones)."""
+    given = {
+        "tiers": [t.strip() for t in tiers.split(",") if t.strip()] if tiers is not None else None,
+        "ttl_s": ttl_s,
+        "max_ttl_s": max_ttl_s,
+        "semantic_threshold": semantic_threshold,
+        "advanced_threshold": advanced_threshold,
+        "advanced_overlap": advanced_overlap,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+
+    async def work(access: Access, _: GatewaySettings) -> dict[str, object]:
+        org = await access.keystore.get_org(org_id)
+        if org is None:
+            raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
+        if not changes:
+            return org.cache.view()
+        try:
+            cache = msgspec.convert({**org.cache.view(), **changes}, CacheSettings)
+        except msgspec.ValidationError as exc:
+            raise ClientError(f"invalid cache settings: {exc}") from None
+        await access.keystore.put_org_cache(org_id, cache)
+        return cache.view()
+
+    _print(_run(work))
 
 
 @orgs.command("show")

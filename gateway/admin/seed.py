@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.policy.cache import CacheSettings
 from gateway.policy.keys import (
     DEFAULT_ORG_RATE_LIMIT,
     ApiKey,
@@ -76,6 +77,8 @@ class OrgSeed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: str = ""
     rate_limit: str = DEFAULT_ORG_RATE_LIMIT
     plan: PlanSeed = PlanSeed()
+    cache: CacheSettings | None = None
+    """Written when declared; else the stored settings stay (dashboard or admin API)."""
 
 
 class KeySeed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -180,6 +183,8 @@ async def apply_seed(
                 org_id=org_id, name=org.name, plan=org.plan.plan(), rate_limit_policy=org.rate_limit
             )
         )
+        if org.cache is not None:
+            await keystore.put_org_cache(org_id, org.cache)
     for key_id, key in seed.keys.items():
         await keystore.put_key(
             ApiKey(

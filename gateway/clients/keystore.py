@@ -30,6 +30,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
+from gateway.policy.cache import CacheSettings
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -47,7 +48,7 @@ from gateway.policy.keys import (
 from shared.errors import InvalidApiKeyError
 from shared.streams import retention_key
 
-__all__ = ["KeyStore", "usage_expiry_s"]
+__all__ = ["ORG_SETTINGS", "KeyStore", "usage_expiry_s"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ return {key, redis.call('HGETALL', ARGV[1] .. org_id)}
 """
 
 _CACHE_MAX = 50_000
+ORG_SETTINGS = ("cache",)
+"""Org fields written by their own route (``PUT /admin/orgs/{org}/cache``), kept by org puts."""
 _DAY_GRACE = timedelta(days=2)
 _MONTH_GRACE = timedelta(days=40)
 
@@ -231,12 +234,21 @@ class KeyStore:
 
     # -- administration ---------------------------------------------------------------------
 
-    async def put_org(self, org: Org) -> None:
+    async def put_org(self, org: Org, *, with_settings: bool = False) -> None:
+        """Write the org's name, plan and rate limit; its feature settings (``cache``) are
+        kept as stored unless ``with_settings`` (they have their own admin route)."""
+        fields = _encode_fields(org)
+        if not with_settings:
+            for name in ORG_SETTINGS:
+                fields.pop(name, None)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{self._p}:org:{org.org_id}")
-            pipe.hset(f"{self._p}:org:{org.org_id}", mapping=_encode_fields(org))
+            pipe.hset(f"{self._p}:org:{org.org_id}", mapping=fields)
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
+
+    async def put_org_cache(self, org_id: str, cache: CacheSettings) -> None:
+        fields = {"cache": msgspec.json.encode(cache.view())}
+        await _aw(self._redis.hset(f"{self._p}:org:{org_id}", mapping=fields))
 
     async def get_org(self, org_id: str) -> Org | None:
         flat = await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}"))

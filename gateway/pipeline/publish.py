@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.clients.usage import record_usage
+from gateway.pipeline.cache import store_after
 from gateway.policy.recording import build_records
 from gateway.policy.usage import settle_usage
 from shared.codec import encode_record
@@ -39,6 +40,12 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
     except Exception:  # the response is gone: log, count, carry on
         rt.counters.record_build_failures += 1
         log.exception("could not build the record of request %s", ctx.request_id)
+        return
+    try:
+        store_after(ctx, rt, settled)
+    except Exception:  # a cache write is best effort: the next identical request is a miss
+        rt.cache.write_failures["schedule"] += 1
+        log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 
 async def publish_after_response(ctx: RequestContext, rt: Runtime) -> None:

@@ -7,6 +7,7 @@ is the same span downstream, like its request record.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import msgspec
 
@@ -111,13 +112,31 @@ def build_records(
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
+        endpoint=ctx.endpoint,
+        **_cache_fields(ctx),
     )
     return record, build_spans(ctx)
 
 
+def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
+    outcome = ctx.cache
+    if outcome.status is None:
+        return {}
+    return {
+        "cache_status": outcome.status.value,
+        "cache_tier": outcome.tier.value if outcome.tier else "",
+        "cache_similarity": outcome.similarity,
+        "cache_threshold": outcome.threshold,
+        "cache_key_hash": outcome.keys.exact if outcome.keys else "",
+        "cache_lookup_ms": dict(outcome.lookup_ms),
+        "cache_error": outcome.error,
+        "cost_saved_usd": outcome.hit.cost_usd if outcome.hit else None,
+    }
+
+
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
-    """One span per stage, then one per upstream attempt (ids from the attempt number, so
-    each stays unique and stable)."""
+    """One span per stage, then the stages' child spans (``cache.exact`` …: unique names), then
+    one per upstream attempt (ids from the attempt number, so each stays unique and stable)."""
     namespace = _namespace(ctx.request_id)
     return [
         SpanRecord(
@@ -131,7 +150,7 @@ def build_spans(ctx: RequestContext) -> list[SpanRecord]:
             status=timing.status,
             attributes=dict(timing.attributes),
         )
-        for timing in (*ctx.timings, *ctx.attempts)
+        for timing in (*ctx.timings, *ctx.spans, *ctx.attempts)
     ]
 
 

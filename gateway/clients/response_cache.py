@@ -1,0 +1,113 @@
+"""The response cache's stores for one worker: the exact tier (Redis) and the embedding tiers
+(Qdrant), and the writes that run after a miss's response.
+
+Invariants:
+- Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
+  ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
+  dropped write is a later miss, never a wrong answer).
+- Every failure is counted here (``stats()`` → ``GET /health``) and logged; lookups fail open
+  (the stage turns the error into a miss), writes are best effort.
+- ``close`` waits a moment for writes in flight, so a clean shutdown keeps the last answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from gateway.clients.exact_cache import ExactCache
+from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier
+
+if TYPE_CHECKING:
+    from gateway.policy.cache_key import RequestKeys
+
+__all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache"]
+
+log = logging.getLogger(__name__)
+
+FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+"""Failures of a store that make a lookup a miss instead of an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheWrite:
+    """A miss's answer and where it goes."""
+
+    org_id: str
+    model: str
+    plan: CachePlan
+    keys: RequestKeys
+    vectors: dict[CacheTier, list[float]]
+    answer: CachedAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    tier: CacheTier
+    answer: CachedAnswer
+    similarity: float | None = None
+
+
+class ResponseCache:
+    def __init__(self, exact: ExactCache, *, max_pending_writes: int = 1000) -> None:
+        self.exact = exact
+        self.fail_open_errors = FAIL_OPEN_ERRORS
+        self._max_pending = max_pending_writes
+        self._pending: set[asyncio.Task[None]] = set()
+        self.fail_open: Counter[str] = Counter()
+        self.write_failures: Counter[str] = Counter()
+        self.writes_dropped = 0
+        self.writes = 0
+
+    def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
+        self.fail_open[tier.value] += 1
+        log.warning("cache %s lookup failed open (%s: %s)", tier.value, type(exc).__name__, exc)
+
+    async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
+        answer = await self.exact.get(org_id, key_hash)
+        if answer is None or answer.created_at_ms < oldest_ms:
+            return None
+        return Lookup(CacheTier.EXACT, answer)
+
+    def schedule_write(self, write: CacheWrite) -> None:
+        if len(self._pending) >= self._max_pending:
+            self.writes_dropped += 1
+            log.warning("cache write dropped: %d writes already in flight", len(self._pending))
+            return
+        task = asyncio.get_running_loop().create_task(self._write(write))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, write: CacheWrite) -> None:
+        for tier in write.plan.tiers:
+            try:
+                if tier is CacheTier.EXACT:
+                    await self.exact.put(
+                        write.org_id, write.keys.exact, write.answer, write.plan.ttl_s
+                    )
+                self.writes += 1
+            except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
+                self.write_failures[tier.value] += 1
+                log.warning("cache %s write failed (%s: %s)", tier.value, type(exc).__name__, exc)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "fail_open": dict(self.fail_open),
+            "writes": self.writes,
+            "write_failures": dict(self.write_failures),
+            "writes_dropped": self.writes_dropped,
+            "writes_pending": len(self._pending),
+        }
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Wait (at most ``timeout_s``) for the writes in flight."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.drain()
