@@ -19,8 +19,8 @@ from pathlib import Path
 from bench.ingest import bench_env, make_record
 from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.replay import Replayer, pending_files
-from ingester.spool.writer import SpoolWriter
 from shared.codec import encode_record
+from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
 
 __all__ = ["main"]

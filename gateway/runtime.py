@@ -1,4 +1,5 @@
-"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers.
+"""What one gateway worker holds for its lifetime: settings, Redis, the publisher, providers,
+the embedder and the vector store.
 
 Invariants: built on the worker's event loop at start-up (``Runtime.open``), never at import;
 closed at shutdown in reverse order (publisher flush first, while Redis is still open).
@@ -11,10 +12,12 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from gateway.clients.embeddings import Embedder, open_embedder
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.publisher import Publisher
 from gateway.clients.response_cache import ResponseCache
 from gateway.clients.upstreams import Upstreams
+from gateway.clients.vector_store import VectorStore
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
+    embedder: Embedder
+    vectors: VectorStore
     cache: ResponseCache
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
@@ -57,12 +62,16 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
+        embedder = open_embedder(settings.embedder)
+        vectors = VectorStore.open(settings.qdrant)
         cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix))
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, cache)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, cache)
 
     async def close(self) -> None:
         await self.cache.close()
         await self.publisher.stop()
         await self.upstreams.aclose()
+        await self.vectors.aclose()
+        await self.embedder.aclose()
         await self.redis.aclose()

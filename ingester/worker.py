@@ -37,7 +37,7 @@ from ingester.metrics import ConsumerCounter, Counters
 from ingester.replay import Replayer, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
-from ingester.spool.writer import SpoolWriter
+from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
 
 __all__ = [

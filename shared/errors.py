@@ -19,10 +19,14 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     │   ├── MonthlyLimitExceededError    429 MONTHLY_LIMIT_EXCEEDED
     │   ├── ProviderError                502 PROVIDER_ERROR
     │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
-    └── PipelineError                    (internal; never rendered)
-        ├── RecordDecodeError            an entry that is not a record of a known schema version
-        ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
-        └── PoisonBatchError             the store rejected the data itself: set rows aside
+    ├── PipelineError                    (internal; never rendered)
+    │   ├── RecordDecodeError            an entry that is not a record of a known schema version
+    │   ├── SinkUnavailableError         the store cannot be reached: transient, retry then spool
+    │   └── PoisonBatchError             the store rejected the data itself: set rows aside
+    └── DependencyError                  (internal; never rendered: the stage that needed it
+        │                                 fails open, or maps it to its own ClientError)
+        ├── EmbeddingUnavailableError    the embedder failed or did not answer in time
+        └── VectorStoreUnavailableError  Qdrant could not be reached or refused the call
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequestError",
     "ClientError",
+    "DependencyError",
+    "EmbeddingUnavailableError",
     "FloopyError",
     "ForbiddenError",
     "GatewayTimeoutError",
@@ -48,6 +54,7 @@ __all__ = [
     "SinkUnavailableError",
     "SubscriptionExpiredError",
     "UsageLimitExceededError",
+    "VectorStoreUnavailableError",
 ]
 
 
@@ -154,3 +161,15 @@ class SinkUnavailableError(PipelineError):
 
 class PoisonBatchError(PipelineError):
     """The store rejected the rows themselves; retrying the same rows cannot succeed."""
+
+
+class DependencyError(FloopyError):
+    """A store or model a stage uses failed; what the caller sees is the stage's decision."""
+
+
+class EmbeddingUnavailableError(DependencyError):
+    """The embedder raised or did not answer in time."""
+
+
+class VectorStoreUnavailableError(DependencyError):
+    """Qdrant could not be reached, timed out or refused the call."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ClickHouseSettings", "RedisSettings"]
+__all__ = ["ClickHouseSettings", "QdrantSettings", "RedisSettings"]
 
 
 class RedisSettings(BaseModel):
@@ -25,3 +25,18 @@ class ClickHouseSettings(BaseModel):
     password: str = ""
     connect_timeout_s: float = Field(default=2.0, gt=0)
     send_receive_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class QdrantSettings(BaseModel):
+    """Where the semantic cache and the firewall's verdict cache live.
+
+    With ``url`` set, a Qdrant server (shared by every worker and process). Without it,
+    qdrant-client's local mode inside each process: in memory (``path`` empty) or in a
+    directory (``path``), which one process at a time may open. Local mode is not shared across
+    processes, so each gateway worker has its own vectors (see README, "Qdrant")."""
+
+    url: str = ""
+    api_key: str = ""
+    path: str = ""
+    collection_prefix: str = "floopy"
+    timeout_s: float = Field(default=2.0, gt=0)

@@ -15,10 +15,10 @@ from ingester.delivery import Delivery
 from ingester.replay import Replayer, ReplayStatus
 from ingester.rollups import Rollups
 from ingester.sink import client_for
-from ingester.spool.writer import SpoolWriter
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
+from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
 
 from .conftest import Deliver, dataset

@@ -17,9 +17,9 @@ from ingester.cli import app
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.lock import ReplayLock
 from ingester.replay import pending_files
-from ingester.spool.writer import SpoolWriter
 from shared.codec import encode_record
 from shared.records import RequestRecord
+from shared.spool.writer import SpoolWriter
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -22,12 +22,12 @@ from ingester.metrics import ConsumerCounter, Counters
 from ingester.replay import pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
-from ingester.spool.reader import count_lines
-from ingester.spool.writer import SpoolWriter
 from ingester.worker import IngesterRuntime
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings, RedisSettings
+from shared.spool.reader import count_lines
+from shared.spool.writer import SpoolWriter
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

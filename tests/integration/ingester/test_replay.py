@@ -21,11 +21,11 @@ from ingester.delivery import Delivery
 from ingester.lock import lock_path, read_lock
 from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
 from ingester.schema import migrate
-from ingester.spool.reader import count_lines
-from ingester.spool.writer import SpoolWriter, read_dropped
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
+from shared.spool.reader import count_lines
+from shared.spool.writer import SpoolWriter, read_dropped
 from shared.streams import Sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -151,7 +151,7 @@ def test_two_replayers_at_once_never_double_or_lose_a_record(
 ) -> None:
     spool = tmp_path / "spool"
     n = 20_000
-    _spool(spool, _payloads(n), batch=1000, cap=12 * 2**20)
+    _spool(spool, _payloads(n), batch=1000, cap=16 * 2**20)
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(2), ctx.Queue()
     args = (str(spool), database, str(tmp_path / "dead"), start, out)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ingester.spool.reader import count_lines, read_batches
-from ingester.spool.writer import DROPPED, SpoolWriter, read_dropped, spool_path
 from shared.codec import decode_record, encode_record
 from shared.records import RequestRecord
+from shared.spool.reader import count_lines, read_batches
+from shared.spool.writer import DROPPED, SpoolWriter, read_dropped, spool_path
 from shared.streams import Sink
 
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ingester.spool.rotation import (
+from shared.spool.rotation import (
     Rotation,
     generation_name,
     parse_generation,
