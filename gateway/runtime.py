@@ -16,6 +16,7 @@ from gateway.clients.embeddings import Embedder, open_embedder
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.publisher import Publisher
 from gateway.clients.response_cache import ResponseCache
+from gateway.clients.semantic_cache import SemanticCache
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
 from gateway.settings import GatewaySettings
@@ -64,7 +65,9 @@ class Runtime:
         )
         embedder = open_embedder(settings.embedder)
         vectors = VectorStore.open(settings.qdrant)
-        cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix))
+        semantic = SemanticCache(vectors)
+        await semantic.open(embedder.dimensions)
+        cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
         publisher.start()
         return cls(settings, redis, publisher, upstreams, embedder, vectors, cache)
 

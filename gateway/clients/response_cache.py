@@ -21,16 +21,24 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from gateway.clients.exact_cache import ExactCache
+from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
 from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier
+from gateway.policy.cache_verify import verify_turns
+from shared.errors import DependencyError
 
 if TYPE_CHECKING:
     from gateway.policy.cache_key import RequestKeys
 
-__all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache"]
+__all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_of"]
 
 log = logging.getLogger(__name__)
 
-FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,
+    TimeoutError,
+    DependencyError,
+)
 """Failures of a store that make a lookup a miss instead of an error."""
 
 
@@ -53,9 +61,25 @@ class Lookup:
     similarity: float | None = None
 
 
+def scope_of(
+    tier: CacheTier, org_id: str, model: str, seed: str, keys: RequestKeys
+) -> dict[str, str]:
+    """The ``must`` filter of a tier's search (and the same fields in what it writes)."""
+    _, field, _ = COLLECTIONS[tier]
+    value = keys.params_hash if tier is CacheTier.SEMANTIC else keys.prefix_hash
+    return {"org_id": org_id, "model": model, "seed": seed, field: value}
+
+
 class ResponseCache:
-    def __init__(self, exact: ExactCache, *, max_pending_writes: int = 1000) -> None:
+    def __init__(
+        self,
+        exact: ExactCache,
+        semantic: SemanticCache | None = None,
+        *,
+        max_pending_writes: int = 1000,
+    ) -> None:
         self.exact = exact
+        self.semantic = semantic
         self.fail_open_errors = FAIL_OPEN_ERRORS
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
@@ -63,6 +87,7 @@ class ResponseCache:
         self.write_failures: Counter[str] = Counter()
         self.writes_dropped = 0
         self.writes = 0
+        self.verifier_rejections = 0
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
         self.fail_open[tier.value] += 1
@@ -74,6 +99,42 @@ class ResponseCache:
             return None
         return Lookup(CacheTier.EXACT, answer)
 
+    async def look_up_vector(
+        self,
+        tier: CacheTier,
+        vector: list[float],
+        *,
+        org_id: str,
+        model: str,
+        plan: CachePlan,
+        keys: RequestKeys,
+    ) -> Lookup | None:
+        """Semantic: the nearest point at or above the threshold. Advanced: the top k above its
+        lower threshold, the first whose stored last turn passes the lexical verifier."""
+        if self.semantic is None:
+            return None
+        advanced = tier is CacheTier.ADVANCED
+        hits = await self.semantic.search(
+            tier,
+            vector,
+            scope=scope_of(tier, org_id, model, plan.seed, keys),
+            threshold=plan.advanced_threshold if advanced else plan.semantic_threshold,
+            limit=plan.advanced_top_k if advanced else 1,
+            oldest_ms=plan.min_created_at_ms,
+        )
+        for hit in hits:
+            if advanced:
+                stored = str(hit.payload.get("text", ""))
+                if not verify_turns(keys.last_turn, stored, plan.advanced_overlap).same:
+                    self.verifier_rejections += 1
+                    continue
+            found = await self.look_up_exact(
+                org_id, str(hit.payload.get("key_hash", "")), plan.min_created_at_ms
+            )
+            if found is not None:
+                return Lookup(tier, found.answer, round(hit.score, 6))
+        return None
+
     def schedule_write(self, write: CacheWrite) -> None:
         if len(self._pending) >= self._max_pending:
             self.writes_dropped += 1
@@ -84,16 +145,35 @@ class ResponseCache:
         task.add_done_callback(self._pending.discard)
 
     async def _write(self, write: CacheWrite) -> None:
-        for tier in write.plan.tiers:
+        """The answer goes to Redis whatever the tiers (the embedding tiers' points name it),
+        then one point per embedding tier that has its vector."""
+        tiers = [CacheTier.EXACT, *(t for t in write.plan.tiers if t in write.vectors)]
+        for tier in tiers:
             try:
-                if tier is CacheTier.EXACT:
-                    await self.exact.put(
-                        write.org_id, write.keys.exact, write.answer, write.plan.ttl_s
-                    )
+                await self._write_tier(tier, write)
                 self.writes += 1
             except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
                 self.write_failures[tier.value] += 1
                 log.warning("cache %s write failed (%s: %s)", tier.value, type(exc).__name__, exc)
+                if tier is CacheTier.EXACT:
+                    return  # a point without its answer would only ever miss
+
+    async def _write_tier(self, tier: CacheTier, write: CacheWrite) -> None:
+        plan, keys, answer = write.plan, write.keys, write.answer
+        if tier is CacheTier.EXACT:
+            await self.exact.put(write.org_id, keys.exact, answer, plan.ttl_s)
+            return
+        if self.semantic is None:
+            return
+        await self.semantic.put(
+            tier,
+            write.vectors[tier],
+            scope=scope_of(tier, write.org_id, write.model, plan.seed, keys),
+            key_hash=keys.exact,
+            created_at_ms=answer.created_at_ms,
+            expires_at_ms=answer.created_at_ms + plan.ttl_s * 1000,
+            text=keys.last_turn if tier is CacheTier.ADVANCED else "",
+        )
 
     def stats(self) -> dict[str, object]:
         return {
@@ -102,6 +182,7 @@ class ResponseCache:
             "write_failures": dict(self.write_failures),
             "writes_dropped": self.writes_dropped,
             "writes_pending": len(self._pending),
+            "verifier_rejections": self.verifier_rejections,
         }
 
     async def drain(self, timeout_s: float = 2.0) -> None:

@@ -80,8 +80,6 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     fields = chat.fields if chat.fields is not None else _decode_object(chat.raw)
     outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
     for tier in plan.tiers:
-        if tier not in _LOOKUPS:
-            continue
         found = await _look_up(ctx, rt, tier)
         if found is not None and _answer(ctx, found):
             return
@@ -112,8 +110,59 @@ async def _exact(ctx: RequestContext, rt: Runtime) -> Lookup | None:
     return await rt.cache.look_up_exact(ctx.org_id, keys.exact, plan.min_created_at_ms)
 
 
+async def _by_vector(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup | None:
+    """Semantic (the whole prompt's text) or advanced (the last user turn's)."""
+    plan, keys = ctx.cache.plan, ctx.cache.keys
+    assert plan is not None and keys is not None
+    text = keys.prompt_text if tier is CacheTier.SEMANTIC else keys.last_turn
+    if rt.cache.semantic is None or not text or len(text) > rt.settings.embedder.max_chars:
+        return None  # nothing to embed, or more than the model reads: no vector, no point
+    vector = await _embed(ctx, rt, tier, text)
+    return await rt.cache.look_up_vector(
+        tier, vector, org_id=ctx.org_id, model=ctx.model_requested, plan=plan, keys=keys
+    )
+
+
+async def _embed(ctx: RequestContext, rt: Runtime, tier: CacheTier, text: str) -> list[float]:
+    """One embedding per distinct text (a one-message prompt is also its last turn); the
+    call is a child span with what it cost."""
+    vectors, keys = ctx.cache.vectors, ctx.cache.keys
+    assert keys is not None
+    for other, vector in vectors.items():
+        if (keys.prompt_text if other is CacheTier.SEMANTIC else keys.last_turn) == text:
+            vectors[tier] = vector
+            return vector
+    start = time.perf_counter_ns()
+    try:
+        embedded = await rt.embedder.embed([text])
+    except BaseException:
+        child_span(ctx, "cache.embed", start, "error", model_ref=rt.embedder.name)
+        raise
+    child_span(
+        ctx,
+        "cache.embed",
+        start,
+        "ok",
+        model_ref=embedded.model_ref,
+        tokens=str(embedded.tokens),
+        cost_usd="" if embedded.cost_usd is None else f"{embedded.cost_usd:.8f}",
+    )
+    vectors[tier] = embedded.vectors[0]
+    return embedded.vectors[0]
+
+
+async def _semantic(ctx: RequestContext, rt: Runtime) -> Lookup | None:
+    return await _by_vector(ctx, rt, CacheTier.SEMANTIC)
+
+
+async def _advanced(ctx: RequestContext, rt: Runtime) -> Lookup | None:
+    return await _by_vector(ctx, rt, CacheTier.ADVANCED)
+
+
 _LOOKUPS: dict[CacheTier, Callable[[RequestContext, Runtime], Awaitable[Lookup | None]]] = {
     CacheTier.EXACT: _exact,
+    CacheTier.SEMANTIC: _semantic,
+    CacheTier.ADVANCED: _advanced,
 }
 
 

@@ -71,6 +71,16 @@ def _message_text(message: Any) -> str:
     return ""
 
 
+def _prompt_text(messages: list[Any]) -> str:
+    """What the semantic tier embeds: one user message is its text (so it is also the last
+    turn, embedded once); a conversation is one ``role: text`` line per message."""
+    if len(messages) == 1:
+        return _message_text(messages[0])
+    return "\n".join(
+        f"{m.get('role', '')}: {_message_text(m)}" for m in messages if isinstance(m, dict)
+    )
+
+
 def _last_user_index(messages: list[Any]) -> int:
     for i in range(len(messages) - 1, -1, -1):
         m = messages[i]
@@ -88,9 +98,7 @@ def request_keys(fields: dict[str, Any], *, endpoint: str, org_id: str, seed: st
     params_hash = _digest(*scope, _encode_sorted(kept))
     if not isinstance(messages, list):
         return RequestKeys(exact, params_hash, "", "", "")
-    prompt_text = "\n".join(
-        f"{m.get('role', '')}: {_message_text(m)}" for m in messages if isinstance(m, dict)
-    )
+    prompt_text = _prompt_text(messages)
     last = _last_user_index(messages)
     if last < 0:
         return RequestKeys(exact, params_hash, prompt_text, "", "")

@@ -22,6 +22,7 @@ from shared.streams import RECORD_FIELD, Sink, stream_key
 __all__ = [
     "KEY_A",
     "KEY_B",
+    "KEY_C",
     "KEY_OFF",
     "records",
     "runtime",
@@ -34,17 +35,23 @@ __all__ = [
 KEY_A = "sk-floopy-cache-a"
 KEY_B = "sk-floopy-cache-b"
 KEY_OFF = "sk-floopy-cache-off"
+KEY_C = "sk-floopy-cache-c"
 
 
 def settings_for(redis_url: str, base_url: str, root: Path, **extra: Any) -> GatewaySettings:
-    """Two orgs (a and b, every tier on) and a key of org a with its cache switch off; the
-    config seed is written under ``root``."""
+    """Orgs a and b (every tier on), c (exact and advanced only) and a key of org a with its
+    cache switch off; the config seed is written under ``root``."""
     tiers = {"tiers": ["exact", "semantic", "advanced"]}
     config = {
-        "orgs": {"org-a": {"name": "A", "cache": tiers}, "org-b": {"name": "B", "cache": tiers}},
+        "orgs": {
+            "org-a": {"name": "A", "cache": tiers},
+            "org-b": {"name": "B", "cache": tiers},
+            "org-c": {"name": "C", "cache": {"tiers": ["exact", "advanced"]}},
+        },
         "keys": {
-            "key-a": {"org": "org-a", "secret": KEY_A, "permissions": ["proxy", "read"]},
+            "key-a": {"org": "org-a", "secret": KEY_A, "permissions": ["proxy", "read", "admin"]},
             "key-b": {"org": "org-b", "secret": KEY_B},
+            "key-c": {"org": "org-c", "secret": KEY_C},
             "key-off": {"org": "org-a", "secret": KEY_OFF, "switches": {"cache": False}},
         },
     }
