@@ -390,7 +390,7 @@ class _Splice:
 
 class _EmbeddingsRequest(msgspec.Struct):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str | int | list[int]]
     encoding_format: str = "float"
     dimensions: int | None = None
 

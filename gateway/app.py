@@ -20,7 +20,7 @@ from gateway.console import Console, Principal, openapi_config
 from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.provider_health import provider_health
-from gateway.routes import chat_completions, health
+from gateway.routes import chat_completions, embeddings, health, models
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
 
@@ -63,7 +63,15 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
             await access.close()
 
     return Litestar(
-        route_handlers=[chat_completions, health, provider_health, console.router, admin_router()],
+        route_handlers=[
+            chat_completions,
+            embeddings,
+            models,
+            health,
+            provider_health,
+            console.router,
+            admin_router(),
+        ],
         lifespan=[lifespan, console.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -19,12 +19,14 @@ from litestar.response import Stream
 
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
+from gateway.pipeline import auth
+from gateway.pipeline.intake import EMBEDDINGS
 from gateway.pipeline.publish import publish, publish_after_response
-from gateway.pipeline.run import run_stages
+from gateway.pipeline.run import EMBEDDING_STAGES, STAGES, Stage, run_stages
 from gateway.runtime import Runtime
 from shared.errors import ClientError, PayloadTooLargeError
 
-__all__ = ["chat_completions", "health"]
+__all__ = ["chat_completions", "embeddings", "health", "models"]
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,23 @@ def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Respo
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _proxy(request, STAGES)
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _proxy(request, EMBEDDING_STAGES, EMBEDDINGS)
+
+
+async def _proxy(
+    request: Request[Any, Any, Any], stages: Sequence[Stage], endpoint: str = ""
+) -> Response[Any]:
     rt = _runtime(request)
     ctx = _context(request, rt)
+    if endpoint:
+        ctx.endpoint = endpoint
     try:
-        await run_stages(ctx, rt)
+        await run_stages(ctx, rt, stages)
     except ClientError as exc:
         return _error_response(ctx, rt, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
@@ -158,6 +173,14 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
             await stream.aclose()
         finally:
             publish(ctx, rt)
+
+
+@get("/v1/models")
+async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The models this key can reach (OpenAI's list format); needs the proxy permission."""
+    rt = _runtime(request)
+    await auth.run(_context(request, rt), rt)
+    return {"object": "list", "data": await rt.catalog.models()}
 
 
 @get("/health")

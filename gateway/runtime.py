@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
-from gateway.clients.embeddings import Embedder, open_embedder
+from gateway.clients.embeddings import Embedder, ProviderEmbedder, open_embedder
 from gateway.clients.exact_cache import ExactCache
+from gateway.clients.model_catalog import ModelCatalog
 from gateway.clients.publisher import Publisher
 from gateway.clients.response_cache import ResponseCache
 from gateway.clients.semantic_cache import SemanticCache
@@ -46,6 +47,7 @@ class Runtime:
     embedder: Embedder
     vectors: VectorStore
     cache: ResponseCache
+    catalog: ModelCatalog
     counters: Counters = field(default_factory=Counters)
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
@@ -63,13 +65,18 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
-        embedder = open_embedder(settings.embedder)
+        embedder: Embedder = (
+            await ProviderEmbedder.open(settings.embedder, upstreams)
+            if settings.embedder.kind == "provider"
+            else open_embedder(settings.embedder)
+        )
         vectors = VectorStore.open(settings.qdrant)
         semantic = SemanticCache(vectors)
         await semantic.open(embedder.dimensions)
         cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, embedder, vectors, cache)
+        catalog = ModelCatalog(settings, upstreams.providers)
+        return cls(settings, redis, publisher, upstreams, embedder, vectors, cache, catalog)
 
     async def close(self) -> None:
         await self.cache.close()

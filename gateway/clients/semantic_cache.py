@@ -45,12 +45,18 @@ COLLECTIONS: Mapping[CacheTier, tuple[str, str, tuple[PayloadIndex, ...]]] = {
 
 
 class SemanticCache:
+    """Collection names end with the embedder's dimensions (``cache_semantic_384``): vectors of
+    two embedders are never compared, and switching embedders starts an empty cache instead of
+    failing every write."""
+
     def __init__(self, store: VectorStore) -> None:
         self.store = store
+        self._names: dict[CacheTier, str] = {}
 
     async def open(self, dimensions: int) -> None:
-        for name, _, indexes in COLLECTIONS.values():
-            await self.store.ensure_collection(name, dimensions, indexes)
+        for tier, (name, _, indexes) in COLLECTIONS.items():
+            self._names[tier] = f"{name}_{dimensions}"
+            await self.store.ensure_collection(self._names[tier], dimensions, indexes)
 
     async def search(
         self,
@@ -63,9 +69,8 @@ class SemanticCache:
         oldest_ms: int,
     ) -> list[Hit]:
         """``scope``: org_id, model, seed and the tier's hash field, all required."""
-        name, _, _ = COLLECTIONS[tier]
         return await self.store.search(
-            name,
+            self._names[tier],
             vector,
             must=dict(scope),
             at_least={"created_at_ms": float(oldest_ms)} if oldest_ms else None,
@@ -84,7 +89,6 @@ class SemanticCache:
         expires_at_ms: int,
         text: str = "",
     ) -> None:
-        name, _, _ = COLLECTIONS[tier]
         payload: dict[str, Any] = {
             **scope,
             "key_hash": key_hash,
@@ -93,8 +97,8 @@ class SemanticCache:
         }
         if text:
             payload["text"] = text
-        await self.store.upsert(name, f"{scope['org_id']}:{key_hash}", vector, payload)
+        await self.store.upsert(self._names[tier], f"{scope['org_id']}:{key_hash}", vector, payload)
 
     async def prune(self, now_ms: int) -> None:
-        for name, _, _ in COLLECTIONS.values():
+        for name in self._names.values():
             await self.store.delete_below(name, "expires_at_ms", float(now_ms))

@@ -157,6 +157,18 @@ class UpstreamHTTP:
             raise upstream_error(self.name, response.status_code, response.content)
         return response
 
+    async def get(self, url: httpx.URL) -> httpx.Response:
+        """A GET with a success status (its body read), or a ``ClientError``."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                response = await self.client.get(url)
+        except _TRANSPORT_ERRORS as exc:
+            raise self.translate(exc) from exc
+        _spend(response)
+        if response.status_code >= 400:
+            raise upstream_error(self.name, response.status_code, response.content)
+        return response
+
     async def open_stream(
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:

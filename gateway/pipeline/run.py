@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.runtime import Runtime
 
-__all__ = ["STAGES", "Stage", "run_stages"]
+__all__ = ["EMBEDDING_STAGES", "STAGES", "Stage", "run_stages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("routing", routing.run),
     Stage("dispatch", dispatch.run),
 )
+EMBEDDING_STAGES: tuple[Stage, ...] = tuple(
+    s for s in STAGES if s.name not in ("template", "firewall")
+)
+"""``POST /v1/embeddings``: no prompt template, nothing to screen; cached by the exact tier."""
 
 
 async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES) -> None:

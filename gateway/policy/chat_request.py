@@ -14,7 +14,7 @@ import msgspec
 from gateway.clients.providers.base import ChatRequest
 from shared.errors import BadRequestError
 
-__all__ = ["check_content_type", "parse_chat_request"]
+__all__ = ["check_content_type", "parse_chat_request", "parse_embeddings_request"]
 
 
 class _StreamOptions(msgspec.Struct):
@@ -28,7 +28,13 @@ class _Head(msgspec.Struct):
     stream_options: _StreamOptions | None = None
 
 
+class _EmbeddingsHead(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+
+
 _decode_head = msgspec.json.Decoder(_Head).decode
+_decode_embeddings_head = msgspec.json.Decoder(_EmbeddingsHead).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -62,3 +68,21 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if stream:
         request.fields = _decode_object(raw)
     return request
+
+
+def parse_embeddings_request(raw: bytes) -> ChatRequest:
+    """``POST /v1/embeddings``: ``model`` and a non-empty ``input`` (text, texts or token ids);
+    carried as a ``ChatRequest`` (bytes and model) since routing and dispatch need no more."""
+    if not raw:
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        head = _decode_embeddings_head(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRequestError(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not head.model:
+        raise BadRequestError("invalid request body: `model` must not be empty")
+    if not head.input:
+        raise BadRequestError("invalid request body: `input` must not be empty")
+    return ChatRequest(raw=raw, model=head.model)

@@ -38,14 +38,20 @@ KEY_OFF = "sk-floopy-cache-off"
 KEY_C = "sk-floopy-cache-c"
 
 
-def settings_for(redis_url: str, base_url: str, root: Path, **extra: Any) -> GatewaySettings:
+def settings_for(
+    redis_url: str,
+    base_url: str,
+    root: Path,
+    tiers_b: tuple[str, ...] = ("exact", "semantic", "advanced"),
+    **extra: Any,
+) -> GatewaySettings:
     """Orgs a and b (every tier on), c (exact and advanced only) and a key of org a with its
     cache switch off; the config seed is written under ``root``."""
     tiers = {"tiers": ["exact", "semantic", "advanced"]}
     config = {
         "orgs": {
             "org-a": {"name": "A", "cache": tiers},
-            "org-b": {"name": "B", "cache": tiers},
+            "org-b": {"name": "B", "cache": {"tiers": list(tiers_b)}},
             "org-c": {"name": "C", "cache": {"tiers": ["exact", "advanced"]}},
         },
         "keys": {
