@@ -7,6 +7,7 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ from shared.codec import encode_record
 from shared.streams import Sink
 
 __all__ = ["Counters", "Runtime"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,15 @@ class Runtime:
         semantic = SemanticCache(vectors)
         await semantic.open(embedder.dimensions)
         cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
+        if vectors.is_local:
+            cache.start_pruning()
+            if settings.workers > 1:
+                log.warning(
+                    "Qdrant local mode with %d workers: each worker has its own semantic cache "
+                    "(a paraphrase hits only on the worker that stored it); set "
+                    "FLOOPY_GATEWAY_QDRANT__URL to share one",
+                    settings.workers,
+                )
         publisher.start()
         catalog = ModelCatalog(settings, upstreams.providers)
         return cls(settings, redis, publisher, upstreams, embedder, vectors, cache, catalog)

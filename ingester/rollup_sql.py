@@ -32,6 +32,7 @@ __all__ = [
     "ROLLUPS",
     "STATE_TABLE",
     "RollupSpec",
+    "add_missing_measures_ddl",
     "changed_hours_sql",
     "create_rollup_ddl",
     "create_state_ddl",
@@ -67,6 +68,7 @@ MEASURES: tuple[Measure, ...] = (
     Measure("errors", "UInt64", "countIf(status_code >= 400 OR error_code != '')", "sum(errors)"),
     Measure("cache_hits", "UInt64", "countIf(cache_status = 'hit')", "sum(cache_hits)"),
     Measure("cost_usd", "Float64", "sum(ifNull(cost_usd, 0))", "sum(cost_usd)"),
+    Measure("cost_saved_usd", "Float64", "sum(ifNull(cost_saved_usd, 0))", "sum(cost_saved_usd)"),
     Measure("prompt_tokens", "UInt64", "sum(toUInt64(prompt_tokens))", "sum(prompt_tokens)"),
     Measure(
         "completion_tokens",
@@ -160,6 +162,21 @@ def create_rollup_ddl(database: str, spec: RollupSpec, granularity: int) -> str:
         f"    {body}\n)\nENGINE = ReplacingMergeTree(version)\n"
         f"PARTITION BY toYYYYMM(bucket)\nORDER BY ({key})"
     )
+
+
+def add_missing_measures_ddl(
+    database: str, spec: RollupSpec, granularity: int, existing: Iterable[str]
+) -> list[str]:
+    """``ALTER TABLE … ADD COLUMN`` for measures added after a table was created (its
+    ``CREATE … IF NOT EXISTS`` left it as it was); old rows read 0 until their hour is
+    recomputed."""
+    have = set(existing)
+    table = f"{_q(database)}.{_q(spec.table(granularity))}"
+    return [
+        f"ALTER TABLE {table} ADD COLUMN {_q(m.name)} {m.type}"
+        for m in MEASURES
+        if m.name not in have
+    ]
 
 
 def create_state_ddl(database: str) -> str:

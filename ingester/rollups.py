@@ -29,6 +29,7 @@ from ingester.rollup_sql import (
     DAY,
     HOUR,
     ROLLUPS,
+    add_missing_measures_ddl,
     changed_hours_sql,
     create_rollup_ddl,
     create_state_ddl,
@@ -57,6 +58,14 @@ def ensure_rollup_tables(client: Any, database: str) -> None:
     for spec in ROLLUPS.values():
         for granularity in (HOUR, DAY):
             client.execute(create_rollup_ddl(database, spec, granularity))
+            existing = client.execute(
+                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+                {"db": database, "t": spec.table(granularity)},
+            )
+            for ddl in add_missing_measures_ddl(
+                database, spec, granularity, (str(row[0]) for row in existing)
+            ):
+                client.execute(ddl)
     client.execute(create_state_ddl(database))
     client.execute(create_org_settings_ddl(database))
 

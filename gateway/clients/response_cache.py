@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -88,6 +89,7 @@ class ResponseCache:
         self.writes_dropped = 0
         self.writes = 0
         self.verifier_rejections = 0
+        self._pruner: asyncio.Task[None] | None = None
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
         self.fail_open[tier.value] += 1
@@ -190,5 +192,23 @@ class ResponseCache:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout_s)
 
+    def start_pruning(self, every_s: float = 3600.0) -> None:
+        """Local mode only: no other process can reach this worker's vectors, so it deletes its
+        own expired points (hourly; a server is pruned by the ingester's job)."""
+        if self.semantic is not None and self._pruner is None:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_every(every_s))
+
+    async def _prune_every(self, every_s: float) -> None:
+        assert self.semantic is not None
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.semantic.prune(int(time.time() * 1000))
+            except DependencyError as exc:
+                self.write_failures["prune"] += 1
+                log.warning("cache prune failed (%s); next try in %.0f s", exc, every_s)
+
     async def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
         await self.drain()

@@ -265,7 +265,10 @@ class VectorStore:
         older = models.FieldCondition(key=field, range=models.Range(lt=value))
         selector = models.FilterSelector(filter=models.Filter(must=[older]))
         client = self._client()
-        targets = sorted(self._partitions.get(name) or {self.collection(name): {}})
+        if self._local is not None:  # local mode: only partitions exist, made by writes
+            targets = sorted(self._partitions.get(name, {}))
+        else:
+            targets = [self.collection(name)]
         for target in targets:
             await self._call("delete", partial(client.delete, target, selector))
 

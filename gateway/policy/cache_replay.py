@@ -60,9 +60,10 @@ class _Choice:
         slot["function"]["arguments"] += function.get("arguments") or ""
 
     def message(self) -> dict[str, Any]:
+        text = "".join(self.content)
         message: dict[str, Any] = {
             "role": self.role,
-            "content": "".join(self.content) if self.content or not self.tool_calls else None,
+            "content": text if text or not self.tool_calls else None,
             "refusal": "".join(self.refusal) or None,
         }
         if self.tool_calls:
