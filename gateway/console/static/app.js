@@ -188,7 +188,8 @@ pages.overview = async (main) => {
     h("div", { class: "cards" },
       card("Requests", fmt.n(t.requests)), card("Cost", fmt.usd(t.cost_usd)),
       card("Tokens", fmt.n(t.total_tokens)), card("Error rate", fmt.pct(t.error_rate)),
-      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Worst p95 latency", fmt.ms(p95))),
+      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Cost saved by the cache", fmt.usd(t.cost_saved_usd)),
+      card("Worst p95 latency", fmt.ms(p95))),
     h("div", { class: "grid2" },
       chart("Requests by model", byField(byModel.data, "requests"), { kind: "bar", step: all.bucket_s }),
       chart("Cost (USD) by model", byField(byModel.data, "cost_usd"), { kind: "bar", format: (v) => "$" + (v < 1 ? v.toFixed(3) : fmt.c(v)), step: all.bucket_s }),
@@ -211,7 +212,7 @@ function card(label, value) {
 
 const REQUEST_FILTERS = [
   ["model", "Model", "select"], ["provider", "Provider", "select"], ["status", "Status code", "text", "e.g. 429 or 500,502"],
-  ["error_code", "Error code", "text", "e.g. PROVIDER_ERROR"], ["cache_status", "Cache", "choice", ["", "hit", "miss", "bypass"]],
+  ["error_code", "Error code", "text", "e.g. PROVIDER_ERROR"], ["cache_status", "Cache", "choice", ["", "hit", "miss", "bypass", "disabled"]],
   ["cache_tier", "Cache tier", "choice", ["", "exact", "semantic", "advanced"]], ["user_id", "User", "text"],
   ["session_id", "Session", "text"], ["property", "Property", "text", "key:value"],
   ["min_latency_ms", "Min latency (ms)", "number"], ["max_latency_ms", "Max latency (ms)", "number"],
@@ -367,10 +368,11 @@ pages.users = async (main) => {
   main.append(h("h1", {}, "Users"));
   if (!data.data.length) return main.append(h("div", { class: "empty" }, "No users in this range."));
   main.append(h("table", { id: "users-table" },
-    h("thead", {}, h("tr", {}, ["User", "Requests", "Errors", "Tokens", "Cost", "p95 latency", "Last seen"].map((c, i) => h("th", { class: i && i < 6 ? "num" : "" }, c)))),
+    h("thead", {}, h("tr", {}, ["User", "Requests", "Errors", "Tokens", "Cost", "Saved by cache", "p95 latency", "Last seen"].map((c, i) => h("th", { class: i && i < 7 ? "num" : "" }, c)))),
     h("tbody", {}, data.data.map((u) => h("tr", { "data-id": u.user_id, onclick: () => openUser(u.user_id) },
       h("td", {}, u.user_id), h("td", { class: "num" }, fmt.n(u.requests)), h("td", { class: "num" }, fmt.n(u.errors)),
-      h("td", { class: "num" }, fmt.n(u.total_tokens)), h("td", { class: "num" }, fmt.usd(u.cost_usd)), h("td", { class: "num" }, fmt.ms(u.latency_p95_ms)),
+      h("td", { class: "num" }, fmt.n(u.total_tokens)), h("td", { class: "num" }, fmt.usd(u.cost_usd)),
+      h("td", { class: "num" }, fmt.usd(u.cost_saved_usd)), h("td", { class: "num" }, fmt.ms(u.latency_p95_ms)),
       h("td", {}, fmt.time(u.last_seen * 1000)))))));
 };
 
@@ -399,9 +401,10 @@ pages.properties = async (main, query) => {
       chart(`Cost per ${key} value`, byField(series.data, "cost_usd", "property_value"), { kind: "bar", format: (v) => "$" + v.toFixed(3), step: series.bucket_s }),
       chart(`Requests per ${key} value`, byField(series.data, "requests", "property_value"), { kind: "bar", step: series.bucket_s })),
     h("h2", {}, `Values of ${key}`),
-    h("table", { id: "property-values" }, h("thead", {}, h("tr", {}, ["Value", "Requests", "Cost", "Tokens", "Errors", "p50", "p95"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+    h("table", { id: "property-values" }, h("thead", {}, h("tr", {}, ["Value", "Requests", "Cost", "Saved by cache", "Tokens", "Errors", "p50", "p95"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
       h("tbody", {}, values.data.map((v) => h("tr", { onclick: () => (location.hash = `#/requests?property=${encodeURIComponent(key + ":" + v.property_value)}`) },
-        h("td", {}, v.property_value), h("td", { class: "num" }, fmt.n(v.requests)), h("td", { class: "num" }, fmt.usd(v.cost_usd)), h("td", { class: "num" }, fmt.n(v.total_tokens)),
+        h("td", {}, v.property_value), h("td", { class: "num" }, fmt.n(v.requests)), h("td", { class: "num" }, fmt.usd(v.cost_usd)),
+        h("td", { class: "num" }, fmt.usd(v.cost_saved_usd)), h("td", { class: "num" }, fmt.n(v.total_tokens)),
         h("td", { class: "num" }, fmt.n(v.errors)), h("td", { class: "num" }, fmt.ms(v.latency_p50_ms)), h("td", { class: "num" }, fmt.ms(v.latency_p95_ms)))))));
   main.append(h("div", { class: "layout2" }, list, right));
 };
