@@ -225,7 +225,7 @@ async def _semantic(entries: int, queries: int) -> dict[str, float]:
     from gateway.policy.cache import CacheTier
     from shared.settings import QdrantSettings
 
-    store = VectorStore.open(QdrantSettings(collection_prefix="bench"))
+    store = VectorStore.open(QdrantSettings(collection_prefix="bench", timeout_s=600))
     cache = SemanticCache(store)
     rng = np.random.default_rng(7)
     dims = 384

@@ -7,7 +7,8 @@ skips the rest without building it). Streamed bodies are decoded whole because t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -49,17 +50,25 @@ def check_content_type(content_type: str) -> None:
         raise BadRequestError(f"Content-Type must be application/json (got {shown})")
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+_H = TypeVar("_H", _Head, _EmbeddingsHead)
+
+
+def _head(raw: bytes, decode: Callable[[bytes], _H]) -> _H:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")
     try:
-        head = _decode_head(raw)
+        head = decode(raw)
     except msgspec.ValidationError as exc:
         raise BadRequestError(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not head.model:
         raise BadRequestError("invalid request body: `model` must not be empty")
+    return head
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    head = _head(raw, _decode_head)
     if not head.messages:
         raise BadRequestError("invalid request body: `messages` must not be empty")
     stream = bool(head.stream)
@@ -73,16 +82,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 def parse_embeddings_request(raw: bytes) -> ChatRequest:
     """``POST /v1/embeddings``: ``model`` and a non-empty ``input`` (text, texts or token ids);
     carried as a ``ChatRequest`` (bytes and model) since routing and dispatch need no more."""
-    if not raw:
-        raise BadRequestError("request body is empty; expected a JSON object")
-    try:
-        head = _decode_embeddings_head(raw)
-    except msgspec.ValidationError as exc:
-        raise BadRequestError(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not head.model:
-        raise BadRequestError("invalid request body: `model` must not be empty")
+    head = _head(raw, _decode_embeddings_head)
     if not head.input:
         raise BadRequestError("invalid request body: `input` must not be empty")
     return ChatRequest(raw=raw, model=head.model)

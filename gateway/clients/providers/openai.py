@@ -56,11 +56,7 @@ class OpenAIProvider(ProviderClient):
         return self._embeddings_url
 
     async def embed(self, request: ChatRequest) -> UpstreamReply:
-        response = await self.http.post(self.embeddings_url_for(request.model), request.raw, _JSON)
-        body = response.content
-        model, usage = read_completion(body)
-        content_type = response.headers.get("content-type", "application/json")
-        return UpstreamReply(response.status_code, body, content_type, model=model, usage=usage)
+        return await self._reply(self.embeddings_url_for(request.model), request.raw)
 
     async def list_models(self) -> list[str]:
         listed = msgspec.json.decode((await self.http.get(self._models_url)).content, type=_Models)
@@ -73,7 +69,11 @@ class OpenAIProvider(ProviderClient):
         await self.http.aclose()
 
     async def complete(self, request: ChatRequest) -> UpstreamReply:
-        response = await self.http.post(self.url_for(request.model), request.raw, _JSON)
+        return await self._reply(self.url_for(request.model), request.raw)
+
+    async def _reply(self, url: httpx.URL, raw: bytes) -> UpstreamReply:
+        """A whole answer (chat completion or embeddings list), forwarded as received."""
+        response = await self.http.post(url, raw, _JSON)
         body = response.content
         model, usage = read_completion(body)
         content_type = response.headers.get("content-type", "application/json")

@@ -3,7 +3,6 @@ tells a hit from a call), real Redis; records read back from the stream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from devstack.servers import RedisServer, free_port
 from gateway.app import create_app
 from gateway.clients.exact_cache import ExactCache
 from gateway.settings import GatewaySettings
-from tests.integration.gateway.cache_harness import (
+from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
     KEY_OFF,
@@ -33,24 +32,6 @@ from tests.integration.gateway.cache_harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAIThread]:
-    server = FakeOpenAIThread().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path) -> GatewaySettings:
-    return settings_for(redis_server.url, fake.base_url, tmp_path)
-
-
-@pytest.fixture
-async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
-        yield test_client
 
 
 async def _ask(

@@ -4,25 +4,20 @@ hit from a call."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from devstack.fake_openai import FakeOpenAIThread
-from devstack.servers import RedisServer
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.integration.gateway.cache_harness import (
+from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
     KEY_C,
     records,
     runtime,
     sdk,
-    settings_for,
     settle,
     spans,
 )
@@ -32,24 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 FRANCE = "What is the capital of France?"
 FRANCE_AGAIN = "Which city is the capital of France?"  # cosine ≈ 0.99 on e5-small
 SPAIN = "What is the capital of Spain?"  # ≈ 0.89: a different question
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAIThread]:
-    server = FakeOpenAIThread().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path) -> GatewaySettings:
-    return settings_for(redis_server.url, fake.base_url, tmp_path)
-
-
-@pytest.fixture
-async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
-        yield test_client
 
 
 async def _ask(

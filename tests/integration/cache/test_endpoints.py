@@ -3,7 +3,6 @@ and the org cache settings' admin route, in-process against the fake provider an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.integration.gateway.cache_harness import (
+from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
     records,
@@ -28,24 +27,6 @@ from tests.integration.gateway.cache_harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 ADMIN = {"Authorization": f"Bearer {KEY_A}"}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAIThread]:
-    server = FakeOpenAIThread().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path) -> GatewaySettings:
-    return settings_for(redis_server.url, fake.base_url, tmp_path)
-
-
-@pytest.fixture
-async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
-        yield test_client
 
 
 async def test_embeddings_are_routed_priced_recorded_and_cached(
