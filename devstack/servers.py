@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -79,6 +80,8 @@ class ManagedServer:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Callable[[], None] | None = None
+        """Run in the child before exec (the dev stack gives its servers a parent-death signal)."""
         directory.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
@@ -91,7 +94,11 @@ class ManagedServer:
         self.prepare()
         with (self.directory / f"{self.name}.out").open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self.preexec_fn,  # noqa: PLW1509 - None except in the dev stack
             )
         try:
             wait_for_port(self.port, timeout_s)

@@ -3,29 +3,49 @@
 Redis (AOF on: the streams hold records not yet ingested) and ClickHouse run from Debian's
 packages in `.stack/` with their data kept between runs; then the schema migration, the ingester
 replicas, the fake OpenAI-compatible and Anthropic providers (``claude-*`` models route to the
-latter) and the gateway start as child processes. Ctrl-C stops everything, gateway first so the
-ingesters can drain what it published.
+latter) and the gateway start as child processes under a ``devstack.supervisor.Supervisor``.
+
+Invariants:
+- A child that dies (an ingester, the gateway, a server) is restarted with a log line and a
+  backoff; the stack keeps running.
+- SIGINT (Ctrl-C, and also when a non-interactive shell started it in the background), SIGTERM
+  and SIGHUP, sent to the stack or to its process group, stop every child, gateway first so
+  the ingesters can drain what it published. If the stack is SIGKILLed its children get a
+  parent-death signal: nothing outlives it.
+- One stack per state directory (an ``flock`` on ``<root>/stack.lock``).
+- Ports are remembered in ``<root>/ports.json`` and reused when free; a port whose old
+  connections linger in TIME-WAIT counts as free (``pick_port`` binds with SO_REUSEADDR, as the
+  servers do), so a restarted stack prints the same ``OPENAI_BASE_URL``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
+from devstack.servers import (
+    ClickHouseServer,
+    ManagedServer,
+    RedisServer,
+    free_port,
+    wait_for_port,
+)
+from devstack.supervisor import Stopped, Supervisor, die_with_parent, stop_signals
 
-__all__ = ["Stack", "main"]
+__all__ = ["Stack", "main", "pick_port"]
 
 DEV_API_KEY = "sk-floopy-dev-local"
 DEV_ORG = "org-dev"
@@ -54,13 +74,22 @@ messages = [
 
 
 def pick_port(preferred: int) -> int:
-    """The preferred port when free, so URLs stay the same between runs; any free one otherwise."""
+    """The preferred port when free, so URLs stay the same between runs; any free one otherwise.
+    SO_REUSEADDR, as every server here binds: connections of a previous run lingering in
+    TIME-WAIT do not make the port look taken (a listener still does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
         except OSError:
             return free_port()
     return preferred
+
+
+def _start_server(server: ManagedServer) -> subprocess.Popen[bytes]:
+    server.start()
+    assert server.process is not None
+    return server.process
 
 
 @dataclass
@@ -73,19 +102,33 @@ class Stack:
     gateway_port: int = 8080
     provider_port: int = 8090
     anthropic_port: int = 8091
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
+        self._lock_fd = self._lock_root()
         ports = self._remembered_ports()
         self.redis = RedisServer(self.root / "redis", ports.get("redis") or pick_port(6380))
         self.clickhouse = ClickHouseServer(
             self.root / "clickhouse", ports.get("clickhouse") or pick_port(9010)
         )
-        self.gateway_port = pick_port(self.gateway_port)
-        self.provider_port = pick_port(self.provider_port)
-        self.anthropic_port = pick_port(self.anthropic_port)
+        self.clickhouse.http_port = ports.get("clickhouse_http") or self.clickhouse.http_port
+        self.gateway_port = ports.get("gateway") or pick_port(self.gateway_port)
+        self.provider_port = ports.get("provider") or pick_port(self.provider_port)
+        self.anthropic_port = ports.get("anthropic") or pick_port(self.anthropic_port)
+        for server in (self.redis, self.clickhouse):
+            server.preexec_fn = die_with_parent()
+        self.supervisor = Supervisor(self.root)
+
+    def _lock_root(self) -> int:
+        fd = os.open(self.root / "stack.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another floopy-stack runs from {self.root}") from None
+        return fd  # held for the life of the process
 
     def _remembered_ports(self) -> dict[str, int]:
         path = self.root / "ports.json"
@@ -93,6 +136,17 @@ class Stack:
             return {}
         saved: dict[str, int] = json.loads(path.read_text())
         return {name: port for name, port in saved.items() if pick_port(port) == port}
+
+    def _remember_ports(self) -> None:
+        ports = {
+            "redis": self.redis.port,
+            "clickhouse": self.clickhouse.port,
+            "clickhouse_http": self.clickhouse.http_port,
+            "gateway": self.gateway_port,
+            "provider": self.provider_port,
+            "anthropic": self.anthropic_port,
+        }
+        (self.root / "ports.json").write_text(json.dumps(ports))
 
     @property
     def config_file(self) -> Path:
@@ -107,6 +161,7 @@ class Stack:
             "FLOOPY_GATEWAY_OPERATOR_ORGS": json.dumps([DEV_ORG]),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_WORKERS": str(self.gateway_workers),
+            "FLOOPY_GATEWAY_SPOOL__DIR": str(self.root / "gateway-spool"),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
             "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(self.clickhouse.port),  # the console reads
@@ -132,56 +187,50 @@ class Stack:
             },
         ]
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with (self.root / "logs" / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.children.append((name, proc))
-        return proc
+    def _add(self, name: str, argv: list[str]) -> None:
+        log = self.root / "logs" / f"{name}.log"
+        self.supervisor.add(name, partial(self.supervisor.spawn, argv, env=self.env(), log=log))
 
     def up(self) -> None:
         if not self.config_file.exists():
             self.config_file.write_text(DEV_CONFIG)
-        self.redis.start()
-        self.clickhouse.start()
-        (self.root / "ports.json").write_text(
-            json.dumps({"redis": self.redis.port, "clickhouse": self.clickhouse.port})
-        )
+        self.supervisor.add("redis", partial(_start_server, self.redis))
+        self.supervisor.add("clickhouse", partial(_start_server, self.clickhouse))
+        self._remember_ports()
         bin_dir = Path(sys.executable).parent
         migrate = subprocess.run(
-            [str(bin_dir / "floopy-ingester"), "migrate"], env=self.env(), check=False
+            [str(bin_dir / "floopy-ingester"), "migrate"],
+            env=self.env(),
+            check=False,
+            preexec_fn=die_with_parent(),
         )
         if migrate.returncode != 0:
             raise RuntimeError("schema migration failed; see the output above")
         for i in range(self.ingesters):
-            self.spawn(f"ingester-{i}", [str(bin_dir / "floopy-ingester"), "worker"])
-        self.spawn(
-            "fake-provider",
-            [sys.executable, "-m", "devstack.fake_openai", "--port", str(self.provider_port)],
-        )
+            self._add(f"ingester-{i}", [str(bin_dir / "floopy-ingester"), "worker"])
+        fake = [sys.executable, "-m", "devstack.fake_openai", "--port", str(self.provider_port)]
+        self._add("fake-provider", fake)
         wait_for_port(self.provider_port)
-        self.spawn(
-            "fake-anthropic",
-            [sys.executable, "-m", "devstack.fake_anthropic", "--port", str(self.anthropic_port)],
-        )
+        anthropic = [sys.executable, "-m", "devstack.fake_anthropic"]
+        self._add("fake-anthropic", [*anthropic, "--port", str(self.anthropic_port)])
         wait_for_port(self.anthropic_port)
-        self.spawn("gateway", [str(bin_dir / "floopy-gateway")])
-        wait_for_port(self.gateway_port, timeout_s=60)
+        self._add("gateway", [str(bin_dir / "floopy-gateway")])
+        self.wait_for_gateway(timeout_s=90)
+
+    def wait_for_gateway(self, timeout_s: float) -> None:
+        """Until ``/health`` answers: granian listens before its workers can serve."""
+        url = f"http://127.0.0.1:{self.gateway_port}/health"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the gateway did not answer {url} in {timeout_s:.0f}s")
 
     def down(self) -> None:
-        for name, proc in reversed(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                print(f"{name} did not stop in 20 s; killing it", file=sys.stderr)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.children.clear()
-        self.clickhouse.stop()
-        self.redis.stop()
+        """Every child, newest first: the gateway before the ingesters before the servers."""
+        self.supervisor.stop()
 
     def banner(self) -> str:
         base = f"http://127.0.0.1:{self.gateway_port}/v1"
@@ -212,24 +261,10 @@ class Stack:
                 f"FLOOPY_INGESTER_CLICKHOUSE__PORT={self.clickhouse.port} "
                 f"FLOOPY_INGESTER_SPOOL_DIR={self.root / 'spool'}",
                 "  .venv/bin/floopy-ingester status",
-                "Ctrl-C stops the stack (data stays in .stack/).",
+                "A child that dies is restarted. Ctrl-C (or SIGTERM, SIGHUP) stops the stack; "
+                f"data stays in {self.root}.",
             ]
         )
-
-    def watch(self) -> None:
-        """Block until Ctrl-C or a child dies; a dead child is reported, not silently restarted."""
-        while True:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {proc.returncode}; see {self.root}/logs/{name}.log"
-                    )
-            time.sleep(0.5)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM stops the stack the same way Ctrl-C does."""
-    raise KeyboardInterrupt
 
 
 app = typer.Typer(add_completion=False, help="Run Floopy's whole stack locally.")
@@ -247,19 +282,24 @@ def up(
     gateway_workers: Annotated[int, typer.Option(min=1, help="Gateway workers")] = 1,
 ) -> None:
     """Start Redis, ClickHouse, the ingesters, the fake provider and the gateway."""
-    stack = Stack(root.resolve(), ingesters=ingesters, gateway_workers=gateway_workers)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        stack.up()
-        print(stack.banner(), flush=True)
-        stack.watch()
-    except KeyboardInterrupt:
-        print("\nstopping…", file=sys.stderr)
+        stack = Stack(root.resolve(), ingesters=ingesters, gateway_workers=gateway_workers)
     except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        with stop_signals():
+            stack.up()
+            print(stack.banner(), flush=True)
+            stack.supervisor.watch()
+    except Stopped as stop:
+        print(f"\n{stop}: stopping…", file=sys.stderr, flush=True)
+    except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         stack.down()
         raise typer.Exit(1) from None
     stack.down()
+    print("stopped", file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.admin.seed import apply_seed, load_seed, merge_routing, seed_from_api_keys
+from gateway.clients.audit_log import AuditLog
 from gateway.clients.keystore import KeyStore
+from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
@@ -38,10 +40,11 @@ class Access:
     templates: TemplateStore
     routing: RoutingConfigStore
     usage: UsageRecorder
+    audit: AuditLog
     seed_failures: int = 0
 
     @classmethod
-    def build(cls, settings: GatewaySettings) -> Access:
+    def build(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Access:
         redis = Redis.from_url(
             settings.redis.url,
             socket_timeout=settings.redis.socket_timeout_s,
@@ -56,12 +59,18 @@ class Access:
             limiter=limiter,
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
             routing=RoutingConfigStore(redis, prefix=prefix),
-            usage=UsageRecorder(redis, keystore, limiter),
+            usage=UsageRecorder(redis, keystore, limiter, spool=spool),
+            audit=AuditLog(redis, prefix=prefix),
         )
 
     @classmethod
-    async def open(cls, settings: GatewaySettings, environ: Mapping[str, str]) -> Access:
-        access = cls.build(settings)
+    async def open(
+        cls,
+        settings: GatewaySettings,
+        environ: Mapping[str, str],
+        spool: OutageSpool | None = None,
+    ) -> Access:
+        access = cls.build(settings, spool)
         await access.seed(settings, environ)
         access.usage.start()
         return access
@@ -85,6 +94,14 @@ class Access:
             except (RedisError, OSError) as exc:
                 self.seed_failures += 1
                 log.error("could not apply the config seed (%s: %s)", type(exc).__name__, exc)
+
+    async def routing_version(self) -> int:
+        """The stored routing version now (-1 if Redis cannot say: the watcher reloads then)."""
+        try:
+            return await self.routing.version()
+        except (RedisError, OSError) as exc:
+            log.warning("stored routing version unavailable (%s)", exc)
+            return -1
 
     async def merged_settings(self, settings: GatewaySettings) -> GatewaySettings:
         try:

@@ -16,15 +16,20 @@ from litestar import Litestar
 
 from gateway.access import Access
 from gateway.admin.api import admin_router
+from gateway.clients.outage_spool import USAGE, OutageSpool
 from gateway.console import Console, Principal, openapi_config
 from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.provider_health import provider_health
 from gateway.routes import chat_completions, embeddings, health, models
+from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
+from shared.streams import Sink
 
 __all__ = ["app_factory", "configure_logging", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> Litestar:
@@ -41,13 +46,24 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        access = await Access.open(settings, environ or {})
+        spool = _open_spool(settings)
+        access = await Access.open(settings, environ or {}, spool)
         try:
-            runtime = await Runtime.open(await access.merged_settings(settings))
+            version = await access.routing_version()  # before reading: a write in between reloads
+            runtime = await Runtime.open(await access.merged_settings(settings), spool)
         except BaseException:
             await access.close()
             raise
         runtime.access = access
+        runtime.publisher.drains[USAGE] = access.usage.replay
+        runtime.watcher = RoutingWatcher(
+            runtime,
+            access.routing,
+            settings,
+            seen_version=version,
+            interval_s=settings.routing_refresh_s,
+        )
+        runtime.watcher.start()
         opened[:] = [access]
         app.state.runtime = runtime
         # What start-up built lives as long as the worker: move it out of the collector's way,
@@ -59,6 +75,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         try:
             yield
         finally:
+            await runtime.watcher.stop()
             await runtime.close()
             await access.close()
 
@@ -79,6 +96,17 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         logging_config=None,
         debug=False,
     )
+
+
+def _open_spool(settings: GatewaySettings) -> OutageSpool | None:
+    if settings.spool.dir is None:
+        log.warning(
+            "no outage spool (FLOOPY_GATEWAY_SPOOL__DIR): while Redis is down, records and "
+            "usage wait in memory only"
+        )
+        return None
+    names = [sink.value for sink in Sink] + [USAGE]
+    return OutageSpool.open(settings.spool, names, prefix=settings.redis.key_prefix)
 
 
 def configure_logging(settings: GatewaySettings) -> None:

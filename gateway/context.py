@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,10 @@ class RequestContext:
     header_items: list[tuple[str, str]] = field(default_factory=list)
     """Every header as sent (repeats kept), names lower-cased."""
     read_body: Callable[[], Awaitable[bytes]] = _no_body
+    raw_headers: Iterable[tuple[bytes, bytes]] = ()
+    """Every request header as received (ASGI), decoded only when the record is built."""
+    sent_headers: Mapping[str, str] = field(default_factory=dict)
+    """The headers of the answer the caller got (set when the response is made)."""
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
     started_ns: int = field(default_factory=time.perf_counter_ns)

@@ -63,6 +63,7 @@ def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
         headers=request.headers,
         header_items=floopy,
         read_body=_body_reader(request, rt.settings.max_body_bytes),
+        raw_headers=request.scope["headers"],
     )
 
 
@@ -86,6 +87,7 @@ def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Respo
     ctx.status_code = exc.status_code
     response = render_error(exc, ctx.request_id, _headers(ctx))
     ctx.response_body = response.content
+    ctx.sent_headers = {**response.headers, "content-type": "application/json"}
     level = logging.WARNING if exc.status_code >= 500 else logging.DEBUG
     log.log(
         level,
@@ -128,19 +130,23 @@ async def _proxy(
         )
         return _error_response(ctx, rt, unexpected_error(ctx.request_id))
     if ctx.stream is not None:
+        headers = {**_headers(ctx), "Cache-Control": "no-cache"}
+        ctx.sent_headers = {**headers, "content-type": "text/event-stream"}
         return Stream(
             _relay(ctx, rt),
             status_code=ctx.stream.status_code,
             media_type="text/event-stream",
-            headers={**_headers(ctx), "Cache-Control": "no-cache"},
+            headers=headers,
         )
     reply = ctx.reply
     assert reply is not None  # dispatch sets reply or stream, or raised
+    headers = _headers(ctx)
+    ctx.sent_headers = {**headers, "content-type": reply.content_type}
     return Response(
         content=reply.body,
         status_code=reply.status_code,
         media_type=reply.content_type,
-        headers=_headers(ctx),
+        headers=headers,
         background=BackgroundTask(publish_after_response, ctx, rt),
     )
 
@@ -197,6 +203,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "publisher": rt.publisher.stats(),
         "access": rt.access.stats(),
         "cache": rt.cache.stats(),
+        "routing": rt.watcher.stats(),
         "errors": {
             "unexpected": rt.counters.unexpected_errors,
             "record_build": rt.counters.record_build_failures,

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from gateway.clients.embeddings import Embedder, ProviderEmbedder, open_embedder
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.model_catalog import ModelCatalog
+from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.response_cache import ResponseCache
 from gateway.clients.semantic_cache import SemanticCache
@@ -25,6 +26,7 @@ from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from gateway.access import Access
+    from gateway.routing_watch import RoutingWatcher
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -47,38 +49,46 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
-    embedder: Embedder
-    vectors: VectorStore
-    cache: ResponseCache
-    catalog: ModelCatalog
     counters: Counters = field(default_factory=Counters)
+    embedder: Embedder = field(init=False)
+    vectors: VectorStore = field(init=False)
+    cache: ResponseCache = field(init=False)
+    """The response cache's stores (exact in Redis, semantic and advanced in ``vectors``)."""
+    catalog: ModelCatalog = field(init=False)
+    """``GET /v1/models``."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
+    watcher: RoutingWatcher = field(init=False)
+    """Swaps ``upstreams`` and ``settings`` when stored providers or routes change."""
 
     @classmethod
-    async def open(cls, settings: GatewaySettings) -> Runtime:
+    async def open(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Runtime:
         redis = Redis.from_url(
             settings.redis.url,
             socket_timeout=settings.redis.socket_timeout_s,
             socket_connect_timeout=settings.redis.connect_timeout_s,
         )
-        publisher = Publisher(redis, settings.publisher, prefix=settings.redis.key_prefix)
+        publisher = Publisher(
+            redis, settings.publisher, prefix=settings.redis.key_prefix, spool=spool
+        )
         upstreams = await Upstreams.open(
             settings,
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
-        embedder: Embedder = (
-            await ProviderEmbedder.open(settings.embedder, upstreams)
+        rt = cls(settings, redis, publisher, upstreams)
+        # read at each call: the routing watcher swaps rt.upstreams and rt.settings
+        rt.embedder = (
+            await ProviderEmbedder.open(settings.embedder, lambda: rt.upstreams)
             if settings.embedder.kind == "provider"
             else open_embedder(settings.embedder)
         )
-        vectors = VectorStore.open(settings.qdrant)
-        semantic = SemanticCache(vectors)
-        await semantic.open(embedder.dimensions)
-        cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
-        if vectors.is_local:
-            cache.start_pruning()
+        rt.vectors = VectorStore.open(settings.qdrant)
+        semantic = SemanticCache(rt.vectors)
+        await semantic.open(rt.embedder.dimensions)
+        rt.cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
+        if rt.vectors.is_local:
+            rt.cache.start_pruning()
             if settings.workers > 1:
                 log.warning(
                     "Qdrant local mode with %d workers: each worker has its own semantic cache "
@@ -86,9 +96,9 @@ class Runtime:
                     "FLOOPY_GATEWAY_QDRANT__URL to share one",
                     settings.workers,
                 )
+        rt.catalog = ModelCatalog(lambda: (rt.settings, rt.upstreams.providers))
         publisher.start()
-        catalog = ModelCatalog(settings, upstreams.providers)
-        return cls(settings, redis, publisher, upstreams, embedder, vectors, cache, catalog)
+        return rt
 
     async def close(self) -> None:
         await self.cache.close()

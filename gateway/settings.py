@@ -23,6 +23,7 @@ __all__ = [
     "ProviderSettings",
     "PublisherSettings",
     "RetrySettings",
+    "SpoolSettings",
 ]
 
 ProviderKind = Literal["openai", "azure", "anthropic"]
@@ -117,6 +118,31 @@ class PublisherSettings(BaseModel):
     """On shutdown, keep flushing for at most this long."""
 
 
+class SpoolSettings(BaseModel):
+    """The worker's outage spool (``gateway.clients.outage_spool``): where records and usage
+    wait on local disk while Redis is unreachable, until a worker on the same volume drains
+    them into Redis. Off (memory only) unless ``dir`` is set."""
+
+    dir: Path | None = None
+    """A local directory (a volume that outlives the worker), shared by the workers of one
+    host and bound to one Redis: files here are drained into whatever Redis the worker uses."""
+    grace_s: float = Field(default=1.0, ge=0)
+    """Redis unreachable this long before buffered records go to disk; a shorter blip is ridden
+    out in memory."""
+    interval_s: float = Field(default=0.1, gt=0)
+    """While spooling, the in-memory buffer is written (and fsynced) to disk this often: the
+    records a worker SIGKILLed mid-outage can lose are those of its last interval."""
+    cap_bytes: int = Field(default=100 * 2**20, ge=4096)
+    generations: int = Field(default=3, ge=1)
+    """Rotating files per spool name, each within ``cap_bytes``; past that the oldest file is
+    dropped, counted and logged (``shared.spool``)."""
+    check_interval_s: float = Field(default=5.0, gt=0)
+    """How often an idle worker looks for files other workers left behind (a worker drains
+    what it spooled itself as soon as Redis answers)."""
+    batch_records: int = Field(default=1_000, ge=1)
+    """Spooled records sent to Redis per call when draining."""
+
+
 class EmbedderSettings(BaseModel):
     """Text → vectors for the semantic cache and the firewall's verdict cache.
 
@@ -176,6 +202,9 @@ class GatewaySettings(BaseSettings):
     master_key: SecretStr = SecretStr("")
     """Fernet key (``floopy-admin master-key``) that decrypts ``api_key_encrypted`` of providers
     in the config file and in the store."""
+    routing_refresh_s: float = Field(default=2.0, gt=0, le=300)
+    """How often each worker checks whether stored providers or routes changed (one Redis GET);
+    a change made through ``/admin`` or ``floopy-admin`` is followed within about this long."""
     operator_orgs: list[str] = Field(default_factory=list)
     """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
     admin key of any other org manages its own org's keys and templates only."""
@@ -184,6 +213,7 @@ class GatewaySettings(BaseSettings):
     record_body_max_bytes: int = Field(default=256 * 2**10, ge=0)
     """Bodies longer than this are cut in the record (never in the proxied traffic)."""
     publisher: PublisherSettings = PublisherSettings()
+    spool: SpoolSettings = SpoolSettings()
 
     embedder: EmbedderSettings = EmbedderSettings()
     qdrant: QdrantSettings = QdrantSettings()

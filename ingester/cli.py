@@ -2,8 +2,11 @@
 
 Invariants: settings are read from ``FLOOPY_INGESTER_*`` once per invocation, options override
 them; every expected failure (Redis or ClickHouse unreachable, a replay lock held elsewhere,
-invalid settings) ends with a one-line reason and exit code 1 (2 for bad settings), never a
-stack trace. ``status`` and ``replay --dry-run`` change nothing.
+invalid settings, a full disk) ends with a one-line reason and exit code 1 (2 for bad settings),
+never a stack trace. ``status`` and ``replay --dry-run`` change nothing. ``status`` gives each
+probe (Redis, ClickHouse) its own short timeout and reports each on its own line, so a hung
+server costs seconds, not the driver's default timeouts; its backlog is counted from the
+entries really undelivered, not Redis's ``lag`` estimate (wrong after a restart).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rich.table import Table
 
 from ingester.dead_letter import dead_letter_path
 from ingester.delivery import Delivery, tune_gc_for_batches
-from ingester.lock import read_lock
+from ingester.lock import inspect_lock
 from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
 from ingester.rollup_cli import rollups_app
 from ingester.settings import IngesterSettings
@@ -92,14 +95,29 @@ class SinkStatus:
     sink: Sink
     stream_length: int | None = None
     pending: int | None = None
-    lag: int | None = None
+    backlog: int | None = None
+    """Entries after the group's last-delivered id: not yet read by any consumer."""
     consumers: list[tuple[str, int, int]] = field(default_factory=list)
     spool_files: list[tuple[str, int]] = field(default_factory=list)
     dropped_records: int = 0
     dropped_bytes: int = 0
-    lock_owner: str = ""
-    lock_age_s: float | None = None
+    lock: str = ""
     dead_letters: int = 0
+
+
+BACKLOG_CAP = 50_000
+"""``status`` counts undelivered entries up to this many (a script over XRANGE, in chunks)."""
+
+_COUNT_AFTER = """
+local n, start, cap = 0, '(' .. ARGV[1], tonumber(ARGV[2])
+while n < cap do
+  local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1000)
+  if #chunk == 0 then break end
+  n = n + #chunk
+  start = '(' .. chunk[#chunk][1]
+end
+return n
+"""
 
 
 def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
@@ -111,8 +129,8 @@ def _redis_status(client: redis.Redis, key: str, status: SinkStatus) -> None:
     if not ours:
         return
     status.pending = int(ours[0]["pending"])
-    lag = ours[0].get("lag")
-    status.lag = None if lag is None else int(lag)
+    last = reply_text(ours[0]["last-delivered-id"])
+    status.backlog = int(cast(int, client.eval(_COUNT_AFTER, 1, key, last, str(BACKLOG_CAP))))
     consumers = cast(list[dict[str, Any]], client.xinfo_consumers(key, CONSUMER_GROUP))
     status.consumers = [
         (reply_text(c["name"]), int(c["pending"]), int(c["idle"])) for c in consumers
@@ -126,29 +144,37 @@ def _disk_status(settings: IngesterSettings, status: SinkStatus) -> None:
     ]
     dropped = read_dropped(settings.spool_dir, sink)
     status.dropped_records, status.dropped_bytes = dropped.records, dropped.bytes
-    holder = read_lock(settings.spool_dir, sink) if settings.spool_dir.is_dir() else None
-    if holder is not None:
-        status.lock_owner, status.lock_age_s = holder.owner, time.time() - holder.heartbeat
+    view = inspect_lock(settings.spool_dir, sink) if settings.spool_dir.is_dir() else None
+    if view is not None:
+        status.lock = view.describe(time.time(), settings.lock_stale_after_s)
     letters = dead_letter_path(settings.dead_letter_dir, sink)
     status.dead_letters = count_lines(letters) if letters.is_file() else 0
 
 
-def _ping_clickhouse(settings: IngesterSettings) -> bool:
-    sink = ClickHouseSink(settings.clickhouse)
+def _ping_clickhouse(settings: IngesterSettings, timeout_s: float | None = None) -> bool:
+    ch = settings.clickhouse
+    if timeout_s is not None:
+        ch = ch.model_copy(
+            update={"connect_timeout_s": timeout_s, "send_receive_timeout_s": timeout_s}
+        )
+    sink = ClickHouseSink(ch)
     try:
         return sink.ping()
     finally:
         sink.close()
 
 
-def collect_status(settings: IngesterSettings) -> tuple[list[SinkStatus], str | None, bool]:
-    """Per-sink status, the Redis error (None when reachable) and ClickHouse reachability."""
+def collect_status(
+    settings: IngesterSettings, probe_timeout_s: float = 2.0
+) -> tuple[list[SinkStatus], str | None, bool]:
+    """Per-sink status, the Redis error (None when reachable) and ClickHouse reachability,
+    each server given ``probe_timeout_s`` per call."""
     statuses = [SinkStatus(sink) for sink in Sink]
     redis_error = None
     client = redis.Redis.from_url(
         settings.redis.url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.connect_timeout_s,
+        socket_timeout=probe_timeout_s,
+        socket_connect_timeout=probe_timeout_s,
     )
     try:
         for status in statuses:
@@ -159,7 +185,7 @@ def collect_status(settings: IngesterSettings) -> tuple[list[SinkStatus], str | 
         client.close()
     for status in statuses:
         _disk_status(settings, status)
-    return statuses, redis_error, _ping_clickhouse(settings)
+    return statuses, redis_error, _ping_clickhouse(settings, probe_timeout_s)
 
 
 def _status_table(statuses: list[SinkStatus]) -> Table:
@@ -171,7 +197,7 @@ def _status_table(statuses: list[SinkStatus]) -> Table:
     rows: dict[str, list[str]] = {
         "stream length": [_opt(s.stream_length) for s in statuses],
         "group pending": [_opt(s.pending) for s in statuses],
-        "group lag": [_opt(s.lag) for s in statuses],
+        "backlog (undelivered)": [_backlog(s.backlog) for s in statuses],
         "consumers": [_consumers(s) for s in statuses],
         "spool files": [_spool(s) for s in statuses],
         "dropped": [f"{s.dropped_records} rec, {s.dropped_bytes} B" for s in statuses],
@@ -193,17 +219,24 @@ def _spool(s: SinkStatus) -> str:
 
 
 def _lock(s: SinkStatus) -> str:
-    if not s.lock_owner:
-        return "-"
-    return f"{s.lock_owner}\nheartbeat {s.lock_age_s or 0:.0f}s ago"
+    return s.lock or "-"
+
+
+def _backlog(value: int | None) -> str:
+    return f">= {value}" if value is not None and value >= BACKLOG_CAP else _opt(value)
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(
+    ctx: typer.Context,
+    probe_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each server gets to answer each call.")
+    ] = 2.0,
+) -> None:
     """Streams, consumers, spool files, drops, replay locks, dead letters, reachability."""
     settings: IngesterSettings = ctx.obj
     _quiet_drivers()
-    statuses, redis_error, clickhouse_ok = collect_status(settings)
+    statuses, redis_error, clickhouse_ok = collect_status(settings, probe_timeout)
     out.print(_status_table(statuses))
     ch = settings.clickhouse
     failed = False
@@ -215,7 +248,10 @@ def status(ctx: typer.Context) -> None:
     if clickhouse_ok:
         out.print(f"clickhouse {ch.host}:{ch.port}: [green]reachable[/green]")
     else:
-        err.print(f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}")
+        err.print(
+            f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}: "
+            f"no answer to SELECT 1 within {probe_timeout}s"
+        )
         failed = True
     if failed:
         raise typer.Exit(1)
@@ -249,7 +285,7 @@ def replay(
     failed = False
     for report in reports:
         ok = report.status in (ReplayStatus.DONE, ReplayStatus.DRY_RUN)
-        (out if ok else err).print(str(report))
+        (out if ok else err).print(str(report), markup=False, highlight=False)
         failed = failed or not ok
     if failed:
         raise typer.Exit(1)

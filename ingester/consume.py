@@ -12,8 +12,14 @@ Invariants:
   had acknowledged; it runs at most every ``trim_interval_s``.
 - A consumer is forgotten (``XGROUP DELCONSUMER``) only if it has nothing pending, checked
   atomically in the same script, so no pending entry is ever orphaned.
-- On start the consumer first processes its own pending entries; on stop it finishes and acks
-  (or spools) the batch in hand, then returns.
+- On start, and again after any Redis error or failed spool write, the consumer first settles
+  what it holds (flush, wait for the batch in flight, ack what is confirmed) and then re-reads
+  its own pending entries: a read whose reply was lost with the connection, or a batch the
+  spool refused, is retried as soon as Redis answers, not after ``claim_min_idle_s``. On stop
+  it finishes and acks (or spools) the batch in hand, then returns.
+- A batch ClickHouse confirmed (or the spool holds) whose XACK failed is kept as ids only and
+  acked again, before anything else, once Redis answers: it is never inserted again, and an
+  old ack error never surfaces in (and abandons) a later batch.
 - Blocking work (ClickHouse, fsync) runs in threads. At most one batch is in flight (being
   inserted, then acked) while the next one is read, so ClickHouse's write overlaps our read and
   decode; the ``Delivery`` is still used from one thread at a time, and batches are acked in
@@ -111,6 +117,10 @@ class StreamConsumer:
         self._dead_letters = DeadLetterFile(settings.dead_letter_dir, sink)
         self._stopping = asyncio.Event()
         self._in_flight: asyncio.Task[None] | None = None
+        self._unacked: list[bytes] = []
+        """Ids of confirmed batches whose XACK failed (Redis down); acked first when it is back."""
+        self._reread_own = True
+        """Settle and re-read this consumer's own pending entries before reading new ones."""
 
     def stop(self) -> None:
         """Stop reading; ``run`` returns after the batch in hand is flushed."""
@@ -118,16 +128,17 @@ class StreamConsumer:
 
     async def run(self) -> None:
         log.info("consumer %s starting on %s", self.name, self.key)
-        resumed = False
         while not self._stopping.is_set():
             try:
-                if not resumed:
+                if self._reread_own:
                     await ensure_group(self._redis, self.key)
+                    await self._settle_all()
+                    self._reread_own = False
                     await self._resume_own_pending()
-                    resumed = True
                 else:
                     await self._step()
             except RedisError as exc:
+                self._reread_own = True
                 await self._on_error("redis", exc)
             # the task must outlive one bad batch; that batch's entries stay pending
             except Exception as exc:
@@ -141,8 +152,7 @@ class StreamConsumer:
 
     async def _finish(self) -> None:
         try:
-            await self._flush()
-            await self._settle()
+            await self._settle_all()
         except RedisError as exc:
             self._counters.inc(self.sink, C.ERRORS)
             log.warning("final flush on %s left entries pending: %s", self.key, exc)
@@ -225,19 +235,33 @@ class StreamConsumer:
         await self._ack([entry_id for entry_id, _ in poison])
 
     async def _settle(self) -> None:
-        """Wait for the batch in flight; its errors surface here, in the consumer's loop."""
+        """Wait for the batch in flight. ``_deliver`` keeps a failed XACK's ids for later, so
+        only a bug of ours surfaces here, in the consumer's loop."""
         task, self._in_flight = self._in_flight, None
         if task is not None:
             await task
+
+    async def _settle_all(self) -> None:
+        """Flush the batch in hand, wait for it, and ack every confirmed batch still unacked.
+        Raises ``RedisError`` while Redis is down; nothing is lost or inserted twice then."""
+        await self._flush()
+        await self._settle()
+        if self._unacked:
+            ids = self._unacked
+            await self._ack(ids)
+            self._unacked = []
+            log.info(
+                "consumer %s acked %d confirmed entries after redis returned", self.name, len(ids)
+            )
 
     async def _flush(self) -> None:
         if not self._batch.ids:
             return
         ids, payloads = list(self._batch.ids), list(self._batch.payloads)
-        self._batch.clear()
         # decoded while the batch in flight waits on ClickHouse (see ingester.delivery)
         prepared = await asyncio.to_thread(prepare, self.sink, payloads)
         await self._settle()
+        self._batch.clear()  # only now: an error above leaves the batch in hand, not abandoned
         self._in_flight = asyncio.create_task(self._deliver(ids, payloads, prepared))
 
     async def _deliver(
@@ -247,6 +271,7 @@ class StreamConsumer:
             report = await asyncio.to_thread(self._delivery.deliver_prepared, prepared)
         except SinkUnavailableError as exc:
             if not await self._spool_batch(payloads, exc):
+                self._reread_own = True  # retried from our pending entries after the backoff
                 return
         else:
             self._counters.inc(self.sink, C.INSERTED, report.inserted)
@@ -254,7 +279,20 @@ class StreamConsumer:
             log.debug(
                 "batch on %s: %d inserted, %d dead", self.key, report.inserted, report.dead_lettered
             )
-        await self._ack(ids)
+        try:
+            await self._ack(ids)
+        except RedisError as exc:
+            self._unacked.extend(ids)
+            self._reread_own = True
+            self._counters.inc(self.sink, C.ERRORS)
+            log.warning(
+                "consumer %s: %d entries of %s are durable but their XACK failed (%s); "
+                "acking them once redis answers",
+                self.name,
+                len(ids),
+                self.key,
+                exc,
+            )
 
     async def _spool_batch(self, payloads: Sequence[bytes], cause: Exception) -> bool:
         """True when the payloads are durable in the spool (so their entries may be acked)."""

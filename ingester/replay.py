@@ -7,7 +7,9 @@ Invariants:
 - Sealing: under the writer's flock, the rotating files are renamed to unique sealed names
   (``<sink>.jsonl.replay.<ns>.<rank>``, oldest first), so writers start a fresh ``.jsonl`` and
   rotation never touches a file being replayed. Sealed files left by a crashed replayer are
-  replayed too, before anything newer.
+  replayed too, before anything newer. The replay list is taken under that same flock and
+  holds sealed files only: a ``.jsonl`` a writer creates after the seal is never replayed (or
+  deleted) by this run, it waits for the next one.
 - Files are replayed oldest first in batches; after each confirmed batch the file and byte
   offset go into the lock file, so a replayer that breaks a dead one's lock resumes after its
   last confirmed batch. Re-inserting a batch is harmless anyway (tables deduplicate by record
@@ -18,6 +20,8 @@ Invariants:
   next batch is decoded in a helper thread while the current one is inserted (at most two
   batches in hand), and batches are still inserted and confirmed strictly in file order.
 - ``dry_run`` counts files, records and bytes and changes nothing (no lock, no rename).
+- A file-system error (a full disk, a permission) ends the replay with ``FAILED`` and its
+  reason, the files kept and the lock released: never a traceback for on-call.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ReplayStatus(StrEnum):
     LOCKED = "locked"  # another live replayer holds the lock; nothing done
     UNAVAILABLE = "unavailable"  # ClickHouse stopped answering; the rest is kept for later
     DRY_RUN = "dry_run"  # counted only
+    FAILED = "failed"  # a file-system error (e.g. ENOSPC); the rest is kept for later
 
 
 @dataclass(frozen=True)
@@ -132,12 +137,14 @@ class Replayer:
         if dry_run:
             return self._dry_run()
         lock = ReplayLock(self.directory, self.sink, stale_after_s=self.stale_after_s)
-        if not lock.acquire():
-            owner = lock.blocked_by.owner if lock.blocked_by else "an unknown owner"
-            log.info("replay of %s skipped: lock held by %s", self.sink, owner)
-            return ReplayReport(self.sink, ReplayStatus.LOCKED, locked_by=owner)
         try:
+            if not lock.acquire():
+                log.info("replay of %s skipped: lock held by %s", self.sink, lock.holder)
+                return ReplayReport(self.sink, ReplayStatus.LOCKED, locked_by=lock.holder)
             return self._replay_locked(lock, progress)
+        except OSError as exc:
+            log.error("replay of %s failed, spool files kept: %s", self.sink, exc)
+            return ReplayReport(self.sink, ReplayStatus.FAILED, error=str(exc))
         finally:
             lock.release()
 

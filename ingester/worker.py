@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ingester.consume import StreamConsumer
 from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.metrics import ConsumerCounter, Counters
-from ingester.replay import Replayer, pending_files
+from ingester.replay import Replayer, ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
 from shared.spool.writer import SpoolWriter
@@ -177,6 +177,8 @@ class IngesterRuntime:
                 )
                 continue
             self.counters.inc(sink, ConsumerCounter.REPLAYS)
+            if report.status is ReplayStatus.FAILED:  # logged by the replayer; retried
+                self.counters.inc(sink, ConsumerCounter.ERRORS)
             log.info("replay of %s: %s", sink, report)
 
 

@@ -4,6 +4,7 @@ the ``redis_factory`` / ``clickhouse_factory`` fixtures so the shared ones stay 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,3 +57,24 @@ def clickhouse_factory(tmp_path: Path) -> Iterator[Callable[[], ClickHouseServer
     yield make
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Callable[[Path, str], Path]]:
+    """``mount(path, size)``: a tmpfs of ``size`` at ``path``, for ENOSPC tests; unmounted in
+    teardown. Skips (with the reason) only where mounting is not permitted; root can mount."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str = "2m") -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        argv = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"ENOSPC test needs a tmpfs mount (root): {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)  # a process still holds it

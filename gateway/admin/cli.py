@@ -10,12 +10,17 @@ the Redis the gateways use (``FLOOPY_GATEWAY_REDIS__URL``, ``FLOOPY_GATEWAY_REDI
     floopy-admin providers put backup --base-url https://api.groq.com/openai/v1 --api-key-env GROQ
     floopy-admin routes set gpt-4o openai backup/llama-3.1-70b
 
+    floopy-admin keys update key_0123abcd --rate-limit '100;w=60' --no-log-bodies
+
 A key's secret is printed once, by ``keys create``. Exit code 1 with a message on any mistake.
+Every change goes through ``AdminService`` like the admin API's, so it is in the audit log too
+(the actor is ``cli:<user>``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -28,9 +33,9 @@ import typer
 from redis.exceptions import RedisError
 
 from gateway.access import Access
-from gateway.admin.api import key_view
-from gateway.admin.secrets import encrypt, new_master_key
+from gateway.admin.secrets import new_master_key
 from gateway.admin.seed import PlanSeed, apply_seed, load_seed
+from gateway.admin.service import Actor, AdminService, KeyPatch, NewKeyBody, key_view
 from gateway.policy.cache import CacheSettings
 from gateway.policy.keys import DEFAULT_ORG_RATE_LIMIT, KeyLimits, KeySwitches, Org, Permission
 from gateway.policy.templates import TemplateMessage
@@ -47,8 +52,8 @@ app = typer.Typer(
 orgs = typer.Typer(no_args_is_help=True, help="Orgs and their plans.")
 keys = typer.Typer(no_args_is_help=True, help="API keys.")
 templates = typer.Typer(no_args_is_help=True, help="Prompt templates (versioned).")
-providers = typer.Typer(no_args_is_help=True, help="Providers (read by gateways at start-up).")
-routes = typer.Typer(no_args_is_help=True, help="Routing rules (read by gateways at start-up).")
+providers = typer.Typer(no_args_is_help=True, help="Providers (gateways follow within seconds).")
+routes = typer.Typer(no_args_is_help=True, help="Routing rules (gateways follow within seconds).")
 for group, name in ((orgs, "orgs"), (keys, "keys"), (templates, "templates")):
     app.add_typer(group, name=name)
 app.add_typer(providers, name="providers")
@@ -74,6 +79,10 @@ def _run(work: Callable[[Access, GatewaySettings], Awaitable[_T]]) -> _T:
     except (RedisError, OSError) as exc:
         typer.secho(f"error: Redis at {settings.redis.url}: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
+
+
+def _service(access: Access, settings: GatewaySettings) -> AdminService:
+    return AdminService(access, settings, Actor("cli", getpass.getuser()))
 
 
 def _print(value: Any) -> None:
@@ -131,8 +140,8 @@ def org_put(
     ).plan()
     org = _run_sync(lambda: Org(org_id=org_id, name=name, plan=plan, rate_limit_policy=rate_limit))
 
-    async def work(access: Access, _: GatewaySettings) -> None:
-        await access.keystore.put_org(org)
+    async def work(access: Access, settings: GatewaySettings) -> None:
+        await _service(access, settings).put_org(org)
 
     _run(work)
     _print(org)
@@ -160,7 +169,7 @@ def org_cache(
     }
     changes = {k: v for k, v in given.items() if v is not None}
 
-    async def work(access: Access, _: GatewaySettings) -> dict[str, object]:
+    async def work(access: Access, settings: GatewaySettings) -> dict[str, object]:
         org = await access.keystore.get_org(org_id)
         if org is None:
             raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
@@ -171,6 +180,9 @@ def org_cache(
         except msgspec.ValidationError as exc:
             raise ClientError(f"invalid cache settings: {exc}") from None
         await access.keystore.put_org_cache(org_id, cache)
+        await _service(access, settings).put_section(
+            org_id, "cache", org.cache.view(), cache.view()
+        )
         return cache.view()
 
     _print(_run(work))
@@ -214,16 +226,16 @@ def key_create(
         )
     )
 
-    async def work(access: Access, _: GatewaySettings) -> dict[str, Any]:
+    async def work(access: Access, settings: GatewaySettings) -> dict[str, Any]:
         if await access.keystore.get_org(org_id) is None:
             raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
-        new, key = await access.keystore.create_key(
-            org_id,
+        body = NewKeyBody(
             name=name,
             permissions=frozenset(permission or [Permission.PROXY]),
             limits=limits,
             switches=KeySwitches(cache=cache, firewall=firewall, log_bodies=log_bodies),
         )
+        new, key = await _service(access, settings).create_key(org_id, body)
         return {"secret": new.secret, "key": key_view(key)}
 
     _print(_run(work))
@@ -241,13 +253,75 @@ def key_list(org_id: str) -> None:
 def key_revoke(key_id: str) -> None:
     """Revoke a key: every gateway worker refuses it within ``key_cache_ttl_s`` seconds."""
 
-    async def work(access: Access, _: GatewaySettings) -> bool:
-        return await access.keystore.revoke_key(key_id)
+    async def work(access: Access, settings: GatewaySettings) -> bool:
+        key = await access.keystore.get_key(key_id)
+        if key is None:
+            return False
+        await _service(access, settings).revoke_key(key)
+        return True
 
     if not _run(work):
         typer.secho(f"error: no key {key_id!r}", err=True, fg="red")
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+_UNSET_HELP = "0 clears the limit"
+
+
+@keys.command("update")
+def key_update(
+    key_id: str,
+    *,
+    name: Annotated[str | None, typer.Option()] = None,
+    permission: Annotated[
+        list[Permission] | None, typer.Option(help="repeatable; replaces the key's permissions")
+    ] = None,
+    rate_limit: Annotated[str | None, typer.Option(help="e.g. 100;w=60; '' clears it")] = None,
+    daily_tokens: Annotated[int | None, typer.Option(help=_UNSET_HELP)] = None,
+    monthly_tokens: Annotated[int | None, typer.Option(help=_UNSET_HELP)] = None,
+    daily_cost_usd: Annotated[float | None, typer.Option(help=_UNSET_HELP)] = None,
+    monthly_cost_usd: Annotated[float | None, typer.Option(help=_UNSET_HELP)] = None,
+    cache: Annotated[bool | None, typer.Option("--cache/--no-cache")] = None,
+    firewall: Annotated[bool | None, typer.Option("--firewall/--no-firewall")] = None,
+    log_bodies: Annotated[bool | None, typer.Option("--log-bodies/--no-log-bodies")] = None,
+) -> None:
+    """Change a key's name, permissions, limits or switches (what is not given stays)."""
+    limits: dict[str, Any] = {}
+    if rate_limit is not None:
+        limits["rate_limit_policy"] = rate_limit
+    given = {
+        "daily_tokens": daily_tokens,
+        "monthly_tokens": monthly_tokens,
+        "daily_cost_usd": daily_cost_usd,
+        "monthly_cost_usd": monthly_cost_usd,
+    }
+    limits |= {k: (v or None) for k, v in given.items() if v is not None}
+    switches = {
+        k: v
+        for k, v in {"cache": cache, "firewall": firewall, "log_bodies": log_bodies}.items()
+        if v is not None
+    }
+    patch = KeyPatch(
+        name=name,
+        permissions=frozenset(permission) if permission else None,
+        limits=limits or None,
+        switches=switches or None,
+    )
+
+    async def work(access: Access, settings: GatewaySettings) -> dict[str, Any] | None:
+        key = await access.keystore.get_key(key_id)
+        if key is None:
+            return None
+        if key.revoked:
+            raise ClientError(f"key {key_id!r} is revoked")
+        return key_view(await _service(access, settings).update_key(key, patch))
+
+    updated = _run(work)
+    if updated is None:
+        typer.secho(f"error: no key {key_id!r}", err=True, fg="red")
+        raise typer.Exit(1)
+    _print(updated)
 
 
 @templates.command("put")
@@ -265,8 +339,10 @@ def template_put(
             raise typer.Exit(1)
         parsed.append(TemplateMessage(role.strip(), content))
 
-    async def work(access: Access, _: GatewaySettings) -> Any:
-        return await access.templates.put(org_id, template_id, parsed)
+    async def work(access: Access, settings: GatewaySettings) -> Any:
+        return await _service(access, settings).add_template_version(
+            org_id, template_id, tuple(parsed)
+        )
 
     _print(_run(work))
 
@@ -292,15 +368,14 @@ def provider_put(
     model: Annotated[list[str] | None, typer.Option(help="models it serves, repeatable")] = None,
 ) -> None:
     async def work(access: Access, settings: GatewaySettings) -> dict[str, Any]:
-        provider: dict[str, Any] = {"name": name, "kind": kind, "base_url": base_url}
+        provider: dict[str, Any] = {"kind": kind, "base_url": base_url}
         if model:
             provider["models"] = model
         if api_key_env:
             provider["api_key_env"] = api_key_env
         if api_key:
-            provider["api_key_encrypted"] = encrypt(settings.master_key.get_secret_value(), api_key)
-        await access.routing.put_provider(provider)
-        return provider
+            provider["api_key"] = api_key  # encrypted by the service before it is stored
+        return await _service(access, settings).put_provider(name, provider)
 
     _print(_run(work))
 
@@ -317,8 +392,8 @@ def provider_list() -> None:
 def route_set(model: str, targets: list[str]) -> None:
     """MODEL → TARGETS tried in order (``provider`` or ``provider/model``)."""
 
-    async def work(access: Access, _: GatewaySettings) -> None:
-        await access.routing.put_route(model, targets)
+    async def work(access: Access, settings: GatewaySettings) -> None:
+        await _service(access, settings).put_route(model, targets)
 
     _run(work)
     _print({model: targets})

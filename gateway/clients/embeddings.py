@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -176,16 +176,19 @@ class ProviderEmbedder:
     routing rules and provider lists choose the targets, open circuit breakers are skipped and
     failures count against them, the next target is tried after a failure. The price comes from
     the price book; the cache stage records each call as a span with its tokens and cost.
-    ``name`` is ``<provider>/<model>`` of the last call that answered."""
+    ``name`` is ``<provider>/<model>`` of the last call that answered. ``upstreams`` is read
+    at every call: the routing watcher swaps the runtime's when stored routing changes."""
 
-    upstreams: Upstreams
+    upstreams_now: Callable[[], Upstreams]
     model: str
     dimensions: int
     max_chars: int = 2000
     name: str = ""
 
     @classmethod
-    async def open(cls, settings: EmbedderSettings, upstreams: Upstreams) -> ProviderEmbedder:
+    async def open(
+        cls, settings: EmbedderSettings, upstreams: Callable[[], Upstreams]
+    ) -> ProviderEmbedder:
         embedder = cls(upstreams, settings.model, 0, settings.max_chars, f"?/{settings.model}")
         embedder.dimensions = KNOWN_DIMENSIONS.get(settings.model, 0)
         if not embedder.dimensions:  # an unknown model tells its size by answering once
@@ -200,12 +203,13 @@ class ProviderEmbedder:
         body = {"model": self.model, "input": [prepare_text(t, self.max_chars) for t in texts]}
         start = time.perf_counter()
         failures: list[str] = []
-        breakers = self.upstreams.breakers
-        for target in self.upstreams.routing.targets(self.model):
+        upstreams = self.upstreams_now()
+        breakers = upstreams.breakers
+        for target in upstreams.routing.targets(self.model):
             if await breakers.admit(target.provider) is Admission.REJECT:
                 failures.append(f"{target.provider}: breaker open")
                 continue
-            provider = self.upstreams.providers[target.provider]
+            provider = upstreams.providers[target.provider]
             request = ChatRequest(
                 raw=msgspec.json.encode({**body, "model": target.model}), model=target.model
             )
@@ -221,7 +225,7 @@ class ProviderEmbedder:
                 continue
             self.name = f"{target.provider}/{target.model}"
             tokens = answer.usage.prompt_tokens if answer.usage else 0
-            cost = self.upstreams.prices.cost_usd(
+            cost = upstreams.prices.cost_usd(
                 provider=target.provider,
                 model=target.model,
                 prompt_tokens=tokens,

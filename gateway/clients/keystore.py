@@ -4,6 +4,8 @@ Invariants:
 - Only the SHA-256 of a key is stored: ``<p>:key:<hash>`` is a hash whose fields are the
   ``ApiKey`` fields, each JSON-encoded; ``<p>:keyid:<key_id>`` → hash lets admins revoke by id;
   ``<p>:org:<org_id>`` holds the ``Org`` the same way, ``<p>:org:<org_id>:keys`` the key hashes.
+- ``<p>:key_last_used`` is a hash key id → unix ms of its latest request with usage, written
+  with the usage counters (batched, after responses), read by admins only.
 - A cache miss costs one round trip (a Lua script reads the key and its org together).
 - Authentication results, including "no such key", are cached per process for ``cache_ttl_s``:
   a revoked key stops working on every worker within that many seconds.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar, cast
@@ -216,6 +218,19 @@ class KeyStore:
             if cost_usd:
                 pipe.hincrbyfloat(counter, "cost", cost_usd)
             pipe.expireat(counter, _period_end(now_ms, monthly))
+
+    def queue_last_used(self, pipe: Pipeline, last_used_ms: Mapping[str, int]) -> None:
+        if last_used_ms:
+            pipe.hset(
+                f"{self._p}:key_last_used",
+                mapping={k: str(v) for k, v in last_used_ms.items()},
+            )
+
+    async def last_used(self, key_ids: list[str]) -> dict[str, int]:
+        if not key_ids:
+            return {}
+        raw = await _aw(self._redis.hmget(f"{self._p}:key_last_used", key_ids))
+        return {k: int(v) for k, v in zip(key_ids, raw, strict=True) if v is not None}
 
     async def record_usage(
         self, key_id: str, tokens: int, cost_usd: float | None, now_ms: int

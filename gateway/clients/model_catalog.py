@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,26 +26,29 @@ __all__ = ["ModelCatalog"]
 log = logging.getLogger(__name__)
 
 
+Source = Callable[[], tuple[GatewaySettings, dict[str, ProviderClient]]]
+
+
 class ModelCatalog:
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        providers: dict[str, ProviderClient],
-        *,
-        ttl_s: float = 60.0,
-    ) -> None:
-        self._settings = settings
-        self._providers = providers
+    """``source`` gives the settings and provider clients in force at each call (the routing
+    watcher swaps them when stored routing changes; the upstream lists are asked again then)."""
+
+    def __init__(self, source: Source, *, ttl_s: float = 60.0) -> None:
+        self._source = source
         self._ttl_s = ttl_s
         self._listed: dict[str, list[str]] = {}
         self._listed_at = -1e9
+        self._listed_for = 0
 
-    async def _upstream_lists(self) -> dict[str, list[str]]:
-        if time.monotonic() - self._listed_at < self._ttl_s:
+    async def _upstream_lists(
+        self, settings: GatewaySettings, providers: dict[str, ProviderClient]
+    ) -> dict[str, list[str]]:
+        fresh = time.monotonic() - self._listed_at < self._ttl_s
+        if fresh and self._listed_for == id(providers):
             return self._listed
-        asked = [p for p in self._settings.provider_list() if not p.models]
+        asked = [p for p in settings.provider_list() if not p.models and p.name in providers]
         answers = await asyncio.gather(
-            *(self._providers[p.name].list_models() for p in asked), return_exceptions=True
+            *(providers[p.name].list_models() for p in asked), return_exceptions=True
         )
         listed: dict[str, list[str]] = {}
         for provider, answer in zip(asked, answers, strict=True):
@@ -55,18 +59,19 @@ class ModelCatalog:
                 raise answer
             prefixes = tuple(provider.model_prefixes)
             listed[provider.name] = [m for m in answer if not prefixes or m.startswith(prefixes)]
-        self._listed, self._listed_at = listed, time.monotonic()
+        self._listed, self._listed_at, self._listed_for = listed, time.monotonic(), id(providers)
         return listed
 
     async def models(self) -> list[dict[str, Any]]:
+        settings, providers = self._source()
         owners: dict[str, str] = {}
-        for provider in self._settings.provider_list():
+        for provider in settings.provider_list():
             for model in [*provider.models, *provider.deployments]:
                 owners.setdefault(model, provider.name)
-        for name, models in (await self._upstream_lists()).items():
+        for name, models in (await self._upstream_lists(settings, providers)).items():
             for model in models:
                 owners.setdefault(model, name)
-        for model, targets in self._settings.routes.items():
+        for model, targets in settings.routes.items():
             owners.setdefault(model, targets[0].split("/", 1)[0] if targets else "floopy")
         return [
             {"id": model, "object": "model", "created": 0, "owned_by": owner}

@@ -12,7 +12,13 @@ Invariants:
   answered; on a Redis error they stay and the task retries with exponential backoff up to
   ``retry_max_s``. A batch whose answer was lost may have been added, so a retry can duplicate
   it: delivery is at least once, and records carry their identity.
-- ``stop`` flushes what it can within ``flush_deadline_s``; what is left is logged and counted.
+- With an outage spool (``gateway.clients.outage_spool``): once Redis has been unreachable for
+  ``spool.grace_s``, the buffer is written to disk every ``spool.interval_s`` (fsynced, then
+  let go), so a long outage neither fills memory nor loses records with the worker. When Redis
+  answers again, the same task drains the spool back into the streams (a batch and its file
+  offset in one script call: resumed exactly, never sent twice), spooled usage included.
+- ``stop`` flushes what it can within ``flush_deadline_s`` (at once to the spool when Redis is
+  down); what is left is logged and counted.
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ import itertools
 import logging
 import time
 from collections import deque
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.outage_spool import OFFSET_TTL_S, Deliver, OutageSpool
+from gateway.policy.outage import Outage
 from gateway.settings import PublisherSettings
 from shared.streams import RECORD_FIELD, Sink, stream_key
 
@@ -36,27 +45,49 @@ __all__ = ["DROP_LOG_EVERY_S", "Publisher"]
 log = logging.getLogger(__name__)
 
 XADD_BATCH_LUA = """
-for i = 1, #ARGV, 2 do
+local pairs_end = #ARGV - #ARGV % 2
+for i = 1, pairs_end, 2 do
   redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', ARGV_FIELD, ARGV[i + 1])
 end
-return #ARGV / 2
+if #ARGV % 2 == 1 then
+  redis.call('SET', KEYS[#KEYS], ARGV[#ARGV], 'EX', OFFSET_TTL)
+end
+return pairs_end / 2
 """
-"""KEYS: the streams of the batch; ARGV: (index into KEYS, encoded record) pairs, in order."""
+"""KEYS: the streams of the batch; ARGV: (index into KEYS, encoded record) pairs, in order.
+When draining the spool, one more KEY and ARGV: the file's offset key and its new offset, set
+in the same (atomic) call."""
+
+_FIRST_RETRY_S = 0.05
 
 DROP_LOG_EVERY_S = 10.0
 
 
 class Publisher:
     def __init__(
-        self, redis: Redis, settings: PublisherSettings, *, prefix: str = "floopy"
+        self,
+        redis: Redis,
+        settings: PublisherSettings,
+        *,
+        prefix: str = "floopy",
+        spool: OutageSpool | None = None,
     ) -> None:
         self._redis = redis
         self._settings = settings
         self._keys = {sink: stream_key(sink, prefix) for sink in Sink}
+        self._sinks = {key: sink for sink, key in self._keys.items()}
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._xadd_batch = redis.register_script(
-            XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode()))
+            XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode())).replace(
+                "OFFSET_TTL", str(OFFSET_TTL_S)
+            )
         )
+        self._spool = spool
+        self._outage = Outage(spool.settings.grace_s if spool else 0.0)
+        self.drains: dict[str, Deliver] = {
+            sink.value: partial(self._deliver_spooled, sink) for sink in Sink
+        }
+        """Spool names this task drains and how; the usage recorder adds ``usage``."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -65,6 +96,9 @@ class Publisher:
         self.dropped = 0
         self.failures = 0
         self.last_error = ""
+        self.spooled = 0
+        self.unspooled = 0
+        self.spool_failures = 0
 
     @property
     def buffered(self) -> int:
@@ -77,6 +111,14 @@ class Publisher:
             "dropped": self.dropped,
             "failures": self.failures,
             "last_error": self.last_error,
+            "spool": None
+            if self._spool is None
+            else {
+                "spooled": self.spooled,
+                "drained": self.unspooled,
+                "failures": self.spool_failures,
+                "pending": self._spool.pending,
+            },
         }
 
     def submit(self, sink: Sink, payload: bytes) -> bool:
@@ -104,20 +146,101 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="floopy-publisher")
 
     async def _run(self) -> None:
-        delay = 0.05
+        delay = _FIRST_RETRY_S
         while not self._stopping:
-            if not self._buffer:
-                self._wake.clear()
-                await self._wake.wait()
-                if self._settings.linger_s:
-                    await asyncio.sleep(self._settings.linger_s)
+            await self._next_work()
             try:
-                await self.flush_batch()
-                delay = 0.05
+                await self._send()
+                self._outage.recovered()
+                delay = _FIRST_RETRY_S
             except (RedisError, OSError) as exc:
                 self._note_failure(exc)
-                await asyncio.sleep(delay)
+                self._outage.failed(time.monotonic())
+                await self._ride_out(delay)
                 delay = min(delay * 2, self._settings.retry_max_s)
+
+    async def _next_work(self) -> None:
+        """Return when records are buffered or the spool has something to drain; an idle worker
+        looks for files other workers left every ``check_interval_s``."""
+        while not self._buffer and not (self._spool is not None and self._spool.pending):
+            self._wake.clear()
+            timeout = self._spool.settings.check_interval_s if self._spool else None
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                if self._spool is not None:
+                    self._spool.pending = await asyncio.to_thread(self._spool.has_files)
+                continue
+            if self._settings.linger_s:
+                await asyncio.sleep(self._settings.linger_s)
+
+    async def _send(self) -> None:
+        if self._buffer:
+            await self.flush_batch()
+        if self._spool is not None and self._spool.pending:
+            self.unspooled += await self._spool.drain(self._redis, self.drains)
+
+    async def _ride_out(self, delay: float) -> None:
+        """Wait ``delay`` before the next try; meanwhile, past the grace, move the buffer to
+        disk every ``interval_s``."""
+        end = time.monotonic() + delay
+        while not self._stopping:
+            if self._spool is not None and self._outage.spooling(time.monotonic()):
+                await self.spool_buffer()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            step = self._spool.settings.interval_s if self._spool else left
+            await asyncio.sleep(min(left, step))
+
+    async def spool_buffer(self) -> int:
+        """Write what is buffered to the spool (fsynced) and let it go; a sink whose write
+        failed keeps its records in the buffer. Returns the records spooled. A cancelled
+        caller still waits for a write under way, so what reached disk always leaves memory."""
+        if self._spool is None or not self._buffer:
+            return 0
+        batch = list(self._buffer)
+        by_sink: dict[Sink, list[bytes]] = {}
+        for key, payload in batch:
+            by_sink.setdefault(self._sinks[key], []).append(payload)
+        write = asyncio.ensure_future(asyncio.to_thread(self._append_all, by_sink))
+        try:
+            failed = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            self._let_go(batch, await write)
+            raise
+        return self._let_go(batch, failed)
+
+    def _append_all(self, by_sink: dict[Sink, list[bytes]]) -> set[Sink]:
+        """Blocking: one fsynced append per sink; the sinks that failed."""
+        assert self._spool is not None
+        failed: set[Sink] = set()
+        for sink, payloads in by_sink.items():
+            try:
+                self._spool.append(sink.value, payloads)
+            except OSError as exc:
+                failed.add(sink)
+                self.spool_failures += 1
+                log.error("could not spool %d %s records: %s", len(payloads), sink, exc)
+        return failed
+
+    def _let_go(self, batch: list[tuple[str, bytes]], failed: set[Sink]) -> int:
+        for _ in batch:
+            self._buffer.popleft()
+        kept = [entry for entry in batch if self._sinks[entry[0]] in failed]
+        self._buffer.extendleft(reversed(kept))
+        self.spooled += len(batch) - len(kept)
+        return len(batch) - len(kept)
+
+    async def _deliver_spooled(
+        self, sink: Sink, payloads: list[bytes], offset_key: str, end_offset: int
+    ) -> None:
+        args: list[int | bytes] = []
+        for payload in payloads:
+            args += (1, payload)
+        args.append(end_offset)
+        await self._xadd_batch(keys=[self._keys[sink], offset_key], args=args)
 
     def _note_failure(self, exc: BaseException) -> None:
         self.failures += 1
@@ -147,7 +270,8 @@ class Publisher:
         return len(batch)
 
     async def stop(self) -> None:
-        """Stop the drain task, then flush what Redis takes before the deadline."""
+        """Stop the drain task, then flush what Redis takes before the deadline (straight to
+        the spool when Redis is down); what is left is lost, logged and counted."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -156,12 +280,18 @@ class Publisher:
                 await self._task
         deadline = time.monotonic() + self._settings.flush_deadline_s
         while self._buffer and time.monotonic() < deadline:
+            if self._spool is not None and self._outage.down:
+                break
             try:
                 async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
                     await self.flush_batch()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._note_failure(exc)
+                self._outage.failed(time.monotonic())
                 await asyncio.sleep(0.1)
+        if self._buffer and self._spool is not None:
+            spooled = await self.spool_buffer()
+            log.warning("shutdown: %d records spooled to disk for the next worker", spooled)
         if self._buffer:
             log.error(
                 "shutdown: %d records could not be published before the deadline and are lost",

@@ -4,8 +4,11 @@ Invariants:
 - ``<p>:providers`` is a hash: provider name → its settings as JSON, the credential only as
   ``api_key_encrypted`` (Fernet) or ``api_key_env`` (a variable name), never in plaintext.
 - ``<p>:routes`` is a hash: model → JSON list of targets (``"provider"`` or ``"provider/model"``).
-- Gateway workers read both once, at start-up, and merge them over their settings
-  (``gateway.admin.seed.merge_routing``); a change takes effect at the next restart.
+- ``<p>:routing:version`` is incremented by every write (in the same transaction), so a
+  worker learns of a change by reading one integer (``version``); gateway workers poll it every
+  ``routing_refresh_s`` and rebuild their providers and routes when it moved
+  (``gateway.clients.routing_watch``), merged over their settings
+  (``gateway.admin.seed.merge_routing``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,23 @@ class RoutingConfigStore:
         self._redis = redis
         self._providers = f"{prefix}:providers"
         self._routes = f"{prefix}:routes"
+        self._version = f"{prefix}:routing:version"
+
+    async def version(self) -> int:
+        """How many writes the stored providers and routes have had (0: never written)."""
+        raw = await self._redis.get(self._version)
+        return int(raw or 0)
+
+    async def _write(self, table: str, field: str, value: str | None) -> int:
+        """HSET (or HDEL when ``value`` is None) and bump the version, atomically."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if value is None:
+                pipe.hdel(table, field)
+            else:
+                pipe.hset(table, field, value)
+            pipe.incr(self._version)
+            changed, _ = await pipe.execute()
+        return int(changed)
 
     async def put_provider(self, provider: dict[str, Any]) -> None:
         name = provider.get("name")
@@ -37,10 +57,10 @@ class RoutingConfigStore:
             raise BadRequestError(
                 "store provider credentials as api_key_encrypted or api_key_env, not api_key"
             )
-        await self._redis.hset(self._providers, name, msgspec.json.encode(provider).decode())  # type: ignore[misc]
+        await self._write(self._providers, name, msgspec.json.encode(provider).decode())
 
     async def delete_provider(self, name: str) -> bool:
-        return bool(await self._redis.hdel(self._providers, name))  # type: ignore[misc]
+        return bool(await self._write(self._providers, name, None))
 
     async def providers(self) -> list[dict[str, Any]]:
         raw = await self._redis.hgetall(self._providers)  # type: ignore[misc]
@@ -49,10 +69,10 @@ class RoutingConfigStore:
     async def put_route(self, model: str, targets: list[str]) -> None:
         if not model or not targets or not all(isinstance(t, str) and t for t in targets):
             raise BadRequestError("a route needs a model and a non-empty list of targets")
-        await self._redis.hset(self._routes, model, msgspec.json.encode(targets).decode())  # type: ignore[misc]
+        await self._write(self._routes, model, msgspec.json.encode(targets).decode())
 
     async def delete_route(self, model: str) -> bool:
-        return bool(await self._redis.hdel(self._routes, model))  # type: ignore[misc]
+        return bool(await self._write(self._routes, model, None))
 
     async def routes(self) -> dict[str, list[str]]:
         raw = await self._redis.hgetall(self._routes)  # type: ignore[misc]

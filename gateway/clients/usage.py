@@ -5,9 +5,14 @@ Invariants:
 - Never on the request's path: ``submit`` only appends to a bounded in-memory queue; one
   background task per worker drains it, many requests per Redis round trip (a pipeline of
   ``HINCRBY``/``HINCRBYFLOAT``/``EXPIREAT``, plus one forced GCRA call for every charge).
-- What cannot be written (Redis down) is logged and counted (``failed``); what does not fit in
-  the queue is counted (``dropped``). Usage limits are then enforced on the usage that did
-  reach Redis: they under-count during an outage, they never refuse wrongly.
+- Usage that cannot be written (Redis down) is counted (``failed``) and, with an outage spool,
+  appended to its ``usage`` file at once (fsynced); the publisher's drain replays it when Redis
+  answers: the counter increments and the file offset in one MULTI/EXEC, so each spooled
+  request is counted exactly once, in the day and month it happened. Without a spool it is
+  lost (logged). Token and cost *charges* of rate-limit buckets are not replayed: a bucket's
+  window is over by then; they are counted (``charges_failed``) and logged. What does not fit
+  in the queue is counted (``dropped``). Until the replay, usage limits are enforced on the
+  usage that reached Redis: they under-count during an outage, they never refuse wrongly.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.clients.keystore import KeyStore
+from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
 from gateway.clients.ratelimiter import Bucket, RateLimiter
 from gateway.policy.limits import after_response_cost
 
@@ -30,7 +37,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from shared.records import RequestRecord
 
-__all__ = ["UsageEntry", "UsageRecorder", "record_usage"]
+__all__ = ["SpooledUsage", "UsageEntry", "UsageRecorder", "record_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +56,33 @@ class UsageEntry:
     charges: tuple[Bucket, ...] = ()
 
 
+class SpooledUsage(msgspec.Struct, frozen=True):
+    """A usage entry as a line of the ``usage`` spool (charges are not kept: see above)."""
+
+    key_id: str
+    tokens: int
+    cost_usd: float | None
+    now_ms: int
+
+
+_spooled_encoder = msgspec.json.Encoder()
+_spooled_decoder = msgspec.json.Decoder(SpooledUsage)
+
+
 class UsageRecorder:
     def __init__(
-        self, redis: Redis, keystore: KeyStore, limiter: RateLimiter, capacity: int = 100_000
+        self,
+        redis: Redis,
+        keystore: KeyStore,
+        limiter: RateLimiter,
+        capacity: int = 100_000,
+        *,
+        spool: OutageSpool | None = None,
     ) -> None:
         self._redis = redis
         self._keystore = keystore
         self._limiter = limiter
+        self.spool = spool
         self._queue: deque[UsageEntry] = deque()
         self._capacity = capacity
         self._wake = asyncio.Event()
@@ -63,6 +90,10 @@ class UsageRecorder:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.lost = 0
+        self.charges_failed = 0
 
     def submit(self, entry: UsageEntry) -> None:
         if len(self._queue) >= self._capacity:
@@ -93,6 +124,10 @@ class UsageRecorder:
             "queued": len(self._queue),
             "written": self.written,
             "failed": self.failed,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "lost": self.lost,
+            "charges_failed": self.charges_failed,
             "dropped": self.dropped,
         }
 
@@ -111,24 +146,65 @@ class UsageRecorder:
             self.written += len(batch)
         except (RedisError, OSError) as exc:
             self.failed += len(batch)
-            log.warning(
-                "could not record usage of %d requests (%s: %s); %d lost so far",
-                len(batch),
-                type(exc).__name__,
-                exc,
-                self.failed,
-            )
+            await self._spool_failed(batch, exc)
+        charges = [bucket for entry in batch for bucket in entry.charges]
+        if charges:
+            try:
+                await self._limiter.acquire_many(charges)
+            except (RedisError, OSError) as exc:
+                self.charges_failed += len(charges)
+                log.warning("could not charge %d rate-limit buckets: %s", len(charges), exc)
+
+    async def _spool_failed(self, batch: list[UsageEntry], exc: BaseException) -> None:
+        cause = f"{type(exc).__name__}: {exc}"
+        if self.spool is not None:
+            lines = [
+                _spooled_encoder.encode(SpooledUsage(e.key_id, e.tokens, e.cost_usd, e.now_ms))
+                for e in batch
+            ]
+            try:
+                await asyncio.to_thread(self.spool.append, USAGE, lines)
+                self.spooled += len(batch)
+                if self.spooled == len(batch) or self.spooled % 1000 < len(batch):
+                    log.warning("usage of %d requests spooled (%s)", self.spooled, cause)
+                return
+            except OSError as spool_exc:
+                cause = f"{cause}; spool: {spool_exc}"
+        self.lost += len(batch)
+        log.error(
+            "could not record usage of %d requests (%s); %d lost so far",
+            len(batch),
+            cause,
+            self.lost,
+        )
 
     async def _write(self, batch: list[UsageEntry]) -> None:
+        last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
                 self._keystore.queue_usage(
                     pipe, entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms
                 )
+                last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
+            self._keystore.queue_last_used(pipe, last_used)
             await pipe.execute()
-        charges = [bucket for entry in batch for bucket in entry.charges]
-        if charges:
-            await self._limiter.acquire_many(charges)
+
+    async def replay(self, payloads: list[bytes], offset_key: str, end_offset: int) -> None:
+        """Deliver spooled usage (the drain's ``Deliver``): every increment and the file's new
+        offset in one MULTI/EXEC, so a batch counts once even if the drainer dies."""
+        entries: list[SpooledUsage] = []
+        for payload in payloads:
+            try:
+                entries.append(_spooled_decoder.decode(payload))
+            except msgspec.DecodeError as exc:  # a line torn by a crash: nothing to count
+                self.lost += 1
+                log.error("unreadable usage line skipped (%s): %.80r", exc, payload)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for e in entries:
+                self._keystore.queue_usage(pipe, e.key_id, e.tokens, e.cost_usd, e.now_ms)
+            pipe.set(offset_key, end_offset, ex=OFFSET_TTL_S)
+            await pipe.execute()
+        self.replayed += len(entries)
 
 
 def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageRecorder) -> None:

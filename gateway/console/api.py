@@ -10,16 +10,25 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
 
 from gateway.console import queries
+from gateway.console.export import (
+    EXPORT_FORMATS,
+    EXPORT_MAX_ROWS,
+    csv_text,
+    export_row,
+    jsonl_text,
+)
 from gateway.console.filters import (
     DAY,
     HOUR,
@@ -115,6 +124,8 @@ QQ = Annotated[
         required=False, description="Text in the request or response body (case-insensitive)"
     ),
 ]
+QSort = Annotated[str, QueryParameter(description="time, latency, cost or tokens")]
+QOrder = Annotated[str, QueryParameter(description="desc or asc")]
 QAt = Annotated[
     int | None,
     QueryParameter(
@@ -145,6 +156,7 @@ ERRORS: dict[int, ResponseSpec] = {
     403: _error("FORBIDDEN: the key lacks the read permission"),
     503: _error("ANALYTICS_UNAVAILABLE: ClickHouse did not answer; the proxy is unaffected"),
 }
+_EXPORT_PAGE = 200
 NOT_FOUND = {**ERRORS, 404: _error("NOT_FOUND: no such id in the key's organisation")}
 
 
@@ -250,6 +262,48 @@ def _in_order(keys: Rows, rows: Rows) -> Rows:
     return [by_id[k["request_id"]] for k in keys if k["request_id"] in by_id]
 
 
+async def request_filters(  # noqa: PLR0917 - litestar passes query parameters by name
+    model: QModel = None,
+    provider: QProvider = None,
+    status: QStatus = None,
+    error_code: QErrorCode = None,
+    cache_status: QCacheStatus = None,
+    cache_tier: QCacheTier = None,
+    user_id: QUserId = None,
+    session_id: QSessionId = None,
+    property: QProperty = None,
+    min_latency_ms: QMinLatencyMs = None,
+    max_latency_ms: QMaxLatencyMs = None,
+    min_cost_usd: QMinCostUsd = None,
+    max_cost_usd: QMaxCostUsd = None,
+    q: QQ = None,
+    sort: QSort = "time",
+    order: QOrder = "desc",
+) -> RequestFilters:
+    """The Requests filters from the query string: one dependency for the list and the export,
+    so an export holds exactly the rows the list shows."""
+    if order not in ("asc", "desc"):
+        raise BadRequestError("`order` must be asc or desc")
+    return RequestFilters(
+        models=tuple(model or ()),
+        providers=tuple(provider or ()),
+        status_codes=tuple(status or ()),
+        error_codes=tuple(error_code or ()),
+        cache_statuses=tuple(cache_status or ()),
+        cache_tiers=tuple(cache_tier or ()),
+        user_id=user_id or "",
+        session_id=session_id or "",
+        properties=parse_properties(property),
+        min_latency_ms=min_latency_ms,
+        max_latency_ms=max_latency_ms,
+        min_cost_usd=min_cost_usd,
+        max_cost_usd=max_cost_usd,
+        search=q or "",
+        sort=sort,
+        descending=order == "desc",
+    )
+
+
 class ConsoleApi(Controller):
     path = "/console/api"
     tags = ["analytics"]
@@ -303,58 +357,83 @@ class ConsoleApi(Controller):
         cursor = encode_cursor([keys[-1]["_sort"], keys[-1]["request_id"]]) if more else None
         return {"data": await self._rows_of(org_id, keys), "next_cursor": cursor}
 
-    @get("/requests", responses=ERRORS, summary="Requests, filtered, sorted, cursor-paginated")
+    @get(
+        "/requests",
+        responses=ERRORS,
+        summary="Requests, filtered, sorted, cursor-paginated",
+        dependencies={"filters": Provide(request_filters)},
+    )
     async def list_requests(
         self,
         request: Request[Any, Any, Any],
+        filters: NamedDependency[RequestFilters],
         *,
         start: Start = None,
         end: End = None,
-        model: QModel = None,
-        provider: QProvider = None,
-        status: QStatus = None,
-        error_code: QErrorCode = None,
-        cache_status: QCacheStatus = None,
-        cache_tier: QCacheTier = None,
-        user_id: QUserId = None,
-        session_id: QSessionId = None,
-        property: QProperty = None,
-        min_latency_ms: QMinLatencyMs = None,
-        max_latency_ms: QMaxLatencyMs = None,
-        min_cost_usd: QMinCostUsd = None,
-        max_cost_usd: QMaxCostUsd = None,
-        q: QQ = None,
-        sort: Annotated[str, QueryParameter(description="time, latency, cost or tokens")] = "time",
-        order: Annotated[str, QueryParameter(description="desc or asc")] = "desc",
         limit: Annotated[int, QueryParameter(description="Rows per page, 1-200")] = 50,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
         who = await self._principal(request)
-        if order not in ("asc", "desc"):
-            raise BadRequestError("`order` must be asc or desc")
-        f = RequestFilters(
-            models=tuple(model or ()),
-            providers=tuple(provider or ()),
-            status_codes=tuple(status or ()),
-            error_codes=tuple(error_code or ()),
-            cache_statuses=tuple(cache_status or ()),
-            cache_tiers=tuple(cache_tier or ()),
-            user_id=user_id or "",
-            session_id=session_id or "",
-            properties=parse_properties(property),
-            min_latency_ms=min_latency_ms,
-            max_latency_ms=max_latency_ms,
-            min_cost_usd=min_cost_usd,
-            max_cost_usd=max_cost_usd,
-            search=q or "",
-            sort=sort,
-            descending=order == "desc",
-        )
         Page(limit=limit)
         after = decode_cursor(cursor) if cursor else []
         if after and not _is_keyset(after):
             raise BadRequestError("`cursor` is not a cursor this API returned")
-        return await self._requests_page(who.org_id, time_range(start, end), f, limit, after)
+        return await self._requests_page(who.org_id, time_range(start, end), filters, limit, after)
+
+    @get(
+        "/requests/export",
+        responses=ERRORS,
+        summary=f"The filtered Requests as CSV or JSON Lines (at most {EXPORT_MAX_ROWS:,} rows)",
+        dependencies={"filters": Provide(request_filters)},
+        media_type="text/csv",
+    )
+    async def export_requests(
+        self,
+        request: Request[Any, Any, Any],
+        filters: NamedDependency[RequestFilters],
+        *,
+        start: Start = None,
+        end: End = None,
+        format: Annotated[str, QueryParameter(description="csv or jsonl")] = "csv",
+    ) -> Stream:
+        """Streamed page by page in the list's order; the first page is read before the answer
+        starts, so a bad key or an unreachable ClickHouse is still a JSON error."""
+        who = await self._principal(request)
+        if format not in EXPORT_FORMATS:
+            raise BadRequestError("`format` must be csv or jsonl")
+        tr = time_range(start, end)
+        first = await self._requests_page(who.org_id, tr, filters, _EXPORT_PAGE, [])
+        cap = EXPORT_MAX_ROWS
+        name = f"floopy-requests-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.{format}"
+        return Stream(
+            self._export(who.org_id, tr, filters, format, first, cap),
+            media_type=EXPORT_FORMATS[format],
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Floopy-Export-Max-Rows": str(cap),
+            },
+        )
+
+    async def _export(  # noqa: PLR0917 - a private generator, called once
+        self,
+        org_id: str,
+        tr: TimeRange,
+        f: RequestFilters,
+        fmt: str,
+        page: dict[str, Any],
+        cap: int,
+    ) -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            rows = [export_row(r) for r in page["data"][: cap - sent]]
+            text = csv_text(rows, header=sent == 0) if fmt == "csv" else jsonl_text(rows)
+            sent += len(rows)
+            if text:
+                yield text.encode()
+            if not page["next_cursor"] or sent >= cap:
+                return
+            after = decode_cursor(page["next_cursor"])
+            page = await self._requests_page(org_id, tr, f, _EXPORT_PAGE, after)
 
     @get("/requests/{request_id:str}", responses=NOT_FOUND, summary="One request in full")
     async def one_request(
@@ -390,6 +469,10 @@ class ConsoleApi(Controller):
         record["prompt_inputs"] = dict(
             zip(record.pop("prompt_input_keys"), record.pop("prompt_input_values"), strict=False)
         )
+        for side in ("request", "response"):
+            names = record.pop(f"{side}_header_keys", None) or []
+            values = record.pop(f"{side}_header_values", None) or []
+            record[f"{side}_headers"] = dict(zip(names, values, strict=False))
         created_s = int(record["created_at_ms"]) // 1000
         spans = await self.store.rows(
             queries.request_spans_sql(self.db, who.org_id, request_id, created_s)

@@ -53,10 +53,11 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     last: ClientError | None = None
     for target in ctx.targets:
         admission = await rt.upstreams.breakers.admit(target.provider)
-        if admission is Admission.REJECT:
+        provider = rt.upstreams.providers.get(target.provider)
+        if admission is Admission.REJECT or provider is None:  # None: removed since routing
             _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
             continue
-        ctx.provider = rt.upstreams.providers[target.provider]
+        ctx.provider = provider
         ctx.providers_tried.append(target.provider)
         try:
             await _try_target(ctx, rt, target, probe=admission is Admission.PROBE)

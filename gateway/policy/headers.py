@@ -51,6 +51,9 @@ class RequestMeta:
     firewall_enabled: bool = True
     ratelimit_policy: str = ""
     prompt_id: str = ""
+    omit_request: bool = False
+    """``floopy-omit-request: true``: keep metrics and metadata, never store the request body."""
+    omit_response: bool = False
 
     def cache_controls(self) -> CacheControls:
         return CacheControls(
@@ -146,4 +149,6 @@ _PARSERS = {
     "floopy-llm-security-enabled": ("firewall_enabled", _switch),
     "floopy-ratelimit-policy": ("ratelimit_policy", _ascii_id),
     "floopy-prompt-id": ("prompt_id", _ascii_id),
+    "floopy-omit-request": ("omit_request", _switch),
+    "floopy-omit-response": ("omit_response", _switch),
 }

@@ -7,12 +7,14 @@ is the same span downstream, like its request record.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 from gateway.clients.providers.base import TokenUsage, UpstreamStream
 from gateway.context import RequestContext, StageTiming
+from gateway.policy.redaction import recorded_request_headers, recorded_response_headers
 from gateway.policy.usage import Settled, reported_usage
 from shared.records import RequestRecord, SpanRecord
 
@@ -77,6 +79,8 @@ def build_records(
     meta = ctx.meta
     usage = settled.usage if settled is not None else (reported_usage(ctx) or TokenUsage())
     log_bodies = ctx.api_key is None or ctx.api_key.switches.log_bodies
+    keep_request = log_bodies and not meta.omit_request
+    keep_response = log_bodies and not meta.omit_response
     record = RequestRecord(
         request_id=ctx.request_id,
         org_id=ctx.org_id,
@@ -89,10 +93,11 @@ def build_records(
         status_code=ctx.status_code,
         error_code=error_code,
         error_message=error_message,
-        # with the key's body logging off, no body and no template inputs (they are body text)
-        request_body=clip_body(ctx.body, body_limit) if log_bodies else "",
-        response_body=clip_body(ctx.response_body, body_limit) if log_bodies else "",
-        bodies_redacted=not log_bodies,
+        # with the key's body logging off (or floopy-omit-*), no body and no template inputs
+        # (they are request body text)
+        request_body=clip_body(ctx.body, body_limit) if keep_request else "",
+        response_body=clip_body(ctx.response_body, body_limit) if keep_response else "",
+        bodies_redacted=not (keep_request and keep_response),
         latency_ms=ctx.elapsed_ms(end_ns),
         time_to_first_token_ms=_ttft_ms(ctx),
         stage_latency_ms={t.name: t.duration_ms for t in ctx.timings},
@@ -103,7 +108,7 @@ def build_records(
         properties=meta.properties,
         prompt_id=ctx.prompt_id or meta.prompt_id,
         prompt_version=ctx.prompt_version,
-        prompt_inputs=ctx.prompt_inputs if log_bodies else {},
+        prompt_inputs=ctx.prompt_inputs if keep_request else {},
         providers_tried=list(ctx.providers_tried),
         retries=ctx.retries,
         tokens_estimated=settled.estimated if settled is not None else False,
@@ -114,6 +119,8 @@ def build_records(
         cached_prompt_tokens=usage.cached_prompt_tokens,
         endpoint=ctx.endpoint,
         **_cache_fields(ctx),
+        request_headers=recorded_request_headers(_decoded(ctx.raw_headers)),
+        response_headers=recorded_response_headers(ctx.sent_headers),
     )
     return record, build_spans(ctx)
 
@@ -132,6 +139,11 @@ def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
         "cache_error": outcome.error,
         "cost_saved_usd": outcome.hit.cost_usd if outcome.hit else None,
     }
+
+
+def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
+    for name, value in raw:
+        yield name.decode("latin-1"), value.decode("latin-1")
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:

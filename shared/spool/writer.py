@@ -5,7 +5,10 @@ sink plus ``usage`` (its outage files). ``Sink`` is a ``str``, so a sink is a na
 
 Invariants:
 - ``append`` writes the whole batch (one payload per line) with one write, then flushes and
-  fsyncs before it returns; the caller acknowledges stream entries only after that. A new file
+  fsyncs before it returns; the caller acknowledges stream entries only after that.
+- An append is all or nothing: if the write or its fsync fails (ENOSPC, EIO), the file is
+  truncated back to its size before the append and the error raised, so a full disk never
+  leaves a torn line behind (it would become a dead letter at replay). A new file
   or a rename is followed by an fsync of the directory.
 - Every change to ``<name>.jsonl*`` (rotate, append, seal for replay) happens under an
   exclusive ``flock`` on ``<dir>/<name>.jsonl.lock``, so processes sharing a directory never
@@ -161,6 +164,15 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _truncate_back(fd: int, size: int) -> None:
+    """Undo a failed append. Shrinking a file frees blocks, so this works on a full disk."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        log.exception("could not truncate a failed spool append back to %d bytes", size)
+
+
 class SpoolWriter:
     """The rotating files of one spool name. Blocking; safe to share between threads."""
 
@@ -243,10 +255,14 @@ class SpoolWriter:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # close a line torn by a crash
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                _truncate_back(fd, size)
+                raise
         finally:
             os.close(fd)
         if size == 0:

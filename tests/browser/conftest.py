@@ -73,11 +73,15 @@ class Console:
         WebDriverWait(self.driver, PAGE_TIMEOUT_S).until(ready)
 
     def screenshot(self, name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
-        self.driver.execute_script("window.scrollTo(0, 0)")
-        self.driver.save_screenshot(str(path))
-        return path
+        return screenshot(self.driver, name)
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(path))
+    return path
 
 
 def _start_gateway(
@@ -112,12 +116,23 @@ def _start_gateway(
     raise TimeoutError(f"gateway did not start; see {root}/gateway.log")
 
 
-def _driver(profile: Path) -> WebDriver:
+def _driver(profile: Path, downloads: Path | None = None) -> WebDriver:
+    """``downloads``: where files the page downloads land (no prompt)."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    if downloads is not None:
+        prefs = {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+        }
+        options.add_experimental_option("prefs", prefs)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    if downloads is not None:
+        driver.execute_cdp_cmd(
+            "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
     # A chromium that stops answering fails the test after these, instead of hanging it (and
     # pytest-timeout on the module is the backstop for chromedriver itself).
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)

@@ -65,6 +65,7 @@ class Floopy:
             "FLOOPY_GATEWAY_CONFIG_FILE": str(self.config_file),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_ACCESS_LOG": "false",
+            "FLOOPY_GATEWAY_SPOOL__DIR": str(self.root / "gateway-spool"),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
             "FLOOPY_INGESTER_REDIS__KEY_PREFIX": self.tag,
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
@@ -168,6 +169,24 @@ class Floopy:
                     return
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}; logs in {self.root}")
+
+    def raw_rows_per_request(self) -> dict[str, int]:
+        """Rows per request id *without* FINAL: a record delivered twice shows as 2 until a
+        background merge collapses it, which FINAL would hide."""
+        rows = self.query("SELECT request_id, count() FROM requests GROUP BY request_id")
+        return {str(request_id): int(n) for request_id, n in rows}
+
+    def missing_and_doubled(self, answered: list[str]) -> tuple[set[str], dict[str, int]]:
+        """Answered request ids without a row, and request ids with more than one raw row."""
+        raw = self.raw_rows_per_request()
+        return set(answered) - raw.keys(), {rid: n for rid, n in raw.items() if n > 1}
+
+    def spooled_records(self, sink: str = "requests", name: str = "ingester") -> int:
+        """Records the ingester logged as spooled (``spooled N payloads of <sink>``): the only
+        records a fault may have inserted twice."""
+        marker = f" payloads of {sink}:"
+        lines = (self.root / f"{name}.log").read_text(errors="replace").splitlines()
+        return sum(int(x.split("spooled ")[1].split(" ")[0]) for x in lines if marker in x)
 
     def request_counts(self) -> tuple[int, int]:
         """(rows read with FINAL, distinct request ids) in the requests table."""

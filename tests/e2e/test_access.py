@@ -303,9 +303,14 @@ def test_admin_api_and_revocation_reach_every_worker(stack: Floopy) -> None:
     assert admin.get("/admin/orgs/org-quota").status_code == 404  # another org: not disclosed
     assert admin.put("/admin/routes/gpt-4o", json={"targets": ["openai"]}).status_code == 403
     as_proxy = httpx.get(
-        f"{stack.gateway_url}/admin/orgs/{ORG_ID}", headers={"Authorization": f"Bearer {API_KEY}"}
+        f"{stack.gateway_url}/admin/orgs/{ORG_ID}",
+        headers={"Authorization": f"Bearer {secret('key-header')}"},
     )
     assert (as_proxy.status_code, as_proxy.json()["error"]["code"]) == (403, "FORBIDDEN")
+    as_reader = httpx.get(  # read may see its org's settings, not change them
+        f"{stack.gateway_url}/admin/orgs/{ORG_ID}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert as_reader.status_code == 200
     ops = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {OPS_KEY}"})
     assert ops.put("/admin/routes/gpt-4o", json={"targets": ["openai"]}).status_code == 200
     assert ops.get("/admin/routes").json()["data"] == {"gpt-4o": ["openai"]}

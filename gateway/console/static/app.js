@@ -22,6 +22,12 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/* ``el.append`` for children that may be null or false (conditional parts of a page). */
+function put(el, ...kids) {
+  el.append(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+  return el;
+}
+
 /* ---------- formatting ---------- */
 const fmt = {
   n: (v) => (v ?? 0).toLocaleString("en-US"),
@@ -65,22 +71,31 @@ function banner(text) {
   b.hidden = !text;
 }
 
-async function api(path, params) {
-  const url = new URL("/console/api" + path, location.origin);
+function urlFor(path, params) {
+  const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(params || {})) {
     if (v === "" || v === null || v === undefined) continue;
     for (const one of Array.isArray(v) ? v : [v]) url.searchParams.append(k, one);
   }
-  const res = await fetch(url, { headers: { Authorization: "Bearer " + state.key } });
-  const body = await res.json().catch(() => ({}));
+  return url;
+}
+
+/* Any JSON call of the gateway with the console's key; a failure throws its error code. */
+async function call(method, path, { params, body } = {}) {
+  const headers = { Authorization: "Bearer " + state.key };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(urlFor(path, params), { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await res.json().catch(() => ({}));
   if (!res.ok) {
-    const err = new Error((body.error && body.error.message) || res.statusText);
+    const err = new Error((data.error && data.error.message) || res.statusText);
     err.status = res.status;
-    err.code = body.error && body.error.code;
+    err.code = data.error && data.error.code;
     throw err;
   }
-  return body;
+  return data;
 }
+
+const api = (path, params) => call("GET", "/console/api" + path, { params });
 
 /* ---------- charts (inline SVG) ---------- */
 const SVG = "http://www.w3.org/2000/svg";
@@ -243,6 +258,11 @@ pages.requests = async (main, query) => {
   }
   form.append(h("div", { class: "actions" }, h("button", { class: "btn", type: "submit" }, "Apply"),
     h("button", { class: "btn ghost", type: "button", onclick: () => (location.hash = "#/requests") }, "Clear")));
+  const exportBar = h("div", { class: "export", id: "export" }, h("span", { class: "muted" }, "Export the filtered list:"),
+    ["csv", "jsonl"].map((format) => h("button", { class: "btn ghost", type: "button", id: "export-" + format,
+      onclick: () => download("/console/api/requests/export", { ...params, format }, "requests." + format).catch((err) => banner("Export failed: " + err.message)) },
+    format.toUpperCase())),
+    h("span", { class: "muted" }, "(at most 10,000 rows, in the list's order)"));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const q = new URLSearchParams();
@@ -255,7 +275,7 @@ pages.requests = async (main, query) => {
   const table = h("table", { id: "requests-table" },
     h("thead", {}, h("tr", {}, ["Time", "Status", "Model", "Provider", "Latency", "Tokens", "Cost", "Cache", "User", "Prompt"].map((c, i) => h("th", { class: [4, 5, 6].includes(i) ? "num" : "" }, c)))), tbody);
   const more = h("div", { class: "more" });
-  main.append(h("h1", {}, "Requests"), form, table, more);
+  main.append(h("h1", {}, "Requests"), form, exportBar, table, more);
   let cursor = null, shown = 0;
   async function load() {
     const page = await api("/requests", { ...params, limit: 50, cursor });
@@ -267,7 +287,23 @@ pages.requests = async (main, query) => {
     if (!shown) table.replaceWith(h("div", { class: "empty", id: "requests-table" }, "No requests match these filters in this range."));
   }
   await load();
+  if (query.get("open")) await openRequest(query.get("open"));
 };
+
+/* A file from the gateway (the key goes in a header, so not a plain link). */
+async function download(path, params, fallbackName) {
+  const res = await fetch(urlFor(path, params), { headers: { Authorization: "Bearer " + state.key } });
+  if (!res.ok) {
+    const data = await res.json().catch(() => ({}));
+    throw new Error((data.error && data.error.message) || res.statusText);
+  }
+  const blob = await res.blob();
+  const name = ((res.headers.get("content-disposition") || "").match(/filename="([^"]+)"/) || [])[1] || fallbackName;
+  const a = h("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
 
 function preview(body) {
   try {
@@ -291,6 +327,19 @@ function requestRow(r, back) {
 function pretty(text) {
   if (!text) return "(empty)";
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; }
+}
+
+function bodyText(r, body, side) {
+  if (body) return pretty(body);
+  if (!r.bodies_redacted) return "(empty)";
+  const omitted = (r.request_headers || {})["floopy-omit-" + side] === "true";
+  return omitted ? `(not stored: floopy-omit-${side})` : "(not stored: the key's body logging is off)";
+}
+
+function headerList(headers, id) {
+  const entries = Object.entries(headers || {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!entries.length) return h("p", { class: "muted", id }, "None recorded.");
+  return h("dl", { class: "kv headers", id }, entries.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
 function kv(pairs) {
@@ -317,6 +366,9 @@ async function openRequest(id, at, back) {
   body.replaceChildren(
     ...(back ? [h("button", { class: "btn ghost back", id: "panel-back", onclick: back }, "← back")] : []),
     h("h2", { id: "detail-title" }, statusBadge(r.status_code), " ", r.model_used || r.model_requested || "(no model)", h("span", { class: "muted" }, " · " + (r.provider || "no provider"))),
+    h("div", { class: "panel-actions" }, h("button", { class: "btn", id: "open-in-playground", disabled: !r.request_body,
+      title: r.request_body ? "Load this request's body into the Playground" : "The request body was not stored",
+      onclick: () => (location.hash = `#/playground?request=${encodeURIComponent(r.request_id)}&at=${r.created_at_ms}`) }, "Open in Playground")),
     kv([["Request id", r.request_id], ["Time", fmt.time(r.created_at_ms)], ["Error", r.error_code ? `${r.error_code}: ${r.error_message}` : ""],
       ["Latency", fmt.ms(r.latency_ms)], ["Time to first token", r.stream ? fmt.ms(r.time_to_first_token_ms) : ""],
       ["Cost", fmt.usd(r.cost_usd)], ["Cache", r.cache_status ? `${r.cache_status}${r.cache_tier ? " (" + r.cache_tier + ")" : ""}` : ""],
@@ -335,8 +387,10 @@ async function openRequest(id, at, back) {
     barRows(stages.reduce((acc, [name, v]) => { const off = acc.length ? acc[acc.length - 1][1] + acc[acc.length - 1][2] : 0; acc.push([name, off, v]); return acc; }, []), stageTotal),
     h("h3", {}, "Trace"),
     spans.length ? h("div", { id: "trace" }, barRows(spans.map((x) => [x.name, x.start_offset_ms, x.duration_ms, x.status]), spanEnd, "")) : h("p", { class: "muted" }, "No spans recorded."),
-    h("h3", {}, "Request"), h("pre", { id: "request-body" }, r.bodies_redacted ? "(redacted)" : pretty(r.request_body)),
-    h("h3", {}, "Response"), h("pre", { id: "response-body" }, r.bodies_redacted ? "(redacted)" : pretty(r.response_body)),
+    h("h3", {}, "Request"), h("pre", { id: "request-body" }, bodyText(r, r.request_body, "request")),
+    h("h3", {}, "Response"), h("pre", { id: "response-body" }, bodyText(r, r.response_body, "response")),
+    h("h3", {}, "Request headers"), headerList(r.request_headers, "request-headers"),
+    h("h3", {}, "Response headers"), headerList(r.response_headers, "response-headers"),
     events.length ? [h("h3", {}, "Circuit breaker events"), h("table", {}, h("tbody", {}, events.map((e) => h("tr", {}, h("td", {}, fmt.time(e.created_at_ms)), h("td", {}, e.provider), h("td", {}, `${e.from_state} → ${e.to_state}`), h("td", {}, e.reason)))))] : null,
   );
 }
@@ -460,5 +514,3 @@ function init() {
   window.addEventListener("hashchange", route);
   route();
 }
-
-init();

@@ -365,6 +365,7 @@ async def test_openapi_spec_lists_the_read_api(client: Client) -> None:
     read_api = {p: ops["get"] for p, ops in spec["paths"].items() if p.startswith("/console/api")}
     assert set(read_api) == {
         "/console/api/requests",
+        "/console/api/requests/export",
         "/console/api/requests/{request_id}",
         "/console/api/sessions",
         "/console/api/sessions/{session_id}",
@@ -386,6 +387,8 @@ async def test_openapi_spec_lists_the_read_api(client: Client) -> None:
     filters = ("model", "provider", "status", "error_code", "cache_status", "cache_tier", "user_id")
     filters += ("session_id", "property", "min_latency_ms", "max_cost_usd", "q", "sort", "cursor")
     assert all(documented[name] for name in filters)
+    exported = {p["name"] for p in read_api["/console/api/requests/export"]["parameters"]}
+    assert {*filters, "format", "start", "end"} - {"cursor"} <= exported
 
 
 async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(

@@ -4,11 +4,12 @@ Redis, and a key prefix of the test's own so tests never see each other's keys."
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
+from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
 
 
@@ -22,3 +23,12 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAIThread]:
+    """The fake provider in its own thread: the test client blocks the test's loop while the app
+    handles a request."""
+    server = FakeOpenAIThread().start()
+    yield server
+    server.stop()

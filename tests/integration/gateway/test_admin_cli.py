@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from devstack.servers import RedisServer
 from gateway.admin.cli import app
 from gateway.admin.secrets import decrypt, new_master_key
+from gateway.clients.audit_log import AuditLog
 from gateway.clients.keystore import KeyStore
 from shared.errors import InvalidApiKeyError
 
@@ -68,6 +69,30 @@ def test_admin_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None
     seed.write_text('[keys.k2]\norg = "acme"\nsecret_env = "SEEDED_KEY"\n')
     assert json.loads(ok("seed", str(seed)))["applied"]["keys"] == 1
 
+    updated = json.loads(
+        ok(
+            "keys",
+            "update",
+            key["key_id"],
+            "--name",
+            "ci2",
+            "--rate-limit",
+            "5;w=60",
+            "--daily-tokens",
+            "100",
+            "--no-cache",
+        )
+    )
+    assert (updated["name"], updated["limits"]["rate_limit_policy"]) == ("ci2", "5;w=60")
+    assert updated["limits"]["daily_tokens"] == 100 and updated["switches"]["cache"] is False
+    assert updated["switches"]["log_bodies"] is False and updated["permissions"] == ["read"]
+    cleared = json.loads(ok("keys", "update", key["key_id"], "--daily-tokens", "0"))
+    assert cleared["limits"]["daily_tokens"] is None
+    assert cleared["limits"]["rate_limit_policy"] == "5;w=60"
+    bad = runner.invoke(app, ["keys", "update", key["key_id"], "--rate-limit", "7"], env=env)
+    assert bad.exit_code == 1 and "missing window" in bad.output
+    assert runner.invoke(app, ["keys", "update", "key_nope", "--name", "x"], env=env).exit_code == 1
+
     ok("keys", "revoke", key["key_id"])
     assert runner.invoke(app, ["keys", "revoke", "key_nope"], env=env).exit_code == 1
 
@@ -78,6 +103,20 @@ def test_admin_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None
             assert (await store.authenticate("sk-floopy-from-env"))[0].key_id == "k2"
             with pytest.raises(InvalidApiKeyError, match="revoked"):
                 await store.authenticate(secret)
+            entries = await AuditLog(client, prefix=prefix).entries("acme")
+            assert [e["action"] for e in entries] == [
+                "key.revoke",
+                "key.update",
+                "key.update",
+                "template.version",
+                "key.create",
+                "org.put",
+            ]
+            assert {e["actor"]["kind"] for e in entries} == {"cli"}
+            assert secret not in json.dumps(entries)
+            gateway = await AuditLog(client, prefix=prefix).entries("_gateway")
+            assert [e["action"] for e in gateway] == ["route.put", "provider.put"]
+            assert "sk-upstream-x" not in json.dumps(gateway)
         finally:
             await client.aclose()
 

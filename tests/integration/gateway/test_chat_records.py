@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -26,14 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 KEY = "sk-floopy-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAIThread]:
-    """In its own thread: the test client blocks this loop while the app handles a request."""
-    server = FakeOpenAIThread().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

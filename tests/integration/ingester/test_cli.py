@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,7 @@ def test_status_on_a_healthy_setup(env: dict[str, str], tmp_path: Path) -> None:
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
     assert lines["stream length"].split("│")[2].strip() == "4"
     assert lines["group pending"].split("│")[2].strip() == "3"
-    assert lines["group lag"].split("│")[2].strip() == "1"
+    assert lines["backlog (undelivered)"].split("│")[2].strip() == "1"
     assert lines["dead letters"].split("│")[3].strip() == "1"
 
 
@@ -161,3 +163,62 @@ def test_replay_reports_a_lock_held_by_someone_else(env: dict[str, str], tmp_pat
     assert result.exit_code == 1
     assert "locked by other-host:42:abc" in result.output
     assert row_count(env) == 0
+
+
+def _table(output: str) -> dict[str, list[str]]:
+    rows = [line.split("│") for line in output.splitlines() if "│" in line]
+    return {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in rows}
+
+
+def test_status_with_clickhouse_hung_answers_per_probe_within_its_timeout(
+    env: dict[str, str], clickhouse_factory: Callable[[], ClickHouseServer]
+) -> None:
+    """SIGSTOP: ClickHouse's kernel still accepts connections, nothing answers."""
+    hung = clickhouse_factory()
+    assert hung.process is not None
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = runner.invoke(
+            app,
+            ["--clickhouse-port", str(hung.port), "status", "--probe-timeout", "0.5"],
+            env=env,
+        )
+        print(f"status with clickhouse hung took {time.monotonic() - started:.1f}s")
+    finally:
+        os.kill(hung.process.pid, signal.SIGCONT)
+    assert result.exit_code == 1
+    assert "no answer to SELECT 1 within 0.5s" in result.output
+    assert f"redis {env['FLOOPY_INGESTER_REDIS__URL']}: reachable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_status_backlog_is_what_is_undelivered_after_a_redis_restart(
+    env: dict[str, str], redis_factory: Callable[[], RedisServer]
+) -> None:
+    server = redis_factory()
+    env = {**env, "FLOOPY_INGESTER_REDIS__URL": server.url}
+    key = stream_key(Sink.REQUESTS, env["FLOOPY_INGESTER_REDIS__KEY_PREFIX"])
+    client = redis.Redis.from_url(server.url)
+    client.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
+    for payload in payloads(50):
+        client.xadd(key, {RECORD_FIELD: payload})
+    read = client.xreadgroup(CONSUMER_GROUP, "a", {key: ">"}, count=30)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    client.xack(key, CONSUMER_GROUP, *ids[:20])
+    client.xtrim(key, minid=ids[20].decode(), approximate=False)  # what the consumer trims
+    client.close()
+    server.kill()
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    for payload in payloads(5):
+        client.xadd(key, {RECORD_FIELD: payload})
+    lag = client.xinfo_groups(key)[0].get("lag")
+    client.close()
+
+    result = runner.invoke(app, ["status"], env=env)
+    print(f"redis's own lag estimate: {lag}")
+    table = _table(result.output)
+    assert table["stream length"][0] == "35"
+    assert table["group pending"][0] == "10"
+    assert table["backlog (undelivered)"][0] == "25"  # 50 - 30 read, + 5 after the restart

@@ -69,3 +69,11 @@ def test_too_many_properties() -> None:
     items = [(f"floopy-property-p{i}", "v") for i in range(MAX_PROPERTIES + 1)]
     with pytest.raises(BadRequestError, match="more than"):
         parse_floopy_headers(items)
+
+
+def test_omit_switches() -> None:
+    meta = parse_floopy_headers([("floopy-omit-request", "true"), ("floopy-omit-response", "1")])
+    assert meta.omit_request and meta.omit_response
+    assert not parse_floopy_headers([]).omit_request
+    with pytest.raises(BadRequestError, match="floopy-omit-response"):
+        parse_floopy_headers([("floopy-omit-response", "yes")])

@@ -71,3 +71,36 @@ def test_bodies_are_clipped_in_the_record_only() -> None:
     assert clip_body(b"abcdef", 3) == "abc" + TRUNCATED_MARK
     assert clip_body("é".encode() * 3, 3) == "é" + TRUNCATED_MARK  # never half a character
     assert clip_body(b"abc", 3) == "abc"
+
+
+def test_headers_are_recorded_without_credentials_and_omit_headers_blank_one_body() -> None:
+    ctx = _ctx()
+    ctx.raw_headers = [
+        (b"authorization", b"Bearer sk-floopy-secret"),
+        (b"content-type", b"application/json"),
+        (b"x-api-key", b"upstream-secret"),
+        (b"cookie", b"sid=1"),
+        (b"floopy-session-id", b"s"),
+        (b"floopy-omit-request", b"true"),
+        (b"accept", b"a"),
+        (b"accept", b"b"),
+    ]
+    ctx.meta = RequestMeta(omit_request=True)
+    ctx.prompt_inputs = {"name": "Ada"}
+    ctx.status_code, ctx.response_body = 200, b'{"ok":1}'
+    ctx.sent_headers = {"Floopy-Request-Id": ctx.request_id, "Set-Cookie": "x=1"}
+    record, _ = build_records(ctx, 1_001_000_000, 1000)
+    assert record.request_headers == {
+        "content-type": "application/json",
+        "floopy-session-id": "s",
+        "floopy-omit-request": "true",
+        "accept": "a, b",
+    }
+    assert record.response_headers == {"floopy-request-id": ctx.request_id}
+    assert (record.request_body, record.response_body) == ("", '{"ok":1}')
+    assert record.bodies_redacted and record.prompt_inputs == {}
+
+    ctx.meta = RequestMeta(omit_response=True)
+    record, _ = build_records(ctx, 1_001_000_000, 1000)
+    assert record.request_body == ctx.body.decode() and record.response_body == ""
+    assert record.prompt_inputs == {"name": "Ada"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ingester.lock import LockState, ReplayLock, is_stale, lock_path, read_lock
+from ingester.lock import (
+    LockState,
+    ReplayLock,
+    break_decision,
+    is_stale,
+    lock_path,
+    read_lock,
+)
 from shared.streams import Sink
 
 SINK = Sink.REQUESTS
@@ -176,3 +184,53 @@ def test_breakers_racing_for_one_stale_lock_yield_one_winner(tmp_path: Path, rou
         assert p.exitcode == 0
     assert results.count(True) == 1
     assert not lock_path(tmp_path, SINK).exists()
+
+
+_HOLD_AS_ME = """
+import sys, time
+from pathlib import Path
+from ingester.lock import ReplayLock
+from shared.streams import Sink
+lock = ReplayLock(Path(sys.argv[1]), Sink.REQUESTS, stale_after_s=3600)
+assert lock.acquire()
+print(lock.owner, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_dead_holder_on_this_host_is_broken_at_once_not_after_its_heartbeat_ages(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AS_ME, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        owner = proc.stdout.readline().strip()
+        blocked = ReplayLock(tmp_path, SINK, stale_after_s=3600)
+        assert not blocked.acquire()
+        assert blocked.holder == f"{owner} (held by a live process)"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lock = ReplayLock(tmp_path, SINK, stale_after_s=3600)
+    assert lock.acquire(), "the owner's pid is gone: nothing to wait for"
+    assert lock.inherited is not None and lock.inherited.owner == owner
+    lock.release()
+
+
+def test_break_decision_says_why_and_when() -> None:
+    here = socket.gethostname()
+    beat = LockState(owner=f"{here}:4242:x", heartbeat=100.0, started=90.0)
+    assert break_decision(beat, 100.0, 110.0, 30, host=here, alive=False) == (
+        True,
+        "its process 4242 is gone",
+    )
+    breaks, why = break_decision(beat, 100.0, 110.0, 30, host=here, alive=True)
+    assert not breaks and why.endswith("(in 20s)")
+    far = LockState(owner="far:1:x", heartbeat=100.0, started=90.0)
+    breaks, why = break_decision(far, 100.0, 125.0, 30, host=here, alive=None)
+    assert not breaks and why.startswith("heartbeat on far 25s ago") and "(in 5s)" in why
+    assert break_decision(far, 100.0, 131.0, 30, host=here, alive=None)[0]
+    breaks, why = break_decision(None, 100.0, 200.0, 30, host=here, alive=None)
+    assert breaks and why == "empty or unreadable lock file, last written 100s ago"

@@ -1,0 +1,42 @@
+"""Who is calling the admin API, and what they may reach (shared by its controllers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+
+from gateway.pipeline.auth import bearer_token
+from gateway.policy.keys import ApiKey, Org, Permission, check_permission
+from gateway.runtime import Runtime
+from shared.errors import ForbiddenError, InvalidApiKeyError, NotFoundError
+
+__all__ = ["Caller", "caller"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    rt: Runtime
+    key: ApiKey
+    org: Org
+    operator: bool
+
+    def reach(self, org_id: str) -> None:
+        """Another org's ids answer 404 unless the caller is an operator."""
+        if not self.operator and self.key.org_id != org_id:
+            raise NotFoundError(f"no org {org_id!r}")
+
+    def require_operator(self) -> None:
+        if not self.operator:
+            raise ForbiddenError("only an operator org's admin key may do this")
+
+
+async def caller(request: Request[Any, Any, Any], need: Permission = Permission.ADMIN) -> Caller:
+    rt: Runtime = request.app.state.runtime
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
+        raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
+    key, org = await rt.access.keystore.authenticate(token)
+    check_permission(key, need)
+    return Caller(rt, key, org, org.org_id in rt.settings.operator_orgs)

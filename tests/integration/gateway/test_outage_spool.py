@@ -1,0 +1,186 @@
+"""The gateway's outage spool against real Redis: records past the grace go to disk, a later
+publisher on the same directory drains them exactly once, a drain that dies resumes after the
+batches Redis took, one drainer per directory at a time, and spooled usage counts once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from devstack.servers import RedisServer
+from gateway.clients.keystore import KeyStore
+from gateway.clients.outage_spool import USAGE, OutageSpool
+from gateway.clients.publisher import Publisher
+from gateway.clients.ratelimiter import RateLimiter
+from gateway.clients.usage import UsageEntry, UsageRecorder
+from gateway.settings import PublisherSettings, SpoolSettings
+from shared.codec import decode_record, encode_record
+from shared.records import RequestRecord, SpanRecord
+from shared.spool.writer import pending_files
+from shared.streams import RECORD_FIELD, Sink, stream_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+NAMES = [sink.value for sink in Sink] + [USAGE]
+
+
+def _record(i: int) -> bytes:
+    return encode_record(
+        RequestRecord(
+            request_id=f"r{i}", org_id="o", api_key_id="k", created_at_ms=1_700_000_000_000 + i
+        )
+    )
+
+
+def _span(i: int) -> bytes:
+    return encode_record(
+        SpanRecord(
+            span_id=f"s{i}",
+            request_id=f"r{i}",
+            org_id="o",
+            name="dispatch",
+            created_at_ms=1_700_000_000_000 + i,
+            start_offset_ms=0.0,
+            duration_ms=1.0,
+        )
+    )
+
+
+def _spool(directory: Path, prefix: str, **overrides: float) -> OutageSpool:
+    settings = SpoolSettings(dir=directory, grace_s=0.2, interval_s=0.05, **overrides)
+    return OutageSpool.open(settings, NAMES, prefix=prefix)
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - counters of a task, not an event
+            await asyncio.sleep(0.02)
+
+
+async def _request_ids(redis: Redis, prefix: str) -> list[str]:
+    entries = await redis.xrange(stream_key(Sink.REQUESTS, prefix))
+    return [decode_record(Sink.REQUESTS, f[RECORD_FIELD]).request_id for _, f in entries]
+
+
+@pytest.fixture
+async def stoppable(
+    redis_factory: Callable[[], RedisServer],
+) -> AsyncIterator[tuple[RedisServer, Redis, str]]:
+    """A Redis of the test's own (to stop), a client that gives up fast, a key prefix."""
+    server = redis_factory()
+    redis = Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    yield server, redis, f"t{uuid.uuid4().hex[:8]}"
+    await redis.aclose()
+
+
+async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+) -> None:
+    server, redis, prefix = stoppable
+    settings = PublisherSettings(retry_max_s=0.2)
+    first = Publisher(redis, settings, prefix=prefix, spool=_spool(tmp_path, prefix))
+    first.start()
+    await asyncio.to_thread(server.stop)
+    for i in range(300):
+        first.submit(Sink.REQUESTS, _record(i))
+        first.submit(Sink.SPANS, _span(i))
+    await _wait_for(lambda: first.spooled == 600 and first.buffered == 0)
+    assert first.dropped == 0
+    first._task.cancel()  # type: ignore[union-attr]  # the worker dies: no stop(), no flush
+    assert pending_files(tmp_path, "requests") and pending_files(tmp_path, "spans")
+
+    await asyncio.to_thread(server.start)
+    second = Publisher(redis, settings, prefix=prefix, spool=_spool(tmp_path, prefix))
+    second.start()
+    try:
+        await _wait_for(lambda: second.unspooled == 600)
+        assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(300)]
+        assert await redis.xlen(stream_key(Sink.SPANS, prefix)) == 300
+        assert not pending_files(tmp_path, "requests") and not pending_files(tmp_path, "spans")
+        assert await redis.keys(f"{prefix}:gateway-spool:*") == []
+    finally:
+        await second.stop()
+
+
+async def test_a_drain_that_dies_resumes_after_the_batches_redis_took(
+    redis: Redis, prefix: str, tmp_path: Path
+) -> None:
+    spool = _spool(tmp_path, prefix, batch_records=100)
+    spool.append("requests", [_record(i) for i in range(250)])
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
+    calls = 0
+    deliver = publisher.drains["requests"]
+
+    async def dies_after_one_batch(payloads: list[bytes], key: str, end: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("the worker dies here")
+        await deliver(payloads, key, end)
+
+    with pytest.raises(ConnectionError):
+        await spool.drain(redis, {"requests": dies_after_one_batch})
+    assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(100)]
+    assert spool.pending
+
+    later = _spool(tmp_path, prefix, batch_records=100)  # the next worker on the volume
+    assert await later.drain(redis, {"requests": deliver}) == 150
+    assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(250)]
+    assert not pending_files(tmp_path, "requests")
+
+
+async def test_one_drainer_per_directory_at_a_time(
+    redis: Redis, prefix: str, tmp_path: Path
+) -> None:
+    one, other = _spool(tmp_path, prefix), _spool(tmp_path, prefix)
+    one.append("requests", [_record(i) for i in range(10)])
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=one)
+    deliver = publisher.drains["requests"]
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(payloads: list[bytes], key: str, end: int) -> None:
+        entered.set()
+        await release.wait()
+        await deliver(payloads, key, end)
+
+    first = asyncio.create_task(one.drain(redis, {"requests": slow}))
+    await entered.wait()
+    assert await other.drain(redis, {"requests": deliver}) == 0, "the directory is being drained"
+    release.set()
+    assert await first == 10
+    assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(10)]
+
+
+async def test_spooled_usage_is_counted_once_when_redis_answers(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+) -> None:
+    server, redis, prefix = stoppable
+    spool = _spool(tmp_path, prefix)
+    keystore = KeyStore(redis, prefix=prefix)
+    recorder = UsageRecorder(redis, keystore, RateLimiter(redis), spool=spool)
+    recorder.start()
+    now_ms = int(time.time() * 1000)  # the counters expire at the end of now_ms's day
+    try:
+        recorder.submit(UsageEntry("key-1", 10, 0.5, now_ms))
+        await _wait_for(lambda: recorder.written == 1)
+        await asyncio.to_thread(server.stop)
+        for _ in range(40):
+            recorder.submit(UsageEntry("key-1", 7, 0.25, now_ms))
+        await _wait_for(lambda: recorder.spooled == 40)
+        assert recorder.lost == 0
+        await asyncio.to_thread(server.start)
+        publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
+        publisher.drains[USAGE] = recorder.replay
+        assert await spool.drain(redis, publisher.drains) == 40
+        assert await spool.drain(redis, publisher.drains) == 0, "nothing is replayed twice"
+        usage = await keystore.usage("key-1", now_ms)
+        assert usage.day_tokens == 10 + 40 * 7
+        assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
+    finally:
+        await recorder.stop()
