@@ -43,6 +43,15 @@ const fmt = {
   dur: (ms) => (ms < 1000 ? ms + " ms" : ms < 60000 ? (ms / 1000).toFixed(1) + " s" : ms < 3600000 ? (ms / 60000).toFixed(1) + " min" : (ms / 3600000).toFixed(1) + " h"),
 };
 
+function cacheText(r) {
+  if (!r.cache_status) return "";
+  const parts = [r.cache_status + (r.cache_tier ? ` (${r.cache_tier})` : "")];
+  if (r.cache_similarity !== null && r.cache_similarity !== undefined) parts.push(`similarity ${Number(r.cache_similarity).toFixed(4)} ≥ ${Number(r.cache_threshold).toFixed(2)}`);
+  if (r.cost_saved_usd) parts.push(`saved ${fmt.usd(r.cost_saved_usd)}`);
+  if (r.cache_error) parts.push(`failed open: ${r.cache_error}`);
+  return parts.join(", ");
+}
+
 function statusBadge(code) {
   const cls = code >= 500 ? "s5" : code >= 400 ? "s4" : "s2";
   return h("span", { class: `badge ${cls}` }, code || "—");
@@ -371,7 +380,7 @@ async function openRequest(id, at, back) {
       onclick: () => (location.hash = `#/playground?request=${encodeURIComponent(r.request_id)}&at=${r.created_at_ms}`) }, "Open in Playground")),
     kv([["Request id", r.request_id], ["Time", fmt.time(r.created_at_ms)], ["Error", r.error_code ? `${r.error_code}: ${r.error_message}` : ""],
       ["Latency", fmt.ms(r.latency_ms)], ["Time to first token", r.stream ? fmt.ms(r.time_to_first_token_ms) : ""],
-      ["Cost", fmt.usd(r.cost_usd)], ["Cache", r.cache_status ? `${r.cache_status}${r.cache_tier ? " (" + r.cache_tier + ")" : ""}` : ""],
+      ["Cost", fmt.usd(r.cost_usd)], ["Cache", cacheText(r)],
       ["User", r.user_id], ["Session", r.session_id ? `${r.session_id} — ${r.session_name} ${r.session_path}` : ""],
       ["API key", r.api_key_id], ["Providers tried", (r.providers_tried || []).join(" → ")], ["Retries", r.retries || ""],
       ["Firewall", r.firewall_verdict ? `${r.firewall_verdict} (score ${r.firewall_score === null ? "—" : Number(r.firewall_score).toFixed(3)}, ${r.firewall_backend} ${r.firewall_model_ref}${r.firewall_cached ? ", cached verdict" : ""})` : ""],
