@@ -198,10 +198,18 @@ class CacheOutcome:
 
     @property
     def threshold(self) -> float | None:
+        """The similarity threshold in force: the tier that hit's, else the first embedding
+        tier's; None when only the exact tier ran."""
         plan = self.plan
-        if plan is None or not any(t is not CacheTier.EXACT for t in plan.tiers):
+        if plan is None:
             return None
-        return plan.semantic_threshold
+        if self.tier is CacheTier.ADVANCED:
+            return plan.advanced_threshold
+        if CacheTier.SEMANTIC in plan.tiers:
+            return plan.semantic_threshold
+        if CacheTier.ADVANCED in plan.tiers:
+            return plan.advanced_threshold
+        return None
 
     def fail_open(self, tier: CacheTier, what: str) -> None:
         note = f"{tier.value}: {what}"

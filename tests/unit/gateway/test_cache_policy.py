@@ -11,6 +11,7 @@ from gateway.clients.providers.sse import SSESplitter
 from gateway.policy.cache import (
     CacheControls,
     CachedAnswer,
+    CacheOutcome,
     CacheSettings,
     CacheStatus,
     CacheTier,
@@ -260,3 +261,13 @@ def test_stored_answer_round_trip() -> None:
 )
 def test_verifier(asked: str, stored: str, same: bool) -> None:
     assert verify_turns(asked, stored, 0.5).same is same
+
+
+def test_threshold_in_force_is_the_tier_that_decides() -> None:
+    both = CacheOutcome(plan=_plan())
+    assert both.threshold == ALL.semantic_threshold
+    both.tier = CacheTier.ADVANCED
+    assert both.threshold == ALL.advanced_threshold
+    assert CacheOutcome(plan=_plan(CacheSettings())).threshold is None  # exact only
+    advanced = CacheSettings(tiers=frozenset({CacheTier.EXACT, CacheTier.ADVANCED}))
+    assert CacheOutcome(plan=_plan(advanced)).threshold == advanced.advanced_threshold
