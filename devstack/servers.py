@@ -191,25 +191,37 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
   <quotas><default></default></quotas>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <interserver_http_port>{interserver_port}</interserver_http_port>
+{extra}
 </yandex>
 """
 
 
 class ClickHouseServer(ManagedServer):
-    """clickhouse-server (Debian's 18.16 here) with its own config, data and logs."""
+    """clickhouse-server (Debian's 18.16 here) with its own config, data and logs.
+
+    ``extra_config`` is XML put inside the config's root as is: a cluster's ``remote_servers``,
+    ``zookeeper`` and ``macros`` (``devstack.clickhouse_cluster`` writes them)."""
 
     name = "clickhouse"
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, extra_config: str = "") -> None:
         super().__init__(directory, port)
         self.http_port = free_port()
+        self.interserver_port = free_port()
+        self.extra_config = extra_config
 
     def prepare(self) -> None:
         for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         (self.directory / "config.xml").write_text(
             _CLICKHOUSE_CONFIG.format(
-                dir=self.directory, tcp_port=self.port, http_port=self.http_port
+                dir=self.directory,
+                tcp_port=self.port,
+                http_port=self.http_port,
+                interserver_port=self.interserver_port,
+                extra=self.extra_config,
             )
         )
 

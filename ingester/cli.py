@@ -314,8 +314,20 @@ def _replay_sink(
 
 
 @app.command("migrate")
-def migrate_command(ctx: typer.Context) -> None:
-    """Create the database and tables and apply pending migrations."""
+def migrate_command(
+    ctx: typer.Context,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="A cluster of the server's remote_servers: migrate every node of it "
+            "(default: FLOOPY_INGESTER_CLICKHOUSE__CLUSTER)."
+        ),
+    ] = None,
+) -> None:
+    """Create the database and tables and apply pending migrations (on every node of a cluster:
+    per-shard local tables, Replicated where ZooKeeper is configured, Distributed over them)."""
+    from clickhouse_driver import errors as ch_errors
+
     from ingester.schema import migrate
 
     settings: IngesterSettings = ctx.obj
@@ -324,8 +336,13 @@ def migrate_command(ctx: typer.Context) -> None:
     if not _ping_clickhouse(settings):
         err.print(f"[red]clickhouse unreachable[/red] at {ch.host}:{ch.port}: nothing migrated")
         raise typer.Exit(1)
-    applied = migrate(ch)
-    out.print(f"schema of {ch.database} current; applied now: {applied or 'none'}")
+    try:
+        applied = migrate(ch, cluster=cluster)
+    except (ValueError, ch_errors.Error, OSError, EOFError) as exc:
+        err.print(f"[red]migrate failed:[/red] {type(exc).__name__}: {exc}".splitlines()[0])
+        raise typer.Exit(1) from None
+    where = f" on every node of {cluster or ch.cluster}" if (cluster or ch.cluster) else ""
+    out.print(f"schema of {ch.database} current{where}; applied now: {applied or 'none'}")
 
 
 @app.command()

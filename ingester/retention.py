@@ -17,6 +17,9 @@ Invariants:
   table, so a slow server never piles up rewrites.
 - On servers with TTL (19.6+) the table also gets ``TTL created_at + <longest retention>`` as
   a backstop; 18.16 has no TTL and relies on the mutations alone.
+- On a cluster a ``Retention`` is made per shard (``ingester.schema.topology.shard_settings``)
+  and acts on that shard's local tables and its own ``org_settings``; with replication, drops
+  and mutations reach the shard's other replicas through the coordination service.
 - Blocking; one Client per ``Retention``; call from a thread.
 """
 
@@ -29,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingester.rollup_sql import DAY, day_floor
+from ingester.schema.cluster import local_ddl, stored_table
 from ingester.schema.ddl import server_capabilities
+from ingester.schema.topology import placement_of
 from ingester.sink import client_for
 from shared.settings import ClickHouseSettings
 
@@ -130,6 +135,7 @@ class Retention:
 
     def __init__(self, clickhouse: ClickHouseSettings, *, default_days: int = 30) -> None:
         self.database = clickhouse.database
+        self.cluster = clickhouse.cluster
         self.default_days = default_days
         self._client = client_for(clickhouse)
 
@@ -137,7 +143,11 @@ class Retention:
         return self._client.execute(query, params)
 
     def ensure_table(self) -> None:
-        self._run(create_org_settings_ddl(self.database))
+        placement = placement_of(self._client, self.cluster)
+        self._run(local_ddl(create_org_settings_ddl(self.database), placement, distributed=False))
+
+    def _stored(self, table: str) -> str:
+        return stored_table(table, self.cluster)
 
     def set_days(self, org_id: str, days: int) -> None:
         self.sync_days({org_id: days})
@@ -180,7 +190,7 @@ class Retention:
         rows = self._run(
             f"SELECT toString(toYYYYMM(created_at)) AS p, {org} AS org, "
             "toUInt32(min(created_at)), toUInt32(max(created_at)) "
-            f"FROM `{self.database}`.`{table}` GROUP BY p, org"
+            f"FROM `{self.database}`.`{self._stored(table)}` GROUP BY p, org"
         )
         return [(str(p), str(o), int(lo), int(hi)) for p, o, lo, hi in rows]
 
@@ -188,7 +198,7 @@ class Retention:
         rows = self._run(
             "SELECT count() FROM system.mutations WHERE database = %(db)s AND table = %(t)s "
             "AND is_done = 0",
-            {"db": self.database, "t": table},
+            {"db": self.database, "t": self._stored(table)},
         )
         return bool(rows[0][0])
 
@@ -202,7 +212,10 @@ class Retention:
     ) -> None:
         plan = plan_retention(self._survey(table, org_column), per_org, default_cutoff)
         for partition in plan.drop_partitions:
-            self._run(f"ALTER TABLE `{self.database}`.`{table}` DROP PARTITION {int(partition)}")
+            self._run(
+                f"ALTER TABLE `{self.database}`.`{self._stored(table)}` "
+                f"DROP PARTITION {int(partition)}"
+            )
             log.info("retention: dropped partition %s of %s", partition, table)
         report.dropped_partitions[table] = list(plan.drop_partitions)
         if not plan.delete_before:
@@ -214,7 +227,8 @@ class Retention:
         params: dict[str, Any] = {}
         for i, (org, cutoff) in enumerate(sorted(plan.delete_before.items())):
             params[f"o{i}"], params[f"c{i}"] = org, cutoff
-        self._run(delete_sql(self.database, table, org_column, len(plan.delete_before)), params)
+        n_orgs = len(plan.delete_before)
+        self._run(delete_sql(self.database, self._stored(table), org_column, n_orgs), params)
         report.deleted_orgs[table] = sorted(plan.delete_before)
         log.info("retention: deleting expired rows of %d org(s) in %s", len(params) // 2, table)
 
@@ -224,7 +238,7 @@ class Retention:
             return
         longest = max([self.default_days, *self.days_by_org().values()])
         for table in RAW_TABLES:
-            self._run(ttl_sql(self.database, table, longest + 1))
+            self._run(ttl_sql(self.database, self._stored(table), longest + 1))
 
     def close(self) -> None:
         self._client.disconnect()

@@ -10,6 +10,7 @@ one-line reason and exit code 1.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -18,15 +19,17 @@ from clickhouse_driver import errors as ch_errors
 from rich.console import Console
 
 from ingester.retention import Retention
-from ingester.rollups import Rollups
+from ingester.rollups import RollupReport, Rollups, run_on_shards
+from ingester.schema.topology import shard_settings
 from ingester.settings import IngesterSettings
+from shared.errors import SinkUnavailableError
 
 __all__ = ["parse_when", "rollups_app"]
 
 rollups_app = typer.Typer(help="Rollups and retention: rebuild a range, run now, retention.")
 out = Console()
 err = Console(stderr=True)
-_FAILURES = (ch_errors.Error, OSError, EOFError)
+_FAILURES = (ch_errors.Error, OSError, EOFError, SinkUnavailableError)
 
 
 def parse_when(text: str) -> int:
@@ -41,10 +44,14 @@ def parse_when(text: str) -> int:
     return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
 
 
-def _rollups(settings: IngesterSettings) -> Rollups:
+def _on_shards(
+    settings: IngesterSettings, action: Callable[[Rollups], RollupReport]
+) -> RollupReport:
+    """``action`` on every shard's rollups (one server: once)."""
     logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
-    return Rollups(
+    return run_on_shards(
         settings.clickhouse,
+        action,
         default_retention_days=settings.retention_default_days,
         overlap_s=settings.rollup_overlap_s,
     )
@@ -62,15 +69,11 @@ def rebuild(
     lo, hi = parse_when(start), parse_when(end)
     if hi <= lo:
         raise typer.BadParameter("--to must be after --from")
-    rollups = _rollups(settings)
     try:
-        rollups.ensure_tables()
-        report = rollups.rebuild(lo, hi, org or None)
+        report = _on_shards(settings, lambda rollups: rollups.rebuild(lo, hi, org or None))
     except _FAILURES as exc:
         err.print(f"[red]rebuild failed:[/red] {type(exc).__name__}: {exc}".splitlines()[0])
         raise typer.Exit(1) from None
-    finally:
-        rollups.close()
     out.print(
         f"rebuilt {report.hours} org-hour(s) of {len(report.orgs)} org(s); "
         f"{report.skipped_expired} past retention kept their rollup"
@@ -80,15 +83,11 @@ def rebuild(
 @rollups_app.command("run")
 def run_now(ctx: typer.Context) -> None:
     """One rollup tick now: recompute the hours that changed since the last run."""
-    rollups = _rollups(ctx.obj)
     try:
-        rollups.ensure_tables()
-        report = rollups.run_changed()
+        report = _on_shards(ctx.obj, Rollups.run_changed)
     except _FAILURES as exc:
         err.print(f"[red]rollup run failed:[/red] {type(exc).__name__}: {exc}".splitlines()[0])
         raise typer.Exit(1) from None
-    finally:
-        rollups.close()
     out.print(f"recomputed {report.hours} org-hour(s) of {len(report.orgs)} org(s)")
 
 
@@ -101,18 +100,28 @@ def retention(
 ) -> None:
     """Show, set (``--org X --days N``) or enforce (``--enforce``) raw-log retention."""
     settings: IngesterSettings = ctx.obj
-    keeper = Retention(settings.clickhouse, default_days=settings.retention_default_days)
     try:
-        keeper.ensure_table()
-        if org is not None and days is not None:
-            keeper.set_days(org, days)
-        for org_id, kept in sorted(keeper.days_by_org().items()):
-            out.print(f"{org_id}: {kept} day(s)")
+        shards = shard_settings(settings.clickhouse)  # each shard keeps its own rows and plans
+        for i, shard in enumerate(shards):
+            keeper = Retention(shard, default_days=settings.retention_default_days)
+            try:
+                _retention_on(keeper, org, days, enforce, show=i == 0)
+            finally:
+                keeper.close()
         out.print(f"default: {settings.retention_default_days} day(s)")
-        if enforce:
-            out.print(str(keeper.enforce()))
     except _FAILURES as exc:
         err.print(f"[red]retention failed:[/red] {type(exc).__name__}: {exc}".splitlines()[0])
         raise typer.Exit(1) from None
-    finally:
-        keeper.close()
+
+
+def _retention_on(
+    keeper: Retention, org: str | None, days: int | None, enforce: bool, *, show: bool
+) -> None:
+    keeper.ensure_table()
+    if org is not None and days is not None:
+        keeper.set_days(org, days)
+    if show:
+        for org_id, kept in sorted(keeper.days_by_org().items()):
+            out.print(f"{org_id}: {kept} day(s)")
+    if enforce:
+        out.print(str(keeper.enforce()))

@@ -17,12 +17,17 @@ Exactness contract:
   day, not an average of hourly percentiles).
 - Buckets are UTC: ``intDiv(unix_seconds, 3600) * 3600``, independent of the server timezone.
 - Every value a caller supplies is a ``%(name)s`` parameter; identifiers come from this module.
+- On a cluster (``cluster`` given) a recompute reads and writes the shard's own tables
+  (``ingester.schema.cluster.stored_table``) and runs on every shard: each shard's rollup row is
+  a partial sum of its bucket, which readers of the ``Distributed`` tables aggregate anyway.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from ingester.schema.cluster import stored_table
 
 __all__ = [
     "DAY",
@@ -164,16 +169,14 @@ def create_rollup_ddl(database: str, spec: RollupSpec, granularity: int) -> str:
     )
 
 
-def add_missing_measures_ddl(
-    database: str, spec: RollupSpec, granularity: int, existing: Iterable[str]
-) -> list[str]:
-    """``ALTER TABLE … ADD COLUMN`` for measures added after a table was created (its
-    ``CREATE … IF NOT EXISTS`` left it as it was); old rows read 0 until their hour is
-    recomputed."""
+def add_missing_measures_ddl(database: str, table: str, existing: Iterable[str]) -> list[str]:
+    """``ALTER TABLE … ADD COLUMN`` for measures added after a rollup table (or its local or
+    ``Distributed`` form) was created, since its ``CREATE … IF NOT EXISTS`` left it as it was;
+    old rows read 0 until their hour is recomputed."""
     have = set(existing)
-    table = f"{_q(database)}.{_q(spec.table(granularity))}"
+    target = f"{_q(database)}.{_q(table)}"
     return [
-        f"ALTER TABLE {table} ADD COLUMN {_q(m.name)} {m.type}"
+        f"ALTER TABLE {target} ADD COLUMN {_q(m.name)} {m.type}"
         for m in MEASURES
         if m.name not in have
     ]
@@ -188,13 +191,16 @@ def create_state_ddl(database: str) -> str:
     )
 
 
-def _insert_head(database: str, spec: RollupSpec, granularity: int) -> str:
+def _insert_head(database: str, spec: RollupSpec, granularity: int, cluster: str) -> str:
     names = ["org_id", "bucket", *(d.name for d in spec.dims), *(m.name for m in MEASURES)]
     cols = ", ".join(_q(n) for n in [*names, "version"])
-    return f"INSERT INTO {_q(database)}.{_q(spec.table(granularity))} ({cols})"
+    table = stored_table(spec.table(granularity), cluster)
+    return f"INSERT INTO {_q(database)}.{_q(table)} ({cols})"
 
 
-def recompute_hourly_sql(database: str, spec: RollupSpec, raw_table: str = "requests") -> str:
+def recompute_hourly_sql(
+    database: str, spec: RollupSpec, raw_table: str = "requests", *, cluster: str = ""
+) -> str:
     """Replace the hourly rows of one org over ``[start, end)`` (unix seconds, hour-aligned).
     Params: org_id, start, end, version."""
     dims = ", ".join(f"{d.from_raw} AS {_q(d.name)}" for d in spec.dims)
@@ -202,37 +208,37 @@ def recompute_hourly_sql(database: str, spec: RollupSpec, raw_table: str = "requ
     group = ", ".join(["org_id", "bucket", *(_q(d.name) for d in spec.dims)])
     extra = f" AND ({spec.raw_filter})" if spec.raw_filter else ""
     return (
-        f"{_insert_head(database, spec, HOUR)}\n"
+        f"{_insert_head(database, spec, HOUR, cluster)}\n"
         f"SELECT org_id, toDateTime(intDiv(toUInt32(created_at), {HOUR}) * {HOUR}) AS bucket, "
         f"{dims}, {measures}, toUInt64(%(version)s) AS version\n"
-        f"FROM {_q(database)}.{_q(raw_table)} FINAL {spec.array_join}\n"
+        f"FROM {_q(database)}.{_q(stored_table(raw_table, cluster))} FINAL {spec.array_join}\n"
         "WHERE org_id = %(org_id)s AND created_at >= toDateTime(%(start)s) "
         f"AND created_at < toDateTime(%(end)s){extra}\n"
         f"GROUP BY {group}"
     )
 
 
-def recompute_daily_sql(database: str, spec: RollupSpec) -> str:
+def recompute_daily_sql(database: str, spec: RollupSpec, *, cluster: str = "") -> str:
     """Replace the daily rows of one org over ``[start, end)`` (day-aligned) from its hourly
     rows. Params: org_id, start, end, version."""
     dims = ", ".join(_q(d.name) for d in spec.dims)
     measures = ", ".join(f"{m.combine} AS {_q(m.name)}" for m in MEASURES)
     return (
-        f"{_insert_head(database, spec, DAY)}\n"
+        f"{_insert_head(database, spec, DAY, cluster)}\n"
         f"SELECT org_id, toDateTime(intDiv(toUInt32(bucket), {DAY}) * {DAY}) AS day, "
         f"{dims}, {measures}, toUInt64(%(version)s) AS version\n"
-        f"FROM {_q(database)}.{_q(spec.table(HOUR))} FINAL\n"
+        f"FROM {_q(database)}.{_q(stored_table(spec.table(HOUR), cluster))} FINAL\n"
         "WHERE org_id = %(org_id)s AND bucket >= toDateTime(%(start)s) "
         "AND bucket < toDateTime(%(end)s)\n"
         f"GROUP BY org_id, day, {dims}"
     )
 
 
-def changed_hours_sql(database: str, raw_table: str = "requests") -> str:
+def changed_hours_sql(database: str, raw_table: str = "requests", *, cluster: str = "") -> str:
     """(org_id, hour) of every raw row ingested at or after ``since``. Params: since."""
     return (
         f"SELECT DISTINCT org_id, intDiv(toUInt32(created_at), {HOUR}) * {HOUR} AS hour\n"
-        f"FROM {_q(database)}.{_q(raw_table)}\n"
+        f"FROM {_q(database)}.{_q(stored_table(raw_table, cluster))}\n"
         "WHERE ingested_at >= toDateTime(%(since)s)"
     )
 

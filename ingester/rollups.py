@@ -11,6 +11,9 @@ Invariants:
   repeated whole by the next tick.
 - Hours older than their org's retention cutoff are never recomputed: their raw rows may be
   partly deleted, and the rollup computed while they were whole must outlive them.
+- On a cluster, one ``Rollups`` per shard (``run_on_shards``) recomputes from that shard's raw
+  rows into its own rollup tables, with its own watermark (``ingested_at`` is that server's
+  clock); ``ingester.schema.cluster`` says why partial rows per shard read back exactly.
 - Blocking; one Client per ``Rollups``; call from a thread. arq cron gives each tick a unique
   job id, so one replica runs a tick; two overlapping runs (a tick and a CLI rebuild) are still
   correct, because the newer ``version`` wins and both read the same raw rows.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,33 +44,48 @@ from ingester.rollup_sql import (
     recompute_hourly_sql,
     write_watermark_sql,
 )
+from ingester.schema.cluster import Placement, local_ddl, placed_ddl, stored_table
+from ingester.schema.topology import placement_of, shard_settings
 from ingester.sink import client_for
 from shared.settings import ClickHouseSettings
 from shared.streams import reply_text, retention_key
 
-__all__ = ["RollupReport", "Rollups", "cron_jobs", "ensure_rollup_tables", "recomputable_hours"]
+__all__ = [
+    "RollupReport",
+    "Rollups",
+    "cron_jobs",
+    "ensure_rollup_tables",
+    "recomputable_hours",
+    "run_on_shards",
+]
 
 log = logging.getLogger(__name__)
 
 WATERMARK_NAME = "requests"
 
 
-def ensure_rollup_tables(client: Any, database: str) -> None:
+def ensure_rollup_tables(client: Any, database: str, placement: Placement | None = None) -> None:
     """CREATE … IF NOT EXISTS for every rollup table, the watermark and org_settings; called by
-    the schema migration (and safe to call again)."""
+    the schema migration (and safe to call again). On a cluster node: local rollup tables with
+    ``Distributed`` ones over them; the watermark and org_settings stay per shard."""
+    placement = placement or Placement()
     for spec in ROLLUPS.values():
         for granularity in (HOUR, DAY):
-            client.execute(create_rollup_ddl(database, spec, granularity))
-            existing = client.execute(
-                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
-                {"db": database, "t": spec.table(granularity)},
-            )
-            for ddl in add_missing_measures_ddl(
-                database, spec, granularity, (str(row[0]) for row in existing)
-            ):
-                client.execute(ddl)
-    client.execute(create_state_ddl(database))
-    client.execute(create_org_settings_ddl(database))
+            ddl = create_rollup_ddl(database, spec, granularity)
+            for table, statement in placed_ddl(ddl, placement):
+                client.execute(statement)
+                _add_missing_measures(client, database, table)
+    client.execute(local_ddl(create_state_ddl(database), placement, distributed=False))
+    client.execute(local_ddl(create_org_settings_ddl(database), placement, distributed=False))
+
+
+def _add_missing_measures(client: Any, database: str, table: str) -> None:
+    existing = client.execute(
+        "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+        {"db": database, "t": table},
+    )
+    for ddl in add_missing_measures_ddl(database, table, (str(row[0]) for row in existing)):
+        client.execute(ddl)
 
 
 def recomputable_hours(
@@ -100,6 +118,7 @@ class Rollups:
         overlap_s: int = 600,
     ) -> None:
         self.database = clickhouse.database
+        self.cluster = clickhouse.cluster
         self.overlap_s = overlap_s
         self._client = client_for(clickhouse)
         self._retention = Retention(clickhouse, default_days=default_retention_days)
@@ -108,7 +127,8 @@ class Rollups:
         return self._client.execute(query, params)
 
     def ensure_tables(self) -> None:
-        ensure_rollup_tables(self._client, self.database)
+        placement = placement_of(self._client, self.cluster)
+        ensure_rollup_tables(self._client, self.database, placement)
 
     def watermark(self) -> int:
         rows = self._run(read_watermark_sql(self.database), {"name": WATERMARK_NAME})
@@ -120,7 +140,9 @@ class Rollups:
         since = max(self.watermark() - self.overlap_s, 0)
         changed = [
             (str(org), int(hour))
-            for org, hour in self._run(changed_hours_sql(self.database), {"since": since})
+            for org, hour in self._run(
+                changed_hours_sql(self.database, cluster=self.cluster), {"since": since}
+            )
         ]
         report = self._recompute(changed, server_now)
         self._run(
@@ -136,7 +158,8 @@ class Rollups:
         start, end = hour_floor(start), hour_floor(end + HOUR - 1)
         if org_ids is None:
             rows = self._run(
-                f"SELECT DISTINCT org_id FROM `{self.database}`.`requests` "
+                f"SELECT DISTINCT org_id FROM `{self.database}`."
+                f"`{stored_table('requests', self.cluster)}` "
                 "WHERE created_at >= toDateTime(%(start)s) AND created_at < toDateTime(%(end)s)",
                 {"start": start, "end": end},
             )
@@ -162,12 +185,12 @@ class Rollups:
         version = time.time_ns() // 1000
         ranges = hour_ranges(hours)
         for spec in ROLLUPS.values():
-            statement = recompute_hourly_sql(self.database, spec)
+            statement = recompute_hourly_sql(self.database, spec, cluster=self.cluster)
             for start, end in ranges:
                 params = {"org_id": org_id, "start": start, "end": end, "version": version}
                 self._run(statement, params)
         for spec in ROLLUPS.values():
-            statement = recompute_daily_sql(self.database, spec)
+            statement = recompute_daily_sql(self.database, spec, cluster=self.cluster)
             for start, end in days_of(ranges):
                 params = {"org_id": org_id, "start": start, "end": end, "version": version}
                 self._run(statement, params)
@@ -175,6 +198,29 @@ class Rollups:
     def close(self) -> None:
         self._client.disconnect()
         self._retention.close()
+
+
+def run_on_shards(
+    clickhouse: ClickHouseSettings,
+    action: Callable[[Rollups], RollupReport],
+    *,
+    default_retention_days: int = 30,
+    overlap_s: int = 600,
+) -> RollupReport:
+    """``action`` on one ``Rollups`` per shard (just one without a cluster), reports summed."""
+    total = RollupReport()
+    for shard in shard_settings(clickhouse):
+        rollups = Rollups(shard, default_retention_days=default_retention_days, overlap_s=overlap_s)
+        try:
+            rollups.ensure_tables()
+            report = action(rollups)
+        finally:
+            rollups.close()
+        total.hours += report.hours
+        total.orgs = sorted({*total.orgs, *report.orgs})
+        total.skipped_expired += report.skipped_expired
+        total.watermark = max(total.watermark, report.watermark)
+    return total
 
 
 def cron_jobs(
@@ -197,25 +243,26 @@ def cron_jobs(
     from arq import cron
 
     def rollup_tick() -> RollupReport:
-        rollups = Rollups(
-            clickhouse, default_retention_days=default_retention_days, overlap_s=overlap_s
+        return run_on_shards(
+            clickhouse,
+            Rollups.run_changed,
+            default_retention_days=default_retention_days,
+            overlap_s=overlap_s,
         )
-        try:
-            rollups.ensure_tables()
-            return rollups.run_changed()
-        finally:
-            rollups.close()
 
     def retention_tick(plans: dict[str, int]) -> object:
-        retention = Retention(clickhouse, default_days=default_retention_days)
-        try:
-            retention.ensure_table()
-            changed = retention.sync_days(plans)
-            if changed:
-                log.info("retention: plans changed for %s", ", ".join(changed))
-            return retention.enforce()
-        finally:
-            retention.close()
+        reports = []
+        for shard in shard_settings(clickhouse):  # each shard holds its own rows and plans
+            retention = Retention(shard, default_days=default_retention_days)
+            try:
+                retention.ensure_table()
+                changed = retention.sync_days(plans)
+                if changed:
+                    log.info("retention: plans changed for %s", ", ".join(changed))
+                reports.append(retention.enforce())
+            finally:
+                retention.close()
+        return reports
 
     async def floopy_rollups(ctx: dict[str, Any]) -> None:
         report = await asyncio.to_thread(rollup_tick)

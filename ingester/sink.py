@@ -92,7 +92,10 @@ def classify(exc: BaseException) -> type[PipelineError] | None:
 
 def client_for(settings: ClickHouseSettings) -> Client:
     """A Client without a database: statements name ``db.table``, so the client works before
-    the database exists (migrations create it)."""
+    the database exists (migrations create it). An insert into a ``Distributed`` table (a
+    cluster) returns only once every shard has its rows (``insert_distributed_sync``), not when
+    the receiving server has queued them: entries are acked after that, never before. Set
+    whatever the ``cluster`` setting says: it changes nothing for plain tables."""
     return Client(
         host=settings.host,
         port=settings.port,
@@ -101,6 +104,7 @@ def client_for(settings: ClickHouseSettings) -> Client:
         connect_timeout=settings.connect_timeout_s,
         send_receive_timeout=settings.send_receive_timeout_s,
         sync_request_timeout=settings.connect_timeout_s,
+        settings={"insert_distributed_sync": 1},
     )
 
 

@@ -25,6 +25,11 @@ class ClickHouseSettings(BaseModel):
     password: str = ""
     connect_timeout_s: float = Field(default=2.0, gt=0)
     send_receive_timeout_s: float = Field(default=10.0, gt=0)
+    cluster: str = ""
+    """A cluster of the server's ``remote_servers`` (``floopy-ingester migrate --cluster``):
+    tables are then ``Distributed`` over per-shard ``<name>_local`` tables, inserts wait for
+    every shard (``insert_distributed_sync``), and rollups and retention run on each shard.
+    Readers use the same table names either way, so the gateway's console needs no setting."""
 
 
 class QdrantSettings(BaseModel):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the test suite need, and nothing twice:
-# Debian's redis-server and clickhouse-server (18.16) when missing, and a virtualenv in .venv
+# Debian's redis-server, clickhouse-server (18.16) and zookeeper when missing, and a virtualenv in .venv
 # with the project and its dev extras (re-installed only when pyproject.toml changes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,6 +9,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server)
 command -v clickhouse-client >/dev/null 2>&1 || need+=(clickhouse-client)
+# ZooKeeper for the replicated ClickHouse cluster test (tests/integration/cluster)
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 # headless Chromium and its driver for the console's browser tests (tests/browser)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -66,6 +66,9 @@ class TableSpec:
     order_by: tuple[str, ...]
     ttl_column: str
     skip_indexes: tuple[SkipIndex, ...] = ()
+    shard_by: str = ""
+    """On a cluster, rows go to the shard of ``cityHash64(shard_by)``: a column fixed by the
+    record's identity, so a record delivered twice lands on one shard (``schema.cluster``)."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ _REQUESTS = TableSpec(
     partition_by="toYYYYMM(created_at)",
     order_by=("org_id", "created_at", "request_id"),
     ttl_column="created_at",
+    shard_by="request_id",
     skip_indexes=(
         SkipIndex("user_id_idx", "user_id", "bloom_filter(0.01)"),
         SkipIndex("session_id_idx", "session_id", "bloom_filter(0.01)"),
@@ -216,6 +220,7 @@ _SPANS = TableSpec(
     partition_by="toYYYYMM(created_at)",
     order_by=("org_id", "created_at", "request_id", "span_id"),
     ttl_column="created_at",
+    shard_by="request_id",  # a request's spans live on its shard
     skip_indexes=(SkipIndex("request_id_idx", "request_id", "bloom_filter(0.01)"),),
 )
 
@@ -234,6 +239,7 @@ _BREAKER_EVENTS = TableSpec(
     partition_by="toYYYYMM(created_at)",
     order_by=("provider", "created_at", "event_id"),
     ttl_column="created_at",
+    shard_by="event_id",
 )
 
 TABLES: dict[Sink, TableSpec] = {

@@ -12,7 +12,7 @@ import csv
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -64,10 +64,18 @@ class Live:
         )
         assert self.driver.find_element(By.ID, "banner").text == ""
 
+    def until(self, condition: Callable[[WebDriver], object], timeout_s: float = 20) -> None:
+        """Wait for ``condition``; an element replaced while it is read (a section re-rendered
+        after a save) is read again."""
+        WebDriverWait(
+            self.driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
+
     def wait(self, css: str, timeout_s: float = 20) -> WebElement:
         try:
-            WebDriverWait(self.driver, timeout_s).until(
-                lambda d: any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, css))
+            self.until(
+                lambda d: any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, css)),
+                timeout_s,
             )
         except TimeoutException:
             screenshot(self.driver, "failed-wait")  # what the page showed instead
@@ -169,9 +177,7 @@ def test_editing_the_rate_limit_in_settings_makes_the_next_requests_429(
     form = live.wait("#settings-form")
     live.fill(form, "rate_limit_policy", "2;w=3600")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(live.driver, 20).until(
-        lambda d: not d.find_element(By.ID, "panel").is_displayed()
-    )
+    live.until(lambda d: not d.find_element(By.ID, "panel").is_displayed())
     assert "2;w=3600" in _key_row(live, created_key["key_id"]).text
     time.sleep(TTL_S + 0.2)  # every worker's key cache has expired
     client = live.sdk(created_key["secret"])
@@ -196,14 +202,13 @@ def test_revoking_in_settings_gives_401_within_the_key_cache_ttl(
     assert revoke.text == "Confirm revoke"
     revoke.click()
     revoked_at = time.monotonic()
-    WebDriverWait(live.driver, 20).until(
-        lambda d: "revoked" in _key_row(live, created_key["key_id"]).text
-    )
-    client = live.sdk(created_key["secret"])
+    live.until(lambda d: "revoked" in _key_row(live, created_key["key_id"]).text)
 
     def refused() -> bool:
-        try:
-            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        try:  # a new client, so a new connection: granian spreads them over both workers
+            live.sdk(created_key["secret"]).chat.completions.create(
+                model="gpt-4o-mini", messages=HELLO
+            )
         except openai.AuthenticationError:
             return True
         except openai.RateLimitError:
@@ -238,11 +243,13 @@ def test_a_route_changed_in_settings_is_followed_without_a_restart(live: Live) -
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     live.wait("#routes-table tr[data-id='gpt-4o']")
     changed_at = time.monotonic()
+    # followed by both workers (each polls on its own clock): 8 requests in a row on backup
     live.stack.wait_for(
-        lambda: _provider_of_next_request(live) == "backup", timeout_s=15, what="the new route"
+        lambda: {_provider_of_next_request(live) for _ in range(8)} == {"backup"},
+        timeout_s=15,
+        what="the new route on every worker",
     )
     assert time.monotonic() - changed_at < 10  # the workers poll every 2 s
-    assert {_provider_of_next_request(live) for _ in range(8)} == {"backup"}  # both workers
     screenshot(live.driver, "settings-routing")
 
 
@@ -257,12 +264,8 @@ def test_playground_streams_and_open_in_playground_reproduces_a_request(live: Li
     assert form.find_element(By.ID, "pg-stream").is_selected()
     form.find_element(By.ID, "pg-run").click()
     result = live.wait(".pg-result[data-model='gpt-4o-mini']")
-    WebDriverWait(live.driver, 20).until(
-        lambda d: result.find_element(By.CSS_SELECTOR, ".answer").text == REPLY_TEXT
-    )
-    WebDriverWait(live.driver, 30).until(
-        lambda d: "$" in result.find_element(By.CSS_SELECTOR, ".stats").text
-    )
+    live.until(lambda d: result.find_element(By.CSS_SELECTOR, ".answer").text == REPLY_TEXT)
+    live.until(lambda d: "$" in result.find_element(By.CSS_SELECTOR, ".stats").text)
     assert "streamed" in result.find_element(By.CSS_SELECTOR, ".status").text
     link = result.find_element(By.CSS_SELECTOR, "a.record-link")
     request_id = str(link.get_attribute("href")).rsplit("=", 1)[1]
@@ -305,9 +308,7 @@ def test_playground_streams_and_open_in_playground_reproduces_a_request(live: Li
     loaded.find_element(By.ID, "pg-run").click()
     for name in ("gpt-4o-mini", "gpt-4o"):
         column = live.wait(f".pg-result[data-model='{name}']")
-        WebDriverWait(live.driver, 30).until(
-            lambda d, c=column: "$" in c.find_element(By.CSS_SELECTOR, ".stats").text
-        )
+        live.until(lambda d, c=column: "$" in c.find_element(By.CSS_SELECTOR, ".stats").text)
         assert column.find_element(By.CSS_SELECTOR, ".answer").text == REPLY_TEXT
     screenshot(live.driver, "playground-compare")
 
@@ -384,3 +385,29 @@ def test_cache_and_firewall_render_the_orgs_fields(live: Live) -> None:
             names = {e.get_attribute("name") for e in box.find_elements(By.CSS_SELECTOR, "[name]")}
             assert names == set(org[section])
     screenshot(live.driver, "settings-cache")
+
+
+def test_an_omitted_body_is_not_stored_and_the_panel_says_why(live: Live) -> None:
+    reply = live.sdk(ADMIN).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "private prompt"}],
+        extra_headers={"floopy-omit-request": "true", "floopy-user-id": "omit-check"},
+    )
+    request_id = reply.headers["floopy-request-id"]
+    live.stack.wait_for(
+        lambda: bool(
+            live.stack.query("SELECT 1 FROM requests WHERE request_id = %(id)s", {"id": request_id})
+        ),
+        what="the record",
+    )
+    ((request_body, response_body, redacted),) = live.stack.query(
+        "SELECT request_body, response_body, bodies_redacted FROM requests FINAL "
+        "WHERE request_id = %(id)s",
+        {"id": request_id},
+    )
+    assert request_body == "" and REPLY_TEXT in response_body and redacted == 1
+    live.open(f"requests?open={request_id}")
+    panel = live.wait("#request-body")
+    assert panel.text == "(not stored: floopy-omit-request)"
+    assert REPLY_TEXT in live.driver.find_element(By.ID, "response-body").text
+    assert not live.driver.find_element(By.ID, "open-in-playground").is_enabled()

@@ -523,3 +523,7 @@ function init() {
   window.addEventListener("hashchange", route);
   route();
 }
+
+/* After every page script (playground.js, settings.js) has added its pages; no inline script,
+   so a strict Content-Security-Policy holds. */
+document.addEventListener("DOMContentLoaded", init);

@@ -4,7 +4,9 @@
    providers and routes. The server decides; the page only hides what would be refused. */
 "use strict";
 
-const SETTINGS_TABS = [["keys", "API keys"], ["routing", "Providers and routes"], ["limits", "Limits and plan"], ["cache", "Cache and firewall"], ["audit", "Audit log"]];
+const SETTINGS_TABS = [["keys", "API keys"], ["routing", "Providers and routes"], ["limits", "Limits and plan (billing)"], ["cache", "Cache and firewall"], ["audit", "Audit log"]];
+/* The names the docs and error hints use ("Settings > Billing", "Settings > Providers"). */
+const TAB_ALIASES = { "api-keys": "keys", providers: "routing", routes: "routing", billing: "limits", plan: "limits", firewall: "cache" };
 const PERMISSIONS = ["proxy", "read", "admin"];
 const KEY_LIMITS = [["daily_tokens", "Tokens per day"], ["monthly_tokens", "Tokens per month"], ["daily_cost_usd", "Cost per day ($)"], ["monthly_cost_usd", "Cost per month ($)"]];
 const KEY_SWITCHES = [["cache", "Cache"], ["firewall", "Firewall"], ["log_bodies", "Log bodies"]];
@@ -13,7 +15,8 @@ const settingsTabs = {};
 
 pages.settings = async (main, query) => {
   const me = await call("GET", "/admin/me");
-  const tab = SETTINGS_TABS.some(([t]) => t === query.get("tab")) ? query.get("tab") : "keys";
+  const asked = TAB_ALIASES[query.get("tab")] || query.get("tab");
+  const tab = SETTINGS_TABS.some(([t]) => t === asked) ? asked : "keys";
   const orgId = (me.operator && query.get("org")) || me.org.org_id;
   const orgQuery = orgId !== me.org.org_id ? "&org=" + enc(orgId) : "";
   const section = h("section", { id: "settings-" + tab });
