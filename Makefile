@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag bench-replay
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-lag bench-replay bench-firewall
 
 VENV := .venv/bin
 
@@ -36,3 +36,6 @@ bench-lag: bench-bootstrap
 
 bench-replay: bench-bootstrap
 	$(VENV)/python -m bench.replay --records 200000
+
+bench-firewall: bench-bootstrap
+	$(VENV)/python -m bench.firewall --requests 200

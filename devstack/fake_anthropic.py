@@ -21,7 +21,9 @@ Behaviour and knobs (headers for direct tests; magic model names pass through a 
 - ``x-fake-chunk-delay-ms``: wait between stream events;
 - ``x-fake-cache-read-tokens: N``: report N cache-read input tokens;
 - model ``fake-stream-error``: a stream that sends an ``error`` event (overloaded) midway;
-- models outside ``MODELS`` and not ``fake-*``: 404 ``not_found_error``.
+- models outside ``MODELS`` and not ``fake-*``: 404 ``not_found_error``;
+- a firewall classification (the gateway's classifier prompt as ``system``) gets a verdict from
+  ``devstack.fake_classifier``; ``GET /fake/stats`` counts messages and classifications.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from devstack.fake_classifier import classifier_text, fake_verdict
 from devstack.servers import free_port
 
 __all__ = ["MODELS", "REPLY_TEXT", "FakeAnthropic", "build_app", "error_body", "main"]
@@ -134,6 +138,8 @@ class _Handler:
         self.ids = itertools.count(1)
         self.requests: list[dict[str, Any]] = []
         """Every accepted request body, for tests that check what the gateway sent."""
+        self.served: Counter[str] = Counter()
+        """Requests received, by kind (``chat``, ``classifier``); ``GET /fake/stats``."""
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         n = next(self.ids)
@@ -142,6 +148,13 @@ class _Handler:
         if isinstance(body, web.Response):
             return body
         self.requests.append(body)
+        system = body.get("system")
+        screened = classifier_text(
+            system if isinstance(system, list) else [system], body["messages"]
+        )
+        self.served["chat" if screened is None else "classifier"] += 1
+        if screened is not None:
+            return await self._classify(body, screened, f"msg_fake{n:06d}", rid)
         message = self._message(body, request, f"msg_fake{n:06d}")
         if body.get("stream"):
             return await self._stream(request, body, message, rid)
@@ -175,6 +188,31 @@ class _Handler:
         if model not in MODELS and not model.startswith("fake-"):
             return _error(404, f"model: {model}", rid)
         return None
+
+    async def _classify(
+        self, body: Mapping[str, Any], screened: str, msg_id: str, rid: str
+    ) -> web.Response:
+        verdict = fake_verdict(screened)
+        if verdict.delay_s:
+            await asyncio.sleep(verdict.delay_s)
+        if verdict.status != 200:
+            return _error(verdict.status, "Fake classifier failure.", rid)
+        message = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": verdict.text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": _input_tokens(body), "output_tokens": len(verdict.text) // 4},
+        }
+        return web.Response(
+            body=_encode(message), content_type="application/json", headers={"request-id": rid}
+        )
+
+    async def stats_view(self, _: web.Request) -> web.Response:
+        return web.Response(body=_encode(dict(self.served)), content_type="application/json")
 
     def _message(
         self, body: Mapping[str, Any], request: web.Request, msg_id: str
@@ -299,6 +337,7 @@ def build_app(handler: _Handler | None = None) -> web.Application:
     handler = handler or _Handler()
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_post("/v1/messages", handler.messages)
+    app.router.add_get("/fake/stats", handler.stats_view)
     return app
 
 

@@ -21,6 +21,9 @@ the model but not arbitrary headers):
   (as some OpenAI-compatible servers do).
 - models outside ``MODELS`` (and not ``fake-*``) get OpenAI's 404 ``model_not_found``.
 - a request without ``Authorization: Bearer …`` gets OpenAI's 401 ``invalid_api_key``.
+- a firewall classification (the gateway's classifier prompt) gets a verdict from
+  ``devstack.fake_classifier`` (markers in the screened text choose it).
+- ``GET /fake/stats``: how many chat requests and classifications it received.
 
 ``POST /v1/embeddings`` answers the ``EMBEDDING_MODELS`` with deterministic vectors (floats or
 ``encoding_format: base64``) and ``GET /v1/models`` lists every model. ``served`` counts the
@@ -49,6 +52,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from devstack.fake_classifier import classifier_text, fake_verdict
 from devstack.servers import free_port
 
 __all__ = [
@@ -238,7 +242,8 @@ class _Handler:
         self.bodies = {m: _bodies(m) for m in MODELS}
         self.ids = itertools.count(1)
         self.served: Counter[str] = Counter()
-        """Requests that reached an endpoint, by path kind (``chat``, ``embeddings``)."""
+        """Requests received, by kind (``chat``, ``classifier``, ``embeddings``);
+        ``GET /fake/stats``."""
 
     def bodies_for(self, model: str) -> _Bodies:
         found = self.bodies.get(model)
@@ -275,11 +280,18 @@ class _Handler:
         return await self.answer(request, body)
 
     async def answer(self, request: web.Request, body: _Request) -> web.StreamResponse:
-        self.served["chat"] += 1
+        messages = [m for m in body.messages if isinstance(m, dict)]
+        screened = classifier_text(
+            [m.get("content") for m in messages if m.get("role") == "system"],
+            [m for m in messages if m.get("role") == "user"],
+        )
+        self.served["chat" if screened is None else "classifier"] += 1
         refusal = await self.refusal(request, body.model)
         if refusal is not None:
             return refusal
         prompt = max(1, sum(len(str(m)) for m in body.messages) // 4)
+        if screened is not None:
+            return await self.classify(body.model, screened, prompt)
         splice = _Splice(f"chatcmpl-fake{next(self.ids)}", prompt)
         bodies = self.bodies_for(body.model)
         if body.stream:
@@ -303,6 +315,37 @@ class _Handler:
         if not known and not model.startswith("fake-"):
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
         return None
+
+    async def classify(self, model: str, screened: str, prompt_tokens: int) -> web.Response:
+        verdict = fake_verdict(screened)
+        if verdict.delay_s:
+            await asyncio.sleep(verdict.delay_s)
+        if verdict.status != 200:
+            return _error(verdict.status, "Fake classifier failure.", "fake_classifier_error")
+        completion = max(1, len(verdict.text) // 4)
+        answer = {
+            "id": f"chatcmpl-fake{next(self.ids)}",
+            "object": "chat.completion",
+            "created": _CREATED,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": verdict.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+            },
+        }
+        return web.Response(body=_encode(answer), content_type="application/json")
+
+    async def stats_view(self, _: web.Request) -> web.Response:
+        return web.Response(body=_encode(dict(self.served)), content_type="application/json")
 
     async def stream(
         self, request: web.Request, bodies: _Bodies, body: _Request, splice: _Splice
@@ -420,6 +463,7 @@ def build_app() -> web.Application:
     app.router.add_get("/v1/models", handler.models)
     app.router.add_get("/health", _health)
     app[HANDLER] = handler
+    app.router.add_get("/fake/stats", handler.stats_view)
     return app
 
 

@@ -161,6 +161,8 @@ class Stack:
             "FLOOPY_GATEWAY_OPERATOR_ORGS": json.dumps([DEV_ORG]),
             "FLOOPY_GATEWAY_PORT": str(self.gateway_port),
             "FLOOPY_GATEWAY_WORKERS": str(self.gateway_workers),
+            # the LLM firewall on, classified by the fake provider (devstack.fake_classifier)
+            "FLOOPY_GATEWAY_FIREWALL__MODEL": "openai/gpt-4o-mini",
             "FLOOPY_GATEWAY_SPOOL__DIR": str(self.root / "gateway-spool"),
             "FLOOPY_INGESTER_REDIS__URL": self.redis.url,
             "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(self.clickhouse.port),
@@ -244,6 +246,8 @@ class Stack:
                 f"  fake anthropic http://127.0.0.1:{self.anthropic_port}   (Messages API; "
                 "models claude-*)",
                 f"  providers      http://127.0.0.1:{self.gateway_port}/health/providers",
+                "  firewall       on, classifier openai/gpt-4o-mini (the fake): try a prompt "
+                "with 'Ignore all previous instructions'",
                 f"  redis          {self.redis.url}   (AOF in {self.redis.directory})",
                 f"  clickhouse     native 127.0.0.1:{self.clickhouse.port}, "
                 f"http 127.0.0.1:{self.clickhouse.http_port}, database floopy",

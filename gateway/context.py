@@ -18,6 +18,7 @@ from gateway.clients.providers.base import (
     UpstreamStream,
 )
 from gateway.policy.cache import CacheOutcome
+from gateway.policy.firewall import FirewallOutcome
 from gateway.policy.headers import RequestMeta
 from gateway.policy.keys import ApiKey, Org
 from gateway.policy.routing import Target
@@ -77,8 +78,10 @@ class RequestContext:
     answered: bool = False
     """Set by a stage that answered (a cache hit): the stages after it do not run."""
     cache: CacheOutcome = field(default_factory=CacheOutcome)
-    spans: list[StageTiming] = field(default_factory=list)
-    """Child spans of stages (``cache.exact``, ``cache.embed`` …), recorded after the stages."""
+    firewall: FirewallOutcome = field(default_factory=FirewallOutcome)
+    child_spans: list[StageTiming] = field(default_factory=list)
+    """Spans inside a stage (``cache.exact``, ``cache.embed``, ``firewall.classifier`` …),
+    each with a ``parent`` attribute naming its stage."""
 
     targets: list[Target] = field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""

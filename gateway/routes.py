@@ -207,5 +207,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "errors": {
             "unexpected": rt.counters.unexpected_errors,
             "record_build": rt.counters.record_build_failures,
+            "firewall_classifier": rt.counters.firewall_classifier_failures,
+            "firewall_verdict_cache": rt.counters.firewall_cache_errors,
         },
     }

@@ -22,6 +22,7 @@ from gateway.clients.response_cache import ResponseCache
 from gateway.clients.semantic_cache import SemanticCache
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
+from gateway.clients.verdict_cache import VerdictCache
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class Counters:
 
     unexpected_errors: int = 0
     record_build_failures: int = 0
+    firewall_classifier_failures: int = 0
+    firewall_cache_errors: int = 0
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Runtime:
     """The response cache's stores (exact in Redis, semantic and advanced in ``vectors``)."""
     catalog: ModelCatalog = field(init=False)
     """``GET /v1/models``."""
+    verdict_cache: VerdictCache = field(init=False)
+    """The firewall's verdicts (``gateway.clients.verdict_cache``)."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
     watcher: RoutingWatcher = field(init=False)
@@ -97,6 +102,7 @@ class Runtime:
                     settings.workers,
                 )
         rt.catalog = ModelCatalog(lambda: (rt.settings, rt.upstreams.providers))
+        rt.verdict_cache = VerdictCache(rt.vectors, rt.embedder, settings.firewall.cache_similarity)
         publisher.start()
         return rt
 

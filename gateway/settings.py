@@ -17,6 +17,7 @@ __all__ = [
     "ApiKeyEntry",
     "BreakerSettings",
     "EmbedderSettings",
+    "FirewallSettings",
     "GatewaySettings",
     "PriceOverride",
     "ProviderKind",
@@ -97,6 +98,27 @@ class PriceOverride(BaseModel):
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
     cache_write_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class FirewallSettings(BaseModel):
+    """The LLM firewall's deployment-wide part; each org has its own switch, thresholds, fail
+    policy and model override (``FirewallConfig``, admin API)."""
+
+    model: str = ""
+    """FIREWALL_MODEL: the classifier's model ref (``openai/gpt-4o-mini``, ``anthropic/claude-
+    3-5-haiku-latest``, ``local/llama-guard``), routed like any request (routes, breakers,
+    retries, prices). Empty: no screening unless an org names its own model."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Longest wait for a verdict, retries and fallbacks included; then the org's fail policy."""
+    max_chars: int = Field(default=16_000, ge=100)
+    """Screened text beyond this many characters is cut (see README: what is screened)."""
+    max_tokens: int = Field(default=200, ge=16)
+    """The classifier's answer budget (a verdict is a short JSON object)."""
+    verdict_cache: bool = True
+    """Look earlier unsafe verdicts up in Qdrant before calling the classifier."""
+    cache_similarity: float = Field(default=0.94, gt=0, le=1)
+    """Cosine similarity to an earlier unsafe verdict's text at or above which the request is
+    blocked without a classifier call (calibrated for multilingual-e5-small: README)."""
 
 
 class ApiKeyEntry(BaseModel):
@@ -187,6 +209,7 @@ class GatewaySettings(BaseSettings):
     or ``"<provider>/<model>"``."""
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+    firewall: FirewallSettings = FirewallSettings()
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     """Price overrides by ``"<provider>/<model>"`` or ``"<model>"``."""
     api_keys: dict[str, ApiKeyEntry] = Field(default_factory=dict)

@@ -37,7 +37,7 @@ __all__ = [
     "ROLLUPS",
     "STATE_TABLE",
     "RollupSpec",
-    "add_missing_measures_ddl",
+    "add_measure_ddl",
     "changed_hours_sql",
     "create_rollup_ddl",
     "create_state_ddl",
@@ -72,6 +72,12 @@ MEASURES: tuple[Measure, ...] = (
     Measure("requests", "UInt64", "count()", "sum(requests)"),
     Measure("errors", "UInt64", "countIf(status_code >= 400 OR error_code != '')", "sum(errors)"),
     Measure("cache_hits", "UInt64", "countIf(cache_status = 'hit')", "sum(cache_hits)"),
+    Measure(
+        "firewall_blocked", "UInt64", "countIf(firewall_verdict = 'block')", "sum(firewall_blocked)"
+    ),
+    Measure(
+        "firewall_flagged", "UInt64", "countIf(firewall_verdict = 'flag')", "sum(firewall_flagged)"
+    ),
     Measure("cost_usd", "Float64", "sum(ifNull(cost_usd, 0))", "sum(cost_usd)"),
     Measure("cost_saved_usd", "Float64", "sum(ifNull(cost_saved_usd, 0))", "sum(cost_saved_usd)"),
     Measure("prompt_tokens", "UInt64", "sum(toUInt64(prompt_tokens))", "sum(prompt_tokens)"),
@@ -169,17 +175,18 @@ def create_rollup_ddl(database: str, spec: RollupSpec, granularity: int) -> str:
     )
 
 
-def add_missing_measures_ddl(database: str, table: str, existing: Iterable[str]) -> list[str]:
-    """``ALTER TABLE … ADD COLUMN`` for measures added after a rollup table (or its local or
-    ``Distributed`` form) was created, since its ``CREATE … IF NOT EXISTS`` left it as it was;
-    old rows read 0 until their hour is recomputed."""
-    have = set(existing)
-    target = f"{_q(database)}.{_q(table)}"
-    return [
-        f"ALTER TABLE {target} ADD COLUMN {_q(m.name)} {m.type}"
-        for m in MEASURES
-        if m.name not in have
-    ]
+def add_measure_ddl(database: str, table: str, measure: Measure) -> str:
+    """A measure added after its table was created: rows already there read it as 0 until
+    their hours are recomputed (``floopy-ingester rollups rebuild``)."""
+    return (
+        f"ALTER TABLE {_q(database)}.{_q(table)} "
+        f"ADD COLUMN {_q(measure.name)} {measure.type} AFTER {_q(_previous(measure))}"
+    )
+
+
+def _previous(measure: Measure) -> str:
+    at = MEASURES.index(measure)
+    return MEASURES[at - 1].name if at else "bucket"
 
 
 def create_state_ddl(database: str) -> str:

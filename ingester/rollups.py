@@ -31,8 +31,9 @@ from ingester.retention import Retention, create_org_settings_ddl
 from ingester.rollup_sql import (
     DAY,
     HOUR,
+    MEASURES,
     ROLLUPS,
-    add_missing_measures_ddl,
+    add_measure_ddl,
     changed_hours_sql,
     create_rollup_ddl,
     create_state_ddl,
@@ -72,7 +73,7 @@ def ensure_rollup_tables(client: Any, database: str, placement: Placement | None
     for spec in ROLLUPS.values():
         for granularity in (HOUR, DAY):
             ddl = create_rollup_ddl(database, spec, granularity)
-            for table, statement in placed_ddl(ddl, placement):
+            for table, statement in placed_ddl(ddl, placement):  # local, then distributed
                 client.execute(statement)
                 _add_missing_measures(client, database, table)
     client.execute(local_ddl(create_state_ddl(database), placement, distributed=False))
@@ -80,12 +81,15 @@ def ensure_rollup_tables(client: Any, database: str, placement: Placement | None
 
 
 def _add_missing_measures(client: Any, database: str, table: str) -> None:
-    existing = client.execute(
+    rows = client.execute(
         "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
         {"db": database, "t": table},
     )
-    for ddl in add_missing_measures_ddl(database, table, (str(row[0]) for row in existing)):
-        client.execute(ddl)
+    existing = {str(name) for (name,) in rows}
+    for measure in MEASURES:
+        if measure.name not in existing:
+            client.execute(add_measure_ddl(database, table, measure))
+            log.info("rollup table %s: added measure %s", table, measure.name)
 
 
 def recomputable_hours(

@@ -18,6 +18,7 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     │   ├── UsageLimitExceededError      429 USAGE_LIMIT_EXCEEDED
     │   ├── MonthlyLimitExceededError    429 MONTHLY_LIMIT_EXCEEDED
     │   ├── ProviderError                502 PROVIDER_ERROR
+    │   ├── FirewallUnavailableError     503 FIREWALL_UNAVAILABLE (the org fails closed)
     │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
     ├── PipelineError                    (internal; never rendered)
     │   ├── RecordDecodeError            an entry that is not a record of a known schema version
@@ -26,7 +27,9 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     └── DependencyError                  (internal; never rendered: the stage that needed it
         │                                 fails open, or maps it to its own ClientError)
         ├── EmbeddingUnavailableError    the embedder failed or did not answer in time
-        └── VectorStoreUnavailableError  Qdrant could not be reached or refused the call
+        ├── VectorStoreUnavailableError  Qdrant could not be reached or refused the call
+        └── ClassifierFailedError        the firewall's classifier gave no verdict
+            └── MalformedVerdictError    it answered, but not with a readable verdict
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BadRequestError",
+    "ClassifierFailedError",
     "ClientError",
     "DependencyError",
     "EmbeddingUnavailableError",
+    "FirewallUnavailableError",
     "FloopyError",
     "ForbiddenError",
     "GatewayTimeoutError",
     "InvalidApiKeyError",
+    "MalformedVerdictError",
     "MonthlyLimitExceededError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -142,6 +148,14 @@ class ProviderError(ClientError):
     code = "PROVIDER_ERROR"
 
 
+class FirewallUnavailableError(ClientError):
+    """The org's firewall fails closed and could not screen the request (classifier timed out,
+    failed, answered nonsense, or its breaker is open)."""
+
+    status_code = 503
+    code = "FIREWALL_UNAVAILABLE"
+
+
 class GatewayTimeoutError(ClientError):
     status_code = 504
     code = "GATEWAY_TIMEOUT"
@@ -173,3 +187,19 @@ class EmbeddingUnavailableError(DependencyError):
 
 class VectorStoreUnavailableError(DependencyError):
     """Qdrant could not be reached, timed out or refused the call."""
+
+
+class ClassifierFailedError(DependencyError):
+    """The firewall's classifier gave no verdict; ``reason`` is one word for the record
+    (``timeout``, ``breaker_open``, ``provider_error``, ``malformed``)."""
+
+    reason = "provider_error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MalformedVerdictError(ClassifierFailedError):
+    reason = "malformed"

@@ -30,6 +30,7 @@ from gateway.admin.service import (
 )
 from gateway.admin.settings_api import SettingsApi
 from gateway.policy.cache import CacheSettings
+from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import ApiKey, Org, Permission
 from gateway.policy.templates import TemplateMessage
 from gateway.runtime import Runtime
@@ -123,15 +124,29 @@ class AdminApi(Controller):
     async def put_org(
         self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        await self._operator(request)
+        rt = await self._operator(request)
         service, _, _ = await self._service(request)
         seed = to_struct(data, OrgSeed)
-        org = Org(
-            org_id=org_id, name=seed.name, plan=seed.plan.plan(), rate_limit_policy=seed.rate_limit
-        )
+        org = seed.org(org_id, await rt.access.keystore.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
         stored = await request.app.state.runtime.access.keystore.get_org(org_id)
         return org_view(stored or org)
+
+    @put("/orgs/{org_id:str}/firewall")
+    async def put_firewall(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The whole ``firewall`` object (fields left out take their defaults); the org's
+        own admin key or an operator's. Every worker applies it within ``key_cache_ttl_s``."""
+        rt = await self._org_scope(request, org_id)
+        service, _, _ = await self._service(request)
+        config = to_struct(data, FirewallConfig)
+        current = await rt.access.keystore.get_org(org_id)
+        if current is None or not await rt.access.keystore.put_org_firewall(org_id, config):
+            raise NotFoundError(f"no org {org_id!r}")
+        after: dict[str, Any] = msgspec.to_builtins(config)
+        await service.put_section(org_id, "firewall", msgspec.to_builtins(current.firewall), after)
+        return after
 
     @get("/orgs/{org_id:str}/keys")
     async def list_keys(

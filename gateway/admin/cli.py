@@ -4,6 +4,7 @@ the Redis the gateways use (``FLOOPY_GATEWAY_REDIS__URL``, ``FLOOPY_GATEWAY_REDI
     floopy-admin seed floopy.toml
     floopy-admin orgs put acme --monthly-requests 100000 --expires-at 2027-01-01T00:00:00Z
     floopy-admin orgs cache acme --tiers exact,semantic --semantic-threshold 0.95
+    floopy-admin orgs firewall acme --block-threshold 0.9 --fail-closed
     floopy-admin keys create acme --name ci --permission proxy --permission read
     floopy-admin keys revoke key_0123abcd
     floopy-admin templates put acme greet --message 'system:You help with {{product}}.'
@@ -34,9 +35,10 @@ from redis.exceptions import RedisError
 
 from gateway.access import Access
 from gateway.admin.secrets import new_master_key
-from gateway.admin.seed import PlanSeed, apply_seed, load_seed
+from gateway.admin.seed import OrgSeed, PlanSeed, apply_seed, load_seed
 from gateway.admin.service import Actor, AdminService, KeyPatch, NewKeyBody, key_view
 from gateway.policy.cache import CacheSettings
+from gateway.policy.firewall import FailPolicy, FirewallConfig
 from gateway.policy.keys import DEFAULT_ORG_RATE_LIMIT, KeyLimits, KeySwitches, Org, Permission
 from gateway.policy.templates import TemplateMessage
 from gateway.settings import GatewaySettings
@@ -131,20 +133,63 @@ def org_put(
     retention_days: Annotated[int, typer.Option()] = 30,
     expires_at: Annotated[datetime | None, typer.Option(help="ISO 8601, UTC")] = None,
 ) -> None:
-    """Create or replace an org and its plan."""
+    """Create or replace an org and its plan (its firewall settings are kept)."""
     plan = PlanSeed(
         monthly_requests=monthly_requests,
         overage_allowed=overage,
         retention_days=retention_days,
         expires_at=expires_at,
-    ).plan()
-    org = _run_sync(lambda: Org(org_id=org_id, name=name, plan=plan, rate_limit_policy=rate_limit))
+    )
+    seed = _run_sync(lambda: OrgSeed(name=name, rate_limit=rate_limit, plan=plan))
 
-    async def work(access: Access, settings: GatewaySettings) -> None:
-        await _service(access, settings).put_org(org)
+    async def work(access: Access, settings: GatewaySettings) -> Org:
+        org = seed.org(org_id, await access.keystore.get_org(org_id))  # keeps its firewall
+        return await _service(access, settings).put_org(org)
 
-    _run(work)
-    _print(org)
+    _print(_run(work))
+
+
+@orgs.command("firewall")
+def org_firewall(
+    org_id: str,
+    *,
+    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
+    model: Annotated[str | None, typer.Option(help="classifier model ref; '' = default")] = None,
+    flag_threshold: Annotated[float | None, typer.Option()] = None,
+    block_threshold: Annotated[float | None, typer.Option()] = None,
+    fail_closed: Annotated[bool | None, typer.Option("--fail-closed/--fail-open")] = None,
+    honour_header: Annotated[bool | None, typer.Option("--honour-header/--ignore-header")] = None,
+) -> None:
+    """Change an org's firewall settings; options left out keep their current value."""
+    given: dict[str, Any] = {
+        "enabled": enabled,
+        "model": model,
+        "flag_threshold": flag_threshold,
+        "block_threshold": block_threshold,
+        "honour_header": honour_header,
+    }
+    if fail_closed is not None:
+        policy: FailPolicy = "closed" if fail_closed else "open"
+        given["fail_policy"] = policy
+
+    async def work(access: Access, settings: GatewaySettings) -> FirewallConfig:
+        org = await access.keystore.get_org(org_id)
+        if org is None:
+            raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
+        before = msgspec.to_builtins(org.firewall)
+        try:
+            config = msgspec.convert(
+                {**before, **{k: v for k, v in given.items() if v is not None}}, FirewallConfig
+            )
+        except msgspec.ValidationError as exc:
+            raise ClientError(f"firewall settings: {exc}") from None
+        await access.keystore.put_org_firewall(org_id, config)
+        await _service(access, settings).put_section(
+            org_id, "firewall", before, msgspec.to_builtins(config)
+        )
+        return config
+
+    _print(_run(work))
 
 
 @orgs.command("cache")
@@ -211,6 +256,8 @@ def key_create(
     monthly_tokens: Annotated[int | None, typer.Option()] = None,
     daily_cost_usd: Annotated[float | None, typer.Option()] = None,
     monthly_cost_usd: Annotated[float | None, typer.Option()] = None,
+    firewall_flag_threshold: Annotated[float | None, typer.Option()] = None,
+    firewall_block_threshold: Annotated[float | None, typer.Option()] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache")] = True,
     firewall: Annotated[bool, typer.Option("--firewall/--no-firewall")] = True,
     log_bodies: Annotated[bool, typer.Option("--log-bodies/--no-log-bodies")] = True,
@@ -223,6 +270,8 @@ def key_create(
             monthly_tokens=monthly_tokens,
             daily_cost_usd=daily_cost_usd,
             monthly_cost_usd=monthly_cost_usd,
+            firewall_flag_threshold=firewall_flag_threshold,
+            firewall_block_threshold=firewall_block_threshold,
         )
     )
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.policy.cache import CacheSettings
+from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     DEFAULT_ORG_RATE_LIMIT,
     ApiKey,
@@ -78,7 +79,22 @@ class OrgSeed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     rate_limit: str = DEFAULT_ORG_RATE_LIMIT
     plan: PlanSeed = PlanSeed()
     cache: CacheSettings | None = None
-    """Written when declared; else the stored settings stay (dashboard or admin API)."""
+    """None: keep what the org has (set through ``PUT /admin/orgs/{org}/cache``)."""
+    firewall: FirewallConfig | None = None
+    """None: keep what the org has (set through ``PUT /admin/orgs/{org}/firewall``)."""
+
+    def org(self, org_id: str, current: Org | None) -> Org:
+        """The org as declared; settings it does not declare are kept from ``current``."""
+        firewall = self.firewall or (current.firewall if current else FirewallConfig())
+        cache = self.cache or (current.cache if current else CacheSettings())
+        return Org(
+            org_id=org_id,
+            name=self.name,
+            plan=self.plan.plan(),
+            rate_limit_policy=self.rate_limit,
+            firewall=firewall,
+            cache=cache,
+        )
 
 
 class KeySeed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -176,15 +192,10 @@ async def apply_seed(
     and must not reset a plan someone configured)."""
     now_ms = int(time.time() * 1000)
     for org_id, org in seed.orgs.items():
-        if keep_orgs and await keystore.get_org(org_id) is not None:
+        current = await keystore.get_org(org_id)
+        if keep_orgs and current is not None:
             continue
-        await keystore.put_org(
-            Org(
-                org_id=org_id, name=org.name, plan=org.plan.plan(), rate_limit_policy=org.rate_limit
-            )
-        )
-        if org.cache is not None:
-            await keystore.put_org_cache(org_id, org.cache)
+        await keystore.put_org(org.org(org_id, current), with_settings=True)
     for key_id, key in seed.keys.items():
         await keystore.put_key(
             ApiKey(

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
 from gateway.policy.cache import CacheSettings
+from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     ApiKey,
     KeyLimits,
@@ -66,6 +67,12 @@ for i = 1, #key, 2 do
 end
 if not org_id then return {key, {}} end
 return {key, redis.call('HGETALL', ARGV[1] .. org_id)}
+"""
+
+_SET_ORG_FIELD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 _CACHE_MAX = 50_000
@@ -126,6 +133,7 @@ class KeyStore:
             cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
         )
         self._auth = redis.register_script(_AUTH_LUA)
+        self._set_org_field = redis.register_script(_SET_ORG_FIELD_LUA)
         self.cache_hits = 0
         self.cache_misses = 0
         self.stale_answers = 0
@@ -261,9 +269,19 @@ class KeyStore:
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
 
-    async def put_org_cache(self, org_id: str, cache: CacheSettings) -> None:
-        fields = {"cache": msgspec.json.encode(cache.view())}
-        await _aw(self._redis.hset(f"{self._p}:org:{org_id}", mapping=fields))
+    async def put_org_cache(self, org_id: str, cache: CacheSettings) -> bool:
+        """Replace one org's cache settings, nothing else; False if there is no such org."""
+        done = await self._set_org_field(
+            keys=[f"{self._p}:org:{org_id}"], args=["cache", msgspec.json.encode(cache.view())]
+        )
+        return bool(done)
+
+    async def put_org_firewall(self, org_id: str, config: FirewallConfig) -> bool:
+        """Replace one org's firewall settings, nothing else; False if there is no such org."""
+        done = await self._set_org_field(
+            keys=[f"{self._p}:org:{org_id}"], args=["firewall", msgspec.json.encode(config)]
+        )
+        return bool(done)
 
     async def get_org(self, org_id: str) -> Org | None:
         flat = await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}"))

@@ -245,6 +245,22 @@ class VectorStore:
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits[:limit]
 
+    async def payload(
+        self, name: str, key: str, *, must: Mapping[str, Scalar]
+    ) -> dict[str, Any] | None:
+        """The payload of the point written under ``key``, if there is one and it matches every
+        ``must`` value (no vector math: an exact repeat is found without embedding it)."""
+        client = self._client()
+        for target, _ in self._plan(name, must, None):
+            points = await self._call(
+                "retrieve", partial(client.retrieve, target, [point_id(key)], with_payload=True)
+            )
+            for point in points:
+                found = dict(point.payload or {})
+                if all(found.get(k) == v for k, v in must.items()):
+                    return found
+        return None
+
     async def upsert(
         self, name: str, key: str, vector: Sequence[float], payload: Mapping[str, Any]
     ) -> None:

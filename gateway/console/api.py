@@ -94,6 +94,14 @@ QCacheTier = Annotated[
     list[str] | None,
     QueryParameter(required=False, description="exact, semantic or advanced; repeatable"),
 ]
+QFirewallVerdict = Annotated[
+    list[str] | None,
+    QueryParameter(required=False, description="pass, flag, block, error or skipped; repeatable"),
+]
+QFirewallSource = Annotated[
+    list[str] | None,
+    QueryParameter(required=False, description="cache or classifier; repeatable"),
+]
 QUserId = Annotated[
     str | None, QueryParameter(required=False, description="floopy-user-id of the request")
 ]
@@ -269,6 +277,8 @@ async def request_filters(  # noqa: PLR0917 - litestar passes query parameters b
     error_code: QErrorCode = None,
     cache_status: QCacheStatus = None,
     cache_tier: QCacheTier = None,
+    firewall_verdict: QFirewallVerdict = None,
+    firewall_source: QFirewallSource = None,
     user_id: QUserId = None,
     session_id: QSessionId = None,
     property: QProperty = None,
@@ -291,6 +301,8 @@ async def request_filters(  # noqa: PLR0917 - litestar passes query parameters b
         error_codes=tuple(error_code or ()),
         cache_statuses=tuple(cache_status or ()),
         cache_tiers=tuple(cache_tier or ()),
+        firewall_verdicts=tuple(firewall_verdict or ()),
+        firewall_sources=tuple(firewall_source or ()),
         user_id=user_id or "",
         session_id=session_id or "",
         properties=parse_properties(property),
@@ -711,6 +723,7 @@ class ConsoleApi(Controller):
         totals: dict[str, Any] = {"requests": 0, "errors": 0, "cache_hits": 0, "cost_usd": 0.0}
         totals |= {"cost_saved_usd": 0.0}
         totals |= {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        totals |= {"firewall_blocked": 0, "firewall_flagged": 0}
         for row in rows:
             for name in totals:
                 totals[name] += row[name]

@@ -85,6 +85,8 @@ class RequestFilters:
     error_codes: tuple[str, ...] = ()
     cache_statuses: tuple[str, ...] = ()
     cache_tiers: tuple[str, ...] = ()
+    firewall_verdicts: tuple[str, ...] = ()
+    firewall_sources: tuple[str, ...] = ()
     user_id: str = ""
     session_id: str = ""
     properties: tuple[tuple[str, str], ...] = ()

@@ -92,6 +92,8 @@ def _filter_clauses(f: RequestFilters, params: dict[str, Any]) -> list[str]:
         ("error_code", "error_codes", f.error_codes),
         ("cache_status", "cache_statuses", f.cache_statuses),
         ("cache_tier", "cache_tiers", f.cache_tiers),
+        ("firewall_verdict", "firewall_verdicts", f.firewall_verdicts),
+        ("firewall_verdict_source", "firewall_sources", f.firewall_sources),
     ):
         if values:
             out.append(_in(column, name, values, params))
@@ -306,6 +308,7 @@ def session_requests_sql(database: str, org_id: str, session_id: str, limit: int
 def _rollup_figures() -> str:
     return (
         "sum(requests) AS requests, sum(errors) AS errors, sum(cache_hits) AS cache_hits, "
+        "sum(firewall_blocked) AS firewall_blocked, sum(firewall_flagged) AS firewall_flagged, "
         "sum(cost_usd) AS cost_usd, sum(cost_saved_usd) AS cost_saved_usd, "
         "sum(prompt_tokens) AS prompt_tokens, "
         "sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, "

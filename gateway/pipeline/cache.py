@@ -55,8 +55,14 @@ def child_span(
 ) -> float:
     """Record a child span of a stage that started at ``start_ns``; returns its duration (ms)."""
     duration = (time.perf_counter_ns() - start_ns) / 1e6
-    ctx.spans.append(
-        StageTiming(name, (start_ns - ctx.started_ns) / 1e6, duration, status, dict(attributes))
+    ctx.child_spans.append(
+        StageTiming(
+            name,
+            (start_ns - ctx.started_ns) / 1e6,
+            duration,
+            status,
+            {"parent": "cache", **attributes},
+        )
     )
     return duration
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.context import StageTiming
-from gateway.pipeline import auth, cache, dispatch, intake, limits, routing, template
+from gateway.pipeline import auth, cache, dispatch, firewall, intake, limits, routing, template
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("rate_limit", limits.run),
     Stage("template", template.run),
     Stage("cache", cache.run),
-    # Stage("firewall", firewall.run): prompt screening
+    Stage("firewall", firewall.run),
     Stage("routing", routing.run),
     Stage("dispatch", dispatch.run),
 )

@@ -19,6 +19,7 @@ from functools import lru_cache
 import msgspec
 
 from gateway.policy.cache import CacheSettings
+from gateway.policy.firewall import FirewallConfig, check_threshold
 from gateway.policy.ratelimit import parse_policy
 from shared.errors import (
     ForbiddenError,
@@ -69,10 +70,15 @@ class KeyLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     monthly_tokens: int | None = None
     daily_cost_usd: float | None = None
     monthly_cost_usd: float | None = None
+    firewall_flag_threshold: float | None = None
+    """Over the org's firewall thresholds for this key's requests (None: the org's)."""
+    firewall_block_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.rate_limit_policy:
             parse_policy(self.rate_limit_policy)  # a bad policy fails at creation, not per request
+        check_threshold("firewall_flag_threshold", self.firewall_flag_threshold)
+        check_threshold("firewall_block_threshold", self.firewall_block_threshold)
 
 
 class KeySwitches(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -108,6 +114,7 @@ class Org(msgspec.Struct, frozen=True, kw_only=True):
     plan: Plan = Plan()
     rate_limit_policy: str = DEFAULT_ORG_RATE_LIMIT
     cache: CacheSettings = CacheSettings()
+    firewall: FirewallConfig = FirewallConfig()
 
     def __post_init__(self) -> None:
         parse_policy(self.rate_limit_policy)

@@ -121,6 +121,7 @@ def build_records(
         **_cache_fields(ctx),
         request_headers=recorded_request_headers(_decoded(ctx.raw_headers)),
         response_headers=recorded_response_headers(ctx.sent_headers),
+        **_firewall_fields(ctx),
     )
     return record, build_spans(ctx)
 
@@ -141,14 +142,31 @@ def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:
+    outcome = ctx.firewall
+    return {
+        "firewall_verdict": outcome.verdict,
+        "firewall_score": outcome.score,
+        "firewall_backend": outcome.backend,
+        "firewall_model_ref": outcome.model_ref,
+        "firewall_cached": outcome.source == "cache",
+        "firewall_verdict_source": outcome.source,
+        "firewall_categories": list(outcome.categories),
+        "firewall_reason": outcome.reason,
+        "firewall_latency_ms": outcome.latency_ms,
+        "firewall_tokens": outcome.tokens,
+        "firewall_cost_usd": outcome.cost_usd,
+    }
+
+
 def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
     for name, value in raw:
         yield name.decode("latin-1"), value.decode("latin-1")
 
 
 def build_spans(ctx: RequestContext) -> list[SpanRecord]:
-    """One span per stage, then the stages' child spans (``cache.exact`` …: unique names), then
-    one per upstream attempt (ids from the attempt number, so each stays unique and stable)."""
+    """One span per stage, the spans inside stages, then one per upstream attempt (ids from
+    the attempt number, so each stays unique and stable)."""
     namespace = _namespace(ctx.request_id)
     return [
         SpanRecord(
@@ -162,7 +180,7 @@ def build_spans(ctx: RequestContext) -> list[SpanRecord]:
             status=timing.status,
             attributes=dict(timing.attributes),
         )
-        for timing in (*ctx.timings, *ctx.spans, *ctx.attempts)
+        for timing in (*ctx.timings, *ctx.child_spans, *ctx.attempts)
     ]
 
 

@@ -19,7 +19,7 @@ from gateway.context import RequestContext
 from gateway.policy.prices import PriceBook
 from gateway.policy.tokens import estimate_completion_tokens, estimate_prompt_tokens
 
-__all__ = ["Settled", "reported_usage", "settle_usage"]
+__all__ = ["Settled", "completion_text", "reported_usage", "settle_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +58,22 @@ def reported_usage(ctx: RequestContext) -> TokenUsage | None:
     return None
 
 
+def completion_text(body: bytes) -> str | None:
+    """The first choice's text of a chat.completion body; None when the body is not one."""
+    try:
+        choices = _decode_completion(body).choices
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    message = choices[0].message if choices else None
+    return (message.content or "") if message else ""
+
+
 def _answer_text(ctx: RequestContext) -> str:
     if ctx.stream is not None:
         return "".join(ctx.stream.content_parts)
     if ctx.reply is None:
         return ""
-    try:
-        choices = _decode_completion(ctx.reply.body).choices
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ""
-    message = choices[0].message if choices else None
-    return (message.content or "") if message else ""
+    return completion_text(ctx.reply.body) or ""
 
 
 def _prompt_messages(ctx: RequestContext) -> list[dict[str, Any]]:

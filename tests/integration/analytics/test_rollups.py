@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
 
 from ingester.delivery import Delivery
 from ingester.replay import Replayer, ReplayStatus
-from ingester.rollups import Rollups
+from ingester.rollup_sql import HOUR, MEASURES, ROLLUPS, create_rollup_ddl
+from ingester.rollups import Rollups, ensure_rollup_tables
 from ingester.sink import client_for
 from shared.codec import encode_record
 from shared.records import RequestRecord
@@ -199,3 +202,27 @@ def test_replaying_the_same_fallback_file_twice_leaves_rollups_equal_to_raw_tota
     assert_same(actual(ch, "rollup_hourly"), raw_totals(ch))
     assert_same(actual(ch, "rollup_hourly"), expected(records, 3600))
     assert_same(actual(ch, "rollup_daily"), expected(records, 86400))
+
+
+def test_a_measure_added_later_is_added_to_existing_rollup_tables(ch: ClickHouseSettings) -> None:
+    """Rollup tables made before the firewall counts existed get the columns at the next
+    migration; rows already there read 0 until their hours are recomputed."""
+    table = "rollup_user_hourly"
+    query(ch, f"DROP TABLE DB.{table}")
+    old = [m for m in MEASURES if not m.name.startswith("firewall_")]
+    with mock.patch("ingester.rollup_sql.MEASURES", tuple(old)):
+        query(ch, create_rollup_ddl(ch.database, ROLLUPS["user"], HOUR))
+    client = client_for(ch)
+    try:
+        client.execute(
+            f"INSERT INTO `{ch.database}`.{table} (org_id, bucket, user_id, requests, version) "
+            "VALUES",
+            [("o", datetime(2026, 1, 1, tzinfo=UTC), "u", 3, 1)],
+        )
+        ensure_rollup_tables(client, ch.database)
+        ensure_rollup_tables(client, ch.database)  # and again: nothing left to add
+    finally:
+        client.disconnect()
+    assert query(ch, f"SELECT requests, firewall_blocked, firewall_flagged FROM DB.{table}") == [
+        (3, 0, 0)
+    ]

@@ -6,7 +6,7 @@ from gateway.clients.providers.base import ChatRequest, TokenUsage, UpstreamRepl
 from gateway.context import RequestContext, StageTiming
 from gateway.policy.headers import RequestMeta
 from gateway.policy.recording import TRUNCATED_MARK, build_records, clip_body
-from shared.errors import InvalidApiKeyError
+from shared.errors import InvalidApiKeyError, PromptThreatError
 
 
 def _ctx() -> RequestContext:
@@ -71,6 +71,31 @@ def test_bodies_are_clipped_in_the_record_only() -> None:
     assert clip_body(b"abcdef", 3) == "abc" + TRUNCATED_MARK
     assert clip_body("é".encode() * 3, 3) == "é" + TRUNCATED_MARK  # never half a character
     assert clip_body(b"abc", 3) == "abc"
+
+
+def test_firewall_outcome_and_its_child_spans_are_recorded() -> None:
+    ctx = _ctx()
+    ctx.firewall.verdict, ctx.firewall.score, ctx.firewall.source = "block", 0.97, "classifier"
+    ctx.firewall.backend, ctx.firewall.model_ref = "guard", "guard/gpt-4o-mini"
+    ctx.firewall.categories, ctx.firewall.tokens = ("prompt_injection",), 42
+    ctx.firewall.latency_ms, ctx.firewall.cost_usd = 12.5, 0.0001
+    ctx.error = PromptThreatError("blocked")
+    ctx.child_spans = [
+        StageTiming("firewall.verdict_cache", 0.3, 0.1, attributes={"parent": "firewall"}),
+        StageTiming("firewall.classifier", 0.4, 12.5, attributes={"parent": "firewall"}),
+    ]
+    record, spans = build_records(ctx, end_ns=1_020_000_000, body_limit=1000)
+    assert (record.firewall_verdict, record.firewall_score) == ("block", 0.97)
+    assert (record.firewall_verdict_source, record.firewall_cached) == ("classifier", False)
+    assert (record.firewall_backend, record.firewall_model_ref) == ("guard", "guard/gpt-4o-mini")
+    assert record.firewall_categories == ["prompt_injection"]
+    assert (record.firewall_tokens, record.firewall_latency_ms) == (42, 12.5)
+    assert record.firewall_cost_usd == 0.0001 and record.cost_usd is None
+    assert record.error_code == "PROMPT_THREAT_DETECTED"
+    names = [s.name for s in spans]
+    assert names == ["auth", "dispatch", "firewall.verdict_cache", "firewall.classifier"]
+    assert len({s.span_id for s in spans}) == len(spans)
+    assert spans[3].attributes == {"parent": "firewall"}
 
 
 def test_headers_are_recorded_without_credentials_and_omit_headers_blank_one_body() -> None:
