@@ -5,8 +5,10 @@ Invariants:
 - Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
   ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
   dropped write is a later miss, never a wrong answer).
-- Every failure is counted here (``stats()`` → ``GET /health``) and logged; lookups fail open
-  (the stage turns the error into a miss), writes are best effort.
+- Every failure is counted here (``stats()`` → ``GET /health``) and logged (one line per kind
+  per second at most); lookups fail open (the stage turns the error into a miss), writes are
+  best effort. After a Redis failure the exact tier leaves Redis alone for a second
+  (``REDIS_COOLDOWN_S``), so an outage costs a request no connection attempt for the cache.
 - ``close`` waits a moment for writes in flight, so a clean shutdown keeps the last answers.
 """
 
@@ -34,6 +36,7 @@ __all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_o
 
 log = logging.getLogger(__name__)
 
+REDIS_COOLDOWN_S = 1.0
 FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
     OSError,
@@ -90,13 +93,39 @@ class ResponseCache:
         self.writes = 0
         self.verifier_rejections = 0
         self._pruner: asyncio.Task[None] | None = None
+        self._redis_down_until = 0.0
+        self._logged_at: dict[str, float] = {}
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
         self.fail_open[tier.value] += 1
-        log.warning("cache %s lookup failed open (%s: %s)", tier.value, type(exc).__name__, exc)
+        self._log_failure(f"{tier.value} lookup", self.fail_open[tier.value], exc)
+
+    def _log_failure(self, what: str, count: int, exc: BaseException) -> None:
+        """One line per kind of failure per second at most: an outage is not 1,000 lines/s."""
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -1e9) >= 1.0:
+            self._logged_at[what] = now
+            log.warning(
+                "cache %s failed (%s: %s); %d so far, failing open",
+                what,
+                type(exc).__name__,
+                exc,
+                count,
+            )
+
+    def _redis_available(self) -> None:
+        """After a Redis failure the exact tier skips Redis for ``REDIS_COOLDOWN_S``: during an
+        outage a request pays no connection attempt for the cache, only the note."""
+        if time.monotonic() < self._redis_down_until:
+            raise RedisError("Redis failed less than a second ago; exact tier skipped")
 
     async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
-        answer = await self.exact.get(org_id, key_hash)
+        self._redis_available()
+        try:
+            answer = await self.exact.get(org_id, key_hash)
+        except (RedisError, OSError):
+            self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
+            raise
         if answer is None or answer.created_at_ms < oldest_ms:
             return None
         return Lookup(CacheTier.EXACT, answer)
@@ -156,13 +185,16 @@ class ResponseCache:
                 self.writes += 1
             except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
                 self.write_failures[tier.value] += 1
-                log.warning("cache %s write failed (%s: %s)", tier.value, type(exc).__name__, exc)
+                self._log_failure(f"{tier.value} write", self.write_failures[tier.value], exc)
                 if tier is CacheTier.EXACT:
+                    if isinstance(exc, RedisError | OSError):
+                        self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
                     return  # a point without its answer would only ever miss
 
     async def _write_tier(self, tier: CacheTier, write: CacheWrite) -> None:
         plan, keys, answer = write.plan, write.keys, write.answer
         if tier is CacheTier.EXACT:
+            self._redis_available()
             await self.exact.put(write.org_id, keys.exact, answer, plan.ttl_s)
             return
         if self.semantic is None:
@@ -206,7 +238,7 @@ class ResponseCache:
                 await self.semantic.prune(int(time.time() * 1000))
             except DependencyError as exc:
                 self.write_failures["prune"] += 1
-                log.warning("cache prune failed (%s); next try in %.0f s", exc, every_s)
+                self._log_failure("prune", self.write_failures["prune"], exc)
 
     async def close(self) -> None:
         if self._pruner is not None:
