@@ -35,6 +35,7 @@ from gateway.policy.cache import (
 )
 from gateway.policy.cache_key import request_keys
 from gateway.policy.cache_replay import assemble_stream, replay_events
+from gateway.policy.firewall import SkipReason, Verdict, decide, plan_screening, thresholds_for
 
 if TYPE_CHECKING:
     from gateway.clients.response_cache import Lookup
@@ -87,7 +88,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
     for tier in plan.tiers:
         found = await _look_up(ctx, rt, tier)
-        if found is not None and _answer(ctx, found):
+        if found is not None and _answer(ctx, rt, found):
             return
     if chat.stream:
         outcome.stream_events = []
@@ -172,10 +173,14 @@ _LOOKUPS: dict[CacheTier, Callable[[RequestContext, Runtime], Awaitable[Lookup |
 }
 
 
-def _answer(ctx: RequestContext, found: Lookup) -> bool:
-    """Serve a hit; False when the stored entry cannot be replayed for this request."""
+def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> bool:
+    """Serve a hit; False when the stored entry cannot be replayed for this request, or when
+    this request must be screened and the stored one's score would not let it through."""
     chat, answer = ctx.chat, found.answer
     assert chat is not None
+    if not _screening_allows(ctx, rt, answer):
+        ctx.cache.fail_open(found.tier, "hit not served: this request's firewall settings")
+        return False
     usage = TokenUsage(
         answer.prompt_tokens,
         answer.completion_tokens,
@@ -200,6 +205,36 @@ def _answer(ctx: RequestContext, found: Lookup) -> bool:
     )
     ctx.response_headers.update(cache_headers(CacheStatus.HIT, found.tier, found.similarity))
     ctx.answered = True
+    return True
+
+
+def _screening_allows(ctx: RequestContext, rt: Runtime, answer: CachedAnswer) -> bool:
+    """The firewall runs after the cache, so a hit is never screened itself. It may be served
+    when this request would not be screened at all, or when the score its stored request got
+    passes under this request's thresholds (a key may block lower than the key that stored it);
+    the firewall's record fields then say so."""
+    org, key = ctx.org, ctx.api_key
+    assert org is not None and key is not None
+    plan = plan_screening(
+        org.firewall,
+        default_model=rt.settings.firewall.model,
+        key_switch=key.switches.firewall,
+        header_enabled=ctx.meta.firewall_enabled,
+    )
+    if isinstance(plan, SkipReason):
+        return True
+    if answer.screened_score is None:
+        return False
+    limits = key.limits
+    thresholds = thresholds_for(
+        org.firewall, limits.firewall_flag_threshold, limits.firewall_block_threshold
+    )
+    verdict = decide(answer.screened_score, thresholds)
+    if verdict is Verdict.BLOCK:
+        return False
+    outcome = ctx.firewall
+    outcome.verdict, outcome.score = verdict, answer.screened_score
+    outcome.reason = "answered from the response cache: the stored request's score"
     return True
 
 
@@ -243,10 +278,17 @@ def store_after(ctx: RequestContext, rt: Runtime, settled: Settled) -> None:
         cached_prompt_tokens=usage.cached_prompt_tokens,
         cost_usd=settled.cost_usd,
         created_at_ms=ctx.created_at_ms,
+        screened_score=_screened_score(ctx),
     )
     rt.cache.schedule_write(
         CacheWrite(ctx.org_id, ctx.model_requested, plan, keys, outcome.vectors, answer)
     )
+
+
+def _screened_score(ctx: RequestContext) -> float | None:
+    firewall = ctx.firewall
+    screened = firewall.verdict in (Verdict.PASS, Verdict.FLAG)
+    return firewall.score if screened else None
 
 
 def _storable_body(ctx: RequestContext, settled: Settled) -> bytes | None:

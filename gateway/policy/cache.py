@@ -232,6 +232,9 @@ class CachedAnswer(msgspec.Struct, kw_only=True, array_like=True):
     cached_prompt_tokens: int = 0
     cost_usd: float | None = None
     created_at_ms: int = 0
+    screened_score: float | None = None
+    """The firewall's score of the request that stored it; None when it was not screened (then
+    a request that must be screened is never answered from this entry)."""
 
 
 _encoder = msgspec.msgpack.Encoder()
