@@ -20,6 +20,7 @@ from gateway.clients.outage_spool import USAGE, OutageSpool
 from gateway.console import Console, Principal, openapi_config
 from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.guard import guard_middleware
 from gateway.provider_health import provider_health
 from gateway.routes import chat_completions, embeddings, health, models
 from gateway.routing_watch import RoutingWatcher
@@ -91,8 +92,11 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         ],
         lifespan=[lifespan, console.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[guard_middleware],
         openapi_config=openapi_config(),
-        request_max_body_size=None,  # the intake stage enforces max_body_bytes itself
+        # every route but chat (its own cap, max_body_bytes) takes small JSON; the guard
+        # enforces both before a byte is read, this is litestar's own second line
+        request_max_body_size=settings.admin_max_body_bytes,
         logging_config=None,
         debug=False,
     )

@@ -100,6 +100,8 @@ class RequestContext:
     response_body: bytes = b""
     stream_error: str = ""
     """What cut a stream short after its 200 was sent (client gone, upstream broke)."""
+    published: bool = False
+    """Set by the publish step when it takes the record: one record per request."""
 
     @property
     def model_requested(self) -> str:

@@ -16,7 +16,14 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from shared.errors import ClientError, ProviderError
+from shared.errors import (
+    BadRequestError,
+    ClientError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+)
 
 __all__ = ["EXCEPTION_HANDLERS", "error_body", "render_error", "unexpected_error"]
 
@@ -50,12 +57,34 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientError) -> Response[bytes
     return render_error(exc)
 
 
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own errors (unknown path, wrong method): same shape, their 4xx status."""
-    error = ClientError(str(exc.detail))
+_LITESTAR_CODES: dict[int, type[ClientError]] = {
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
+}
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (unknown path, wrong method, body too large, a malformed body):
+    the code of the error table for their status; a 5xx of theirs is the unexpected 502."""
+    if exc.status_code >= 500:
+        return _unexpected(request, exc)
+    kind = _LITESTAR_CODES.get(exc.status_code, BadRequestError)
+    error = kind(str(exc.detail))
     response = render_error(error, headers=dict(exc.headers or {}))
-    response.status_code = exc.status_code if exc.status_code < 500 else 502
+    if kind is BadRequestError:
+        response.status_code = exc.status_code
     return response
+
+
+def _undecodable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """What msgspec raises, instead of a ``DecodeError``, while litestar parses a handler's JSON
+    body: ``RecursionError`` past ~1,000 levels of nesting, ``UnicodeDecodeError`` for bytes
+    that are not UTF-8 inside a string. The caller sent that; our own decoding maps the same
+    two in ``gateway.policy.json_body``."""
+    log.info("undecodable body on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    said = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
+    return render_error(BadRequestError(f"request body is {said}"))
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -68,5 +97,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ClientError: _client_error,
     HTTPException: _http_exception,
+    RecursionError: _undecodable,
+    UnicodeDecodeError: _undecodable,
     Exception: _unexpected,
 }

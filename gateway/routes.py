@@ -2,8 +2,12 @@
 
 Invariants: every chat request, whatever its outcome, publishes exactly one record, after the
 response is complete (a background task for whole answers; the relay's ``finally`` for streams,
-so a client that disconnects mid-stream is recorded too). The response always carries
-``Floopy-Request-Id``, and ``Floopy-Provider``/``Floopy-Model`` once known.
+so a client that disconnects mid-stream is recorded too; and, should building or sending the
+response fail, the guard's after-response hook). The response always carries
+``Floopy-Request-Id``, and ``Floopy-Provider``/``Floopy-Model`` once known, as header-safe text.
+
+``GET /health`` is public liveness (status, Redis reachable); its counters are shown only to an
+admin key of an operator org (they describe every tenant's traffic through this worker).
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from litestar.response import Stream
 
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
+from gateway.guard import FINISH
 from gateway.pipeline import auth
+from gateway.pipeline.auth import bearer_token
 from gateway.pipeline.intake import EMBEDDINGS
 from gateway.pipeline.publish import publish, publish_after_response
 from gateway.pipeline.run import EMBEDDING_STAGES, STAGES, Stage, run_stages
+from gateway.policy.chat_request import header_text
+from gateway.policy.keys import Permission
 from gateway.runtime import Runtime
 from shared.errors import ClientError, PayloadTooLargeError
 
@@ -70,8 +78,8 @@ def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
 def _headers(ctx: RequestContext) -> dict[str, str]:
     headers = {**ctx.response_headers, "Floopy-Request-Id": ctx.request_id}
     if ctx.provider_name:
-        headers["Floopy-Provider"] = ctx.provider_name
-    model = ctx.model_used or ctx.model_requested
+        headers["Floopy-Provider"] = header_text(ctx.provider_name)
+    model = header_text(ctx.model_used or ctx.model_requested)
     if model:
         headers["Floopy-Model"] = model
     return headers
@@ -102,8 +110,20 @@ def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Respo
     return response
 
 
-@post("/v1/chat/completions", status_code=200)
+def _finish(ctx: RequestContext, rt: Runtime) -> None:
+    """The guard's after-response hook: a record the response path could not publish."""
+    if ctx.published:
+        return
+    rt.counters.records_after_failed_response += 1
+    log.error("request %s: the response failed; publishing its record anyway", ctx.request_id)
+    if not ctx.status_code or ctx.status_code < 400:
+        ctx.status_code = 502
+    publish(ctx, rt)
+
+
+@post("/v1/chat/completions", status_code=200, request_max_body_size=None)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The body cap is the guard's and the intake stage's (``max_body_bytes``)."""
     return await _proxy(request, STAGES)
 
 
@@ -119,6 +139,7 @@ async def _proxy(
     ctx = _context(request, rt)
     if endpoint:
         ctx.endpoint = endpoint
+    request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, rt)
     try:
         await run_stages(ctx, rt, stages)
     except ClientError as exc:
@@ -167,7 +188,7 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
         log.warning("request %s: %s", ctx.request_id, ctx.stream_error)
         # too late to fall back (the caller has bytes), not too late to count against it
-        await rt.upstreams.breakers.failure(ctx.provider_name)
+        await rt.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
     except (GeneratorExit, asyncio.CancelledError):
         ctx.stream_error = "client disconnected before the end of the stream"
         raise
@@ -189,6 +210,18 @@ async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": await rt.catalog.models()}
 
 
+async def _sees_counters(request: Request[Any, Any, Any], rt: Runtime) -> bool:
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
+        return False
+    try:
+        async with asyncio.timeout(1.0):
+            key, org = await rt.access.keystore.authenticate(token)
+    except Exception:  # noqa: BLE001 - liveness answers whatever the key; no key, no counters
+        return False
+    return Permission.ADMIN in key.permissions and org.org_id in rt.settings.operator_orgs
+
+
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
     rt = _runtime(request)
@@ -197,9 +230,14 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
             reachable = bool(await rt.redis.ping())
     except Exception:  # noqa: BLE001 - any failure means "not reachable now", which is the answer
         reachable = False
-    return {
+    liveness: dict[str, Any] = {
         "status": "ok" if reachable else "degraded",
         "redis": {"reachable": reachable},
+    }
+    if not await _sees_counters(request, rt):
+        return liveness
+    return {
+        **liveness,
         "publisher": rt.publisher.stats(),
         "access": rt.access.stats(),
         "cache": rt.cache.stats(),
@@ -209,5 +247,10 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
             "record_build": rt.counters.record_build_failures,
             "firewall_classifier": rt.counters.firewall_classifier_failures,
             "firewall_verdict_cache": rt.counters.firewall_cache_errors,
+            "records_after_failed_response": rt.counters.records_after_failed_response,
+        },
+        "guard": {
+            "refused_in_flight": rt.counters.refused_in_flight,
+            "in_flight_clients": len(rt.in_flight),
         },
     }

@@ -7,9 +7,12 @@ closed at shutdown in reverse order (publisher flush first, while Redis is still
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -35,6 +38,8 @@ __all__ = ["Counters", "Runtime"]
 
 log = logging.getLogger(__name__)
 
+_DRAIN_S = 5.0
+
 
 @dataclass
 class Counters:
@@ -42,6 +47,10 @@ class Counters:
 
     unexpected_errors: int = 0
     record_build_failures: int = 0
+    refused_in_flight: int = 0
+    """Requests refused by the guard because their client had too many in flight."""
+    records_after_failed_response: int = 0
+    """Records published by the guard because building or sending the response failed."""
     firewall_classifier_failures: int = 0
     firewall_cache_errors: int = 0
 
@@ -61,6 +70,10 @@ class Runtime:
     """``GET /v1/models``."""
     verdict_cache: VerdictCache = field(init=False)
     """The firewall's verdicts (``gateway.clients.verdict_cache``)."""
+    in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Requests in flight per client (``gateway.guard``)."""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Work a request left behind (records waiting for a token estimate), awaited at close."""
     access: Access = field(init=False)
     """Keys, limits, templates (``gateway.access``); opened by the app's lifespan before this."""
     watcher: RoutingWatcher = field(init=False)
@@ -106,8 +119,17 @@ class Runtime:
         publisher.start()
         return rt
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def close(self) -> None:
         await self.cache.close()
+        if self.tasks:
+            _, late = await asyncio.wait(self.tasks, timeout=_DRAIN_S)
+            if late:
+                log.error("%d records still waiting for a token estimate at shutdown", len(late))
         await self.publisher.stop()
         await self.upstreams.aclose()
         await self.vectors.aclose()

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         log_access=settings.access_log,
         workers_kill_timeout=int(settings.publisher.flush_deadline_s) + 5,
+        backpressure=settings.backpressure,
     ).serve()
 
 

@@ -57,6 +57,9 @@ class ProviderSettings(BaseModel):
     """Azure only: the ``api-version`` query parameter."""
     deployments: dict[str, str] = Field(default_factory=dict)
     """Azure only: model → deployment name; a model not listed is its own deployment name."""
+    orgs: list[str] = Field(default_factory=list)
+    """Orgs that may use this provider (by routing or by an explicit ``<provider>/<model>``);
+    empty: every org."""
 
     @model_validator(mode="after")
     def _key_from_environment(self) -> ProviderSettings:
@@ -89,6 +92,10 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30.0, gt=0)
     """How long an open breaker skips its provider before one probe request may try it."""
     probe_timeout_s: float = Field(default=30.0, gt=0)
+    min_orgs: int = Field(default=2, ge=1)
+    """Distinct orgs whose requests must have failed within the window for the provider-wide
+    breaker to open; one org's failures open only that org's own breaker of the provider (so a
+    tenant's bad requests never turn the others away). 1: any failures open it for all."""
 
 
 class PriceOverride(BaseModel):
@@ -194,6 +201,9 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1)
     log_level: str = "info"
+    backpressure: int | None = Field(default=None, ge=1)
+    """granian's limit of requests in flight per worker (its default: the backlog, 1,024, per
+    worker); beyond it a worker stops accepting connections, ``/health`` included."""
     access_log: bool = False
     """granian's access log line per request. Off by default: every request is already a record
     in ClickHouse with more than the line has, and the line cost ~0.3-0.4 ms of CPU per request
@@ -225,6 +235,10 @@ class GatewaySettings(BaseSettings):
     master_key: SecretStr = SecretStr("")
     """Fernet key (``floopy-admin master-key``) that decrypts ``api_key_encrypted`` of providers
     in the config file and in the store."""
+    provider_key_env_prefixes: list[str] = Field(default_factory=lambda: ["FLOOPY_PROVIDER_KEY_"])
+    """``api_key_env`` of a provider written through the admin API must start with one of these,
+    so an admin key cannot name another secret of the gateway's environment (the master key)
+    and have it sent to a URL of its choosing. The config file and CLI are not limited."""
     routing_refresh_s: float = Field(default=2.0, gt=0, le=300)
     """How often each worker checks whether stored providers or routes changed (one Redis GET);
     a change made through ``/admin`` or ``floopy-admin`` is followed within about this long."""
@@ -232,7 +246,19 @@ class GatewaySettings(BaseSettings):
     """Orgs whose admin keys may manage every org, providers and routes through ``/admin``; an
     admin key of any other org manages its own org's keys and templates only."""
 
+    rate_limit_segment_cap: int = Field(default=10_000, ge=1)
+    """Live per-segment rate-limit buckets (one per ``floopy-user-id`` or property value of a
+    ``s=user``/``s=property:…`` policy) an org may have at once; a new value beyond it is 429."""
     max_body_bytes: int = Field(default=4 * 2**20, ge=1)
+    """Largest chat-completions body; a larger one is refused (413) before it is read."""
+    admin_max_body_bytes: int = Field(default=256 * 2**10, ge=1)
+    """Largest body on every other route (admin API, read API): they take small JSON objects."""
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    """A body must arrive within this long of its first read (408 otherwise), so slow senders
+    cannot hold the worker's connections."""
+    max_in_flight_per_client: int = Field(default=64, ge=1)
+    """Requests one client (a key, or an address without one) may have in flight per worker;
+    more get 429 at once. ``/health`` is not counted."""
     record_body_max_bytes: int = Field(default=256 * 2**10, ge=0)
     """Bodies longer than this are cut in the record (never in the proxied traffic)."""
     publisher: PublisherSettings = PublisherSettings()

@@ -8,11 +8,13 @@ transient outage (retry, then spool) from poison data (set aside, never retried)
     FloopyError
     ├── ClientError                      (rendered to the caller; has status_code and code)
     │   ├── BadRequestError              400 BAD_REQUEST
-    │   │   └── PayloadTooLargeError     413 BAD_REQUEST
+    │   │   ├── PayloadTooLargeError     413 BAD_REQUEST
+    │   │   └── RequestTimeoutError      408 BAD_REQUEST (the body did not arrive in time)
     │   ├── PromptThreatError            400 PROMPT_THREAT_DETECTED
     │   ├── InvalidApiKeyError           401 INVALID_API_KEY
     │   ├── ForbiddenError               403 FORBIDDEN
-    │   ├── NotFoundError                404 NOT_FOUND (read API: no such id in the caller's org)
+    │   ├── NotFoundError                404 NOT_FOUND (no such route, or no such id in the org)
+    │   ├── MethodNotAllowedError        405 METHOD_NOT_ALLOWED
     │   ├── SubscriptionExpiredError     403 SUBSCRIPTION_EXPIRED
     │   ├── RateLimitExceededError       429 RATE_LIMIT_EXCEEDED
     │   ├── UsageLimitExceededError      429 USAGE_LIMIT_EXCEEDED
@@ -48,6 +50,7 @@ __all__ = [
     "GatewayTimeoutError",
     "InvalidApiKeyError",
     "MalformedVerdictError",
+    "MethodNotAllowedError",
     "MonthlyLimitExceededError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -57,6 +60,7 @@ __all__ = [
     "ProviderError",
     "RateLimitExceededError",
     "RecordDecodeError",
+    "RequestTimeoutError",
     "SinkUnavailableError",
     "SubscriptionExpiredError",
     "UsageLimitExceededError",
@@ -101,6 +105,12 @@ class PayloadTooLargeError(BadRequestError):
     status_code = 413
 
 
+class RequestTimeoutError(BadRequestError):
+    """The body did not arrive within ``body_read_timeout_s``: a slow sender holds no slot."""
+
+    status_code = 408
+
+
 class PromptThreatError(ClientError):
     status_code = 400
     code = "PROMPT_THREAT_DETECTED"
@@ -121,6 +131,11 @@ class NotFoundError(ClientError):
 
     status_code = 404
     code = "NOT_FOUND"
+
+
+class MethodNotAllowedError(ClientError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
 
 
 class SubscriptionExpiredError(ClientError):

@@ -8,10 +8,17 @@ plans, providers and routes. Another org's ids answer 404, as if they did not ex
 key's secret is in the creation response only. Provider keys sent in plaintext are encrypted
 with the master key before they are stored. Every change goes through ``AdminService``, which
 writes the audit entry.
+
+Hostile input (issue 10): the guard has authenticated the key and capped the body before a
+handler runs. Path ids are checked against the one id charset (``shared.redis_keys``). Provider
+and route writes are checked by building what a worker builds from them (``check_routing``, in
+the service), and an ``api_key_env`` must start with an allowed prefix. An expired org reads for
+a grace period and writes nothing (``check_plan_access``); revoking a key stays allowed.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -31,14 +38,15 @@ from gateway.admin.service import (
 from gateway.admin.settings_api import SettingsApi
 from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
-from gateway.policy.keys import ApiKey, Org, Permission
-from gateway.policy.templates import TemplateMessage
+from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
+from gateway.policy.templates import TemplateMessage, check_template_id
 from gateway.runtime import Runtime
 from shared.errors import (
     BadRequestError,
     ForbiddenError,
     NotFoundError,
 )
+from shared.redis_keys import check_id
 
 __all__ = ["admin_router"]
 
@@ -61,15 +69,20 @@ class AdminApi(Controller):
     path = "/admin"
 
     async def _caller(
-        self, request: Request[Any, Any, Any], need: Permission = Permission.ADMIN
+        self,
+        request: Request[Any, Any, Any],
+        need: Permission = Permission.ADMIN,
+        *,
+        write: bool | None = False,
     ) -> tuple[Runtime, ApiKey, bool]:
-        who = await caller(request, need)
+        who = await caller(request, need, write=write)
         return who.rt, who.key, who.operator
 
     async def _org_scope(
         self, request: Request[Any, Any, Any], org_id: str, need: Permission = Permission.ADMIN
     ) -> Runtime:
         rt, key, operator = await self._caller(request, need)
+        check_id("org", org_id)
         if not operator and key.org_id != org_id:
             raise NotFoundError(f"no org {org_id!r}")
         return rt
@@ -80,17 +93,21 @@ class AdminApi(Controller):
             raise ForbiddenError("only an operator org's admin key may do this")
         return rt
 
-    async def _service(self, request: Request[Any, Any, Any]) -> tuple[AdminService, ApiKey, bool]:
-        """An admin key's service (who acts is recorded in the audit log)."""
-        rt, key, operator = await self._caller(request)
+    async def _service(
+        self, request: Request[Any, Any, Any], *, write: bool | None = True
+    ) -> tuple[AdminService, ApiKey, bool]:
+        """An admin key's service (who acts is recorded in the audit log); its provider and
+        route writes are checked against the worker's own settings (``check_routing``)."""
+        rt, key, operator = await self._caller(request, write=write)
         actor = Actor("key", key.key_id, key.org_id, key.name)
-        return AdminService(rt.access, rt.settings, actor), key, operator
+        service = AdminService(rt.access, rt.settings, actor, check_against=rt.watcher.base)
+        return service, key, operator
 
     async def _key_of_caller_org(
-        self, request: Request[Any, Any, Any], key_id: str
+        self, request: Request[Any, Any, Any], key_id: str, *, write: bool | None = True
     ) -> tuple[AdminService, ApiKey]:
-        service, caller, operator = await self._service(request)
-        key = await request.app.state.runtime.access.keystore.get_key(key_id)
+        service, caller, operator = await self._service(request, write=write)
+        key = await request.app.state.runtime.access.keystore.get_key(check_id("key", key_id))
         if key is None or (not operator and key.org_id != caller.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
@@ -126,6 +143,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         service, _, _ = await self._service(request)
+        check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
         org = seed.org(org_id, await rt.access.keystore.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
@@ -161,8 +179,11 @@ class AdminApi(Controller):
     async def create_key(
         self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        await self._org_scope(request, org_id)
+        rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
+        org = await rt.access.keystore.get_org(org_id)
+        if org is not None:  # an operator creating a key in an expired org: refused too
+            check_plan_access(org, int(time.time() * 1000), write=True)
         new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))
         return {"secret": new.secret, "key": key_view(key)}
 
@@ -182,7 +203,7 @@ class AdminApi(Controller):
     async def revoke_key(
         self, request: Request[Any, Any, Any], key_id: FromPath[str]
     ) -> dict[str, Any]:
-        service, key = await self._key_of_caller_org(request, key_id)
+        service, key = await self._key_of_caller_org(request, key_id, write=None)
         await service.revoke_key(key)
         return {"key_id": key_id, "revoked": True}
 
@@ -198,7 +219,7 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], org_id: FromPath[str], template_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id, Permission.READ)
-        versions = await rt.access.templates.versions(org_id, template_id)
+        versions = await rt.access.templates.versions(org_id, check_template_id(template_id))
         if not versions:
             raise NotFoundError(f"no prompt template {template_id!r}")
         return {"data": msgspec.to_builtins(versions)}
@@ -213,6 +234,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
+        check_template_id(template_id)
         body = to_struct(data, TemplateBody)
         template = await service.add_template_version(org_id, template_id, body.messages)
         result: dict[str, Any] = msgspec.to_builtins(template)
@@ -229,6 +251,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         service, _, _ = await self._service(request)
+        _check_key_env(data, rt.settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
         return {"data": shown, "note": _followed_note(rt)}
@@ -265,6 +288,20 @@ class AdminApi(Controller):
         service, _, _ = await self._service(request)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
+
+
+def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
+    """Only variables meant for provider keys: an admin key must not be able to name the master
+    key (or any other secret of the gateway's environment) and have it sent to its own URL."""
+    env = provider.get("api_key_env")
+    if env is None or env == "":
+        return
+    if not isinstance(env, str) or not any(env.startswith(p) for p in prefixes):
+        allowed = ", ".join(f"{p}*" for p in prefixes) or "(none)"
+        raise BadRequestError(
+            f"api_key_env must name a variable matching {allowed}; or send api_key, which is "
+            "stored encrypted"
+        )
 
 
 def _followed_note(rt: Runtime) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 
 from gateway.pipeline.auth import bearer_token
-from gateway.policy.keys import ApiKey, Org, Permission, check_permission
+from gateway.policy.keys import ApiKey, Org, Permission, check_permission, check_plan_access
 from gateway.runtime import Runtime
 from shared.errors import ForbiddenError, InvalidApiKeyError, NotFoundError
+from shared.redis_keys import check_id
 
 __all__ = ["Caller", "caller"]
 
@@ -23,7 +25,9 @@ class Caller:
     operator: bool
 
     def reach(self, org_id: str) -> None:
-        """Another org's ids answer 404 unless the caller is an operator."""
+        """Another org's ids answer 404 unless the caller is an operator; an id outside the
+        charset is a 400."""
+        check_id("org", org_id)
         if not self.operator and self.key.org_id != org_id:
             raise NotFoundError(f"no org {org_id!r}")
 
@@ -32,11 +36,20 @@ class Caller:
             raise ForbiddenError("only an operator org's admin key may do this")
 
 
-async def caller(request: Request[Any, Any, Any], need: Permission = Permission.ADMIN) -> Caller:
+async def caller(
+    request: Request[Any, Any, Any],
+    need: Permission = Permission.ADMIN,
+    *,
+    write: bool | None = False,
+) -> Caller:
+    """``write``: an expired org reads for a grace period and writes nothing
+    (``check_plan_access``); None skips the check (revoking a key stays allowed)."""
     rt: Runtime = request.app.state.runtime
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
     key, org = await rt.access.keystore.authenticate(token)
     check_permission(key, need)
+    if write is not None:
+        check_plan_access(org, int(time.time() * 1000), write=write)
     return Caller(rt, key, org, org.org_id in rt.settings.operator_orgs)

@@ -51,7 +51,15 @@ if TYPE_CHECKING:
     from gateway.clients.templates import TemplateStore
     from gateway.settings import ApiKeyEntry, GatewaySettings
 
-__all__ = ["Seed", "apply_seed", "load_seed", "merge_routing", "parse_seed", "seed_from_api_keys"]
+__all__ = [
+    "Seed",
+    "apply_seed",
+    "check_routing",
+    "load_seed",
+    "merge_routing",
+    "parse_seed",
+    "seed_from_api_keys",
+]
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +239,13 @@ def merge_routing(
     settings: GatewaySettings,
     providers: list[dict[str, Any]],
     routes: Mapping[str, list[str]],
+    *,
+    strict: bool = False,
 ) -> GatewaySettings:
     """Stored providers and routes over the settings' own (same name or model: the store wins).
     A stored provider that cannot be used (no master key, unset variable) is logged and left
-    out rather than stopping the worker: the others still serve."""
+    out rather than stopping the worker: the others still serve. ``strict`` (a write through
+    the admin API): such a provider is a 400 instead."""
     if not providers and not routes:
         return settings
     from pydantic import SecretStr, ValidationError
@@ -253,9 +264,26 @@ def merge_routing(
                 )
             provider = ProviderSettings.model_validate(fields)
         except (BadRequestError, ValidationError) as exc:
+            if strict:
+                raise BadRequestError(f"provider {stored.get('name')!r}: {exc}") from None
             log.error("stored provider %r left out: %s", stored.get("name"), exc)
             continue
         merged[provider.name] = provider
     return settings.model_copy(
         update={"providers": list(merged.values()), "routes": {**settings.routes, **routes}}
     )
+
+
+def check_routing(
+    settings: GatewaySettings, providers: list[dict[str, Any]], routes: Mapping[str, list[str]]
+) -> None:
+    """What a worker builds at start-up from these stored providers and routes, built now: a
+    write that would stop the next start (a route to an unknown provider, a provider that
+    cannot be used) is a 400 instead."""
+    from gateway.clients.upstreams import routing_table
+
+    merged = merge_routing(settings, providers, routes, strict=True)
+    try:
+        routing_table(merged)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None

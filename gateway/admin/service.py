@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from gateway.admin.secrets import encrypt
+from gateway.admin.seed import check_routing
 from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import ApiKey, KeyLimits, KeySwitches, NewKey, Org, Permission
 from gateway.policy.redaction import redact
@@ -113,11 +114,18 @@ class AdminService:
         settings: GatewaySettings,
         actor: Actor,
         clock: Callable[[], float] = time.time,
+        *,
+        check_against: GatewaySettings | None = None,
     ) -> None:
+        """``check_against``: the worker's own settings (before stored routing is merged in);
+        given, every provider and route write is checked by building what a worker builds
+        from it (``check_routing``) before it is stored. The CLI, whose environment need not
+        be the workers', passes none."""
         self._access = access
         self._settings = settings
         self._actor = actor
         self._clock = clock
+        self._check_against = check_against
 
     async def _audit(
         self,
@@ -205,6 +213,22 @@ class AdminService:
 
     # -- providers and routes (operators) ---------------------------------------------------
 
+    async def _check(
+        self,
+        providers: list[dict[str, Any]] | None = None,
+        routes: dict[str, list[str]] | None = None,
+    ) -> None:
+        """The stored routing after a write (``providers``/``routes`` as they would be), built
+        as a worker builds it; a 400 when it could not be used."""
+        if self._check_against is None:
+            return
+        routing = self._access.routing
+        check_routing(
+            self._check_against,
+            providers if providers is not None else await routing.providers(),
+            routes if routes is not None else await routing.routes(),
+        )
+
     async def _stored_provider(self, name: str) -> dict[str, Any] | None:
         return next((p for p in await self._access.routing.providers() if p["name"] == name), None)
 
@@ -225,6 +249,8 @@ class AdminService:
             for kept in ("api_key_encrypted", "api_key_env"):
                 if before.get(kept):
                     provider[kept] = before[kept]
+        others = [p for p in await self._access.routing.providers() if p.get("name") != name]
+        await self._check(providers=[*others, provider])
         await self._access.routing.put_provider(provider)
         await self._audit(
             "provider.put", f"provider:{name}", [], before, provider, operators_only=True
@@ -233,6 +259,8 @@ class AdminService:
 
     async def delete_provider(self, name: str) -> None:
         before = await self._stored_provider(name)
+        others = [p for p in await self._access.routing.providers() if p.get("name") != name]
+        await self._check(providers=others)
         if not await self._access.routing.delete_provider(name):
             raise NotFoundError(f"no stored provider {name!r}")
         await self._audit(
@@ -240,7 +268,9 @@ class AdminService:
         )
 
     async def put_route(self, model: str, targets: list[str]) -> None:
-        before = (await self._access.routing.routes()).get(model)
+        routes = await self._access.routing.routes()
+        before = routes.get(model)
+        await self._check(routes={**routes, model: targets})
         await self._access.routing.put_route(model, targets)
         await self._audit("route.put", f"route:{model}", [], before, targets, operators_only=True)
 

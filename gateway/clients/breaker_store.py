@@ -1,7 +1,9 @@
 """Circuit-breaker state per provider, shared by every gateway worker through Redis.
 
 Invariants:
-- ``<p>:breaker:<provider>`` holds the ``BreakerStatus`` as JSON; every change is a WATCH/MULTI
+- ``<p>:breaker:<provider>`` holds the provider-wide ``BreakerStatus`` as JSON (it opens only
+  on failures from ``min_orgs`` orgs), ``<p>:breaker:<provider>@org:<org>`` one org's own
+  breaker of that provider (``gateway.policy.breaker``); every change is a WATCH/MULTI
   transaction over the pure functions of ``gateway.policy.breaker``, so two workers never both
   apply a transition (one admitted probe at a time; one open event per opening).
 - The common case costs one GET and no write: admitting to a closed breaker and successes
@@ -15,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +41,9 @@ from gateway.policy.breaker import (
     to_event,
 )
 from shared.records import BreakerEventRecord
+from shared.redis_keys import RedisKeys
 
-__all__ = ["BreakerStore", "ProviderHealth"]
+__all__ = ["BreakerStore", "ProviderHealth", "org_scope"]
 
 log = logging.getLogger(__name__)
 
@@ -76,44 +80,51 @@ class BreakerStore:
     ) -> None:
         self._redis = redis
         self._config = config
-        self._p = prefix
+        self._org_config = dataclasses.replace(config, min_orgs=1)
+        self._k = RedisKeys(prefix)
         self._clock = clock
         self.redis_errors = 0
 
-    def _key(self, provider: str) -> str:
-        return f"{self._p}:breaker:{provider}"
+    def _key(self, scope: str) -> str:
+        return self._k.breaker(scope)
 
-    async def admit(self, provider: str) -> tuple[Admission, BreakerEventRecord | None]:
-        """ALLOW or PROBE: send the request; REJECT: skip this provider (try the next target)."""
+    def _config_of(self, scope: str) -> BreakerConfig:
+        """An org's own breaker opens on that org's failures alone."""
+        return self._org_config if "@org:" in scope else self._config
+
+    async def admit(self, scope: str) -> tuple[Admission, BreakerEventRecord | None]:
+        """ALLOW or PROBE: send the request; REJECT: skip this provider (try the next target).
+        ``scope``: a provider, or ``org_scope(provider, org)``."""
+        config = self._config_of(scope)
         try:
-            status = _decode(await self._redis.get(self._key(provider)))
+            status = _decode(await self._redis.get(self._key(scope)))
             if status.state is BreakerState.CLOSED:
                 return Admission.ALLOW, None
-            return await self._update(provider, lambda s, now: admit(s, now, self._config))
+            return await self._update(scope, lambda s, now: admit(s, now, config))
         except RedisError as exc:
-            self._failed_open("admit", provider, exc)
+            self._failed_open("admit", scope, exc)
             return Admission.ALLOW, None
 
-    async def record_failure(self, provider: str) -> BreakerEventRecord | None:
+    async def record_failure(self, scope: str, org: str = "") -> BreakerEventRecord | None:
+        config = self._config_of(scope)
         try:
             _, event = await self._update(
-                provider, lambda s, now: _wrap(on_failure(s, now, self._config))
+                scope, lambda s, now: _wrap(on_failure(s, now, config, org))
             )
         except RedisError as exc:
-            self._failed_open("record_failure", provider, exc)
+            self._failed_open("record_failure", scope, exc)
             return None
         return event
 
-    async def record_success(self, provider: str) -> BreakerEventRecord | None:
+    async def record_success(self, scope: str) -> BreakerEventRecord | None:
+        config = self._config_of(scope)
         try:
-            status = _decode(await self._redis.get(self._key(provider)))
+            status = _decode(await self._redis.get(self._key(scope)))
             if status.state is not BreakerState.HALF_OPEN:
                 return None
-            _, event = await self._update(
-                provider, lambda s, now: _wrap(on_success(s, now, self._config))
-            )
+            _, event = await self._update(scope, lambda s, now: _wrap(on_success(s, now, config)))
         except RedisError as exc:
-            self._failed_open("record_success", provider, exc)
+            self._failed_open("record_success", scope, exc)
             return None
         return event
 
@@ -163,7 +174,7 @@ class BreakerStore:
                     await pipe.execute()
                 except WatchError:
                     continue
-                event = to_event(provider, transition, int(now * 1000)) if transition else None
+                event = _event(provider, transition, now) if transition else None
                 if event is not None:
                     log.warning(
                         "circuit breaker of %s: %s -> %s (%s)",
@@ -184,6 +195,19 @@ class BreakerStore:
             type(exc).__name__,
             exc,
         )
+
+
+def org_scope(provider: str, org: str) -> str:
+    """The breaker of ``org``'s requests to ``provider`` (org ids never hold ``@``)."""
+    return f"{provider}@org:{org}"
+
+
+def _event(scope: str, transition: Transition, now: float) -> BreakerEventRecord:
+    """Events name the provider; an org's own breaker says whose in the reason."""
+    provider, _, org = scope.partition("@org:")
+    if org:
+        transition = dataclasses.replace(transition, reason=f"org {org}: {transition.reason}")
+    return to_event(provider, transition, int(now * 1000))
 
 
 def _wrap(

@@ -2,6 +2,8 @@
 in-process memory of "closed", and every state change sent to the breaker-events sink.
 
 Invariants:
+- Two breakers stand in a request's way per provider: the provider-wide one (opens on failures
+  from several orgs) and its org's own (``gateway.policy.breaker``); either open skips it.
 - A closed breaker is remembered for ``CLOSED_MEMORY_S`` per worker, so the common case costs
   no Redis call at all; any failure seen by this worker forgets it at once. Another worker's
   opening is therefore seen within ``CLOSED_MEMORY_S`` (far below any useful cool-down).
@@ -22,8 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from gateway.clients.breaker_store import BreakerStore, ProviderHealth
-from gateway.policy.breaker import Admission, BreakerState
+from gateway.clients.breaker_store import BreakerStore, ProviderHealth, org_scope
+from gateway.policy.breaker import ANY_ORG, Admission, BreakerState
 from shared.records import BreakerEventRecord
 
 _T = TypeVar("_T")
@@ -55,33 +57,55 @@ class Breakers:
     def redis_errors(self) -> int:
         return self._store.redis_errors
 
-    async def admit(self, provider: str) -> Admission:
+    def _scopes(self, provider: str, org: str) -> list[str]:
+        """The provider-wide breaker, then the org's own (none for a request of no org)."""
+        return [provider, org_scope(provider, org)] if org else [provider]
+
+    async def admit(self, provider: str, org: str = "") -> Admission:
+        """REJECT when either breaker is open; PROBE when either admits this as its probe."""
+        result = Admission.ALLOW
+        for scope in self._scopes(provider, org):
+            admission = await self._admit_scope(scope, provider)
+            if admission is Admission.REJECT:
+                return admission
+            if admission is Admission.PROBE:
+                result = admission
+        return result
+
+    async def _admit_scope(self, scope: str, provider: str) -> Admission:
         now = self._clock()
-        if self._closed_until.get(provider, 0.0) > now:
+        if self._closed_until.get(scope, 0.0) > now:
             return Admission.ALLOW
         admission, event = await self._within(
-            ADMIT_BUDGET_S, self._store.admit(provider), (Admission.ALLOW, None), provider
+            ADMIT_BUDGET_S, self._store.admit(scope), (Admission.ALLOW, None), provider
         )
         self._publish(event)
         if admission is Admission.ALLOW:
-            self._closed_until[provider] = now + CLOSED_MEMORY_S
+            self._closed_until[scope] = now + CLOSED_MEMORY_S
         return admission
 
-    async def failure(self, provider: str) -> bool:
-        """Count a failure; True when it opened the breaker."""
-        self._closed_until.pop(provider, None)
-        event = await self._within(
-            RECORD_BUDGET_S, self._store.record_failure(provider), None, provider
-        )
-        self._publish(event)
-        return event is not None and event.to_state == BreakerState.OPEN.value
-
-    async def probe_succeeded(self, provider: str) -> None:
-        self._publish(
-            await self._within(
-                RECORD_BUDGET_S, self._store.record_success(provider), None, provider
+    async def failure(self, provider: str, org: str = "", *, answered: bool = False) -> bool:
+        """Count a failure of ``org``'s request; True when a breaker in its way opened.
+        ``answered``: the provider answered with an error status, which a request's content can
+        provoke, so it is weighed per org; otherwise (unreachable, timeout) it counts for all."""
+        opened = False
+        weighed_as = org if answered and org else ANY_ORG
+        for scope in self._scopes(provider, org):
+            self._closed_until.pop(scope, None)
+            event = await self._within(
+                RECORD_BUDGET_S, self._store.record_failure(scope, weighed_as), None, provider
             )
-        )
+            self._publish(event)
+            opened = opened or (event is not None and event.to_state == BreakerState.OPEN.value)
+        return opened
+
+    async def probe_succeeded(self, provider: str, org: str = "") -> None:
+        for scope in self._scopes(provider, org):
+            self._publish(
+                await self._within(
+                    RECORD_BUDGET_S, self._store.record_success(scope), None, provider
+                )
+            )
 
     async def snapshot(self, providers: Sequence[str]) -> list[ProviderHealth]:
         return await self._store.snapshot(providers)

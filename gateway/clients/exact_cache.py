@@ -13,6 +13,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from gateway.policy.cache import CachedAnswer, decode_answer, encode_answer
+from shared.redis_keys import RedisKeys
 
 __all__ = ["ExactCache"]
 
@@ -20,10 +21,10 @@ __all__ = ["ExactCache"]
 class ExactCache:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._p = prefix
+        self._keys = RedisKeys(prefix)
 
     def key(self, org_id: str, key_hash: str) -> str:
-        return f"{self._p}:cache:{org_id}:{key_hash}"
+        return self._keys.response_cache(org_id, key_hash)
 
     async def get(self, org_id: str, key_hash: str) -> CachedAnswer | None:
         raw = await self._redis.get(self.key(org_id, key_hash))

@@ -1,6 +1,8 @@
 """API keys, orgs and usage counters in Redis, with an in-process cache for the hot path.
 
 Invariants:
+- Key names come from ``shared.redis_keys``; org and key ids are checked against its charset
+  when written, so no id reaches into another's keys.
 - Only the SHA-256 of a key is stored: ``<p>:key:<hash>`` is a hash whose fields are the
   ``ApiKey`` fields, each JSON-encoded; ``<p>:keyid:<key_id>`` → hash lets admins revoke by id;
   ``<p>:org:<org_id>`` holds the ``Org`` the same way, ``<p>:org:<org_id>:keys`` the key hashes.
@@ -49,6 +51,7 @@ from gateway.policy.keys import (
     month_period,
 )
 from shared.errors import InvalidApiKeyError
+from shared.redis_keys import RedisKeys, check_id
 from shared.streams import retention_key
 
 __all__ = ["ORG_SETTINGS", "KeyStore", "usage_expiry_s"]
@@ -128,6 +131,7 @@ class KeyStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._k = RedisKeys(prefix)
         self._p = prefix
         self._cache: ExpiringCache[str, _Auth] = ExpiringCache(
             cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
@@ -172,7 +176,7 @@ class KeyStore:
         return found
 
     async def _load(self, key_hash: str) -> _Auth:
-        raw: Any = await self._auth(keys=[f"{self._p}:key:{key_hash}"], args=[f"{self._p}:org:"])
+        raw: Any = await self._auth(keys=[self._k.api_key(key_hash)], args=[self._k.org_prefix])
         key_flat, org_flat = raw
         if not key_flat:
             return None
@@ -186,11 +190,11 @@ class KeyStore:
 
     def request_counter(self, org_id: str, now_ms: int) -> str:
         """The org's monthly request counter (the limits script increments it)."""
-        return f"{self._p}:usage:org:{org_id}:req:{month_period(now_ms)}"
+        return self._k.org_requests(org_id, month_period(now_ms))
 
     def usage_keys(self, key_id: str, now_ms: int) -> tuple[str, str]:
-        base = f"{self._p}:usage:key:{key_id}"
-        return f"{base}:d:{day_period(now_ms)}", f"{base}:m:{month_period(now_ms)}"
+        day, month = f"d:{day_period(now_ms)}", f"m:{month_period(now_ms)}"
+        return self._k.key_usage(key_id, day), self._k.key_usage(key_id, month)
 
     async def count_request(self, org_id: str, now_ms: int) -> int:
         """Count one request against the org's monthly quota; returns the count including it."""
@@ -260,19 +264,20 @@ class KeyStore:
     async def put_org(self, org: Org, *, with_settings: bool = False) -> None:
         """Write the org's name, plan and rate limit; its feature settings (``cache``) are
         kept as stored unless ``with_settings`` (they have their own admin route)."""
+        check_id("org", org.org_id)
         fields = _encode_fields(org)
         if not with_settings:
             for name in ORG_SETTINGS:
                 fields.pop(name, None)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{self._p}:org:{org.org_id}", mapping=fields)
+            pipe.hset(self._k.org(org.org_id), mapping=fields)
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
 
     async def put_org_cache(self, org_id: str, cache: CacheSettings) -> bool:
         """Replace one org's cache settings, nothing else; False if there is no such org."""
         done = await self._set_org_field(
-            keys=[f"{self._p}:org:{org_id}"], args=["cache", msgspec.json.encode(cache.view())]
+            keys=[self._k.org(org_id)], args=["cache", msgspec.json.encode(cache.view())]
         )
         return bool(done)
 
@@ -284,7 +289,7 @@ class KeyStore:
         return bool(done)
 
     async def get_org(self, org_id: str) -> Org | None:
-        flat = await _aw(self._redis.hgetall(f"{self._p}:org:{org_id}"))
+        flat = await _aw(self._redis.hgetall(self._k.org(org_id)))
         return _decode_fields(Org, _flatten(flat)) if flat else None
 
     async def create_key(
@@ -298,6 +303,7 @@ class KeyStore:
         now_ms: int | None = None,
     ) -> tuple[NewKey, ApiKey]:
         """Create a key; the returned ``NewKey.secret`` is the only time anyone sees it."""
+        check_id("org", org_id)
         new = generate_key()
         key = ApiKey(
             key_id=new.key_id,
@@ -311,42 +317,45 @@ class KeyStore:
             switches=switches or KeySwitches(),
         )
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{self._p}:key:{new.key_hash}", mapping=_encode_fields(key))
-            pipe.set(f"{self._p}:keyid:{new.key_id}", new.key_hash)
-            pipe.sadd(f"{self._p}:org:{org_id}:keys", new.key_hash)
+            pipe.hset(self._k.api_key(new.key_hash), mapping=_encode_fields(key))
+            pipe.set(self._k.key_id(new.key_id), new.key_hash)
+            pipe.sadd(self._k.org_keys(org_id), new.key_hash)
             await pipe.execute()
         return new, key
 
     async def put_key(self, key: ApiKey) -> ApiKey:
         """Create or update a key whose hash is known (config seed). A revoked key stays revoked:
         re-applying a seed must not bring a leaked key back. Returns the key as stored."""
+        check_id("key", key.key_id)
+        check_id("org", key.org_id)
         current = await self.get_key(key.key_id)
         if current is not None and current.revoked:
             key = msgspec.structs.replace(key, revoked=True, revoked_at_ms=current.revoked_at_ms)
         async with self._redis.pipeline(transaction=True) as pipe:
             if current is not None and current.key_hash != key.key_hash:
-                pipe.delete(f"{self._p}:key:{current.key_hash}")
-                pipe.srem(f"{self._p}:org:{current.org_id}:keys", current.key_hash)
-            pipe.delete(f"{self._p}:key:{key.key_hash}")
-            pipe.hset(f"{self._p}:key:{key.key_hash}", mapping=_encode_fields(key))
-            pipe.set(f"{self._p}:keyid:{key.key_id}", key.key_hash)
-            pipe.sadd(f"{self._p}:org:{key.org_id}:keys", key.key_hash)
+                pipe.delete(self._k.api_key(current.key_hash))
+                pipe.srem(self._k.org_keys(current.org_id), current.key_hash)
+            pipe.delete(self._k.api_key(key.key_hash))
+            pipe.hset(self._k.api_key(key.key_hash), mapping=_encode_fields(key))
+            pipe.set(self._k.key_id(key.key_id), key.key_hash)
+            pipe.sadd(self._k.org_keys(key.org_id), key.key_hash)
             await pipe.execute()
         self._cache.pop(key.key_hash)
         return key
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        key_hash = await self._redis.get(f"{self._p}:keyid:{key_id}")
+        key_hash = await self._redis.get(self._k.key_id(key_id))
         if key_hash is None:
             return None
-        flat = await _aw(self._redis.hgetall(f"{self._p}:key:{key_hash.decode()}"))
+        flat = await _aw(self._redis.hgetall(self._k.api_key(key_hash.decode())))
         return _decode_fields(ApiKey, _flatten(flat)) if flat else None
 
     async def list_orgs(self) -> list[str]:
         """Org ids, by SCAN: an admin listing, never on the hot path."""
         ids: set[str] = set()
-        async for name in self._redis.scan_iter(match=f"{self._p}:org:*", count=1000):
-            rest = name.decode()[len(self._p) + len(":org:") :]
+        start = len(self._k.org_prefix)
+        async for name in self._redis.scan_iter(match=self._k.org("*"), count=1000):
+            rest = name.decode()[start:]
             if ":" not in rest:
                 ids.add(rest)
         return sorted(ids)
@@ -354,14 +363,14 @@ class KeyStore:
     async def revoke_key(self, key_id: str, now_ms: int | None = None) -> bool:
         """Mark the key revoked; False if there is no such key. Other workers notice within
         ``cache_ttl_s``; this one at once."""
-        key_hash = await self._redis.get(f"{self._p}:keyid:{key_id}")
+        key_hash = await self._redis.get(self._k.key_id(key_id))
         if key_hash is None:
             return False
         key_hash = key_hash.decode()
         revoked_at = now_ms if now_ms is not None else int(time.time() * 1000)
         await _aw(
             self._redis.hset(
-                f"{self._p}:key:{key_hash}",
+                self._k.api_key(key_hash),
                 mapping={"revoked": b"true", "revoked_at_ms": str(revoked_at).encode()},
             )
         )
@@ -369,10 +378,10 @@ class KeyStore:
         return True
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:
-        hashes = await _aw(self._redis.smembers(f"{self._p}:org:{org_id}:keys"))
+        hashes = await _aw(self._redis.smembers(self._k.org_keys(org_id)))
         async with self._redis.pipeline(transaction=False) as pipe:
             for h in sorted(hashes):
-                pipe.hgetall(f"{self._p}:key:{h.decode()}")
+                pipe.hgetall(self._k.api_key(h.decode()))
             rows = await pipe.execute()
         keys = [_decode_fields(ApiKey, _flatten(row)) for row in rows if row]
         return sorted(keys, key=lambda k: (k.created_at_ms, k.key_id))

@@ -8,7 +8,12 @@ Invariants:
   whatever their hosts' clocks say.
 - The script is sent by EVALSHA; after a Redis restart or ``SCRIPT FLUSH`` (NOSCRIPT) it is
   loaded again once, by redis-py's ``Script``.
-- A bucket key expires when its debt is paid off, so idle buckets cost no memory.
+- A bucket key expires when its debt is paid off (the bucket is full again), so idle buckets cost
+  no memory.
+- Per-segment buckets (``s=user``, ``s=property:…``) are capped per org: a sorted set of the
+  org's live segment buckets, scored by when each expires, is trimmed and counted in the same
+  script; a request that would start a bucket beyond ``segment_cap`` is refused (gate 3, 429)
+  and spends nothing. The set expires with its last bucket.
 - Fail open: if Redis cannot answer, the request is allowed and the decision says
   ``fail_open=True`` (the caller sets a header); each such decision is logged and counted.
 """
@@ -23,7 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_USAGE
+from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
 from gateway.policy.ratelimit import RateLimitPolicy
 
 __all__ = [
@@ -132,6 +137,22 @@ for i = 1, 4 do
   local limit = tonumber(ARGV[g + 2 + i])
   if gate == 0 and limit >= 0 and tonumber(used[i]) >= limit then gate = 2 end
 end
+-- KEYS[n+4]: the org's segment set; ARGV[g+7] its cap, ARGV[g+8] how many buckets are
+-- segmented, then their indexes
+local segs = KEYS[n + 4]
+local seg_cap = tonumber(ARGV[g + 7])
+local nseg = tonumber(ARGV[g + 8])
+if nseg > 0 then
+  redis.call('ZREMRANGEBYSCORE', segs, '-inf', now_ms)
+  local live = redis.call('ZCARD', segs)
+  for j = 1, nseg do
+    local k = KEYS[tonumber(ARGV[g + 8 + j])]
+    if not redis.call('ZSCORE', segs, k) and redis.call('EXISTS', k) == 0 then
+      live = live + 1
+      if gate == 0 and live > seg_cap then gate = 3 end
+    end
+  end
+end
 local buckets, all_allowed = decide(n, 1)
 local admitted = all_allowed and gate == 0
 if admitted then
@@ -141,6 +162,15 @@ end
 -- usage goes back as strings: Lua numbers would be truncated to integers in the reply
 local out = {now_ms, gate, count, used[1], used[2], used[3], used[4]}
 commit(buckets, admitted, out)
+for j = 1, nseg do
+  local k = KEYS[tonumber(ARGV[g + 8 + j])]
+  local ttl = redis.call('PTTL', k)
+  if ttl > 0 then redis.call('ZADD', segs, now_ms + ttl, k) else redis.call('ZREM', segs, k) end
+end
+if nseg > 0 then
+  local last = redis.call('ZRANGE', segs, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', segs, last[2]) end
+end
 return out
 """
 )
@@ -154,6 +184,8 @@ class Bucket:
     policy: RateLimitPolicy
     cost: int = 1
     force: bool = False
+    segmented: bool = False
+    """One of many buckets of a policy split by user or property value (capped per org)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +210,9 @@ class Gates:
     counter_expire_at_s: int
     usage_day_key: str
     usage_month_key: str
+    segment_set: str = ""
+    """The org's set of live segment buckets (``shared.redis_keys``); with ``segment_cap``."""
+    segment_cap: int = 10_000
     monthly_quota: int | None = None
     daily_tokens: int | None = None
     monthly_tokens: int | None = None
@@ -197,6 +232,7 @@ class Gate:
     NONE = GATE_NONE
     MONTHLY_QUOTA = GATE_MONTHLY
     USAGE = GATE_USAGE
+    SEGMENTS = GATE_SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -250,8 +286,11 @@ class RateLimiter:
         monthly quota and usage gates, then every rate-limit bucket, all or nothing; an admitted
         request is counted against the monthly quota and charged to its buckets."""
         keys = [b.key for b in buckets]
-        keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key]
+        segment_set = gates.segment_set or f"{gates.request_counter}:segments"
+        keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
+        segmented = [str(i + 1) for i, b in enumerate(buckets) if b.segmented]
         args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
+        args += [str(gates.segment_cap), str(len(segmented)), *segmented]
         try:
             raw: Any = await self._limits(keys=keys, args=args)
         except (RedisError, OSError) as exc:

@@ -19,6 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.errors import BadRequestError
+from shared.redis_keys import RedisKeys
 
 __all__ = ["RoutingConfigStore"]
 
@@ -28,9 +29,10 @@ _FORBIDDEN_FIELDS = ("api_key",)
 class RoutingConfigStore:
     def __init__(self, redis: Redis, *, prefix: str = "floopy") -> None:
         self._redis = redis
-        self._providers = f"{prefix}:providers"
-        self._routes = f"{prefix}:routes"
-        self._version = f"{prefix}:routing:version"
+        keys = RedisKeys(prefix)
+        self._providers = keys.providers
+        self._routes = keys.routes
+        self._version = keys.routing_version
 
     async def version(self) -> int:
         """How many writes the stored providers and routes have had (0: never written)."""

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from gateway.clients.expiring_cache import ExpiringCache
 from gateway.policy.templates import Template, TemplateMessage, check_template_id
 from shared.errors import BadRequestError
+from shared.redis_keys import RedisKeys, check_id, is_id
 
 __all__ = ["TemplateStore"]
 
@@ -55,7 +56,7 @@ class TemplateStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
-        self._p = prefix
+        self._k = RedisKeys(prefix)
         self._cache: ExpiringCache[tuple[str, str, int | None], Template] = ExpiringCache(
             cache_ttl_s, max_entries=_CACHE_MAX, clock=clock
         )
@@ -63,7 +64,8 @@ class TemplateStore:
         self._put = redis.register_script(_PUT_LUA)
 
     def _key(self, org_id: str, template_id: str) -> str:
-        return f"{self._p}:tpl:{org_id}:{template_id}"
+        """Both ids checked: neither holds ``:``, so one org's names never reach another's."""
+        return self._k.template(check_id("org", org_id), check_template_id(template_id))
 
     async def get(self, org_id: str, template_id: str, version: int | None = None) -> Template:
         """The template, or BadRequestError naming what was not found."""
@@ -121,9 +123,11 @@ class TemplateStore:
         return sorted(found, key=lambda t: t.version)
 
     async def list_ids(self, org_id: str) -> list[str]:
-        start = len(self._key(org_id, ""))
+        """Only valid ids: a name with ``:`` under this org's prefix (written before ids were
+        checked) belongs to another org whose id starts with this one's."""
+        start = len(self._k.template(check_id("org", org_id), ""))
         names = [
             name.decode()[start:]
-            async for name in self._redis.scan_iter(match=self._key(org_id, "*"), count=1000)
+            async for name in self._redis.scan_iter(match=self._k.template(org_id, "*"), count=1000)
         ]
-        return sorted(names)
+        return sorted(n for n in names if is_id(n))

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def routing_table(settings: GatewaySettings) -> RoutingTable:
     return RoutingTable(
         [
-            ProviderModels(p.name, frozenset(p.models), tuple(p.model_prefixes))
+            ProviderModels(p.name, frozenset(p.models), tuple(p.model_prefixes), frozenset(p.orgs))
             for p in settings.provider_list()
         ],
         settings.routes,
@@ -66,7 +66,9 @@ class Upstreams:
         b = settings.breaker
         store = BreakerStore(
             redis,
-            BreakerConfig(b.failure_threshold, b.window_s, b.cooldown_s, b.probe_timeout_s),
+            BreakerConfig(
+                b.failure_threshold, b.window_s, b.cooldown_s, b.probe_timeout_s, b.min_orgs
+            ),
             prefix=settings.redis.key_prefix,
         )
         providers = {p.name: make_provider(p) for p in settings.provider_list()}

@@ -9,6 +9,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -175,19 +176,28 @@ def bearer(authorization: str) -> str:
     return token.strip()
 
 
+_UNIX_MS = re.compile(r"-?[0-9]{1,18}")
+_MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_time(value: str | None, default_ms: int) -> int:
     """Unix milliseconds, or ISO 8601 (``Z`` allowed; naive means UTC)."""
     if not value:
         return default_ms
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequestError(f"{value!r} is neither unix ms nor an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    shown = value if len(value) <= 64 else value[:64] + "…"
+    if _UNIX_MS.fullmatch(value):
+        ms = int(value)
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            ms = int(parsed.timestamp() * 1000)
+        except (ValueError, OverflowError, OSError):
+            raise BadRequestError(f"{shown!r} is neither unix ms nor an ISO 8601 time") from None
+    if not 0 <= ms <= _MAX_TIME_MS:
+        raise BadRequestError(f"{shown!r} is outside 1970-01-01 … 9999-12-31")
+    return ms
 
 
 def time_range(start: str | None, end: str | None, default_span_s: int = DAY) -> TimeRange:

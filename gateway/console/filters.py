@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,12 +137,30 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
+_INT64 = 2**63 - 1
+
+
+def _cursor_value(value: Any) -> bool:
+    """What a cursor of ours holds: finite numbers within ClickHouse's Int64, and strings."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_INT64 <= value <= _INT64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= 256
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_cursor(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = json.loads(raw)
-    except (binascii.Error, ValueError):
+        values = json.loads(raw, parse_constant=_no_constant)
+    except (binascii.Error, ValueError, RecursionError):
         raise BadRequestError("`cursor` is not a cursor this API returned") from None
-    if not isinstance(values, list):
+    if not isinstance(values, list) or not all(_cursor_value(v) for v in values):
         raise BadRequestError("`cursor` is not a cursor this API returned")
     return values

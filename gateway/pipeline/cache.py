@@ -36,6 +36,7 @@ from gateway.policy.cache import (
 from gateway.policy.cache_key import request_keys
 from gateway.policy.cache_replay import assemble_stream, replay_events
 from gateway.policy.firewall import SkipReason, Verdict, decide, plan_screening, thresholds_for
+from gateway.policy.json_body import decode_json
 
 if TYPE_CHECKING:
     from gateway.clients.response_cache import Lookup
@@ -84,7 +85,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     ctx.response_headers.update(cache_headers(plan.status))
     if not plan.active:
         return
-    fields = chat.fields if chat.fields is not None else _decode_object(chat.raw)
+    fields = chat.fields if chat.fields is not None else decode_json(_decode_object, chat.raw)
     outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
     for tier in plan.tiers:
         found = await _look_up(ctx, rt, tier)

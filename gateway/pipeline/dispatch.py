@@ -52,7 +52,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         raise RuntimeError("dispatch runs after intake and routing")
     last: ClientError | None = None
     for target in ctx.targets:
-        admission = await rt.upstreams.breakers.admit(target.provider)
+        admission = await rt.upstreams.breakers.admit(target.provider, ctx.org_id)
         provider = rt.upstreams.providers.get(target.provider)
         if admission is Admission.REJECT or provider is None:  # None: removed since routing
             _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
@@ -84,10 +84,10 @@ async def _try_target(ctx: RequestContext, rt: Runtime, target: Target, *, probe
         await _TargetRun(ctx, rt, target).run(1 if probe else rt.settings.retry.attempts)
     except ClientError as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
-            await rt.upstreams.breakers.probe_succeeded(target.provider)  # it answered: it is up
+            await rt.upstreams.breakers.probe_succeeded(target.provider, ctx.org_id)  # it is up
         raise
     if probe:
-        await rt.upstreams.breakers.probe_succeeded(target.provider)
+        await rt.upstreams.breakers.probe_succeeded(target.provider, ctx.org_id)
 
 
 class _TargetRun:
@@ -110,7 +110,10 @@ class _TargetRun:
             await _attempt(self.ctx, self.provider, self.target, self.request)
         except ClientError as exc:
             if counts_against_breaker(classify_failure(exc)):
-                self.breaker_open = await self.rt.upstreams.breakers.failure(self.target.provider)
+                answered = exc.details.get("provider_status") is not None
+                self.breaker_open = await self.rt.upstreams.breakers.failure(
+                    self.target.provider, self.ctx.org_id, answered=answered
+                )
             raise
 
     async def run(self, attempts: int) -> None:

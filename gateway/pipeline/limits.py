@@ -20,7 +20,8 @@ from gateway.policy.limits import (
     refusal,
     scope_of,
 )
-from gateway.policy.ratelimit import Unit, bucket_key
+from gateway.policy.ratelimit import Segment, Unit, bucket_key
+from shared.redis_keys import RedisKeys
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -49,6 +50,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
             ),
             policy,
             admission_cost(policy),
+            segmented=policy.segment is not Segment.GLOBAL,
         )
         for name, policy in policies
     ]
@@ -60,6 +62,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,
+        segment_set=RedisKeys(prefix).rate_limit_segments(org.org_id),
+        segment_cap=rt.settings.rate_limit_segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
         monthly_tokens=limits.monthly_tokens,

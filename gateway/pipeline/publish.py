@@ -1,10 +1,15 @@
 """After the response (or the last chunk of a stream): the record and spans go to the publisher.
 
-Never raises: a failure to build a record is logged and counted, the response already left.
+Invariants: a request's record is published once (``ctx.published`` is claimed first, so the
+route's background task, the relay's ``finally`` and the guard's after-response hook never
+double it). Never raises: a failure to build a record is logged and counted, the response
+already left. Token estimation (a provider that reported no usage) runs in a thread: a long
+prompt must not stall the event loop every other request shares.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -12,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.clients.usage import record_usage
 from gateway.pipeline.cache import store_after
 from gateway.policy.recording import build_records
-from gateway.policy.usage import settle_usage
+from gateway.policy.usage import Settled, needs_estimate, settle_usage
 from shared.codec import encode_record
 from shared.streams import Sink
 
@@ -26,21 +31,39 @@ log = logging.getLogger(__name__)
 
 
 def publish(ctx: RequestContext, rt: Runtime) -> None:
+    """Publish the record now, or from a task once the estimate is made off the loop."""
+    if ctx.published:
+        return
+    ctx.published = True
     end_ns = time.perf_counter_ns()
+    if ctx.stream is not None:
+        _stretch_dispatch(ctx, end_ns)
     try:
-        if ctx.stream is not None:
-            _stretch_dispatch(ctx, end_ns)
-        settled = settle_usage(ctx, rt.upstreams.prices)
-        record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
-        submit = rt.publisher.submit
-        submit(Sink.REQUESTS, encode_record(record))
-        record_usage(ctx, record, rt.access.usage)
-        for span in spans:
-            submit(Sink.SPANS, encode_record(span))
+        if needs_estimate(ctx):
+            rt.spawn(_publish_estimated(ctx, rt, end_ns))
+            return
+        _send(ctx, rt, end_ns, settle_usage(ctx, rt.upstreams.prices))
     except Exception:  # the response is gone: log, count, carry on
         rt.counters.record_build_failures += 1
         log.exception("could not build the record of request %s", ctx.request_id)
-        return
+
+
+async def _publish_estimated(ctx: RequestContext, rt: Runtime, end_ns: int) -> None:
+    try:
+        settled = await asyncio.to_thread(settle_usage, ctx, rt.upstreams.prices)
+        _send(ctx, rt, end_ns, settled)
+    except Exception:  # a task of its own: nothing above it would log this
+        rt.counters.record_build_failures += 1
+        log.exception("could not build the record of request %s", ctx.request_id)
+
+
+def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> None:
+    record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
+    submit = rt.publisher.submit
+    submit(Sink.REQUESTS, encode_record(record))
+    record_usage(ctx, record, rt.access.usage)
+    for span in spans:
+        submit(Sink.SPANS, encode_record(span))
     try:
         store_after(ctx, rt, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss

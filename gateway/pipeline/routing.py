@@ -12,4 +12,4 @@ __all__ = ["run"]
 
 
 async def run(ctx: RequestContext, rt: Runtime) -> None:
-    ctx.targets = rt.upstreams.routing.targets(ctx.model_requested)
+    ctx.targets = rt.upstreams.routing.targets(ctx.model_requested, ctx.org_id)

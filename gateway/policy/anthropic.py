@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.policy.json_body import decode_json
 from shared.errors import BadRequestError
 
 __all__ = [
@@ -100,8 +101,7 @@ def to_anthropic_request(
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("messages must be a non-empty list")
-    if int(body.get("n") or 1) != 1:
-        raise BadRequestError("n > 1 is not supported by Anthropic models")
+    _check_n(body.get("n"))
     system, turns = _split_messages(messages)
     out: dict[str, Any] = {
         "model": model or body.get("model"),
@@ -115,14 +115,36 @@ def to_anthropic_request(
     out.update({k: body[k] for k in _PASSED_THROUGH if body.get(k) is not None})
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else _strings(stop, "stop")
     if body.get("tools"):
-        out["tools"] = [_tool(t) for t in body["tools"]]
+        out["tools"] = [_tool(t) for t in _list(body["tools"], "tools")]
     if body.get("tool_choice") is not None:
         out["tool_choice"] = _tool_choice(body["tool_choice"])
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
     return out
+
+
+def _check_n(n: Any) -> None:
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise BadRequestError("n must be an integer")
+    if n != 1:
+        raise BadRequestError("n > 1 is not supported by Anthropic models")
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRequestError(f"{what} must be a list")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    items = _list(value, what)
+    if not all(isinstance(v, str) for v in items):
+        raise BadRequestError(f"{what} must be a string or a list of strings")
+    return items
 
 
 def _split_messages(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -157,7 +179,7 @@ def _blocks(message: Mapping[str, Any], index: int) -> tuple[str, list[dict[str,
     if role not in ("user", "assistant"):
         raise BadRequestError(f"messages[{index}].role {role!r} is not supported")
     blocks = _content_blocks(message.get("content"), index)
-    for call in message.get("tool_calls") or []:
+    for call in _list(message.get("tool_calls") or [], f"messages[{index}].tool_calls"):
         blocks.append(_tool_use(call, index))
     return str(role), blocks
 
@@ -209,10 +231,12 @@ def _tool_use(call: Any, index: int) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, Mapping) else None
     if not isinstance(function, Mapping):
         raise BadRequestError(f"messages[{index}].tool_calls: each call needs a function")
-    try:
-        arguments = msgspec.json.decode(function.get("arguments") or "{}")
-    except msgspec.DecodeError:
-        raise BadRequestError(f"messages[{index}].tool_calls: arguments are not JSON") from None
+    arguments = function.get("arguments") or "{}"
+    if isinstance(arguments, str):
+        what = f"messages[{index}].tool_calls: arguments"
+        arguments = decode_json(msgspec.json.decode, arguments.encode(), what)
+    elif not isinstance(arguments, Mapping):
+        raise BadRequestError(f"messages[{index}].tool_calls: arguments must be a JSON string")
     return {
         "type": "tool_use",
         "id": call.get("id", ""),

@@ -5,6 +5,14 @@
       └────────── the probe succeeds ─────┼────────────────────────────────────────────┘
                                           └──────────── the probe fails ───────────────┘
 
+Failures are weighed per org (issue 10: one tenant's self-inflicted 5xx opened a provider for
+everyone). Each failure carries the org whose request failed; the provider-wide breaker opens
+only when the failures within the window come from at least ``min_orgs`` orgs. Each org also
+has a breaker of its own per provider (``min_orgs`` 1), so a provider failing one org's requests
+only is skipped for that org alone; single-tenant deployments are protected by that one.
+A failure no request can cause (the provider unreachable, a timeout, a cut stream) is
+recorded with org ``ANY_ORG`` and counts as coming from every org: it opens as before.
+
 Every function takes the state and the time and returns the new state plus the transition that
 happened (or None), so each state change can become a ``BreakerEventRecord`` and the state can
 live anywhere (``gateway.clients.breaker_store`` keeps it in Redis). Only one probe runs at a
@@ -23,6 +31,7 @@ import msgspec
 from shared.records import BreakerEventRecord
 
 __all__ = [
+    "ANY_ORG",
     "Admission",
     "BreakerConfig",
     "BreakerState",
@@ -34,6 +43,10 @@ __all__ = [
     "recent_failures",
     "to_event",
 ]
+
+
+ANY_ORG = "*"
+"""The org of a failure that no request's content can cause (org ids never hold ``*``)."""
 
 
 class BreakerState(StrEnum):
@@ -54,6 +67,9 @@ class BreakerConfig:
     window_s: float = 30.0
     cooldown_s: float = 30.0
     probe_timeout_s: float = 30.0
+    min_orgs: int = 1
+    """Distinct orgs among the window's failures needed to open (the provider-wide breaker
+    uses ``breaker.min_orgs``, 2 by default; an org's own breaker 1)."""
 
     def __post_init__(self) -> None:
         # The status keeps max(threshold, 100) failure times: bounded, and enough to decide.
@@ -69,6 +85,8 @@ class BreakerStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     state: BreakerState = BreakerState.CLOSED
     failures: tuple[float, ...] = ()
+    failure_orgs: tuple[str, ...] = ()
+    """The org of each failure, same order as ``failures`` (may be shorter in old states)."""
     opened_at: float = 0.0
     probe_started_at: float = 0.0  # 0: no probe in flight
 
@@ -105,21 +123,43 @@ def admit(
 
 
 def on_failure(
-    status: BreakerStatus, now: float, config: BreakerConfig
+    status: BreakerStatus, now: float, config: BreakerConfig, org: str = ""
 ) -> tuple[BreakerStatus, Transition | None]:
-    failures = (*recent_failures(status, now, config), now)[-max(config.failure_threshold, 100) :]
+    keep = max(config.failure_threshold, 100)
+    recent = [
+        (t, o)
+        for t, o in zip(status.failures, _orgs_of(status), strict=True)
+        if t > now - config.window_s
+    ]
+    recent = [*recent, (now, org)][-keep:]
+    failures = tuple(t for t, _ in recent)
+    orgs = tuple(o for _, o in recent)
     if status.state is BreakerState.HALF_OPEN:
-        opened = BreakerStatus(state=BreakerState.OPEN, failures=failures, opened_at=now)
+        opened = BreakerStatus(
+            state=BreakerState.OPEN, failures=failures, failure_orgs=orgs, opened_at=now
+        )
         return opened, Transition(
             BreakerState.HALF_OPEN, BreakerState.OPEN, len(failures), "probe failed"
         )
     if status.state is BreakerState.OPEN:  # a straggler that started before the breaker opened
-        return _replace(status, failures=failures), None
-    if len(failures) >= config.failure_threshold:
-        opened = BreakerStatus(state=BreakerState.OPEN, failures=failures, opened_at=now)
+        return _replace(status, failures=failures, failure_orgs=orgs), None
+    distinct = config.min_orgs if ANY_ORG in orgs else len(set(orgs))
+    if len(failures) >= config.failure_threshold and distinct >= config.min_orgs:
+        opened = BreakerStatus(
+            state=BreakerState.OPEN, failures=failures, failure_orgs=orgs, opened_at=now
+        )
         reason = f"{len(failures)} failures within {config.window_s:g}s"
+        if config.min_orgs > 1 and ANY_ORG not in orgs:
+            reason += f" from {distinct} orgs"
         return opened, Transition(BreakerState.CLOSED, BreakerState.OPEN, len(failures), reason)
-    return _replace(status, failures=failures), None
+    return _replace(status, failures=failures, failure_orgs=orgs), None
+
+
+def _orgs_of(status: BreakerStatus) -> tuple[str, ...]:
+    """One org per failure whatever was stored (states written before orgs were kept)."""
+    n = len(status.failures)
+    orgs = status.failure_orgs[-n:] if n else ()
+    return ("",) * (n - len(orgs)) + orgs
 
 
 def on_success(

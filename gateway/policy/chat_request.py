@@ -13,9 +13,21 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway.clients.providers.base import ChatRequest
+from gateway.policy.json_body import decode_json
 from shared.errors import BadRequestError
 
-__all__ = ["check_content_type", "parse_chat_request", "parse_embeddings_request"]
+__all__ = [
+    "MAX_MODEL_CHARS",
+    "check_content_type",
+    "check_model_name",
+    "header_text",
+    "parse_chat_request",
+    "parse_embeddings_request",
+]
+
+MAX_MODEL_CHARS = 256
+"""Longer than any provider's model or deployment name; the name is echoed in a header."""
+_HEADER_MAX_CHARS = 256
 
 
 class _StreamOptions(msgspec.Struct):
@@ -50,20 +62,54 @@ def check_content_type(content_type: str) -> None:
         raise BadRequestError(f"Content-Type must be application/json (got {shown})")
 
 
+def _visible_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable() and " " not in text
+
+
+def check_model_name(model: str) -> str:
+    """Model names are 1-256 visible ASCII characters (no space, control or non-ASCII): every
+    provider's names fit, and the name can go back in ``Floopy-Model`` as it is."""
+    if not model:
+        raise BadRequestError("invalid request body: `model` must not be empty")
+    if len(model) > MAX_MODEL_CHARS:
+        raise BadRequestError(f"invalid request body: `model` is over {MAX_MODEL_CHARS} characters")
+    if not _visible_ascii(model):
+        raise BadRequestError(
+            "invalid request body: `model` must be visible ASCII characters (no spaces, "
+            "control characters or non-ASCII)"
+        )
+    return model
+
+
+def header_text(value: str) -> str:
+    """A value fit for a response header: what a provider names itself may be anything."""
+    if len(value) <= _HEADER_MAX_CHARS and _visible_ascii(value):
+        return value
+    kept = "".join(c for c in value[:_HEADER_MAX_CHARS] if c.isascii() and c.isprintable())
+    return kept.replace(" ", "_")
+
+
+def _check_utf8(raw: bytes) -> None:
+    """msgspec skips the bytes of ``messages`` (kept raw), so bad UTF-8 inside would go upstream."""
+    if raw.isascii():
+        return
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(
+            f"request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8"
+        ) from None
+
+
 _H = TypeVar("_H", _Head, _EmbeddingsHead)
 
 
 def _head(raw: bytes, decode: Callable[[bytes], _H]) -> _H:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")
-    try:
-        head = decode(raw)
-    except msgspec.ValidationError as exc:
-        raise BadRequestError(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not head.model:
-        raise BadRequestError("invalid request body: `model` must not be empty")
+    _check_utf8(raw)
+    head = decode_json(decode, raw)
+    check_model_name(head.model)
     return head
 
 
@@ -75,7 +121,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     wants_usage = bool(head.stream_options and head.stream_options.include_usage)
     request = ChatRequest(raw=raw, model=head.model, stream=stream, client_wants_usage=wants_usage)
     if stream:
-        request.fields = _decode_object(raw)
+        request.fields = decode_json(_decode_object, raw)
     return request
 
 

@@ -30,6 +30,7 @@ from shared.errors import (
 
 __all__ = [
     "DEFAULT_ORG_RATE_LIMIT",
+    "EXPIRED_READ_GRACE_MS",
     "KEY_PREFIX",
     "ApiKey",
     "KeyLimits",
@@ -42,6 +43,7 @@ __all__ = [
     "check_monthly_quota",
     "check_permission",
     "check_plan",
+    "check_plan_access",
     "check_usage",
     "day_period",
     "generate_key",
@@ -164,6 +166,21 @@ def check_plan(org: Org, now_ms: int) -> None:
     if expires is not None and now_ms >= expires:
         when = datetime.fromtimestamp(expires / 1000, UTC).isoformat(timespec="seconds")
         raise SubscriptionExpiredError(f"the organization's plan expired at {when}")
+
+
+EXPIRED_READ_GRACE_MS = 30 * 86_400_000
+"""How long after its plan expired an org may still read its logs and its admin data."""
+
+
+def check_plan_access(org: Org, now_ms: int, *, write: bool) -> None:
+    """The console and admin API of an expired org: reads for ``EXPIRED_READ_GRACE_MS`` (its
+    people can still see and export what they had), never a write (no new keys, templates or
+    key changes; revoking stays allowed, handled by the caller)."""
+    expires = org.plan.expires_at_ms
+    if expires is None or now_ms < expires:
+        return
+    if write or now_ms >= expires + EXPIRED_READ_GRACE_MS:
+        check_plan(org, now_ms)
 
 
 def check_monthly_quota(plan: Plan, requests_this_month: int) -> None:

@@ -46,6 +46,7 @@ from shared.errors import (
 __all__ = [
     "GATE_MONTHLY",
     "GATE_NONE",
+    "GATE_SEGMENTS",
     "GATE_USAGE",
     "admission_cost",
     "after_response_cost",
@@ -56,7 +57,7 @@ __all__ = [
     "refusal",
 ]
 
-GATE_NONE, GATE_MONTHLY, GATE_USAGE = 0, 1, 2
+GATE_NONE, GATE_MONTHLY, GATE_USAGE, GATE_SEGMENTS = 0, 1, 2, 3
 """What the limits script reports (``gateway.clients.ratelimiter.Gate`` uses the same values)."""
 
 
@@ -114,17 +115,9 @@ def rate_limit_headers(
     }
 
 
-def refusal(
-    gate: int,
-    *,
-    plan: Plan,
-    limits: KeyLimits,
-    requests_this_month: int,
-    usage: Usage,
-    denied_retry_ms: Sequence[tuple[str, int]],
-) -> ClientError | None:
-    """The error for a refused request, or None when it may run. Quota and usage refusals win
-    over rate limits: waiting ``Retry-After`` would not help them."""
+def _gate_refusal(
+    gate: int, plan: Plan, limits: KeyLimits, requests_this_month: int, usage: Usage
+) -> ClientError:
     if gate == GATE_MONTHLY:
         try:
             check_monthly_quota(plan, requests_this_month + 1)
@@ -137,6 +130,27 @@ def refusal(
         except UsageLimitExceededError as exc:
             return exc
         return UsageLimitExceededError("usage limit reached for this API key")
+    return RateLimitExceededError(
+        "too many distinct segment buckets (floopy-user-id or property values) live for this "
+        "organization; new values are refused until older buckets refill and expire",
+        details={"limit": "segments", "retry_after_s": 1},
+        headers={"Retry-After": "1"},
+    )
+
+
+def refusal(
+    gate: int,
+    *,
+    plan: Plan,
+    limits: KeyLimits,
+    requests_this_month: int,
+    usage: Usage,
+    denied_retry_ms: Sequence[tuple[str, int]],
+) -> ClientError | None:
+    """The error for a refused request, or None when it may run. Quota and usage refusals win
+    over rate limits: waiting ``Retry-After`` would not help them."""
+    if gate != GATE_NONE:
+        return _gate_refusal(gate, plan, limits, requests_this_month, usage)
     if not denied_retry_ms:
         return None
     name, retry_ms = max(denied_retry_ms, key=lambda item: item[1])

@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from shared.errors import BadRequestError
+from shared.redis_keys import RedisKeys
 
 __all__ = [
     "COST_UNITS_PER_USD",
@@ -212,7 +213,7 @@ def bucket_key(
     if len(value) > 64 or not value.isprintable():
         value = "h" + hashlib.sha256(value.encode()).hexdigest()[:32]
     shape = f"{policy.quota}/{policy.window_s}/{policy.unit.value}/{policy.segment.value}"
-    return f"{prefix}:rl:{org_id}:{scope}:{shape}:{policy.property_name}:{value}"
+    return RedisKeys(prefix).rate_limit(org_id, f"{scope}:{shape}:{policy.property_name}:{value}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The request record and its spans, built from a finished request context (pure).
 
+Every free-text field is clipped (``TRUNCATED_MARK`` says where): bodies and template inputs
+at ``body_limit`` bytes, names at ``NAME_MAX_CHARS``, error messages at ``MESSAGE_MAX_CHARS``
+(issue 10: a 3 MiB model name went into the record whole). Headers are capped when parsed.
+
 Spans get ids derived from the request id and the stage name (UUIDv5), so a span published twice
 is the same span downstream, like its request record.
 """
@@ -18,9 +22,39 @@ from gateway.policy.redaction import recorded_request_headers, recorded_response
 from gateway.policy.usage import Settled, reported_usage
 from shared.records import RequestRecord, SpanRecord
 
-__all__ = ["TRUNCATED_MARK", "build_records", "clip_body", "stream_summary"]
+__all__ = [
+    "MESSAGE_MAX_CHARS",
+    "NAME_MAX_CHARS",
+    "TRUNCATED_MARK",
+    "build_records",
+    "clip_body",
+    "clip_inputs",
+    "clip_text",
+    "stream_summary",
+]
 
 TRUNCATED_MARK = "…[truncated]"
+NAME_MAX_CHARS = 256
+MESSAGE_MAX_CHARS = 4096
+
+
+def clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + TRUNCATED_MARK
+
+
+def clip_inputs(inputs: dict[str, str], limit: int) -> dict[str, str]:
+    """Template inputs within ``limit`` characters in all (names and values); the first ones
+    kept whole, the one that crosses the limit cut, the rest left out (and marked)."""
+    kept: dict[str, str] = {}
+    left = limit
+    for raw_name, value in inputs.items():
+        if left <= 0:
+            kept[TRUNCATED_MARK] = ""
+            break
+        name = clip_text(raw_name, NAME_MAX_CHARS)
+        kept[name] = clip_text(value, max(0, left - len(name)))
+        left -= len(name) + len(value)
+    return kept
 
 
 def clip_body(body: bytes, limit: int) -> str:
@@ -76,6 +110,7 @@ def build_records(
     """``settled``: tokens and cost from ``gateway.policy.usage.settle_usage`` (without it,
     the provider's usage as reported and no cost)."""
     error_code, error_message = _error_fields(ctx)
+    error_message = clip_text(error_message, MESSAGE_MAX_CHARS)
     meta = ctx.meta
     usage = settled.usage if settled is not None else (reported_usage(ctx) or TokenUsage())
     log_bodies = ctx.api_key is None or ctx.api_key.switches.log_bodies
@@ -87,8 +122,8 @@ def build_records(
         api_key_id=ctx.api_key_id,
         created_at_ms=ctx.created_at_ms,
         stream=bool(ctx.chat and ctx.chat.stream),
-        model_requested=ctx.model_requested,
-        model_used=ctx.model_used,
+        model_requested=clip_text(ctx.model_requested, NAME_MAX_CHARS),
+        model_used=clip_text(ctx.model_used, NAME_MAX_CHARS),
         provider=ctx.provider_name,
         status_code=ctx.status_code,
         error_code=error_code,
@@ -108,7 +143,7 @@ def build_records(
         properties=meta.properties,
         prompt_id=ctx.prompt_id or meta.prompt_id,
         prompt_version=ctx.prompt_version,
-        prompt_inputs=ctx.prompt_inputs if keep_request else {},
+        prompt_inputs=clip_inputs(ctx.prompt_inputs, body_limit) if keep_request else {},
         providers_tried=list(ctx.providers_tried),
         retries=ctx.retries,
         tokens_estimated=settled.estimated if settled is not None else False,

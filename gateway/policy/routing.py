@@ -10,7 +10,9 @@ Resolution of the requested model; the first rule that matches wins:
 4. providers that list neither (catch-all), in config order.
 
 Nothing matches: 400 BAD_REQUEST naming the model, since the caller can fix it and no provider
-was asked. Several providers from steps 3-4 are tried in turn, so two accounts serving the same
+was asked. A provider with an ``orgs`` allow-list is left out of every step for other orgs
+(an explicit ``<provider>/<model>`` to it included); without a list it serves every org.
+Several providers from steps 3-4 are tried in turn, so two accounts serving the same
 models fall back to each other without a rule.
 """
 
@@ -51,6 +53,8 @@ class ProviderModels:
     name: str
     models: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
+    orgs: frozenset[str] = frozenset()
+    """Orgs allowed to use this provider; empty: all."""
 
     @property
     def catch_all(self) -> bool:
@@ -77,6 +81,7 @@ class RoutingTable:
         if bad:
             raise ValueError(f"provider names must be non-empty and without '/': {bad}")
         self._names = frozenset(names)
+        self._orgs = {p.name: p.orgs for p in self.providers if p.orgs}
         self._rules = {
             model: tuple(self._parse(model, spec) for spec in specs)
             for model, specs in self.rules.items()
@@ -91,7 +96,19 @@ class RoutingTable:
             raise ValueError(f"routing rule for {model!r}: unknown provider in {spec!r}")
         return Target(provider, target_model or model)
 
-    def targets(self, model: str) -> list[Target]:
+    def targets(self, model: str, org_id: str = "") -> list[Target]:
+        """The targets ``org_id`` may use, in order (every target when no org is given)."""
+        found = self._all_targets(model)
+        if not self._orgs or not org_id:
+            return found
+        allowed = [t for t in found if org_id in self._orgs.get(t.provider, (org_id,))]
+        if not allowed:
+            raise BadRequestError(
+                f"model {model!r} is not available to this organization", details={"param": "model"}
+            )
+        return allowed
+
+    def _all_targets(self, model: str) -> list[Target]:
         rule = self._rules.get(model)
         if rule is not None:
             return list(rule)

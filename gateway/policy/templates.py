@@ -15,7 +15,9 @@ from typing import Any
 
 import msgspec
 
+from gateway.policy.json_body import decode_json
 from shared.errors import BadRequestError
+from shared.redis_keys import MAX_ID_CHARS, check_id
 
 __all__ = [
     "MAX_TEMPLATE_ID_CHARS",
@@ -28,9 +30,8 @@ __all__ = [
     "template_variables",
 ]
 
-MAX_TEMPLATE_ID_CHARS = 128
+MAX_TEMPLATE_ID_CHARS = MAX_ID_CHARS
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
-_TEMPLATE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -52,12 +53,8 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def check_template_id(template_id: str) -> str:
-    if not _TEMPLATE_ID.match(template_id):
-        raise BadRequestError(
-            f"prompt template id {template_id!r} must be 1-{MAX_TEMPLATE_ID_CHARS} characters "
-            "of A-Z, a-z, 0-9, '_', '.', '-'"
-        )
-    return template_id
+    """The one id charset of ``shared.redis_keys`` (org, key and template ids alike)."""
+    return check_id("prompt template", template_id)
 
 
 def template_variables(messages: tuple[TemplateMessage, ...]) -> frozenset[str]:
@@ -110,10 +107,7 @@ def render_messages(template: Template, inputs: dict[str, str]) -> list[dict[str
 def apply_template(body: bytes, template: Template) -> tuple[bytes, dict[str, str]]:
     """The body to send upstream (``inputs`` replaced by the rendered messages) and the inputs,
     as text, for the record."""
-    try:
-        fields = _decode_object(body) if body else {}
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise BadRequestError(f"request body is not a JSON object: {exc}") from None
+    fields = decode_json(_decode_object, body, "request body (a JSON object)") if body else {}
     raw_inputs = fields.pop("inputs", {})
     if not isinstance(raw_inputs, dict):
         raise BadRequestError("`inputs` must be an object of template variables")

@@ -19,7 +19,7 @@ from gateway.context import RequestContext
 from gateway.policy.prices import PriceBook
 from gateway.policy.tokens import estimate_completion_tokens, estimate_prompt_tokens
 
-__all__ = ["Settled", "completion_text", "reported_usage", "settle_usage"]
+__all__ = ["Settled", "completion_text", "needs_estimate", "reported_usage", "settle_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,12 @@ def estimate_usage(ctx: RequestContext) -> TokenUsage:
     prompt = estimate_prompt_tokens([m for m in _prompt_messages(ctx) if isinstance(m, dict)])
     completion = estimate_completion_tokens(_answer_text(ctx))
     return TokenUsage(prompt, completion, prompt + completion, 0)
+
+
+def needs_estimate(ctx: RequestContext) -> bool:
+    """True when ``settle_usage`` would run the tokenizer (an answer without reported usage)."""
+    answered = ctx.reply is not None or ctx.stream is not None
+    return answered and reported_usage(ctx) is None
 
 
 def settle_usage(ctx: RequestContext, prices: PriceBook) -> Settled:

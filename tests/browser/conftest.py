@@ -122,6 +122,8 @@ def _driver(profile: Path, downloads: Path | None = None) -> WebDriver:
     options.binary_location = "/usr/bin/chromium"
     for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    # the console log, where Chromium reports every Content-Security-Policy violation
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     if downloads is not None:
         prefs = {
             "download.default_directory": str(downloads),

@@ -166,3 +166,23 @@ def test_another_orgs_session_shows_nothing_and_a_bad_key_says_so(console: Conso
     assert console.driver.find_elements(By.CSS_SELECTOR, "div.empty#requests-table")
     console.open("overview", key="sk-not-a-key")
     assert "cannot read" in console.driver.find_element(By.ID, "banner").text
+
+
+def test_pages_pass_their_csp_and_keep_the_key_out_of_the_url(console: Console) -> None:
+    """Issue 10: the pages work under a strict CSP (no violation reported on any page), the
+    ``?key=`` leaves the URL at once and lives in the tab's sessionStorage, not localStorage."""
+    driver = console.driver
+    driver.get_log("browser")  # drop what earlier tests logged
+    for page in ("overview", "requests", "sessions", "users", "properties", "playground"):
+        console.open(page)
+        assert "key=" not in driver.current_url
+        assert driver.find_element(By.ID, "banner").text == ""
+    stored = driver.execute_script(
+        "return [sessionStorage.getItem('floopy_console_key'),"
+        " localStorage.getItem('floopy_console_key')]"
+    )
+    assert stored == ["sk-floopy-acme-read", None]
+    violations = [
+        e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+    ]
+    assert violations == []

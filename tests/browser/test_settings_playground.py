@@ -385,6 +385,27 @@ def test_cache_and_firewall_render_the_orgs_fields(live: Live) -> None:
             names = {e.get_attribute("name") for e in box.find_elements(By.CSS_SELECTOR, "[name]")}
             assert names == set(org[section])
     screenshot(live.driver, "settings-cache")
+    if org.get("firewall") is None:
+        return
+    box = live.driver.find_element(By.ID, "section-firewall")
+    box.find_element(By.NAME, "honour_header").click()
+    live.fill(box, "flag_threshold", "0.4")
+    box.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    live.until(
+        lambda _: (
+            not httpx.get(
+                f"{live.url}/admin/orgs/{ORG}", headers={"Authorization": f"Bearer {ADMIN}"}
+            ).json()["firewall"]["honour_header"]
+        )
+    )
+    saved = httpx.get(
+        f"{live.url}/admin/orgs/{ORG}", headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()["firewall"]
+    assert saved == {**org["firewall"], "honour_header": False, "flag_threshold": 0.4}
+    live.open("settings?tab=audit")
+    newest = live.driver.find_element(By.CSS_SELECTOR, "#audit-table tbody tr")
+    assert newest.get_attribute("data-action") == "firewall.put"
+    assert "honour_header: true → false" in newest.text
 
 
 def test_an_omitted_body_is_not_stored_and_the_panel_says_why(live: Live) -> None:

@@ -347,20 +347,25 @@ def test_fail_open_when_redis_is_down(
 ) -> None:
     redis = redis_factory()
     floopy = Floopy(tmp_path, redis, clickhouse_server)
+    # /health shows its counters to an operator's admin key only
+    floopy.config["keys"]["key-ops"] = {"org": ORG_ID, "secret": OPS_KEY, "permissions": ["admin"]}
     floopy.start_provider()
     floopy.start_gateway(
         FLOOPY_GATEWAY_KEY_CACHE_TTL_S=str(TTL_S),
         FLOOPY_GATEWAY_PUBLISHER__FLUSH_DEADLINE_S="0.5",  # Redis stays down: do not wait at exit
+        FLOOPY_GATEWAY_OPERATOR_ORGS=f'["{ORG_ID}"]',
     )
+    ops = {"Authorization": f"Bearer {OPS_KEY}"}
     try:
         client = sdk(floopy, API_KEY)
         assert "floopy-ratelimit-status" not in chat(client).headers
+        assert "access" in httpx.get(f"{floopy.gateway_url}/health", headers=ops).json()
         redis.stop()
         time.sleep(TTL_S + 0.2)  # the key's cache entry is stale: the key store cannot answer
         raw = chat(client)
         assert raw.http_response.status_code == 200
         assert raw.headers["floopy-ratelimit-status"] == "unavailable"
-        health = httpx.get(f"{floopy.gateway_url}/health").json()
+        health = httpx.get(f"{floopy.gateway_url}/health", headers=ops).json()
         assert health["access"]["rate_limit_fail_open"] >= 1
         assert health["access"]["key_cache"]["stale_answers"] >= 1
         unknown = refused(lambda: chat(sdk(floopy, "sk-floopy-never-seen")))

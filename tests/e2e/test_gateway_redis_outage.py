@@ -3,6 +3,7 @@ gateway's buffer, and every one of them reaches the stream once Redis is back.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +42,19 @@ def test_records_survive_a_redis_outage(
     server = redis_factory()
     fake = FakeProviderProcess(tmp_path)
     fake.start()
+    # an operator's admin key: /health shows its counters to no other
+    seed = {
+        "orgs": {"org": {}},
+        "keys": {"key": {"org": "org", "secret": KEY, "permissions": ["admin"]}},
+    }
+    (tmp_path / "floopy.json").write_text(json.dumps(seed))
     gateway = GatewayProcess(
         tmp_path,
         redis_url=server.url,
         provider_url=fake.base_url,
-        api_keys={KEY: {"org_id": "org", "key_id": "key"}},
+        config_file=tmp_path / "floopy.json",
         extra_env={
+            "FLOOPY_GATEWAY_OPERATOR_ORGS": '["org"]',
             "FLOOPY_GATEWAY_PUBLISHER__RETRY_MAX_S": "0.3",
             "FLOOPY_GATEWAY_REDIS__SOCKET_TIMEOUT_S": "0.5",
             "FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S": "0.5",

@@ -108,7 +108,8 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         )
         health = _health(floopy)
         assert health["redis"]["reachable"] is False
-        print(f"before SIGKILL, one worker: {health['publisher']}, {health['access']['usage']}")
+        # the counters are shown to an operator key only (issue 10); liveness is enough here
+        print(f"before SIGKILL, one worker: {health}")
         assert _on_disk(spool_dir, "spans") >= 2 * REQUESTS
 
         floopy.stop("gateway", sig=signal.SIGKILL)

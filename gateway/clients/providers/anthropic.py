@@ -31,6 +31,7 @@ from gateway.policy.anthropic import (
     to_anthropic_request,
     to_openai_response,
 )
+from gateway.policy.json_body import decode_json
 from gateway.settings import ProviderSettings
 from shared.errors import ProviderError
 
@@ -72,7 +73,8 @@ class AnthropicProvider(ProviderClient):
         await self.http.aclose()
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
-        fields = request.fields if request.fields is not None else _decode(request.raw)
+        # the raw body was only partly decoded at intake: 1e400 or deep nesting may be in it
+        fields = request.fields if request.fields is not None else decode_json(_decode, request.raw)
         body = to_anthropic_request(fields, model=request.model)
         body["stream"] = stream
         return msgspec.json.encode(body)

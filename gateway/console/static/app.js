@@ -12,7 +12,7 @@ function h(tag, attrs, ...children) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
-    else if (k === "style") el.setAttribute("style", v);
+    else if (k === "style") el.style.cssText = v;  /* CSSOM: allowed by the CSP, a style attribute is not */
     else el.setAttribute(k, v === true ? "" : String(v));
   }
   for (const c of children.flat()) {
@@ -59,7 +59,7 @@ function statusBadge(code) {
 
 /* ---------- state, API ---------- */
 const state = {
-  key: localStorage.getItem(KEY_STORE) || "",
+  key: sessionStorage.getItem(KEY_STORE) || "",
   rangeS: Number(localStorage.getItem("floopy_console_range") || 604800),
 };
 
@@ -503,18 +503,23 @@ async function route() {
 }
 
 function init() {
-  const fromUrl = new URLSearchParams(location.search).get("key");
-  if (fromUrl) {
-    localStorage.setItem(KEY_STORE, fromUrl);
+  localStorage.removeItem(KEY_STORE);  /* where earlier versions kept it, for every later visitor */
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get("key");
+  if (fromUrl !== null) {
+    /* a key in the URL leaks into history and logs: take it out at once, keep it for this tab */
+    params.delete("key");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+    sessionStorage.setItem(KEY_STORE, fromUrl);
     state.key = fromUrl;
-    history.replaceState(null, "", location.pathname + location.hash);
   }
   $("#apikey").value = state.key;
   $("#range").value = String(state.rangeS);
   $("#keyform").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.key = $("#apikey").value.trim();
-    localStorage.setItem(KEY_STORE, state.key);
+    sessionStorage.setItem(KEY_STORE, state.key);
     route();
   });
   $("#range").addEventListener("change", () => {

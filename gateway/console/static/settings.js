@@ -275,6 +275,8 @@ settingsTabs.cache = async (el, ctx) => {
   }
 };
 
+const fieldLabel = (name) => name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
+
 /* A form for a flat-ish JSON object: booleans as checkboxes, numbers and text as inputs, lists
    of text comma-separated, anything else as JSON. Saving sends the same shape back. */
 function objectForm(obj, canEdit, save) {
@@ -282,13 +284,13 @@ function objectForm(obj, canEdit, save) {
   const error = h("div", { class: "form-error", hidden: true });
   const rows = Object.entries(obj).map(([k, v]) => {
     let input;
-    if (typeof v === "boolean") { kinds[k] = "bool"; input = h("input", { type: "checkbox", name: k, checked: v, disabled: !canEdit }); return h("label", { class: "check" }, input, k); }
+    if (typeof v === "boolean") { kinds[k] = "bool"; input = h("input", { type: "checkbox", name: k, checked: v, disabled: !canEdit }); return h("label", { class: "check" }, input, fieldLabel(k)); }
     if (typeof v === "number") { kinds[k] = "number"; input = h("input", { type: "number", step: "any", name: k, value: v, disabled: !canEdit }); }
-    else if (typeof v === "string") { kinds[k] = "text"; input = h("input", { name: k, value: v, disabled: !canEdit }); }
+    else if (typeof v === "string") { kinds[k] = "text"; input = h("input", { name: k, value: v, placeholder: "empty: the gateway's default", disabled: !canEdit }); }
     else if (v === null) { kinds[k] = "nullable"; input = h("input", { name: k, value: "", placeholder: "not set", disabled: !canEdit }); }
     else if (Array.isArray(v) && v.every((x) => typeof x === "string")) { kinds[k] = "list"; input = h("input", { name: k, value: v.join(", "), disabled: !canEdit }); }
     else { kinds[k] = "json"; input = h("textarea", { name: k, rows: 3, disabled: !canEdit }); input.value = JSON.stringify(v, null, 1); }
-    return labelled(k, input);
+    return labelled(fieldLabel(k), input);
   });
   const form = h("form", { class: "form object-form" }, h("div", { class: "row2" }, rows), error,
     canEdit ? h("div", { class: "actions" }, h("button", { class: "btn", type: "submit" }, "Save")) : null);

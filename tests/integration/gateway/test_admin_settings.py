@@ -246,11 +246,11 @@ async def test_stored_routes_and_providers_are_followed_without_a_restart(
     health: dict[str, Any] = {}
     async with asyncio.timeout(5):
         while not health.get("failures"):
-            health = (await client.get("/health")).json()["routing"]
+            health = (await client.get("/health", headers=ops)).json()["routing"]
             await asyncio.sleep(0.05)
     assert await _provider_of_next_request(client) == "third"
 
     assert (await client.delete("/admin/routes/gpt-4o", headers=ops)).status_code == 200
     assert (await client.delete("/admin/providers/third", headers=ops)).status_code == 200
     await _until_provider(client, "primary")  # back to the settings' own order
-    assert (await client.get("/health")).json()["routing"]["reloads"] >= 3
+    assert (await client.get("/health", headers=ops)).json()["routing"]["reloads"] >= 3

@@ -77,3 +77,25 @@ async def test_hung_redis_fails_open_within_the_budget(
     finally:
         server.process.send_signal(signal.SIGCONT)
         await client.aclose()
+
+
+async def test_one_orgs_answered_failures_turn_away_that_org_only(redis: Redis) -> None:
+    """Issue 10: org B's self-inflicted 5xx must not open the provider for org A; two orgs'
+    failures do; a provider no request can break (unreachable) opens for all as before."""
+    prefix, wall, events = f"t{uuid.uuid4().hex[:12]}", Clock(), []
+    config = BreakerConfig(failure_threshold=2, window_s=60, cooldown_s=10, min_orgs=2)
+    breakers = Breakers(BreakerStore(redis, config, prefix=prefix, clock=wall), events.append)
+    assert await breakers.failure("p", "org-b", answered=True) is False
+    assert await breakers.failure("p", "org-b", answered=True) is True  # org B's own breaker
+    assert await breakers.admit("p", "org-b") is Admission.REJECT
+    assert await breakers.admit("p", "org-a") is Admission.ALLOW
+    assert [e.reason for e in events] == ["org org-b: 2 failures within 60s"]
+    # one failure of org C: the window holds failures of two orgs, the provider-wide one opens
+    assert await breakers.failure("p", "org-c", answered=True) is True
+    assert await breakers.admit("p", "org-a") is Admission.REJECT
+    assert events[-1].reason == "3 failures within 60s from 2 orgs"
+    other = f"t{uuid.uuid4().hex[:12]}"
+    down = Breakers(BreakerStore(redis, config, prefix=other, clock=wall), events.append)
+    await down.failure("q", "org-b")  # not answered: connection refused
+    await down.failure("q", "org-b")
+    assert await down.admit("q", "org-a") is Admission.REJECT

@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
 from gateway.app import create_app
+from gateway.clients.keystore import KeyStore
+from gateway.policy.keys import Permission
 from gateway.settings import GatewaySettings
 from shared.codec import decode_record
 from shared.records import RequestRecord, SpanRecord
@@ -171,8 +173,40 @@ async def test_failures_are_structured_and_recorded(  # noqa: PLR0917 - parametr
     assert record.request_id == response.headers["floopy-request-id"] == error["request_id"]
 
 
-async def test_health_reports_redis_and_counters(client: AsyncTestClient[Any]) -> None:
+async def test_health_reports_redis_and_counters(
+    client: AsyncTestClient[Any], settings: GatewaySettings
+) -> None:
+    """Liveness for anyone; the counters (every tenant's traffic) for an operator's admin key."""
     await client.post("/v1/chat/completions", json=BODY, headers=AUTH)
-    health = (await client.get("/health")).json()
+    public = (await client.get("/health")).json()
+    assert public == {"status": "ok", "redis": {"reachable": True}}
+    assert (await client.get("/health", headers=AUTH)).json() == public  # a proxy key: no more
+    settings.operator_orgs = ["org-1"]
+    redis = Redis.from_url(settings.redis.url)  # the app runs on the test client's own loop
+    try:
+        keystore = KeyStore(redis, prefix=settings.redis.key_prefix)
+        new, _ = await keystore.create_key("org-1", permissions=frozenset({Permission.ADMIN}))
+    finally:
+        await redis.aclose()
+    health = (await client.get("/health", headers={"Authorization": f"Bearer {new.secret}"})).json()
     assert health["redis"]["reachable"] is True
     assert set(health["publisher"]) >= {"buffered", "published", "dropped"}
+
+
+async def test_a_response_that_fails_after_dispatch_still_leaves_its_record(
+    settings: GatewaySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: a provider's model name the response header cannot carry failed the response
+    after dispatch, and the record (and usage) went with it. Header text is made safe now; with
+    that switched off here, the guard's after-response hook must still publish the record."""
+    from gateway import routes
+
+    monkeypatch.setattr(routes, "header_text", lambda value: value)
+    settings.routes = {"unicode-route": ["openai/fake-模型"]}
+    body = {"model": "unicode-route", "messages": [{"role": "user", "content": "hi"}]}
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+        assert response.status_code >= 500
+    [record] = await _records(settings, 1)
+    assert record.model_used == "fake-模型" and record.total_tokens > 0
+    assert record.status_code == 502

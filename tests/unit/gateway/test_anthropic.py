@@ -199,7 +199,7 @@ def test_images() -> None:
                     }
                 ]
             },
-            "not JSON",
+            "not valid JSON",
         ),
     ],
 )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.policy.breaker import (
+    ANY_ORG,
     Admission,
     BreakerConfig,
     BreakerState,
@@ -111,3 +112,40 @@ def test_transition_becomes_breaker_event_record() -> None:
     )
     assert event.created_at_ms == 2000 and len(event.event_id) == 36
     assert to_event("openai", t, 2000).event_id != event.event_id
+
+
+MULTI = BreakerConfig(failure_threshold=3, window_s=10, cooldown_s=5, probe_timeout_s=4, min_orgs=2)
+
+
+def test_one_orgs_answered_failures_never_open_the_provider_wide_breaker() -> None:
+    status = BreakerStatus()
+    for t in range(10):
+        status, transition = on_failure(status, float(t), MULTI, "org-b")
+        assert transition is None
+    assert status.state is BreakerState.CLOSED and len(status.failures) == 10
+
+
+def test_failures_from_two_orgs_open_it() -> None:
+    status, _ = on_failure(BreakerStatus(), 0, MULTI, "org-b")
+    status, _ = on_failure(status, 1, MULTI, "org-b")
+    status, transition = on_failure(status, 2, MULTI, "org-c")
+    assert status.state is BreakerState.OPEN
+    assert transition is not None and "from 2 orgs" in transition.reason
+
+
+def test_a_failure_no_request_can_cause_counts_for_every_org() -> None:
+    status, _ = on_failure(BreakerStatus(), 0, MULTI, "org-b")
+    status, _ = on_failure(status, 1, MULTI, ANY_ORG)
+    status, _ = on_failure(status, 2, MULTI, ANY_ORG)
+    assert status.state is BreakerState.OPEN
+
+
+def test_failure_orgs_age_out_with_their_failures() -> None:
+    status, _ = on_failure(BreakerStatus(), 0, MULTI, "org-c")
+    status, _ = on_failure(status, 20, MULTI, "org-b")  # org-c's failure left the window
+    status, _ = on_failure(status, 21, MULTI, "org-b")
+    assert status.failure_orgs == ("org-b", "org-b") and status.state is BreakerState.CLOSED
+    # a state stored before orgs were kept still decides
+    old = BreakerStatus(failures=(20.0, 21.0))
+    opened, _ = on_failure(old, 22, MULTI, "org-b")
+    assert opened.failure_orgs == ("", "", "org-b") and opened.state is BreakerState.OPEN

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 
 from gateway.pipeline.auth import bearer_token
-from gateway.policy.chat_request import check_content_type, parse_chat_request
+from gateway.policy.chat_request import (
+    check_content_type,
+    check_model_name,
+    header_text,
+    parse_chat_request,
+)
 from shared.errors import BadRequestError
 
 
@@ -71,3 +76,46 @@ def test_other_content_types_are_bad_requests(value: str) -> None:
 )
 def test_bearer_token(header: str, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    ("model", "ok"),
+    [
+        ("gpt-4o-mini", True),
+        ("accounts/fireworks/models/llama-v3p1-8b", True),
+        ("llama3:8b", True),
+        ("m" * 256, True),
+        ("m" * 257, False),
+        ("fake-模型", False),
+        ("a b", False),
+        ("a\r\nb", False),
+        ("a\x00", False),
+    ],
+)
+def test_model_names(model: str, ok: bool) -> None:
+    if ok:
+        assert check_model_name(model) == model
+    else:
+        with pytest.raises(BadRequestError, match="model"):
+            check_model_name(model)
+
+
+def test_header_text_keeps_what_a_header_can_carry() -> None:
+    assert header_text("gpt-4o") == "gpt-4o"
+    assert header_text("fake-模型") == "fake-"
+    assert header_text("a b\r\nc") == "a_bc"
+    assert len(header_text("x" * 10_000)) == 256
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"model": "m", "messages": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deeply"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "\xff"}]}', "UTF-8"),
+        (b'{"model": "m\xfe", "messages": [1]}', "UTF-8"),
+        (b'{"model": "m", "messages": [1], "stream": true, "n": 1e400}', "invalid request body"),
+    ],
+)
+def test_hostile_bodies_are_400(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        parse_chat_request(body)

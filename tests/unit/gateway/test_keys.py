@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from gateway.policy.keys import (
+    EXPIRED_READ_GRACE_MS,
     KEY_PREFIX,
     ApiKey,
     KeyLimits,
@@ -16,6 +17,7 @@ from gateway.policy.keys import (
     check_monthly_quota,
     check_permission,
     check_plan,
+    check_plan_access,
     check_usage,
     day_period,
     generate_key,
@@ -120,3 +122,15 @@ def test_periods_are_utc() -> None:
     ms = int(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
     assert (day_period(ms), month_period(ms)) == ("20261130", "202611")
     assert (day_period(ms + 1000), month_period(ms + 1000)) == ("20261201", "202612")
+
+
+def test_an_expired_org_reads_for_a_grace_period_and_never_writes() -> None:
+    expired_at = 1_000_000
+    org = Org(org_id="o", plan=Plan(expires_at_ms=expired_at))
+    check_plan_access(org, expired_at - 1, write=True)  # not expired yet: anything goes
+    check_plan_access(org, expired_at + 1, write=False)
+    check_plan_access(org, expired_at + EXPIRED_READ_GRACE_MS - 1, write=False)
+    with pytest.raises(SubscriptionExpiredError):
+        check_plan_access(org, expired_at + 1, write=True)
+    with pytest.raises(SubscriptionExpiredError):
+        check_plan_access(org, expired_at + EXPIRED_READ_GRACE_MS, write=False)

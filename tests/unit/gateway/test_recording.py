@@ -5,7 +5,13 @@ import uuid
 from gateway.clients.providers.base import ChatRequest, TokenUsage, UpstreamReply
 from gateway.context import RequestContext, StageTiming
 from gateway.policy.headers import RequestMeta
-from gateway.policy.recording import TRUNCATED_MARK, build_records, clip_body
+from gateway.policy.recording import (
+    TRUNCATED_MARK,
+    build_records,
+    clip_body,
+    clip_inputs,
+    clip_text,
+)
 from shared.errors import InvalidApiKeyError, PromptThreatError
 
 
@@ -71,6 +77,16 @@ def test_bodies_are_clipped_in_the_record_only() -> None:
     assert clip_body(b"abcdef", 3) == "abc" + TRUNCATED_MARK
     assert clip_body("é".encode() * 3, 3) == "é" + TRUNCATED_MARK  # never half a character
     assert clip_body(b"abc", 3) == "abc"
+
+
+def test_template_inputs_are_clipped_to_the_body_limit() -> None:
+    inputs = {"a": "x" * 100, "b": "y" * 100, "c": "z"}
+    clipped = clip_inputs(inputs, 150)
+    assert clipped["a"] == "x" * 100
+    assert clipped["b"] == "y" * 48 + TRUNCATED_MARK
+    assert list(clipped) == ["a", "b", TRUNCATED_MARK]
+    assert clip_inputs(inputs, 10_000) == inputs
+    assert clip_text("abc", 2) == "ab" + TRUNCATED_MARK
 
 
 def test_firewall_outcome_and_its_child_spans_are_recorded() -> None:

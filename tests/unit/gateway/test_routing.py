@@ -130,3 +130,20 @@ def test_a_target_with_another_model_rewrites_only_the_model() -> None:
         "temperature": 0,
     }
     assert msgspec.json.decode(request.raw)["model"] == "gpt-4o"  # the original is unchanged
+
+
+def test_a_provider_with_an_org_list_serves_those_orgs_only() -> None:
+    table = RoutingTable(
+        [
+            ProviderModels("private", frozenset({"private-only"}), orgs=frozenset({"org-a"})),
+            ProviderModels("open"),
+        ],
+        {"shared": ["private", "open/gpt-4o"]},
+    )
+    assert [t.provider for t in table.targets("private/x", "org-a")] == ["private"]
+    with pytest.raises(BadRequestError, match="not available"):
+        table.targets("private/x", "org-b")
+    with pytest.raises(BadRequestError, match="not available"):
+        table.targets("private-only", "org-b")
+    assert [str(t) for t in table.targets("shared", "org-b")] == ["open/gpt-4o"]
+    assert [t.provider for t in table.targets("shared", "org-a")] == ["private", "open"]

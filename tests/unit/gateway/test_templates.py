@@ -67,7 +67,7 @@ def test_apply_template_replaces_inputs_and_keeps_the_rest() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"[1]", "not a JSON object"),
+        (b"[1]", "a JSON object"),
         (b'{"model": "m", "inputs": [1]}', "`inputs` must be an object"),
         (b'{"model": "m", "inputs": {"name": {"a": 1}, "product": "p"}}', "'name' must be"),
     ],

@@ -8,6 +8,8 @@ import pytest
 
 from gateway.policy import tokens
 from gateway.policy.tokens import (
+    MAX_TOKENIZED_CHARS,
+    TokenCounter,
     TokenEstimate,
     estimate_completion_tokens,
     estimate_prompt_tokens,
@@ -74,3 +76,20 @@ def test_encoding_loads_without_network(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[3],
     )
     assert out.stdout.split() == ["2", "0"]
+
+
+def test_estimates_tokenize_a_bounded_prefix_and_count_the_rest_by_characters() -> None:
+    text = "a b " * 100_000  # ~2 characters a token when tokenized, 4 by the character rule
+    counter = TokenCounter(budget_chars=40_000)
+    estimate = counter.count(text)
+    tokenized = estimate_text_tokens(text[:40_000])
+    assert estimate == tokenized + (len(text) - 40_000 + 3) // 4
+    assert counter.left == 0 and counter.count("more text") == 3  # the budget is spent
+    assert estimate_text_tokens("a b " * 10) == TokenCounter().count("a b " * 10)
+
+
+def test_a_prompt_shares_one_budget_across_its_messages() -> None:
+    big = "a b " * (MAX_TOKENIZED_CHARS // 2)  # two of these exceed the budget
+    one = estimate_prompt_tokens([{"role": "user", "content": big}])
+    two = estimate_prompt_tokens([{"role": "user", "content": big}] * 2)
+    assert two < 2 * one  # the second message is counted by characters (fewer tokens here)

@@ -1,0 +1,202 @@
+"""The guard: what every request meets before a route handler reads a byte of its body.
+
+Invariants (each an answer to a denial-of-service found in issue 10):
+- Every body is capped: ``max_body_bytes`` for chat, ``admin_max_body_bytes`` for everything
+  else. A declared ``Content-Length`` over the cap is refused before reading (for chat by the
+  intake stage, after auth, so the 413 is recorded); a body that grows past it (chunked, or
+  lying about its length) is cut at the cap with 413.
+- Every body is read within ``body_read_timeout_s`` of its first read, or the request is refused
+  with 408, so a client that sends headers and a trickle of bytes cannot hold a worker slot.
+- ``/admin`` and ``/console/api`` authenticate from the ``Authorization`` header before the
+  handler runs (litestar parses a JSON body while resolving the handler's arguments, so a check
+  inside the handler would come after a 256 MiB parse).
+- At most ``max_in_flight_per_client`` requests per client are in flight per worker: a client
+  is its key (the SHA-256 of the bearer token when it has a key's shape) or else its address.
+  Beyond that: 429 at once, without reading the body. ``/health`` is never counted, so liveness
+  answers while one client holds its share of slow connections.
+- A route may leave a ``finish`` callback in the scope (``FINISH``); the guard calls it once the
+  response is over, whatever happened while the response was built or sent, so a chat request's
+  record is published even when building its response failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from litestar.enums import ScopeType
+from redis.exceptions import RedisError
+
+from gateway.errors import error_body
+from gateway.pipeline.auth import bearer_token
+from gateway.policy.keys import looks_like_key
+from shared.errors import (
+    ClientError,
+    InvalidApiKeyError,
+    PayloadTooLargeError,
+    ProviderError,
+    RateLimitExceededError,
+    RequestTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+
+    from gateway.runtime import Runtime
+
+__all__ = ["FINISH", "guard_middleware", "route_class"]
+
+log = logging.getLogger(__name__)
+
+FINISH = "floopy.finish"
+"""Scope key of a route's ``finish`` callback (called once, after the response)."""
+
+_PUBLIC = ("/health",)
+
+
+def route_class(path: str) -> str:
+    """``chat``, ``admin``, ``console_api``, ``public`` (liveness) or ``other`` (pages, schema)."""
+    if path.startswith("/v1/"):
+        return "chat"
+    if path == "/admin" or path.startswith("/admin/"):
+        return "admin"
+    if path.startswith("/console/api"):
+        return "console_api"
+    if path in _PUBLIC:
+        return "public"
+    return "other"
+
+
+def _client_id(scope: Scope, token: str | None) -> str:
+    if token is not None and looks_like_key(token):
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:24]
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "?")
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+class _BodyGate:
+    """Wraps ``receive``: counts body bytes against the cap and the read deadline."""
+
+    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._timeout_s = timeout_s
+        self._deadline = 0.0
+        self._size = 0
+        self._done = False
+
+    async def __call__(self) -> ReceiveMessage:
+        if self._done:
+            return await self._receive()
+        if not self._deadline:
+            self._deadline = time.monotonic() + self._timeout_s
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + self._left()):
+                message = await self._receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body was not received within {self._timeout_s:g}s"
+            ) from None
+        if message["type"] == "http.request":
+            self._size += len(message.get("body", b""))
+            if self._size > self._limit:
+                raise PayloadTooLargeError(f"request body is over the limit of {self._limit} bytes")
+            self._done = not message.get("more_body", False)
+        else:
+            self._done = True
+        return message
+
+    def _left(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+
+class _Guard:
+    """Litestar builds one per route handler; the in-flight counts live in the ``Runtime``
+    (``in_flight``), so they are per worker, across routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self._app(scope, receive, send)
+            return
+        kind = route_class(scope["path"])
+        if kind == "public":
+            await self._app(scope, receive, send)
+            return
+        rt: Runtime = scope["app"].state.runtime
+        settings = rt.settings
+        limit = settings.max_body_bytes if kind == "chat" else settings.admin_max_body_bytes
+        token = bearer_token(_header(scope, b"authorization"))
+        client = _client_id(scope, token)
+        try:
+            declared = _header(scope, b"content-length")
+            # chat: the intake stage refuses it after auth, so the 413 has a record
+            if kind != "chat" and declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+            if rt.in_flight[client] >= settings.max_in_flight_per_client:
+                rt.counters.refused_in_flight += 1
+                raise RateLimitExceededError(
+                    "too many requests in flight for this client; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            if kind in ("admin", "console_api"):
+                await _authenticate(rt, token)
+        except ClientError as exc:
+            await _answer(send, exc)
+            return
+        rt.in_flight[client] += 1
+        try:
+            gate = _BodyGate(receive, limit, settings.body_read_timeout_s)
+            await self._app(scope, gate, send)
+        finally:
+            rt.in_flight[client] -= 1
+            if not rt.in_flight[client]:
+                del rt.in_flight[client]
+            _finish(scope)
+
+
+async def _authenticate(rt: Runtime, token: str | None) -> None:
+    """Raises the 401/502 the handler would; the handler authenticates again from the cache."""
+    if token is None:
+        raise InvalidApiKeyError("missing API key: send Authorization: Bearer <Floopy key>")
+    try:
+        await rt.access.keystore.authenticate(token)
+    except (RedisError, OSError) as exc:
+        log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)
+        raise ProviderError("the key store is unreachable; retry shortly") from exc
+
+
+def _finish(scope: Scope) -> None:
+    state: dict[str, Any] = scope.get("state") or {}
+    finish: Callable[[], None] | None = state.pop(FINISH, None)
+    if finish is not None:
+        finish()
+
+
+async def _answer(send: Send, exc: ClientError) -> None:
+    body = error_body(exc)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def guard_middleware(app: ASGIApp) -> ASGIApp:
+    """For ``Litestar(middleware=[guard_middleware])``: one guard per app (per worker)."""
+    return _Guard(app)
