@@ -24,6 +24,7 @@ __all__ = [
     "KEY_B",
     "KEY_C",
     "KEY_OFF",
+    "KEY_OPS",
     "records",
     "runtime",
     "sdk",
@@ -36,6 +37,7 @@ KEY_A = "sk-floopy-cache-a"
 KEY_B = "sk-floopy-cache-b"
 KEY_OFF = "sk-floopy-cache-off"
 KEY_C = "sk-floopy-cache-c"
+KEY_OPS = "sk-floopy-cache-ops"
 
 
 def settings_for(
@@ -53,12 +55,14 @@ def settings_for(
             "org-a": {"name": "A", "cache": tiers},
             "org-b": {"name": "B", "cache": {"tiers": list(tiers_b)}},
             "org-c": {"name": "C", "cache": {"tiers": ["exact", "advanced"]}},
+            "org-ops": {"name": "Operators"},
         },
         "keys": {
             "key-a": {"org": "org-a", "secret": KEY_A, "permissions": ["proxy", "read", "admin"]},
             "key-b": {"org": "org-b", "secret": KEY_B},
             "key-c": {"org": "org-c", "secret": KEY_C},
             "key-off": {"org": "org-a", "secret": KEY_OFF, "switches": {"cache": False}},
+            "key-ops": {"org": "org-ops", "secret": KEY_OPS, "permissions": ["admin"]},
         },
     }
     config_file = root / "floopy.json"
@@ -67,6 +71,7 @@ def settings_for(
         redis={"url": redis_url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
         provider={"base_url": base_url, "api_key": "sk-up", "timeout_s": 2},
         config_file=config_file,
+        operator_orgs=["org-ops"],  # its key reads /health's counters
         **extra,
     )
 

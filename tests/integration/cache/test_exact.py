@@ -21,6 +21,7 @@ from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
     KEY_OFF,
+    KEY_OPS,
     records,
     runtime,
     sdk,
@@ -262,5 +263,5 @@ async def test_redis_down_fails_open_to_the_provider(
     assert all(r.cache_status == "miss" for r in records_)
     assert "exact: ConnectionError" in records_[0].cache_error
     assert "exact: RedisError: Redis failed less than a second ago" in records_[1].cache_error
-    health = (await client.get("/health")).json()
+    health = (await client.get("/health", headers={"Authorization": f"Bearer {KEY_OPS}"})).json()
     assert health["cache"]["fail_open"] == {"exact": 2}
