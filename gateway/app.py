@@ -22,7 +22,7 @@ from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.guard import guard_middleware
 from gateway.provider_health import provider_health
-from gateway.routes import chat_completions, health, metrics
+from gateway.routes import chat_completions, embeddings, health, metrics, models
 from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
@@ -83,6 +83,8 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
     return Litestar(
         route_handlers=[
             chat_completions,
+            embeddings,
+            models,
             health,
             provider_health,
             metrics,

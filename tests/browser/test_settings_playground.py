@@ -224,7 +224,9 @@ def test_revoking_in_settings_gives_401_within_the_key_cache_ttl(
 
 def _provider_of_next_request(live: Live) -> str:
     reply = live.sdk(ADMIN).chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=HELLO
+        model="gpt-4o",
+        messages=HELLO,
+        extra_headers={"Floopy-Cache-Enabled": "false"},  # a cache hit calls no provider
     )
     return str(reply.headers["floopy-provider"])
 
