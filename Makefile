@@ -29,7 +29,7 @@ bench-gateway: bench-bootstrap
 	$(VENV)/python -m bench.gateway_overhead --seconds 10
 
 bench-ingest: bench-bootstrap
-	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,stream-worker
+	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,json-http,stream-worker
 
 bench-lag: bench-bootstrap
 	$(VENV)/python -m bench.e2e_lag --rate 100 --seconds 30

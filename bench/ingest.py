@@ -2,7 +2,9 @@
 
 Starts its own ClickHouse (Debian's package, in a temp dir, on a free port), generates realistic
 2-4 KB RequestRecords, and times ``Delivery.deliver`` (decode + columns + insert) per batch size.
-Bounded by ``--records`` and ``--max-seconds``. Prints one ``RESULT`` line per batch size.
+Bounded by ``--records`` and ``--max-seconds``. Prints one ``RESULT`` line per path and batch
+size, with the CPU time per record of the process that ingests and of ClickHouse: on a machine
+shared with other work, CPU per record compares paths where records/s alone does not.
 
     python -m bench.ingest --records 50000
 
@@ -14,6 +16,7 @@ ClickHouse path can be added as another such function next to ``measure_delivery
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import string
 import sys
@@ -23,8 +26,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import product
+from dataclasses import dataclass, replace
+from itertools import count, product
 from pathlib import Path
 
 from devstack.servers import ClickHouseServer
@@ -35,7 +38,15 @@ from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
-__all__ = ["BenchEnv", "Measurement", "generate_payloads", "main", "measure_delivery"]
+__all__ = [
+    "BenchEnv",
+    "Measurement",
+    "cpu_seconds",
+    "generate_payloads",
+    "main",
+    "measure_delivery",
+    "wait_for_merges",
+]
 
 _WORDS = [
     "".join(random.Random(i).choices(string.ascii_lowercase, k=1 + i % 9)) for i in range(500)
@@ -99,6 +110,8 @@ def generate_payloads(count: int, seed: int = 7) -> list[bytes]:
 class BenchEnv:
     clickhouse: ClickHouseSettings
     scratch: Path
+    server_pid: int = 0
+    http_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,10 +120,24 @@ class Measurement:
     batch_size: int
     records: int
     seconds: float
+    client_cpu_s: float = 0.0  # the ingesting process (all its threads)
+    server_cpu_s: float = 0.0  # clickhouse-server, merges included
 
     @property
     def records_per_s(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def us_per_record(self, cpu_s: float) -> float:
+        return cpu_s / self.records * 1e6 if self.records else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all threads), from ``/proc``; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -121,9 +148,18 @@ def bench_env() -> Iterator[BenchEnv]:
         try:
             settings = ClickHouseSettings(port=server.port, database="bench")
             migrate(settings)
-            yield BenchEnv(settings, Path(tmp))
+            pid = server.process.pid if server.process else 0
+            yield BenchEnv(settings, Path(tmp), pid, server.http_port)
         finally:
             server.kill()
+
+
+def _batches(payloads: list[bytes], batch_size: int, deadline: float) -> Iterator[list[bytes]]:
+    """``payloads`` in slices of ``batch_size``; none after ``deadline`` (time.monotonic)."""
+    for i in range(0, len(payloads), batch_size):
+        yield payloads[i : i + batch_size]
+        if time.monotonic() > deadline:
+            return
 
 
 def measure_delivery(
@@ -131,19 +167,31 @@ def measure_delivery(
 ) -> Measurement:
     """Delivery.deliver over ``payloads`` in batches; stops early at ``deadline``."""
     delivery = Delivery(env.clickhouse, env.scratch / "dead")
-    done = 0
-    started = time.perf_counter()
+
+    def insert(batch: list[bytes]) -> int:
+        report = delivery.deliver(Sink.REQUESTS, batch)
+        if report.dead_lettered:
+            raise RuntimeError(f"bench records were dead-lettered: {report}")
+        return report.inserted
+
     try:
-        for i in range(0, len(payloads), batch_size):
-            report = delivery.deliver(Sink.REQUESTS, payloads[i : i + batch_size])
-            if report.dead_lettered:
-                raise RuntimeError(f"bench records were dead-lettered: {report}")
-            done += report.inserted
-            if time.monotonic() > deadline:
-                break
+        return _timed("delivery", insert, payloads, batch_size, deadline)
     finally:
         delivery.close()
-    return Measurement("delivery", batch_size, done, time.perf_counter() - started)
+
+
+def _timed(
+    path: str,
+    insert: Callable[[list[bytes]], int],
+    payloads: list[bytes],
+    batch_size: int,
+    deadline: float,
+) -> Measurement:
+    done = 0
+    started = time.perf_counter()
+    for batch in _batches(payloads, batch_size, deadline):
+        done += insert(batch)
+    return Measurement(path, batch_size, done, time.perf_counter() - started)
 
 
 def measure_delivery_threads(
@@ -189,7 +237,8 @@ def measure_stream(
     from devstack.servers import RedisServer
     from shared.streams import RECORD_FIELD, stream_key
 
-    server = RedisServer(env.scratch / f"redis-{batch_size}")
+    database = env.clickhouse.database
+    server = RedisServer(env.scratch / f"redis-{database}")
     server.start()
     prefix = f"bench{batch_size}"
     r = redis.Redis.from_url(server.url)
@@ -198,8 +247,6 @@ def measure_stream(
         for payload in payloads[i : i + 2000]:
             pipe.xadd(stream_key(Sink.REQUESTS, prefix), {RECORD_FIELD: payload})
         pipe.execute()
-    database = f"bench_stream_{batch_size}"
-    migrate(env.clickhouse.model_copy(update={"database": database}))
     env_vars = {
         **os.environ,
         "FLOOPY_INGESTER_REDIS__URL": server.url,
@@ -216,6 +263,7 @@ def measure_stream(
     proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
     done = first = 0
     started = time.perf_counter()
+    worker_cpu = 0.0
     try:
         # timed from the first batch seen to the last, so the worker's start-up is not counted
         while done < len(payloads) and time.monotonic() < deadline:
@@ -223,7 +271,9 @@ def measure_stream(
             done = int(client.execute("SELECT count() FROM requests")[0][0])
             if not first and done:
                 first, started = done, time.perf_counter()
+                worker_cpu = -cpu_seconds(proc.pid)
         seconds = time.perf_counter() - started
+        worker_cpu += cpu_seconds(proc.pid)
         done -= first
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -231,14 +281,92 @@ def measure_stream(
         client.disconnect()
         r.close()
         server.kill()
-    return Measurement("stream-worker", batch_size, done, seconds)
+    return Measurement("stream-worker", batch_size, done, seconds, client_cpu_s=worker_cpu)
+
+
+def measure_json_http(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """The rejected alternative (``bench.json_insert``): decode into raw-string rows, encode
+    JSONEachRow, POST it to the HTTP port and let the server parse it."""
+    from bench.json_insert import JsonEachRowInserter
+
+    inserter = JsonEachRowInserter("127.0.0.1", env.http_port, env.clickhouse.database)
+    try:
+        return _timed("json-http", inserter.insert, payloads, batch_size, deadline)
+    finally:
+        inserter.close()
+
+
+def measure_phases(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """``Delivery``'s two steps timed apart (CPU of this thread, per record): ``prepare``
+    (msgspec decode, building the columns) and the driver's insert (serialisation and socket
+    writes; waiting on the server is not CPU). Prints a ``PHASES`` line."""
+    from ingester.delivery import prepare
+    from ingester.sink import ClickHouseSink
+
+    sink = ClickHouseSink(env.clickhouse)
+    spent = {"prepare": 0.0, "insert": 0.0}
+    done = 0
+    started = time.perf_counter()
+    try:
+        for batch in _batches(payloads, batch_size, deadline):
+            t0 = time.thread_time()
+            prepared = prepare(Sink.REQUESTS, batch)
+            t1 = time.thread_time()
+            done += sink.insert(Sink.REQUESTS, prepared.columns)
+            spent["prepare"] += t1 - t0
+            spent["insert"] += time.thread_time() - t1
+    finally:
+        sink.close()
+    per = " ".join(f"{k}_us_per_record={v / max(done, 1) * 1e6:.1f}" for k, v in spent.items())
+    print(f"PHASES batch={batch_size} records={done} {per}", flush=True)
+    return Measurement("phases", batch_size, done, time.perf_counter() - started)
 
 
 PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
     "delivery": measure_delivery,
     "delivery-2-threads": measure_delivery_threads,
     "stream-worker": measure_stream,
+    "json-http": measure_json_http,
+    "phases": measure_phases,
 }
+
+
+_RUNS = count()
+
+
+def wait_for_merges(settings: ClickHouseSettings, timeout_s: float = 60.0) -> None:
+    """Wait until no background merge runs (bounded), so each path is billed for its own."""
+    from clickhouse_driver import Client
+
+    client = Client(host=settings.host, port=settings.port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while client.execute("SELECT count() FROM system.merges")[0][0]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        client.disconnect()
+
+
+def _run_path(
+    env: BenchEnv, path: str, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """One path into a fresh database, with the CPU it cost here and in ClickHouse (the
+    stream path reports its worker process's CPU itself)."""
+    database = f"bench_{path}_{batch_size}_{next(_RUNS)}".replace("-", "_")
+    env = replace(env, clickhouse=env.clickhouse.model_copy(update={"database": database}))
+    migrate(env.clickhouse)
+    wait_for_merges(env.clickhouse)
+    client_before, server_before = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
+    m = PATHS[path](env, payloads, batch_size, deadline)
+    client = m.client_cpu_s or cpu_seconds(os.getpid()) - client_before
+    wait_for_merges(env.clickhouse)  # the merges its parts caused are part of its cost
+    return replace(m, client_cpu_s=client, server_cpu_s=cpu_seconds(env.server_pid) - server_before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,8 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}"
     )
+    parser.add_argument(
+        "--gc-walks-batches",
+        action="store_true",
+        help="the collector as before batches were frozen out of it (to measure the change)",
+    )
     args = parser.parse_args(argv)
-    tune_gc_for_batches()  # as the ingester worker does
+    tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the worker does
 
     payloads = generate_payloads(args.records)
     sizes = sorted(map(len, payloads))
@@ -263,10 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     with bench_env() as env:
         for path, batch_size in product(args.paths.split(","), args.batch_sizes.split(",")):
             deadline = time.monotonic() + args.max_seconds
-            m = PATHS[path](env, payloads, int(batch_size), deadline)
+            m = _run_path(env, path, payloads, int(batch_size), deadline)
             print(
-                f"RESULT path={m.path} batch={m.batch_size} records={m.records} "
+                f"RESULT path={m.path} batch={m.batch_size} "
+                f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
+                f"records={m.records} "
                 f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "
+                f"client_cpu_us_per_record={m.us_per_record(m.client_cpu_s):.1f} "
+                f"clickhouse_cpu_us_per_record={m.us_per_record(m.server_cpu_s):.1f} "
                 f"record_bytes={mean_size:.0f}",
                 flush=True,
             )

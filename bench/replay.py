@@ -2,8 +2,9 @@
 
 Writes ``--records`` realistic 2-4 KB request records to a spool (in batches, through
 ``SpoolWriter``), starts its own ClickHouse (``bench.ingest.bench_env``), then times
-``Replayer.replay`` and prints records/s and the peak RSS of the replay alone (the kernel's
-high-water mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
+``Replayer.replay`` and prints records/s, the CPU per record of this process and of ClickHouse
+(background merges included), and the peak RSS of the replay alone (the kernel's high-water
+mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
 
     python -m bench.replay --records 100000
 """
@@ -11,12 +12,13 @@ high-water mark is reset after the spool is written). Bounded by ``--max-seconds
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
-from bench.ingest import bench_env, make_record
+from bench.ingest import bench_env, cpu_seconds, make_record, wait_for_merges
 from ingester.delivery import Delivery, tune_gc_for_batches
 from ingester.replay import Replayer, pending_files
 from shared.codec import encode_record
@@ -66,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-records", type=int, default=5000)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--gc-walks-batches",
+        action="store_true",
+        help="the collector as before batches were frozen out of it (to measure the change)",
+    )
     args = parser.parse_args(argv)
-    tune_gc_for_batches()  # as `floopy-ingester replay` does
+    tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the CLI does
 
     with bench_env() as env:
         spool = env.scratch / "spool"
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
         delivery = Delivery(env.clickhouse, env.scratch / "dead")
         replayer = Replayer(spool, Sink.REQUESTS, delivery, batch_records=args.batch_records)
+        wait_for_merges(env.clickhouse)
+        client_cpu, server_cpu = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
         started = time.perf_counter()
         try:
             report = replayer.replay(progress=progress)
@@ -98,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             delivery.close()
         seconds = time.perf_counter() - started
+        client_cpu = cpu_seconds(os.getpid()) - client_cpu
+        wait_for_merges(env.clickhouse)
+        server_cpu = cpu_seconds(env.server_pid) - server_cpu
+        per_record = 1e6 / max(report.records, 1)
         peak = _rss_kib("VmHWM") if reset else max(sampled)
         print(
-            f"RESULT records={report.records} status={report.status} seconds={seconds:.2f} "
+            f"RESULT gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
+            f"records={report.records} status={report.status} seconds={seconds:.2f} "
             f"records_per_s={report.records / seconds:.0f} "
             f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
+            f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
+            f"clickhouse_cpu_us_per_record={server_cpu * per_record:.1f} "
             f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
             f"rss_before_mib={sampled[0] / 1024:.0f}",
             flush=True,
