@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,18 +53,34 @@ class Latencies:
     failed: int
 
 
-async def fixed_rate(url: str, rate: float, seconds: float) -> Latencies:
-    """Open-loop load: one request every 1/rate s, each timed from its scheduled start."""
-    payload = json.dumps(BODY).encode()
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+async def fixed_rate(
+    url: str,
+    rate: float,
+    seconds: float,
+    *,
+    key: str = KEY,
+    body: Callable[[int], dict[str, object]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Latencies:
+    """Open-loop load: one request every 1/rate s, each timed from its scheduled start.
+    ``body(i)``: the i-th request's body (default: always ``BODY``)."""
+    fixed = json.dumps(BODY).encode()
+    request_headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        **(headers or {}),
+    }
     latencies: list[float] = []
     failed = 0
+    count = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
 
         async def one() -> None:
-            nonlocal failed
+            nonlocal failed, count
+            count += 1
+            payload = json.dumps(body(count)).encode() if body else fixed
             start = time.perf_counter()
-            async with session.post(url, data=payload, headers=headers) as response:
+            async with session.post(url, data=payload, headers=request_headers) as response:
                 await response.read()
                 if response.status != 200:
                     failed += 1

@@ -48,8 +48,16 @@ class LiteLLMProcess(ChildProcess):
     health_path = "/health/liveliness"
 
     def __init__(
-        self, directory: Path, venv: Path, *, upstream: str, model: str, master_key: str
+        self,
+        directory: Path,
+        venv: Path,
+        *,
+        upstream: str,
+        model: str,
+        master_key: str,
+        settings: dict[str, object] | None = None,
     ) -> None:
+        """``settings``: more ``litellm_settings`` (``{"cache": True, "cache_params": …}``)."""
         super().__init__(directory)
         self.venv = venv
         self.master_key = master_key
@@ -73,6 +81,7 @@ class LiteLLMProcess(ChildProcess):
                         "num_retries": 0,
                         "request_timeout": 30,
                         "telemetry": False,
+                        **(settings or {}),
                     },
                     "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
                 }

@@ -25,6 +25,10 @@ the model but not arbitrary headers):
   ``devstack.fake_classifier`` (markers in the screened text choose it).
 - ``GET /fake/stats``: how many chat requests and classifications it received.
 
+``POST /v1/embeddings`` answers the ``EMBEDDING_MODELS`` with deterministic vectors (floats or
+``encoding_format: base64``) and ``GET /v1/models`` lists every model. ``served`` counts the
+requests that reached each endpoint, so tests can tell a cache hit from a provider call.
+
 Azure OpenAI is served too, at ``/openai/deployments/{deployment}/chat/completions`` with the
 ``api-version`` query parameter and the ``api-key`` header (401 without it, Azure's 404 without
 the version); the deployment name is the model, and the same knobs apply to it.
@@ -34,8 +38,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
+import math
+import random
+import struct
 import threading
+from base64 import b64encode
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +55,16 @@ from aiohttp import web
 from devstack.fake_classifier import classifier_text, fake_verdict
 from devstack.servers import free_port
 
-__all__ = ["MODELS", "REPLY_TEXT", "FakeOpenAI", "FakeOpenAIThread", "build_app", "main"]
+__all__ = [
+    "EMBEDDING_MODELS",
+    "MODELS",
+    "REPLY_TEXT",
+    "FakeOpenAI",
+    "FakeOpenAIThread",
+    "build_app",
+    "fake_embedding",
+    "main",
+]
 
 MODELS = (
     "gpt-4o",
@@ -60,6 +78,9 @@ MODELS = (
     "o1",
     "o3-mini",
 )
+EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
+"""Embedding models and their dimensions; vectors are derived from a hash of the text, so the
+same text always gets the same vector (and different texts unrelated ones)."""
 REPLY_TEXT = "Hello from the fake provider. This answer is canned."
 """The assistant's answer; streams send it word by word."""
 
@@ -221,7 +242,8 @@ class _Handler:
         self.bodies = {m: _bodies(m) for m in MODELS}
         self.ids = itertools.count(1)
         self.served: Counter[str] = Counter()
-        """Requests received, by kind (``chat``, ``classifier``); ``GET /fake/stats``."""
+        """Requests received, by kind (``chat``, ``classifier``, ``embeddings``);
+        ``GET /fake/stats``."""
 
     def bodies_for(self, model: str) -> _Bodies:
         found = self.bodies.get(model)
@@ -289,7 +311,8 @@ class _Handler:
             await asyncio.sleep(delay_ms / 1000)
         if status != 200:
             return _error(status, f"Fake failure with status {status}.", f"fake_{status}")
-        if model not in self.bodies and not model.startswith("fake-"):
+        known = model in self.bodies or model in EMBEDDING_MODELS
+        if not known and not model.startswith("fake-"):
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
         return None
 
@@ -347,6 +370,51 @@ class _Handler:
             pass  # the client went away mid-stream, as clients do; nothing to answer
         return response
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        self.served["embeddings"] += 1
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return _error(401, "You didn't provide an API key.", "invalid_api_key")
+        try:
+            body = msgspec.json.decode(await request.read(), type=_EmbeddingsRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f"Invalid request body: {exc}")
+        refusal = await self.refusal(request, body.model)
+        if refusal is not None:
+            return refusal
+        dimensions = body.dimensions or EMBEDDING_MODELS.get(body.model)
+        if dimensions is None:
+            return _error(400, f"`{body.model}` is not an embedding model.", "invalid_model")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        as_base64 = body.encoding_format == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": fake_embedding(text, dimensions, base64=as_base64),
+            }
+            for i, text in enumerate(texts)
+        ]
+        tokens = sum(max(1, len(str(t)) // 4) for t in texts)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return web.Response(body=_encode(answer), content_type="application/json")
+
+    async def models(self, _: web.Request) -> web.Response:
+        names = [*MODELS, *EMBEDDING_MODELS]
+        data = [
+            {"id": m, "object": "model", "created": _CREATED, "owned_by": "fake"} for m in names
+        ]
+        return web.Response(
+            body=_encode({"object": "list", "data": data}), content_type="application/json"
+        )
+
+
+HANDLER = web.AppKey("handler", _Handler)
+
 
 class _Splice:
     """Puts one request's id and usage into a precomputed body."""
@@ -363,6 +431,25 @@ class _Splice:
         return out
 
 
+class _EmbeddingsRequest(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def fake_embedding(text: object, dimensions: int, *, base64: bool = False) -> list[float] | str:
+    """A unit vector drawn from a generator seeded by the text's hash (deterministic)."""
+    seed = int.from_bytes(hashlib.sha256(repr(text).encode()).digest()[:8], "little")
+    rng = random.Random(seed)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    unit = [v / norm for v in vector]
+    if base64:
+        return b64encode(struct.pack(f"<{dimensions}f", *unit)).decode()
+    return unit
+
+
 async def _health(_: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
@@ -372,7 +459,10 @@ def build_app() -> web.Application:
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_post("/v1/chat/completions", handler.chat)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", handler.azure_chat)
+    app.router.add_post("/v1/embeddings", handler.embeddings)
+    app.router.add_get("/v1/models", handler.models)
     app.router.add_get("/health", _health)
+    app[HANDLER] = handler
     app.router.add_get("/fake/stats", handler.stats_view)
     return app
 
@@ -383,13 +473,20 @@ class FakeOpenAI:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._runner: web.AppRunner | None = None
+        self._app: web.Application | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def served(self) -> Counter[str]:
+        """Requests served so far, by kind (``chat``, ``embeddings``)."""
+        return self._app[HANDLER].served if self._app is not None else Counter()
+
     async def start(self) -> FakeOpenAI:
-        self._runner = web.AppRunner(build_app(), access_log=None)
+        self._app = build_app()
+        self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self
@@ -412,6 +509,10 @@ class FakeOpenAIThread:
     @property
     def base_url(self) -> str:
         return self.server.base_url
+
+    @property
+    def served(self) -> Counter[str]:
+        return self.server.served
 
     def start(self) -> FakeOpenAIThread:
         self._thread.start()

@@ -54,6 +54,9 @@ DEV_CONFIG = f"""\
 # start-up; written once, yours to edit. Format: README "Configuration".
 [orgs.{DEV_ORG}]
 name = "Local development"
+# every cache tier on for the demo; Qdrant runs in local mode inside the gateway worker, so the
+# semantic tiers are per worker (one worker by default: README "Response cache")
+cache = {{ tiers = ["exact", "semantic", "advanced"] }}
 
 [keys.key-dev-local]
 org = "{DEV_ORG}"
@@ -251,6 +254,9 @@ class Stack:
                 f"  ingesters      {self.ingesters} worker(s); spool in {self.root / 'spool'}",
                 f"  logs           {self.root / 'logs'}",
                 f"  config seed    {self.config_file}   (orgs, keys, templates, routes)",
+                "  cache          exact tier in Redis; semantic tiers in Qdrant local mode, "
+                f"per gateway worker ({self.gateway_workers}); set FLOOPY_GATEWAY_QDRANT__URL "
+                "to share them",
                 "",
                 "Point any OpenAI SDK app at it:",
                 f"  export OPENAI_BASE_URL={base} OPENAI_API_KEY={DEV_API_KEY}",

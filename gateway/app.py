@@ -22,7 +22,7 @@ from gateway.console.auth import keystore_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.guard import guard_middleware
 from gateway.provider_health import provider_health
-from gateway.routes import chat_completions, health
+from gateway.routes import chat_completions, embeddings, health, models
 from gateway.routing_watch import RoutingWatcher
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
@@ -81,7 +81,15 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
             await access.close()
 
     return Litestar(
-        route_handlers=[chat_completions, health, provider_health, console.router, admin_router()],
+        route_handlers=[
+            chat_completions,
+            embeddings,
+            models,
+            health,
+            provider_health,
+            console.router,
+            admin_router(),
+        ],
         lifespan=[lifespan, console.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[guard_middleware],

@@ -17,6 +17,7 @@ from gateway.clients.providers.base import (
     UpstreamReply,
     UpstreamStream,
 )
+from gateway.policy.cache import CacheOutcome
 from gateway.policy.firewall import FirewallOutcome
 from gateway.policy.headers import RequestMeta
 from gateway.policy.keys import ApiKey, Org
@@ -73,10 +74,14 @@ class RequestContext:
     chat: ChatRequest | None = None
     meta: RequestMeta = field(default_factory=RequestMeta)
 
+    endpoint: str = "/v1/chat/completions"
+    answered: bool = False
+    """Set by a stage that answered (a cache hit): the stages after it do not run."""
+    cache: CacheOutcome = field(default_factory=CacheOutcome)
     firewall: FirewallOutcome = field(default_factory=FirewallOutcome)
     child_spans: list[StageTiming] = field(default_factory=list)
-    """Spans inside a stage (``firewall.verdict_cache``, ``firewall.classifier``), each with a
-    ``parent`` attribute naming its stage."""
+    """Spans inside a stage (``cache.exact``, ``cache.embed``, ``firewall.classifier`` …),
+    each with a ``parent`` attribute naming its stage."""
 
     targets: list[Target] = field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""

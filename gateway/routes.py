@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -24,15 +24,17 @@ from litestar.response import Stream
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
 from gateway.guard import FINISH
+from gateway.pipeline import auth
 from gateway.pipeline.auth import bearer_token
+from gateway.pipeline.intake import EMBEDDINGS
 from gateway.pipeline.publish import publish, publish_after_response
-from gateway.pipeline.run import run_stages
+from gateway.pipeline.run import EMBEDDING_STAGES, STAGES, Stage, run_stages
 from gateway.policy.chat_request import header_text
 from gateway.policy.keys import Permission
 from gateway.runtime import Runtime
 from shared.errors import ClientError, PayloadTooLargeError
 
-__all__ = ["chat_completions", "health"]
+__all__ = ["chat_completions", "embeddings", "health", "models"]
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +124,24 @@ def _finish(ctx: RequestContext, rt: Runtime) -> None:
 @post("/v1/chat/completions", status_code=200, request_max_body_size=None)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     """The body cap is the guard's and the intake stage's (``max_body_bytes``)."""
+    return await _proxy(request, STAGES)
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _proxy(request, EMBEDDING_STAGES, EMBEDDINGS)
+
+
+async def _proxy(
+    request: Request[Any, Any, Any], stages: Sequence[Stage], endpoint: str = ""
+) -> Response[Any]:
     rt = _runtime(request)
     ctx = _context(request, rt)
+    if endpoint:
+        ctx.endpoint = endpoint
     request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, rt)
     try:
-        await run_stages(ctx, rt)
+        await run_stages(ctx, rt, stages)
     except ClientError as exc:
         return _error_response(ctx, rt, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
@@ -161,8 +176,11 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
     stream = ctx.stream
     assert stream is not None
+    kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
         async for chunk in stream.chunks():
+            if kept is not None:
+                kept.append(chunk)
             yield chunk
         if not stream.completed:
             ctx.stream_error = "upstream ended the stream without [DONE]"
@@ -182,6 +200,14 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
             await stream.aclose()
         finally:
             publish(ctx, rt)
+
+
+@get("/v1/models")
+async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The models this key can reach (OpenAI's list format); needs the proxy permission."""
+    rt = _runtime(request)
+    await auth.run(_context(request, rt), rt)
+    return {"object": "list", "data": await rt.catalog.models()}
 
 
 async def _sees_counters(request: Request[Any, Any, Any], rt: Runtime) -> bool:
@@ -214,6 +240,7 @@ async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
         **liveness,
         "publisher": rt.publisher.stats(),
         "access": rt.access.stats(),
+        "cache": rt.cache.stats(),
         "routing": rt.watcher.stats(),
         "errors": {
             "unexpected": rt.counters.unexpected_errors,

@@ -16,9 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from gateway.clients.embeddings import Embedder, open_embedder
+from gateway.clients.embeddings import Embedder, ProviderEmbedder, open_embedder
+from gateway.clients.exact_cache import ExactCache
+from gateway.clients.model_catalog import ModelCatalog
 from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.publisher import Publisher
+from gateway.clients.response_cache import ResponseCache
+from gateway.clients.semantic_cache import SemanticCache
 from gateway.clients.upstreams import Upstreams
 from gateway.clients.vector_store import VectorStore
 from gateway.clients.verdict_cache import VerdictCache
@@ -57,10 +61,15 @@ class Runtime:
     redis: Redis
     publisher: Publisher
     upstreams: Upstreams
-    embedder: Embedder
-    vectors: VectorStore
-    verdict_cache: VerdictCache
     counters: Counters = field(default_factory=Counters)
+    embedder: Embedder = field(init=False)
+    vectors: VectorStore = field(init=False)
+    cache: ResponseCache = field(init=False)
+    """The response cache's stores (exact in Redis, semantic and advanced in ``vectors``)."""
+    catalog: ModelCatalog = field(init=False)
+    """``GET /v1/models``."""
+    verdict_cache: VerdictCache = field(init=False)
+    """The firewall's verdicts (``gateway.clients.verdict_cache``)."""
     in_flight: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Requests in flight per client (``gateway.guard``)."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -85,11 +94,30 @@ class Runtime:
             redis,
             lambda event: publisher.submit(Sink.BREAKER_EVENTS, encode_record(event)),
         )
-        embedder = open_embedder(settings.embedder)
-        vectors = VectorStore.open(settings.qdrant)
-        verdicts = VerdictCache(vectors, embedder, settings.firewall.cache_similarity)
+        rt = cls(settings, redis, publisher, upstreams)
+        # read at each call: the routing watcher swaps rt.upstreams and rt.settings
+        rt.embedder = (
+            await ProviderEmbedder.open(settings.embedder, lambda: rt.upstreams)
+            if settings.embedder.kind == "provider"
+            else open_embedder(settings.embedder)
+        )
+        rt.vectors = VectorStore.open(settings.qdrant)
+        semantic = SemanticCache(rt.vectors)
+        await semantic.open(rt.embedder.dimensions)
+        rt.cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
+        if rt.vectors.is_local:
+            rt.cache.start_pruning()
+            if settings.workers > 1:
+                log.warning(
+                    "Qdrant local mode with %d workers: each worker has its own semantic cache "
+                    "(a paraphrase hits only on the worker that stored it); set "
+                    "FLOOPY_GATEWAY_QDRANT__URL to share one",
+                    settings.workers,
+                )
+        rt.catalog = ModelCatalog(lambda: (rt.settings, rt.upstreams.providers))
+        rt.verdict_cache = VerdictCache(rt.vectors, rt.embedder, settings.firewall.cache_similarity)
         publisher.start()
-        return cls(settings, redis, publisher, upstreams, embedder, vectors, verdicts)
+        return rt
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -97,6 +125,7 @@ class Runtime:
         task.add_done_callback(self.tasks.discard)
 
     async def close(self) -> None:
+        await self.cache.close()
         if self.tasks:
             _, late = await asyncio.wait(self.tasks, timeout=_DRAIN_S)
             if late:

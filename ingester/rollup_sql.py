@@ -79,6 +79,7 @@ MEASURES: tuple[Measure, ...] = (
         "firewall_flagged", "UInt64", "countIf(firewall_verdict = 'flag')", "sum(firewall_flagged)"
     ),
     Measure("cost_usd", "Float64", "sum(ifNull(cost_usd, 0))", "sum(cost_usd)"),
+    Measure("cost_saved_usd", "Float64", "sum(ifNull(cost_saved_usd, 0))", "sum(cost_saved_usd)"),
     Measure("prompt_tokens", "UInt64", "sum(toUInt64(prompt_tokens))", "sum(prompt_tokens)"),
     Measure(
         "completion_tokens",

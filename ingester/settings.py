@@ -20,7 +20,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.settings import ClickHouseSettings, RedisSettings
+from shared.settings import ClickHouseSettings, QdrantSettings, RedisSettings
 
 __all__ = ["IngesterSettings", "default_consumer_name"]
 
@@ -40,6 +40,9 @@ class IngesterSettings(BaseSettings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    """The gateways' Qdrant server, for the hourly prune of expired cache points (none in local
+    mode: each gateway worker prunes its own)."""
 
     spool_dir: Path = Path("var/spool")
     spool_cap_bytes: int = Field(default=100 * 2**20, gt=0)

@@ -203,16 +203,20 @@ async def noop(ctx: dict[str, Any]) -> None:
 
 def worker_settings(settings: IngesterSettings) -> type:
     """arq's ``WorkerSettings`` for ``settings`` (a class, as ``arq`` expects)."""
+    from ingester.cache_prune import cron_job as cache_prune_jobs
     from ingester.rollups import cron_jobs as analytics_cron_jobs
 
     class WorkerSettings:
         functions = (noop,)
-        cron_jobs = analytics_cron_jobs(
-            settings.clickhouse,
-            default_retention_days=settings.retention_default_days,
-            overlap_s=settings.rollup_overlap_s,
-            key_prefix=settings.redis.key_prefix,
-        )
+        cron_jobs = [
+            *analytics_cron_jobs(
+                settings.clickhouse,
+                default_retention_days=settings.retention_default_days,
+                overlap_s=settings.rollup_overlap_s,
+                key_prefix=settings.redis.key_prefix,
+            ),
+            *cache_prune_jobs(settings.qdrant),
+        ]
         redis_settings = ArqRedisSettings.from_dsn(settings.redis.url)
         queue_name = f"{settings.redis.key_prefix}:arq:queue"
         health_check_key = f"{settings.redis.key_prefix}:arq:health:{settings.consumer_name}"

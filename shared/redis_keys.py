@@ -1,5 +1,6 @@
-"""Every Redis key the gateway builds for keys, orgs, usage, templates, limits, breakers, routing
-config and the audit log, in one place; and the one charset of the ids that go into them.
+"""Every Redis key the gateway builds for keys, orgs, usage, templates, limits, breakers,
+routing config, the audit log and the response cache, in one place; and the one charset of the
+ids that go into them.
 
 Invariants:
 - Org, key and template ids are 1-128 characters of ``A-Z a-z 0-9 _ . -`` (``ID_CHARSET``),
@@ -86,6 +87,10 @@ class RedisKeys:
     def rate_limit_segments(self, org_id: str) -> str:
         """The org's live per-segment buckets (a sorted set scored by expiry), for the cap."""
         return f"{self.prefix}:rl-segments:{org_id}"
+
+    def response_cache(self, org_id: str, key_hash: str) -> str:
+        """One exact-tier answer; the org in the name as well as in the hash."""
+        return f"{self.prefix}:cache:{org_id}:{key_hash}"
 
     def breaker(self, scope: str) -> str:
         return f"{self.prefix}:breaker:{scope}"

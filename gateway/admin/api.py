@@ -36,8 +36,9 @@ from gateway.admin.service import (
     to_struct,
 )
 from gateway.admin.settings_api import SettingsApi
+from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
-from gateway.policy.keys import ApiKey, Permission, check_plan_access
+from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
 from gateway.runtime import Runtime
 from shared.errors import (
@@ -56,6 +57,12 @@ class TemplateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class RouteBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     targets: list[str]
+
+
+def org_view(org: Org) -> dict[str, Any]:
+    shown: dict[str, Any] = msgspec.to_builtins(org)
+    shown["cache"] = org.cache.view()
+    return shown
 
 
 class AdminApi(Controller):
@@ -113,8 +120,22 @@ class AdminApi(Controller):
         org = await rt.access.keystore.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
-        result: dict[str, Any] = msgspec.to_builtins(org)
-        return result
+        return org_view(org)
+
+    @put("/orgs/{org_id:str}/cache")
+    async def put_org_cache(
+        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Partial: the fields sent replace the stored ones. The org's own admin key may."""
+        rt = await self._org_scope(request, org_id)
+        service, _, _ = await self._service(request)
+        org = await rt.access.keystore.get_org(org_id)
+        if org is None:
+            raise NotFoundError(f"no org {org_id!r}")
+        cache = to_struct({**org.cache.view(), **data}, CacheSettings)
+        await rt.access.keystore.put_org_cache(org_id, cache)
+        await service.put_section(org_id, "cache", org.cache.view(), cache.view())
+        return {"org_id": org_id, "cache": cache.view()}
 
     @put("/orgs/{org_id:str}")
     async def put_org(
@@ -126,8 +147,8 @@ class AdminApi(Controller):
         seed = to_struct(data, OrgSeed)
         org = seed.org(org_id, await rt.access.keystore.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
-        result: dict[str, Any] = msgspec.to_builtins(org)
-        return result
+        stored = await request.app.state.runtime.access.keystore.get_org(org_id)
+        return org_view(stored or org)
 
     @put("/orgs/{org_id:str}/firewall")
     async def put_firewall(

@@ -3,6 +3,7 @@ the Redis the gateways use (``FLOOPY_GATEWAY_REDIS__URL``, ``FLOOPY_GATEWAY_REDI
 
     floopy-admin seed floopy.toml
     floopy-admin orgs put acme --monthly-requests 100000 --expires-at 2027-01-01T00:00:00Z
+    floopy-admin orgs cache acme --tiers exact,semantic --semantic-threshold 0.95
     floopy-admin orgs firewall acme --block-threshold 0.9 --fail-closed
     floopy-admin keys create acme --name ci --permission proxy --permission read
     floopy-admin keys revoke key_0123abcd
@@ -36,6 +37,7 @@ from gateway.access import Access
 from gateway.admin.secrets import new_master_key
 from gateway.admin.seed import OrgSeed, PlanSeed, apply_seed, load_seed
 from gateway.admin.service import Actor, AdminService, KeyPatch, NewKeyBody, key_view
+from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FailPolicy, FirewallConfig
 from gateway.policy.keys import DEFAULT_ORG_RATE_LIMIT, KeyLimits, KeySwitches, Org, Permission
 from gateway.policy.templates import TemplateMessage
@@ -186,6 +188,47 @@ def org_firewall(
             org_id, "firewall", before, msgspec.to_builtins(config)
         )
         return config
+
+    _print(_run(work))
+
+
+@orgs.command("cache")
+def org_cache(
+    org_id: str,
+    *,
+    tiers: Annotated[str | None, typer.Option(help="e.g. exact,semantic,advanced")] = None,
+    ttl_s: Annotated[int | None, typer.Option()] = None,
+    max_ttl_s: Annotated[int | None, typer.Option()] = None,
+    semantic_threshold: Annotated[float | None, typer.Option()] = None,
+    advanced_threshold: Annotated[float | None, typer.Option()] = None,
+    advanced_overlap: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Show or change an org's cache settings (options given replace the stored ones)."""
+    given = {
+        "tiers": [t.strip() for t in tiers.split(",") if t.strip()] if tiers is not None else None,
+        "ttl_s": ttl_s,
+        "max_ttl_s": max_ttl_s,
+        "semantic_threshold": semantic_threshold,
+        "advanced_threshold": advanced_threshold,
+        "advanced_overlap": advanced_overlap,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+
+    async def work(access: Access, settings: GatewaySettings) -> dict[str, object]:
+        org = await access.keystore.get_org(org_id)
+        if org is None:
+            raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
+        if not changes:
+            return org.cache.view()
+        try:
+            cache = msgspec.convert({**org.cache.view(), **changes}, CacheSettings)
+        except msgspec.ValidationError as exc:
+            raise ClientError(f"invalid cache settings: {exc}") from None
+        await access.keystore.put_org_cache(org_id, cache)
+        await _service(access, settings).put_section(
+            org_id, "cache", org.cache.view(), cache.view()
+        )
+        return cache.view()
 
     _print(_run(work))
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     DEFAULT_ORG_RATE_LIMIT,
@@ -85,18 +86,22 @@ class OrgSeed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: str = ""
     rate_limit: str = DEFAULT_ORG_RATE_LIMIT
     plan: PlanSeed = PlanSeed()
+    cache: CacheSettings | None = None
+    """None: keep what the org has (set through ``PUT /admin/orgs/{org}/cache``)."""
     firewall: FirewallConfig | None = None
     """None: keep what the org has (set through ``PUT /admin/orgs/{org}/firewall``)."""
 
     def org(self, org_id: str, current: Org | None) -> Org:
         """The org as declared; settings it does not declare are kept from ``current``."""
         firewall = self.firewall or (current.firewall if current else FirewallConfig())
+        cache = self.cache or (current.cache if current else CacheSettings())
         return Org(
             org_id=org_id,
             name=self.name,
             plan=self.plan.plan(),
             rate_limit_policy=self.rate_limit,
             firewall=firewall,
+            cache=cache,
         )
 
 
@@ -198,7 +203,7 @@ async def apply_seed(
         current = await keystore.get_org(org_id)
         if keep_orgs and current is not None:
             continue
-        await keystore.put_org(org.org(org_id, current))
+        await keystore.put_org(org.org(org_id, current), with_settings=True)
     for key_id, key in seed.keys.items():
         await keystore.put_key(
             ApiKey(

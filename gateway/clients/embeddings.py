@@ -21,17 +21,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from shared.errors import EmbeddingUnavailableError
 
 if TYPE_CHECKING:
+    from gateway.clients.upstreams import Upstreams
     from gateway.settings import EmbedderSettings
 
-__all__ = ["Embedder", "Embeddings", "LocalEmbedder", "open_embedder", "prepare_text"]
+__all__ = [
+    "Embedder",
+    "Embeddings",
+    "LocalEmbedder",
+    "ProviderEmbedder",
+    "open_embedder",
+    "prepare_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +147,100 @@ def open_embedder(settings: EmbedderSettings) -> Embedder:
     embedder = LocalEmbedder.load(settings)
     log.info("embedder %s ready (%d dimensions)", embedder.name, embedder.dimensions)
     return embedder
+
+
+KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+class _Item(msgspec.Struct):
+    index: int
+    embedding: list[float]
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class _EmbeddingList(msgspec.Struct):
+    data: list[_Item]
+    usage: _Usage | None = None
+
+
+@dataclass
+class ProviderEmbedder:
+    """A provider's embeddings endpoint, reached through the gateway's own routing: the
+    routing rules and provider lists choose the targets, open circuit breakers are skipped and
+    failures count against them, the next target is tried after a failure. The price comes from
+    the price book; the cache stage records each call as a span with its tokens and cost.
+    ``name`` is ``<provider>/<model>`` of the last call that answered. ``upstreams`` is read
+    at every call: the routing watcher swaps the runtime's when stored routing changes."""
+
+    upstreams_now: Callable[[], Upstreams]
+    model: str
+    dimensions: int
+    max_chars: int = 2000
+    name: str = ""
+
+    @classmethod
+    async def open(
+        cls, settings: EmbedderSettings, upstreams: Callable[[], Upstreams]
+    ) -> ProviderEmbedder:
+        embedder = cls(upstreams, settings.model, 0, settings.max_chars, f"?/{settings.model}")
+        embedder.dimensions = KNOWN_DIMENSIONS.get(settings.model, 0)
+        if not embedder.dimensions:  # an unknown model tells its size by answering once
+            embedder.dimensions = len((await embedder.embed(["dimensions"])).vectors[0])
+        return embedder
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        from gateway.clients.providers.base import ChatRequest
+        from gateway.policy.breaker import Admission
+        from shared.errors import ClientError
+
+        body = {"model": self.model, "input": [prepare_text(t, self.max_chars) for t in texts]}
+        start = time.perf_counter()
+        failures: list[str] = []
+        upstreams = self.upstreams_now()
+        breakers = upstreams.breakers
+        for target in upstreams.routing.targets(self.model):
+            if await breakers.admit(target.provider) is Admission.REJECT:
+                failures.append(f"{target.provider}: breaker open")
+                continue
+            provider = upstreams.providers[target.provider]
+            request = ChatRequest(
+                raw=msgspec.json.encode({**body, "model": target.model}), model=target.model
+            )
+            try:
+                reply = await provider.embed(request)
+                answer = msgspec.json.decode(reply.body, type=_EmbeddingList)
+            except ClientError as exc:
+                await breakers.failure(target.provider)
+                failures.append(f"{target.provider}: {exc.code}: {exc.message}")
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                failures.append(f"{target.provider}: not an embeddings answer: {exc}")
+                continue
+            self.name = f"{target.provider}/{target.model}"
+            tokens = answer.usage.prompt_tokens if answer.usage else 0
+            cost = upstreams.prices.cost_usd(
+                provider=target.provider,
+                model=target.model,
+                prompt_tokens=tokens,
+                completion_tokens=0,
+            )
+            return Embeddings(
+                [item.embedding for item in sorted(answer.data, key=lambda i: i.index)],
+                self.name,
+                tokens=tokens,
+                cost_usd=cost,
+                duration_ms=(time.perf_counter() - start) * 1e3,
+            )
+        raise EmbeddingUnavailableError(
+            f"no provider embedded with {self.model!r}: " + ("; ".join(failures) or "no target")
+        )
+
+    async def aclose(self) -> None:
+        """The provider clients belong to the gateway's ``Upstreams``, closed with it."""

@@ -34,6 +34,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway.clients.expiring_cache import ExpiringCache
+from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import (
     ApiKey,
@@ -53,7 +54,7 @@ from shared.errors import InvalidApiKeyError
 from shared.redis_keys import RedisKeys, check_id
 from shared.streams import retention_key
 
-__all__ = ["KeyStore", "usage_expiry_s"]
+__all__ = ["ORG_SETTINGS", "KeyStore", "usage_expiry_s"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ return 1
 """
 
 _CACHE_MAX = 50_000
+ORG_SETTINGS = ("cache",)
+"""Org fields written by their own route (``PUT /admin/orgs/{org}/cache``), kept by org puts."""
 _DAY_GRACE = timedelta(days=2)
 _MONTH_GRACE = timedelta(days=40)
 
@@ -258,13 +261,25 @@ class KeyStore:
 
     # -- administration ---------------------------------------------------------------------
 
-    async def put_org(self, org: Org) -> None:
+    async def put_org(self, org: Org, *, with_settings: bool = False) -> None:
+        """Write the org's name, plan and rate limit; its feature settings (``cache``) are
+        kept as stored unless ``with_settings`` (they have their own admin route)."""
         check_id("org", org.org_id)
+        fields = _encode_fields(org)
+        if not with_settings:
+            for name in ORG_SETTINGS:
+                fields.pop(name, None)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._k.org(org.org_id))
-            pipe.hset(self._k.org(org.org_id), mapping=_encode_fields(org))
+            pipe.hset(self._k.org(org.org_id), mapping=fields)
             pipe.hset(retention_key(self._p), org.org_id, str(org.plan.retention_days))
             await pipe.execute()
+
+    async def put_org_cache(self, org_id: str, cache: CacheSettings) -> bool:
+        """Replace one org's cache settings, nothing else; False if there is no such org."""
+        done = await self._set_org_field(
+            keys=[self._k.org(org_id)], args=["cache", msgspec.json.encode(cache.view())]
+        )
+        return bool(done)
 
     async def put_org_firewall(self, org_id: str, config: FirewallConfig) -> bool:
         """Replace one org's firewall settings, nothing else; False if there is no such org."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 
 import aiohttp
 import httpx
@@ -147,9 +147,16 @@ class UpstreamHTTP:
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:
         """A whole answer with a success status (its body read), or a ``ClientError``."""
+        return await self._whole(self.client.post(url, content=content, headers=headers))
+
+    async def get(self, url: httpx.URL) -> httpx.Response:
+        """A GET with a success status (its body read), or a ``ClientError``."""
+        return await self._whole(self.client.get(url))
+
+    async def _whole(self, sending: Awaitable[httpx.Response]) -> httpx.Response:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                response = await self.client.post(url, content=content, headers=headers)
+                response = await sending
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
         _spend(response)

@@ -264,16 +264,26 @@ class VectorStore:
     async def upsert(
         self, name: str, key: str, vector: Sequence[float], payload: Mapping[str, Any]
     ) -> None:
-        target = self.collection(name)
-        if self._local is not None:
-            target, values = self._partition(name, payload)
-            partitions = self._partitions.setdefault(name, {})
-            if target not in partitions:
-                await self._create(target, self._dimensions[name])
-                partitions[target] = values
-        point = models.PointStruct(id=point_id(key), vector=list(vector), payload=dict(payload))
+        await self.upsert_many(name, [(key, vector, payload)])
+
+    async def upsert_many(
+        self, name: str, items: Sequence[tuple[str, Sequence[float], Mapping[str, Any]]]
+    ) -> None:
+        """Write points (key, vector, payload) in one call per target collection."""
+        batches: dict[str, list[models.PointStruct]] = {}
+        for key, vector, payload in items:
+            target = self.collection(name)
+            if self._local is not None:
+                target, values = self._partition(name, payload)
+                partitions = self._partitions.setdefault(name, {})
+                if target not in partitions:
+                    await self._create(target, self._dimensions[name])
+                    partitions[target] = values
+            point = models.PointStruct(id=point_id(key), vector=list(vector), payload=dict(payload))
+            batches.setdefault(target, []).append(point)
         client = self._client()
-        await self._call("upsert", partial(client.upsert, target, points=[point], wait=False))
+        for target, points in batches.items():
+            await self._call("upsert", partial(client.upsert, target, points=points, wait=False))
 
     async def delete_below(self, name: str, field: str, value: float) -> None:
         """Delete every point whose numeric ``field`` is below ``value`` (expiry by created-at:
@@ -281,7 +291,10 @@ class VectorStore:
         older = models.FieldCondition(key=field, range=models.Range(lt=value))
         selector = models.FilterSelector(filter=models.Filter(must=[older]))
         client = self._client()
-        targets = sorted(self._partitions.get(name) or {self.collection(name): {}})
+        if self._local is not None:  # local mode: only partitions exist, made by writes
+            targets = sorted(self._partitions.get(name, {}))
+        else:
+            targets = [self.collection(name)]
         for target in targets:
             await self._call("delete", partial(client.delete, target, selector))
 

@@ -731,6 +731,7 @@ class ConsoleApi(Controller):
             )
         )
         totals: dict[str, Any] = {"requests": 0, "errors": 0, "cache_hits": 0, "cost_usd": 0.0}
+        totals |= {"cost_saved_usd": 0.0}
         totals |= {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         totals |= {"firewall_blocked": 0, "firewall_flagged": 0}
         for row in rows:

@@ -309,7 +309,8 @@ def _rollup_figures() -> str:
     return (
         "sum(requests) AS requests, sum(errors) AS errors, sum(cache_hits) AS cache_hits, "
         "sum(firewall_blocked) AS firewall_blocked, sum(firewall_flagged) AS firewall_flagged, "
-        "sum(cost_usd) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
+        "sum(cost_usd) AS cost_usd, sum(cost_saved_usd) AS cost_saved_usd, "
+        "sum(prompt_tokens) AS prompt_tokens, "
         "sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, "
         "sum(latency_sum_ms) AS latency_sum_ms, "
         f"quantilesTDigestMerge({_Q})(latency_state) AS latency_q"

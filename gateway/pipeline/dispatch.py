@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from gateway.context import StageTiming
+from gateway.pipeline.intake import EMBEDDINGS
 from gateway.policy.breaker import Admission
 from gateway.policy.routing import (
     Outcome,
@@ -150,7 +151,8 @@ async def _attempt(
             ctx.stream = await provider.open_stream(request)
             ctx.status_code = ctx.stream.status_code
         else:
-            ctx.reply = await provider.complete(request)
+            call = provider.embed if ctx.endpoint == EMBEDDINGS else provider.complete
+            ctx.reply = await call(request)
             ctx.status_code = ctx.reply.status_code
             ctx.response_body = ctx.reply.body
     except ClientError as exc:

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.clients.usage import record_usage
+from gateway.pipeline.cache import store_after
 from gateway.policy.recording import build_records
 from gateway.policy.usage import Settled, needs_estimate, settle_usage
 from shared.codec import encode_record
@@ -63,6 +64,11 @@ def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> No
     record_usage(ctx, record, rt.access.usage)
     for span in spans:
         submit(Sink.SPANS, encode_record(span))
+    try:
+        store_after(ctx, rt, settled)
+    except Exception:  # a cache write is best effort: the next identical request is a miss
+        rt.cache.write_failures["schedule"] += 1
+        log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 
 async def publish_after_response(ctx: RequestContext, rt: Runtime) -> None:

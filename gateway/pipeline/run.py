@@ -1,6 +1,7 @@
 """The order a request meets the stages, in one place, and the loop that times each of them.
 
-A stage reads and fills the context, or raises a ``ClientError``. The timing of every stage
+A stage reads and fills the context, answers (sets ``ctx.answered``: a cache hit; the stages
+after it do not run), or raises a ``ClientError``. The timing of every stage
 that ran (even one that failed) becomes a span and a ``stage_latency_ms`` entry.
 """
 
@@ -12,14 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.context import StageTiming
-from gateway.pipeline import auth, dispatch, firewall, intake, limits, routing, template
+from gateway.pipeline import auth, cache, dispatch, firewall, intake, limits, routing, template
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.runtime import Runtime
 
-__all__ = ["STAGES", "Stage", "run_stages"]
+__all__ = ["EMBEDDING_STAGES", "STAGES", "Stage", "run_stages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +34,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("intake", intake.run),
     Stage("rate_limit", limits.run),
     Stage("template", template.run),
-    # Stage("cache", cache.run): exact and semantic cache; a hit answers here
+    Stage("cache", cache.run),
     Stage("firewall", firewall.run),
     Stage("routing", routing.run),
     Stage("dispatch", dispatch.run),
 )
+EMBEDDING_STAGES: tuple[Stage, ...] = tuple(
+    s for s in STAGES if s.name not in ("template", "firewall")
+)
+"""``POST /v1/embeddings``: no prompt template, nothing to screen; cached by the exact tier."""
 
 
 async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES) -> None:
@@ -57,3 +62,5 @@ async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] =
             ctx.timings.append(
                 StageTiming(stage.name, (start - ctx.started_ns) / 1e6, (end - start) / 1e6, status)
             )
+        if ctx.answered:
+            return

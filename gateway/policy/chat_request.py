@@ -7,7 +7,8 @@ skips the rest without building it). Streamed bodies are decoded whole because t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -21,6 +22,7 @@ __all__ = [
     "check_model_name",
     "header_text",
     "parse_chat_request",
+    "parse_embeddings_request",
 ]
 
 MAX_MODEL_CHARS = 256
@@ -39,7 +41,13 @@ class _Head(msgspec.Struct):
     stream_options: _StreamOptions | None = None
 
 
+class _EmbeddingsHead(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+
+
 _decode_head = msgspec.json.Decoder(_Head).decode
+_decode_embeddings_head = msgspec.json.Decoder(_EmbeddingsHead).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -93,12 +101,20 @@ def _check_utf8(raw: bytes) -> None:
         ) from None
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+_H = TypeVar("_H", _Head, _EmbeddingsHead)
+
+
+def _head(raw: bytes, decode: Callable[[bytes], _H]) -> _H:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")
     _check_utf8(raw)
-    head = decode_json(_decode_head, raw)
+    head = decode_json(decode, raw)
     check_model_name(head.model)
+    return head
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    head = _head(raw, _decode_head)
     if not head.messages:
         raise BadRequestError("invalid request body: `messages` must not be empty")
     stream = bool(head.stream)
@@ -107,3 +123,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if stream:
         request.fields = decode_json(_decode_object, raw)
     return request
+
+
+def parse_embeddings_request(raw: bytes) -> ChatRequest:
+    """``POST /v1/embeddings``: ``model`` and a non-empty ``input`` (text, texts or token ids);
+    carried as a ``ChatRequest`` (bytes and model) since routing and dispatch need no more."""
+    head = _head(raw, _decode_embeddings_head)
+    if not head.input:
+        raise BadRequestError("invalid request body: `input` must not be empty")
+    return ChatRequest(raw=raw, model=head.model)

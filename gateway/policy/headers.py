@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.policy.cache import CacheControls, parse_max_age, parse_seed, parse_threshold
 from shared.errors import BadRequestError
 
 __all__ = [
@@ -44,12 +45,23 @@ class RequestMeta:
     session_path: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     cache_enabled: bool = True
+    cache_max_age_s: int | None = None
+    cache_seed: str = ""
+    cache_semantic_threshold: float | None = None
     firewall_enabled: bool = True
     ratelimit_policy: str = ""
     prompt_id: str = ""
     omit_request: bool = False
     """``floopy-omit-request: true``: keep metrics and metadata, never store the request body."""
     omit_response: bool = False
+
+    def cache_controls(self) -> CacheControls:
+        return CacheControls(
+            self.cache_enabled,
+            self.cache_max_age_s,
+            self.cache_seed,
+            self.cache_semantic_threshold,
+        )
 
 
 def _ascii_id(name: str, value: str, limit: int = MAX_ID_CHARS) -> str:
@@ -131,6 +143,9 @@ _PARSERS = {
     "floopy-session-name": ("session_name", _utf8_text),
     "floopy-session-path": ("session_path", _session_path),
     "floopy-cache-enabled": ("cache_enabled", _switch),
+    "floopy-cache-max-age": ("cache_max_age_s", parse_max_age),
+    "floopy-cache-seed": ("cache_seed", parse_seed),
+    "floopy-cache-semantic-threshold": ("cache_semantic_threshold", parse_threshold),
     "floopy-llm-security-enabled": ("firewall_enabled", _switch),
     "floopy-ratelimit-policy": ("ratelimit_policy", _ascii_id),
     "floopy-prompt-id": ("prompt_id", _ascii_id),

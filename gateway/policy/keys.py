@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import msgspec
 
+from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig, check_threshold
 from gateway.policy.ratelimit import parse_policy
 from shared.errors import (
@@ -114,6 +115,7 @@ class Org(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
     plan: Plan = Plan()
     rate_limit_policy: str = DEFAULT_ORG_RATE_LIMIT
+    cache: CacheSettings = CacheSettings()
     firewall: FirewallConfig = FirewallConfig()
 
     def __post_init__(self) -> None:

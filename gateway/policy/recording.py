@@ -152,11 +152,29 @@ def build_records(
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
+        endpoint=ctx.endpoint,
+        **_cache_fields(ctx),
         request_headers=recorded_request_headers(_decoded(ctx.raw_headers)),
         response_headers=recorded_response_headers(ctx.sent_headers),
         **_firewall_fields(ctx),
     )
     return record, build_spans(ctx)
+
+
+def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
+    outcome = ctx.cache
+    if outcome.status is None:
+        return {}
+    return {
+        "cache_status": outcome.status.value,
+        "cache_tier": outcome.tier.value if outcome.tier else "",
+        "cache_similarity": outcome.similarity,
+        "cache_threshold": outcome.threshold,
+        "cache_key_hash": outcome.keys.exact if outcome.keys else "",
+        "cache_lookup_ms": dict(outcome.lookup_ms),
+        "cache_error": outcome.error,
+        "cost_saved_usd": outcome.hit.cost_usd if outcome.hit else None,
+    }
 
 
 def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:

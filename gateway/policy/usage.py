@@ -102,7 +102,11 @@ def needs_estimate(ctx: RequestContext) -> bool:
 
 
 def settle_usage(ctx: RequestContext, prices: PriceBook) -> Settled:
+    """A cache hit is recorded with the stored usage and a cost of 0 (its ``cost_saved_usd``
+    is what the miss cost)."""
     usage = reported_usage(ctx)
+    if ctx.cache.hit is not None:
+        return Settled(usage or TokenUsage(), False, 0.0)
     estimated = False
     answered = ctx.reply is not None or ctx.stream is not None
     if usage is None and answered:

@@ -224,7 +224,9 @@ def test_revoking_in_settings_gives_401_within_the_key_cache_ttl(
 
 def _provider_of_next_request(live: Live) -> str:
     reply = live.sdk(ADMIN).chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=HELLO
+        model="gpt-4o",
+        messages=HELLO,
+        extra_headers={"Floopy-Cache-Enabled": "false"},  # a cache hit calls no provider
     )
     return str(reply.headers["floopy-provider"])
 
@@ -252,7 +254,17 @@ def test_a_route_changed_in_settings_is_followed_without_a_restart(live: Live) -
 
 
 def test_playground_streams_and_open_in_playground_reproduces_a_request(live: Live) -> None:
+    listed = httpx.get(f"{live.url}/v1/models", headers={"Authorization": f"Bearer {ADMIN}"})
+    if listed.status_code == 200:  # the gateway lists models: the Playground offers exactly them
+        offered = sorted(m["id"] for m in listed.json()["data"])
+    else:  # not yet: what the routes and providers name
+        routing = httpx.get(
+            f"{live.url}/admin/routing", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        offered = routing.json()["models"]
     live.open("playground")
+    options = live.driver.find_elements(By.CSS_SELECTOR, "#pg-models option")
+    assert [o.get_attribute("value") for o in options] == offered
     form = live.driver.find_element(By.ID, "pg-form")
     model = form.find_element(By.ID, "pg-model")
     model.clear()

@@ -23,7 +23,7 @@ from devstack.fake_anthropic import REPLY_TEXT as ANTHROPIC_TEXT
 from devstack.fake_openai import REPLY_TEXT
 from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
 from gateway.policy.tokens import estimate_completion_tokens
-from tests.e2e.harness import Floopy
+from tests.e2e.harness import ORG_ID, Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -98,6 +98,8 @@ class Stack:
         )
         wait_for_port(self.anthropic_port)
         self.floopy.start_ingester()
+        # provider behaviour under test: every request must reach one, so no cache tier
+        self.floopy.config["orgs"][ORG_ID]["cache"] = {"tiers": []}
         self.floopy.start_gateway(
             FLOOPY_GATEWAY_PROVIDERS=json.dumps(self.providers()),
             FLOOPY_GATEWAY_ROUTES=json.dumps(self.routes()),

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from shared.errors import BadRequestError
+
 __all__ = ["ChatRequest", "ProviderClient", "TokenUsage", "UpstreamReply", "UpstreamStream"]
 
 
@@ -104,6 +106,17 @@ class ProviderClient(ABC):
     @abstractmethod
     async def open_stream(self, request: ChatRequest) -> UpstreamStream:
         """Send the request and wait for the status line; errors before the first byte raise."""
+
+    async def embed(self, request: ChatRequest) -> UpstreamReply:
+        """``POST /v1/embeddings``; a provider whose API has none says so (400)."""
+        raise BadRequestError(
+            f"provider {self.name!r} does not serve embeddings (model {request.model!r})"
+        )
+
+    async def list_models(self) -> list[str]:
+        """The models the upstream itself lists (``GET /models``); empty when it has no such
+        list (then the settings' lists are all the gateway knows)."""
+        return []
 
     @abstractmethod
     async def aclose(self) -> None: ...

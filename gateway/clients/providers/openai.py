@@ -40,7 +40,10 @@ class OpenAIProvider(ProviderClient):
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.http = UpstreamHTTP(settings, self.auth_headers(settings))
-        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
+        root = settings.base_url.rstrip("/")
+        self._url = httpx.URL(root + "/chat/completions")
+        self._embeddings_url = httpx.URL(root + "/embeddings")
+        self._models_url = httpx.URL(root + "/models")
 
     @staticmethod
     def auth_headers(settings: ProviderSettings) -> dict[str, str]:
@@ -49,6 +52,16 @@ class OpenAIProvider(ProviderClient):
     def url_for(self, model: str) -> httpx.URL:
         return self._url
 
+    def embeddings_url_for(self, model: str) -> httpx.URL:
+        return self._embeddings_url
+
+    async def embed(self, request: ChatRequest) -> UpstreamReply:
+        return await self._reply(self.embeddings_url_for(request.model), request.raw)
+
+    async def list_models(self) -> list[str]:
+        listed = msgspec.json.decode((await self.http.get(self._models_url)).content, type=_Models)
+        return [m.id for m in listed.data]
+
     async def open(self) -> None:
         await self.http.open()
 
@@ -56,7 +69,11 @@ class OpenAIProvider(ProviderClient):
         await self.http.aclose()
 
     async def complete(self, request: ChatRequest) -> UpstreamReply:
-        response = await self.http.post(self.url_for(request.model), request.raw, _JSON)
+        return await self._reply(self.url_for(request.model), request.raw)
+
+    async def _reply(self, url: httpx.URL, raw: bytes) -> UpstreamReply:
+        """A whole answer (chat completion or embeddings list), forwarded as received."""
+        response = await self.http.post(url, raw, _JSON)
         body = response.content
         model, usage = read_completion(body)
         content_type = response.headers.get("content-type", "application/json")
@@ -91,16 +108,33 @@ class AzureOpenAIProvider(OpenAIProvider):
         return {"api-key": settings.api_key.get_secret_value()}
 
     def url_for(self, model: str) -> httpx.URL:
-        url = self._urls.get(model)
+        return self._deployment_url(model, "chat/completions")
+
+    def embeddings_url_for(self, model: str) -> httpx.URL:
+        return self._deployment_url(model, "embeddings")
+
+    async def list_models(self) -> list[str]:
+        return list(self._deployments)
+
+    def _deployment_url(self, model: str, operation: str) -> httpx.URL:
+        url = self._urls.get(f"{operation} {model}")
         if url is None:
             deployment = quote(self._deployments.get(model, model), safe="")
             url = httpx.URL(
-                f"{self._root}/openai/deployments/{deployment}/chat/completions",
+                f"{self._root}/openai/deployments/{deployment}/{operation}",
                 params={"api-version": self._api_version},
             )
             if len(self._urls) < _MAX_CACHED_URLS:  # model names come from callers: bounded
-                self._urls[model] = url
+                self._urls[f"{operation} {model}"] = url
         return url
+
+
+class _Model(msgspec.Struct):
+    id: str
+
+
+class _Models(msgspec.Struct):
+    data: list[_Model]
 
 
 class OpenAIStream(UpstreamStream):

@@ -43,6 +43,15 @@ const fmt = {
   dur: (ms) => (ms < 1000 ? ms + " ms" : ms < 60000 ? (ms / 1000).toFixed(1) + " s" : ms < 3600000 ? (ms / 60000).toFixed(1) + " min" : (ms / 3600000).toFixed(1) + " h"),
 };
 
+function cacheText(r) {
+  if (!r.cache_status) return "";
+  const parts = [r.cache_status + (r.cache_tier ? ` (${r.cache_tier})` : "")];
+  if (r.cache_similarity !== null && r.cache_similarity !== undefined) parts.push(`similarity ${Number(r.cache_similarity).toFixed(4)} ≥ ${Number(r.cache_threshold).toFixed(2)}`);
+  if (r.cost_saved_usd) parts.push(`saved ${fmt.usd(r.cost_saved_usd)}`);
+  if (r.cache_error) parts.push(`failed open: ${r.cache_error}`);
+  return parts.join(", ");
+}
+
 function statusBadge(code) {
   const cls = code >= 500 ? "s5" : code >= 400 ? "s4" : "s2";
   return h("span", { class: `badge ${cls}` }, code || "—");
@@ -203,7 +212,8 @@ pages.overview = async (main) => {
     h("div", { class: "cards" },
       card("Requests", fmt.n(t.requests)), card("Cost", fmt.usd(t.cost_usd)),
       card("Tokens", fmt.n(t.total_tokens)), card("Error rate", fmt.pct(t.error_rate)),
-      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Worst p95 latency", fmt.ms(p95)),
+      card("Cache hit rate", fmt.pct(t.cache_hit_rate)), card("Cost saved by the cache", fmt.usd(t.cost_saved_usd)),
+      card("Worst p95 latency", fmt.ms(p95)),
       card("Firewall blocked", fmt.n(t.firewall_blocked)), card("Firewall flagged", fmt.n(t.firewall_flagged))),
     h("div", { class: "grid2" },
       chart("Requests by model", byField(byModel.data, "requests"), { kind: "bar", step: all.bucket_s }),
@@ -227,7 +237,7 @@ function card(label, value) {
 
 const REQUEST_FILTERS = [
   ["model", "Model", "select"], ["provider", "Provider", "select"], ["status", "Status code", "text", "e.g. 429 or 500,502"],
-  ["error_code", "Error code", "text", "e.g. PROVIDER_ERROR"], ["cache_status", "Cache", "choice", ["", "hit", "miss", "bypass"]],
+  ["error_code", "Error code", "text", "e.g. PROVIDER_ERROR"], ["cache_status", "Cache", "choice", ["", "hit", "miss", "bypass", "disabled"]],
   ["cache_tier", "Cache tier", "choice", ["", "exact", "semantic", "advanced"]],
   ["firewall_verdict", "Firewall", "choice", ["", "block", "flag", "pass", "error", "skipped"]],
   ["firewall_source", "Verdict source", "choice", ["", "cache", "classifier"]], ["user_id", "User", "text"],
@@ -374,7 +384,7 @@ async function openRequest(id, at, back) {
       onclick: () => (location.hash = `#/playground?request=${encodeURIComponent(r.request_id)}&at=${r.created_at_ms}`) }, "Open in Playground")),
     kv([["Request id", r.request_id], ["Time", fmt.time(r.created_at_ms)], ["Error", r.error_code ? `${r.error_code}: ${r.error_message}` : ""],
       ["Latency", fmt.ms(r.latency_ms)], ["Time to first token", r.stream ? fmt.ms(r.time_to_first_token_ms) : ""],
-      ["Cost", fmt.usd(r.cost_usd)], ["Cache", r.cache_status ? `${r.cache_status}${r.cache_tier ? " (" + r.cache_tier + ")" : ""}` : ""],
+      ["Cost", fmt.usd(r.cost_usd)], ["Cache", cacheText(r)],
       ["User", r.user_id], ["Session", r.session_id ? `${r.session_id} — ${r.session_name} ${r.session_path}` : ""],
       ["API key", r.api_key_id], ["Providers tried", (r.providers_tried || []).join(" → ")], ["Retries", r.retries || ""],
       ["Firewall", r.firewall_verdict ? `${r.firewall_verdict} (score ${r.firewall_score === null ? "—" : Number(r.firewall_score).toFixed(3)}, ${r.firewall_verdict_source || "no verdict"}${r.firewall_backend ? " via " + r.firewall_backend : ""} ${r.firewall_model_ref}${(r.firewall_categories || []).length ? ", " + r.firewall_categories.join(", ") : ""}${r.firewall_reason ? "; " + r.firewall_reason : ""})` : ""],
@@ -425,10 +435,11 @@ pages.users = async (main) => {
   main.append(h("h1", {}, "Users"));
   if (!data.data.length) return main.append(h("div", { class: "empty" }, "No users in this range."));
   main.append(h("table", { id: "users-table" },
-    h("thead", {}, h("tr", {}, ["User", "Requests", "Errors", "Tokens", "Cost", "p95 latency", "Last seen"].map((c, i) => h("th", { class: i && i < 6 ? "num" : "" }, c)))),
+    h("thead", {}, h("tr", {}, ["User", "Requests", "Errors", "Tokens", "Cost", "Saved by cache", "p95 latency", "Last seen"].map((c, i) => h("th", { class: i && i < 7 ? "num" : "" }, c)))),
     h("tbody", {}, data.data.map((u) => h("tr", { "data-id": u.user_id, onclick: () => openUser(u.user_id) },
       h("td", {}, u.user_id), h("td", { class: "num" }, fmt.n(u.requests)), h("td", { class: "num" }, fmt.n(u.errors)),
-      h("td", { class: "num" }, fmt.n(u.total_tokens)), h("td", { class: "num" }, fmt.usd(u.cost_usd)), h("td", { class: "num" }, fmt.ms(u.latency_p95_ms)),
+      h("td", { class: "num" }, fmt.n(u.total_tokens)), h("td", { class: "num" }, fmt.usd(u.cost_usd)),
+      h("td", { class: "num" }, fmt.usd(u.cost_saved_usd)), h("td", { class: "num" }, fmt.ms(u.latency_p95_ms)),
       h("td", {}, fmt.time(u.last_seen * 1000)))))));
 };
 
@@ -457,9 +468,10 @@ pages.properties = async (main, query) => {
       chart(`Cost per ${key} value`, byField(series.data, "cost_usd", "property_value"), { kind: "bar", format: (v) => "$" + v.toFixed(3), step: series.bucket_s }),
       chart(`Requests per ${key} value`, byField(series.data, "requests", "property_value"), { kind: "bar", step: series.bucket_s })),
     h("h2", {}, `Values of ${key}`),
-    h("table", { id: "property-values" }, h("thead", {}, h("tr", {}, ["Value", "Requests", "Cost", "Tokens", "Errors", "p50", "p95"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+    h("table", { id: "property-values" }, h("thead", {}, h("tr", {}, ["Value", "Requests", "Cost", "Saved by cache", "Tokens", "Errors", "p50", "p95"].map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
       h("tbody", {}, values.data.map((v) => h("tr", { onclick: () => (location.hash = `#/requests?property=${encodeURIComponent(key + ":" + v.property_value)}`) },
-        h("td", {}, v.property_value), h("td", { class: "num" }, fmt.n(v.requests)), h("td", { class: "num" }, fmt.usd(v.cost_usd)), h("td", { class: "num" }, fmt.n(v.total_tokens)),
+        h("td", {}, v.property_value), h("td", { class: "num" }, fmt.n(v.requests)), h("td", { class: "num" }, fmt.usd(v.cost_usd)),
+        h("td", { class: "num" }, fmt.usd(v.cost_saved_usd)), h("td", { class: "num" }, fmt.n(v.total_tokens)),
         h("td", { class: "num" }, fmt.n(v.errors)), h("td", { class: "num" }, fmt.ms(v.latency_p50_ms)), h("td", { class: "num" }, fmt.ms(v.latency_p95_ms)))))));
   main.append(h("div", { class: "layout2" }, list, right));
 };

@@ -275,7 +275,11 @@ settingsTabs.cache = async (el, ctx) => {
   }
 };
 
-const fieldLabel = (name) => name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
+const LABEL_WORDS = { ttl: "TTL", s: "(s)", ms: "(ms)", usd: "(USD)", id: "id" };
+const fieldLabel = (name) => {
+  const text = name.split("_").map((w) => LABEL_WORDS[w] || w).join(" ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+};
 
 /* A form for a flat-ish JSON object: booleans as checkboxes, numbers and text as inputs, lists
    of text comma-separated, anything else as JSON. Saving sends the same shape back. */

@@ -89,7 +89,16 @@ async def test_completion_record(client: AsyncTestClient[Any], settings: Gateway
     )
     assert record.total_tokens == record.prompt_tokens + record.completion_tokens > 0
     assert (record.user_id, record.session_id, record.properties) == ("u-7", "s-1", {"plan": "pro"})
-    stages = {"auth", "intake", "rate_limit", "template", "firewall", "routing", "dispatch"}
+    stages = {
+        "auth",
+        "intake",
+        "rate_limit",
+        "template",
+        "cache",
+        "firewall",
+        "routing",
+        "dispatch",
+    }
     assert set(record.stage_latency_ms) == stages
     # no FIREWALL_MODEL configured: the firewall says so rather than pretending to screen
     assert (record.firewall_verdict, record.firewall_reason) == ("skipped", "no_model")
