@@ -129,5 +129,7 @@ def test_metrics_move_with_traffic(stack: tuple[Floopy, int]) -> None:
     assert httpx.get(gateway_url, timeout=5).status_code == 403  # the counters need the key
     auth = {"authorization": f"Bearer {OPS_KEY}"}
     health = httpx.get(f"{floopy.gateway_url}/health", timeout=5, headers=auth).json()
-    published = health["publisher"]["published"]  # one worker's share of the same counter
-    assert 0 < published <= total(gw, "floopy_records_published_total")
+    # one worker's share of the same counter (which worker answers is the kernel's choice; the
+    # mechanism itself is checked in tests/unit/shared/test_metrics.py)
+    published = health["publisher"]["published"]
+    assert 0 <= published <= total(gw, "floopy_records_published_total")
