@@ -1,6 +1,6 @@
 """Every Redis key the gateway builds for keys, orgs, usage, templates, limits, breakers,
-routing config and the response cache, in one place; and the one charset of the ids that go
-into them.
+routing config, the audit log and the response cache, in one place; and the one charset of the
+ids that go into them.
 
 Invariants:
 - Org, key and template ids are 1-128 characters of ``A-Z a-z 0-9 _ . -`` (``ID_CHARSET``),
@@ -8,7 +8,8 @@ Invariants:
   (paths, ``floopy-prompt-id``). No id holds ``:``, the separator, so ``org:<id>`` of one org is
   never a prefix of another org's keys (issue 10: ``acme`` read ``acme:eu``'s templates).
 - Key hashes are SHA-256 hex; provider names are checked by the provider validation.
-- Stream names and the retention hash, shared with the ingester, are in ``shared.streams``.
+- Stream names and the retention hash, shared with the ingester, are in ``shared.streams``; the
+  outage spool's markers (per spool volume, not per org) in ``gateway.clients.outage_spool``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class RedisKeys:
 
     def key_id(self, key_id: str) -> str:
         return f"{self.prefix}:keyid:{key_id}"
+
+    @property
+    def key_last_used(self) -> str:
+        """Hash key id → when it last authenticated a request (ms)."""
+        return f"{self.prefix}:key_last_used"
+
+    def audit(self, log: str) -> str:
+        """An org's audit log (a list), or the gateway-wide one (``_gateway``)."""
+        return f"{self.prefix}:audit:{log}"
 
     def org_requests(self, org_id: str, month: str) -> str:
         return f"{self.prefix}:usage:org:{org_id}:req:{month}"

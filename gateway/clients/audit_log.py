@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from shared.redis_keys import RedisKeys
+
 __all__ = ["AUDIT_MAX_ENTRIES", "GATEWAY_LOG", "AuditLog"]
 
 AUDIT_MAX_ENTRIES = 10_000
@@ -31,10 +33,10 @@ GATEWAY_LOG = "_gateway"
 class AuditLog:
     def __init__(self, redis: Redis, *, prefix: str = "floopy") -> None:
         self._redis = redis
-        self._p = prefix
+        self._k = RedisKeys(prefix)
 
     def _list(self, org_id: str) -> str:
-        return f"{self._p}:audit:{org_id}"
+        return self._k.audit(org_id)
 
     async def append(self, entry: dict[str, Any], org_ids: Iterable[str]) -> None:
         raw = msgspec.json.encode(entry)

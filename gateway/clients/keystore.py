@@ -234,14 +234,14 @@ class KeyStore:
     def queue_last_used(self, pipe: Pipeline, last_used_ms: Mapping[str, int]) -> None:
         if last_used_ms:
             pipe.hset(
-                f"{self._p}:key_last_used",
+                self._k.key_last_used,
                 mapping={k: str(v) for k, v in last_used_ms.items()},
             )
 
     async def last_used(self, key_ids: list[str]) -> dict[str, int]:
         if not key_ids:
             return {}
-        raw = await _aw(self._redis.hmget(f"{self._p}:key_last_used", key_ids))
+        raw = await _aw(self._redis.hmget(self._k.key_last_used, key_ids))
         return {k: int(v) for k, v in zip(key_ids, raw, strict=True) if v is not None}
 
     async def record_usage(
@@ -284,7 +284,8 @@ class KeyStore:
     async def put_org_firewall(self, org_id: str, config: FirewallConfig) -> bool:
         """Replace one org's firewall settings, nothing else; False if there is no such org."""
         done = await self._set_org_field(
-            keys=[f"{self._p}:org:{org_id}"], args=["firewall", msgspec.json.encode(config)]
+            keys=[self._k.org(check_id("org", org_id))],
+            args=["firewall", msgspec.json.encode(config)],
         )
         return bool(done)
 

@@ -30,8 +30,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 REQUESTS = 2_000
 
 
-async def _send(floopy: Floopy, tags: list[str], concurrency: int = 8) -> list[str]:
-    """Each tag once through the openai SDK; the tags of the requests answered."""
+async def _send(
+    floopy: Floopy, tags: list[str], concurrency: int = 8, *, new_connections: bool = False
+) -> list[str]:
+    """Each tag once through the openai SDK; the tags of the requests answered.
+
+    ``new_connections``: one connection per request, so the requests spread over the gateway's
+    workers (a worker that never saw the key refuses it while Redis is down, by design)."""
     answered: list[str] = []
     queue = list(reversed(tags))
 
@@ -43,7 +48,10 @@ async def _send(floopy: Floopy, tags: list[str], concurrency: int = 8) -> list[s
                 await client.chat.completions.create(
                     model="gpt-4o-mini",
                     messages=[{"role": "user", "content": tag}],
-                    extra_headers={"floopy-session-id": tag},
+                    extra_headers={
+                        "floopy-session-id": tag,
+                        **({"Connection": "close"} if new_connections else {}),
+                    },
                 )
                 answered.append(tag)
         finally:
@@ -90,7 +98,7 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         floopy.start_provider()
         floopy.start_ingester()
         floopy.start_gateway(workers=2, **fast_failure)
-        warm = await _send(floopy, [f"warm-{i}" for i in range(20)])
+        warm = await _send(floopy, [f"warm-{i}" for i in range(20)], 1, new_connections=True)
         floopy.wait_for(lambda: _rows(floopy, "warm-%")[0] == 20, what="the warm-up rows")
 
         await asyncio.to_thread(redis_server.stop)
