@@ -134,6 +134,7 @@ async function runOne({ body, headers }, col) {
   const res = await fetch("/v1/chat/completions", { method: "POST", headers, body: JSON.stringify(body) });
   const requestId = res.headers.get("floopy-request-id");
   const provider = res.headers.get("floopy-provider") || "";
+  const cache = [res.headers.get("floopy-cache"), res.headers.get("floopy-cache-tier")].filter(Boolean).join(" ");
   if (!res.ok) {
     const data = await res.json().catch(() => ({}));
     col.status.replaceChildren(statusBadge(res.status), " ", (data.error && `${data.error.code}: ${data.error.message}`) || res.statusText);
@@ -170,7 +171,7 @@ async function runOne({ body, headers }, col) {
   }
   const latency = performance.now() - started;
   const link = requestId ? h("a", { class: "record-link", href: "#/requests?open=" + encodeURIComponent(requestId) }, "View record") : "";
-  const show = (cost, tokens) => col.stats.replaceChildren(...kv([["Provider", provider], ["Latency", fmt.ms(latency)], ["First token", firstMs === null ? "" : fmt.ms(firstMs)],
+  const show = (cost, tokens) => col.stats.replaceChildren(...kv([["Provider", provider], ["Cache", cache], ["Latency", fmt.ms(latency)], ["First token", firstMs === null ? "" : fmt.ms(firstMs)],
     ["Tokens", tokens], ["Cost", cost], ["Request id", requestId || ""], ["Record", link]]).children);
   show("(waiting for the record…)", usage ? `${fmt.n(usage.prompt_tokens)} in / ${fmt.n(usage.completion_tokens)} out` : "");
   if (requestId) settleFromRecord(requestId, show);
