@@ -14,6 +14,9 @@ command -v clickhouse-client >/dev/null 2>&1 || need+=(clickhouse-client)
 # headless Chromium and its driver for the console's browser tests (tests/browser)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Node.js for the official openai Node SDK test (tests/node)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # `bootstrap.sh bench`: also the load generator the benchmarks drive
 if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null 2>&1 || need+=(wrk); fi
 if [ "${#need[@]}" -gt 0 ]; then
@@ -32,4 +35,14 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "bootstrap: installing Python dependencies into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   echo "$want" > "$stamp"
+fi
+
+# the openai Node SDK, at the version package-lock.json pins (npm registry), re-installed only
+# when the lock file changes
+node_stamp=tests/node/node_modules/.floopy-installed
+node_want=$(sha256sum tests/node/package-lock.json | cut -c1-16)
+if [ "$(cat "$node_stamp" 2>/dev/null || true)" != "$node_want" ]; then
+  echo "bootstrap: installing the openai Node SDK into tests/node"
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$node_want" > "$node_stamp"
 fi

@@ -5,6 +5,9 @@ rows' — also after every record was delivered a second time."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from ingester.rollups import Rollups
 from shared.codec import decode_record
 from shared.settings import ClickHouseSettings
 from shared.streams import RECORD_FIELD, Sink, stream_key
-from tests.e2e.harness import ORG_ID, Floopy
+from tests.e2e.harness import API_KEY, ORG_ID, Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -111,3 +114,35 @@ def _redeliver_all(floopy: Floopy, ch: ClickHouseSettings) -> None:
     finally:
         delivery.close()
     assert report.inserted == len(payloads)
+
+
+NODE_SDK = Path(__file__).resolve().parents[1] / "node"
+
+
+def test_the_node_sdk_consumes_a_replayed_stream(floopy: Floopy) -> None:
+    """The official openai Node SDK (installed by bootstrap.sh from package-lock.json) reads a
+    streamed hit exactly as it read the provider's stream: same text, a usage chunk."""
+    assert (NODE_SDK / "node_modules" / "openai").is_dir(), "run deploy/local/bootstrap.sh"
+    done = subprocess.run(
+        ["node", str(NODE_SDK / "stream_hit.mjs")],
+        env={
+            **os.environ,
+            "FLOOPY_BASE_URL": f"{floopy.gateway_url}/v1",
+            "FLOOPY_API_KEY": API_KEY,
+            "FLOOPY_PROMPT": "Node asks: what is the capital of France?",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout)
+    assert (first["cache"], second["cache"]) == ("MISS", "HIT")
+    assert second["tier"] == "exact"
+    assert first["text"].startswith("Hello from the fake provider")
+    assert second["text"] == first["text"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [second["usage"][k] for k in counts] == [first["usage"][k] for k in counts]
+    assert second["usage"]["total_tokens"] > 0
+    assert second["chunks"] > 2
