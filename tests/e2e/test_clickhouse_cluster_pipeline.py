@@ -59,9 +59,24 @@ async def test_pipeline_on_two_shards_with_one_killed_and_back(
         what="the worker's migration",
     )
     second = cluster.servers[1][0]
+
+    def back_once_a_batch_was_spooled() -> None:
+        """The shard stays down until the ingester gave up on a batch: on a fast machine the
+        load would otherwise end before the retries do, and nothing would be spooled."""
+        floopy.wait_for(
+            lambda: floopy.spooled_records() > 0,
+            timeout_s=90,
+            what="a batch spooled while a shard is down",
+        )
+        second.start()
+
     load = Load(floopy, limit=300)
     await load.run_fault(
-        at=60, until=200, down=second.kill, up=second.start, phases=("shard down", "shard back")
+        at=60,
+        until=200,
+        down=second.kill,
+        up=back_once_a_batch_was_spooled,
+        phases=("shard down", "shard back"),
     )
     floopy.wait_for(
         lambda: floopy.request_counts() == (load.sent, load.sent),
