@@ -85,7 +85,9 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     ctx.response_headers.update(cache_headers(plan.status))
     if not plan.active:
         return
-    fields = chat.fields if chat.fields is not None else decode_json(_decode_object, chat.raw)
+    if chat.fields is None:  # kept: the firewall and usage estimation read it too
+        chat.fields = decode_json(_decode_object, chat.raw)
+    fields = chat.fields
     outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
     for tier in plan.tiers:
         found = await _look_up(ctx, rt, tier)
