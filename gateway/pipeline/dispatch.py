@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -40,27 +41,37 @@ from shared.errors import ClientError, ProviderError
 if TYPE_CHECKING:
     from gateway.clients.providers.base import ChatRequest, ProviderClient
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.generation import Generation
+    from gateway.settings import RetrySettings
 
-__all__ = ["ATTEMPT_SPAN", "run"]
+__all__ = ["ATTEMPT_SPAN", "DispatchDeps", "run"]
 
 ATTEMPT_SPAN = "provider_attempt"
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+@dataclass(frozen=True, slots=True)
+class DispatchDeps:
+    generation: Generation
+    retry: RetrySettings
+    breaker_cooldown_s: float
+    """An open breaker's cool-down: the ``Retry-After`` when every breaker is open."""
+
+
+async def run(ctx: RequestContext, deps: DispatchDeps) -> None:
     if ctx.chat is None or not ctx.targets:
         raise RuntimeError("dispatch runs after intake and routing")
     last: ClientError | None = None
     for target in ctx.targets:
-        admission = await rt.upstreams.breakers.admit(target.provider, ctx.org_id)
-        provider = rt.upstreams.providers.get(target.provider)
+        upstreams = deps.generation.upstreams
+        admission = await upstreams.breakers.admit(target.provider, ctx.org_id)
+        provider = upstreams.providers.get(target.provider)
         if admission is Admission.REJECT or provider is None:  # None: removed since routing
             _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
             continue
         ctx.provider = provider
         ctx.providers_tried.append(target.provider)
         try:
-            await _try_target(ctx, rt, target, probe=admission is Admission.PROBE)
+            await _try_target(ctx, deps, target, probe=admission is Admission.PROBE)
         except ClientError as exc:
             if classify_failure(exc) is Outcome.CLIENT_ERROR:
                 raise
@@ -73,31 +84,34 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
             "every circuit breaker is open",
             details={"targets": [str(t) for t in ctx.targets]},
             # at the latest then, an open breaker lets a probe through
-            headers={"Retry-After": str(math.ceil(rt.settings.breaker.cooldown_s))},
+            headers={"Retry-After": str(math.ceil(deps.breaker_cooldown_s))},
         )
     last.details["providers_tried"] = list(ctx.providers_tried)
     raise last
 
 
-async def _try_target(ctx: RequestContext, rt: Runtime, target: Target, *, probe: bool) -> None:
+async def _try_target(
+    ctx: RequestContext, deps: DispatchDeps, target: Target, *, probe: bool
+) -> None:
+    breakers = deps.generation.upstreams.breakers
     try:
-        await _TargetRun(ctx, rt, target).run(1 if probe else rt.settings.retry.attempts)
+        await _TargetRun(ctx, deps, target).run(1 if probe else deps.retry.attempts)
     except ClientError as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
-            await rt.upstreams.breakers.probe_succeeded(target.provider, ctx.org_id)  # it is up
+            await breakers.probe_succeeded(target.provider, ctx.org_id)  # it is up
         raise
     if probe:
-        await rt.upstreams.breakers.probe_succeeded(target.provider, ctx.org_id)
+        await breakers.probe_succeeded(target.provider, ctx.org_id)
 
 
 class _TargetRun:
     """The attempts at one target; each failure is counted by the breaker, whose verdict
     decides whether another attempt is worth making."""
 
-    def __init__(self, ctx: RequestContext, rt: Runtime, target: Target) -> None:
+    def __init__(self, ctx: RequestContext, deps: DispatchDeps, target: Target) -> None:
         if ctx.chat is None or ctx.provider is None:
             raise RuntimeError("a target is tried after intake, with its provider chosen")
-        self.ctx, self.rt, self.target = ctx, rt, target
+        self.ctx, self.deps, self.target = ctx, deps, target
         self.provider = ctx.provider
         self.request = ctx.chat.for_model(target.model)
         self.breaker_open = False
@@ -111,7 +125,7 @@ class _TargetRun:
         except ClientError as exc:
             if counts_against_breaker(classify_failure(exc)):
                 answered = exc.details.get("provider_status") is not None
-                self.breaker_open = await self.rt.upstreams.breakers.failure(
+                self.breaker_open = await self.deps.generation.upstreams.breakers.failure(
                     self.target.provider, self.ctx.org_id, answered=answered
                 )
             raise
@@ -127,7 +141,7 @@ class _TargetRun:
         except ClientError as exc:
             if attempts == 1 or not self.worth_repeating(exc):
                 raise
-        retry = self.rt.settings.retry
+        retry = self.deps.retry
         await asyncio.sleep(min(retry.backoff_s, retry.backoff_max_s))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts - 1),

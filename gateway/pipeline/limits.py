@@ -7,10 +7,11 @@ Fail open: when Redis cannot answer, the request runs, the answer carries
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.clients.keystore import usage_expiry_s
-from gateway.clients.ratelimiter import Bucket, Gates
+from gateway.clients.keystore import KeyStore, usage_expiry_s
+from gateway.clients.ratelimiter import Bucket, Gates, RateLimiter
 from gateway.policy.keys import Usage
 from gateway.policy.limits import (
     admission_cost,
@@ -25,20 +26,27 @@ from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
 
-__all__ = ["STATUS_HEADER", "run"]
+__all__ = ["STATUS_HEADER", "LimitsDeps", "run"]
 
 STATUS_HEADER = "Floopy-RateLimit-Status"
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+@dataclass(frozen=True, slots=True)
+class LimitsDeps:
+    keystore: KeyStore
+    limiter: RateLimiter
+    key_prefix: str
+    segment_cap: int
+
+
+async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
     key, org = ctx.api_key, ctx.org
     if key is None or org is None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
-    prefix = rt.settings.redis.key_prefix
-    keystore = rt.access.keystore
+    prefix = deps.key_prefix
+    keystore = deps.keystore
     org_name = org_tag(org.org_id, keystore.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
@@ -65,14 +73,14 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         usage_day_key=day,
         usage_month_key=month,
         segment_set=keystore.keys.rate_limit_segments(org.org_id),
-        segment_cap=rt.settings.rate_limit_segment_cap,
+        segment_cap=deps.segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
         monthly_tokens=limits.monthly_tokens,
         daily_cost_usd=limits.daily_cost_usd,
         monthly_cost_usd=limits.monthly_cost_usd,
     )
-    admission = await rt.access.limiter.admit(buckets, gates)
+    admission = await deps.limiter.admit(buckets, gates)
     if admission.fail_open:
         ctx.response_headers[STATUS_HEADER] = "unavailable"
         return
