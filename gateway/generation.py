@@ -10,11 +10,10 @@ needs the current generation keeps the object, never a field of it, across an ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.clients.upstreams import Upstreams
-    from gateway.settings import GatewaySettings
+# imported at run time: Litestar hands a ``Generation`` to handlers and reads its annotations
+from gateway.clients.upstreams import Upstreams
+from gateway.settings import GatewaySettings
 
 __all__ = ["Generation"]
 
