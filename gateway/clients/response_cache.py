@@ -2,9 +2,12 @@
 (Qdrant), and the writes that run after a miss's response.
 
 Invariants:
-- Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
-  ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
-  dropped write is a later miss, never a wrong answer).
+- Writes never hold up a response: ``schedule_write`` starts a task and returns; on one Redis
+  node a write of the exact tier alone (no embedding tier has a vector for it) is queued for
+  the one task that writes such answers, a batch per script call (a task and a command per
+  answer cost the worker's CPU on every miss). At most ``max_pending_writes`` run or wait at
+  once; beyond that a write is dropped, logged and counted (a dropped write is a later miss,
+  never a wrong answer).
 - Every failure is counted here (``stats()`` → ``GET /health``) and logged (one line per kind
   per second at most); lookups fail open (the stage turns the error into a miss), writes are
   best effort. After a Redis failure the exact tier leaves Redis alone for a second
@@ -17,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -37,6 +41,7 @@ __all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_o
 log = logging.getLogger(__name__)
 
 REDIS_COOLDOWN_S = 1.0
+_EXACT_BATCH = 200
 FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
     OSError,
@@ -93,6 +98,10 @@ class ResponseCache:
         self.fail_open_errors = FAIL_OPEN_ERRORS
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
+        self._exact_only: deque[CacheWrite] = deque()
+        """Writes of the exact tier alone, waiting for the one task that writes them in
+        batches (``ExactCache.batches``)."""
+        self._batch_writer: asyncio.Task[None] | None = None
         self.fail_open: Counter[str] = Counter()
         self.write_failures: Counter[str] = Counter()
         self.writes_dropped = 0
@@ -178,13 +187,48 @@ class ResponseCache:
         return None
 
     def schedule_write(self, write: CacheWrite) -> None:
-        if len(self._pending) >= self._max_pending:
+        in_flight = len(self._pending) + len(self._exact_only)
+        if in_flight >= self._max_pending:
             self.writes_dropped += 1
-            log.warning("cache write dropped: %d writes already in flight", len(self._pending))
+            log.warning("cache write dropped: %d writes already in flight", in_flight)
             return
-        task = asyncio.get_running_loop().create_task(self._write(write))
+        if self.exact.batches and not any(t in write.vectors for t in write.plan.tiers):
+            # no point to add: joins the batch of the one writer task (started if none runs)
+            self._exact_only.append(write)
+            if self._batch_writer is None:
+                self._batch_writer = self._start(self._write_exact_batches())
+            return
+        self._start(self._write(write))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _write_exact_batches(self) -> None:
+        """Writes of the exact tier alone, up to ``_EXACT_BATCH`` a script call, until none is
+        left (then the next write starts a writer again: no await between the last look at
+        the queue and the end); failures counted and logged per write, as one task per write
+        would."""
+        queue = self._exact_only
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(_EXACT_BATCH, len(queue)))]
+                try:
+                    self._redis_available()
+                    await self.exact.put_many(
+                        [(w.org_id, w.keys.exact, w.answer, w.plan.ttl_s) for w in batch]
+                    )
+                    self.writes += len(batch)
+                except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
+                    failures = self.write_failures[CacheTier.EXACT.value] + len(batch)
+                    self.write_failures[CacheTier.EXACT.value] = failures
+                    self._log_failure("exact write", failures, exc)
+                    if isinstance(exc, RedisError | OSError):
+                        self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
+        finally:
+            self._batch_writer = None
 
     async def _write(self, write: CacheWrite) -> None:
         """The answer goes to Redis whatever the tiers (the embedding tiers' points name it),
@@ -226,7 +270,7 @@ class ResponseCache:
             "writes": self.writes,
             "write_failures": dict(self.write_failures),
             "writes_dropped": self.writes_dropped,
-            "writes_pending": len(self._pending),
+            "writes_pending": len(self._pending) + len(self._exact_only),
             "verifier_rejections": self.verifier_rejections,
         }
 

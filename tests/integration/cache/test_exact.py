@@ -3,6 +3,7 @@ tells a hit from a call), real Redis; records read back from the stream."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,30 @@ async def test_the_exact_entry_comes_with_the_limits_script(
         names = {s.name: s for s in await spans(settings, record.request_id)}
         assert names["cache.exact"].attributes["read_by"] == "rate_limit"
         assert names["cache.exact"].attributes["result"] == record.cache_status
+
+
+async def test_concurrent_misses_are_all_stored(
+    redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path
+) -> None:
+    """An org of the exact tier alone: its answers go to Redis in batches, and every one of
+    them lands."""
+    settings = settings_for(redis_server.url, fake.base_url, tmp_path, tiers_b=("exact",))
+    async with AsyncTestClient(app=create_app(settings)) as client:
+
+        def ask(i: int) -> Any:
+            messages = [{"role": "user", "content": f"question {i}"}]
+            return sdk(client, KEY_B).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages
+            )
+
+        first = await asyncio.gather(*(ask(i) for i in range(6)))
+        await settle(client)
+        again = await asyncio.gather(*(ask(i) for i in range(6)))
+        stats = runtime(client).cache.stats()
+    assert [r.headers["floopy-cache"] for r in first] == ["MISS"] * 6
+    assert [r.headers["floopy-cache"] for r in again] == ["HIT"] * 6
+    assert fake.served["chat"] == 6
+    assert stats["writes"] == 6 and stats["writes_pending"] == 0 and not stats["write_failures"]
 
 
 async def test_streamed_hit_replays_what_the_sdk_assembles(
