@@ -9,9 +9,10 @@ Invariants:
   has acknowledged). Why not a pipeline of XADDs: redis-py packs and parses every command in
   Python, which cost ≈35 µs of the worker's CPU per XADD, five per request (profiled); one
   script call per batch costs the same once. Records leave the buffer only after Redis
-  answered; on a Redis error they stay and the task retries with exponential backoff up to
-  ``retry_max_s``. A batch whose answer was lost may have been added, so a retry can duplicate
-  it: delivery is at least once, and records carry their identity.
+  answered; on a Redis error they stay and the task retries on the ``shared.backoff``
+  schedule (50 ms doubling up to ``retry_max_s``). A batch whose answer was lost may have
+  been added, so a retry can duplicate it: delivery is at least once, and records carry their
+  identity.
 - With an outage spool (``gateway.clients.outage_spool``): once Redis has been unreachable for
   ``spool.grace_s``, the buffer is written to disk every ``spool.interval_s`` (fsynced, then
   let go), so a long outage neither fills memory nor loses records with the worker. When Redis
@@ -47,6 +48,7 @@ from gateway.clients.outage_spool import OFFSET_TTL_S, Deliver, OutageSpool
 from gateway.metrics import RECORDS_BUFFERED, publisher_counters
 from gateway.policy.outage import Outage
 from gateway.settings import PublisherSettings
+from shared.backoff import Backoff
 from shared.metrics import counted
 from shared.redis_client import is_cluster, slot_of
 from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
@@ -111,6 +113,7 @@ class Publisher:
             sink.value: partial(self._deliver_spooled, sink) for sink in Sink
         }
         """Spool names this task drains and how; the usage recorder adds ``usage``."""
+        self._backoff = Backoff(_FIRST_RETRY_S, settings.retry_max_s)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -165,22 +168,22 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="floopy-publisher")
 
     async def _run(self) -> None:
-        delay = _FIRST_RETRY_S
+        failures = 0  # in a row
         while not self._stopping:
             RECORDS_BUFFERED.set(len(self._buffer))  # once per batch, not per record
             await self._next_work()
             try:
                 await self._send()
                 self._outage.recovered()
-                delay = _FIRST_RETRY_S
+                failures = 0
             # the drain task must outlive anything a client library throws: records wait
             except Exception as exc:
                 if not isinstance(exc, RedisError | OSError):
                     log.exception("publishing failed unexpectedly; retrying")
                 self._note_failure(exc)
                 self._outage.failed(time.monotonic())
-                await self._ride_out(delay)
-                delay = min(delay * 2, self._settings.retry_max_s)
+                failures += 1
+                await self._ride_out(self._backoff.delay_s(failures))
 
     async def _next_work(self) -> None:
         """Return when records are buffered or the spool has something to drain; an idle worker
