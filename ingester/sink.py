@@ -25,6 +25,7 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from ingester.native import BulkInsertClient
 from ingester.schema.ddl import insert_statement
 from shared.errors import PipelineError, PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
@@ -90,13 +91,13 @@ def classify(exc: BaseException) -> type[PipelineError] | None:
     return None
 
 
-def client_for(settings: ClickHouseSettings) -> Client:
+def client_for(settings: ClickHouseSettings, client_class: type[Client] = Client) -> Client:
     """A Client without a database: statements name ``db.table``, so the client works before
     the database exists (migrations create it). An insert into a ``Distributed`` table (a
     cluster) returns only once every shard has its rows (``insert_distributed_sync``), not when
     the receiving server has queued them: entries are acked after that, never before. Set
     whatever the ``cluster`` setting says: it changes nothing for plain tables."""
-    return Client(
+    return client_class(
         host=settings.host,
         port=settings.port,
         user=settings.user,
@@ -113,7 +114,8 @@ class ClickHouseSink:
 
     def __init__(self, settings: ClickHouseSettings) -> None:
         self.settings = settings
-        self._client = client_for(settings)
+        # the driver packs arrays and nulls value by value; ingester.native packs whole columns
+        self._client = client_for(settings, BulkInsertClient if settings.bulk_writer else Client)
         self._statements = {s: insert_statement(settings.database, s) for s in Sink}
 
     def insert(self, sink: Sink, columns: Sequence[Sequence[Any]]) -> int:
