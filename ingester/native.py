@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate, chain
 from typing import Any
 
@@ -76,8 +76,11 @@ def _struct_encoder(code: str) -> Encoder:
     return encode
 
 
-def _strings(items: Iterable[Any], out: Writer) -> None:
-    out.write_strings(items, encoding=defines.STRINGS_ENCODING)
+def _strings(items: Sequence[Any], out: Writer) -> None:
+    if items.count("") == len(items):  # a column of empty strings (many are): one zero each
+        out.write(bytes(len(items)))
+    else:
+        out.write_strings(items, encoding=defines.STRINGS_ENCODING)
 
 
 def _scalar_encoder(spec: str) -> Encoder | None:
@@ -109,7 +112,14 @@ def _array_of_encoder(inner_spec: str) -> Encoder | None:
         return None
 
     def encode(items: Sequence[Any], out: Writer) -> None:
-        _array_encoder("Q")(list(accumulate(map(len, items))), out)
+        sizes = list(map(len, items))
+        if not any(sizes):  # every array empty (many columns are): offsets 0, no values
+            out.write(bytes(8 * len(items)))
+            return
+        offsets = array("Q", accumulate(sizes))
+        if _SWAP:
+            offsets.byteswap()
+        out.write(offsets.tobytes())
         inner(list(chain.from_iterable(items)), out)
 
     return encode

@@ -126,6 +126,26 @@ def test_bulk_writer_writes_the_drivers_bytes(context: Any, sink: Sink) -> None:
     assert _bulk_bytes(context, _types(sink), columns) == expected
 
 
+def test_columns_of_empty_values_are_the_drivers_bytes(context: Any) -> None:
+    types = [("s", "String"), ("a", "Array(String)"), ("f", "Array(Float64)")]
+    columns = [("", "", ""), [[], {}, ()], [[], [], []]]
+    assert _bulk_bytes(context, types, columns) == _driver_bytes(context, types, columns)
+
+
+@pytest.mark.parametrize("column", [[None, None], ["", None], [b"", ""], [0, ""], ["", 1]])
+def test_odd_values_in_a_string_column_fare_as_with_the_driver(
+    context: Any, column: list[Any]
+) -> None:
+    """Written alike, or refused with the same exception type."""
+    outcomes = []
+    for write in (_driver_bytes, _bulk_bytes):
+        try:
+            outcomes.append(write(context, [("s", "String")], [column]))
+        except Exception as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+
+
 def test_types_it_does_not_pack_are_written_by_the_driver(context: Any) -> None:
     types = [
         ("a", "LowCardinality(String)"),
