@@ -14,7 +14,7 @@ from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.streams.native import BlockOutputStream
 
 from devstack.servers import ClickHouseServer
-from ingester.batch import build_columns
+from ingester.columns import build_columns
 from ingester.native import write_block
 from ingester.schema.ddl import TABLES, insert_columns
 from ingester.schema.migrate import migrate
