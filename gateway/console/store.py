@@ -20,6 +20,7 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from shared.clickhouse_client import clickhouse_client
 from shared.errors import ClientError
 from shared.settings import ClickHouseSettings
 
@@ -58,16 +59,8 @@ class ConsoleStore:
         self.failures = 0
 
     def _client(self) -> Client:
-        s = self._settings
-        return Client(
-            host=s.host,
-            port=s.port,
-            user=s.user,
-            password=s.password,
-            connect_timeout=s.connect_timeout_s,
-            send_receive_timeout=s.send_receive_timeout_s,
-            settings={"max_execution_time": self._max_execution_s, "use_uncompressed_cache": 1},
-        )
+        reads = {"max_execution_time": self._max_execution_s, "use_uncompressed_cache": 1}
+        return clickhouse_client(self._settings, reads)
 
     def _execute(self, sql: str, params: dict[str, Any]) -> Rows:
         client = self._pool.get()
