@@ -35,7 +35,8 @@ from redis.exceptions import RedisError
 
 from gateway.clients.keystore import KeyStore
 from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
-from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.ratelimiter import RateLimiter
+from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
 from shared.metrics import counted
