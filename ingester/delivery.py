@@ -91,10 +91,11 @@ class Delivery:
         """Raises shared.errors.SinkUnavailableError when ClickHouse cannot be reached after the
         retries; then nothing may be assumed inserted (the caller spools or keeps the whole
         batch; re-inserting is safe because tables deduplicate by record identity)."""
-        return self.deliver_prepared(prepare(sink, payloads))
+        return self.append(prepare(sink, payloads))
 
-    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport:
-        """``deliver`` for a batch ``prepare`` already decoded (same contract)."""
+    def append(self, batch: PreparedBatch) -> DeliveryReport:
+        """``deliver`` for a batch ``prepare`` already decoded (same contract): the
+        ``ingester.sinks.BatchSink`` shape, as the spool and the dead letters."""
         sink, letters = batch.sink, list(batch.letters)
         try:
             inserted = self._insert_all(batch, letters)
