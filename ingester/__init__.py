@@ -9,7 +9,7 @@ The modules, in the order a record meets them:
 - ``decode`` turns a batch of payloads into records and ``columns`` into insert columns.
 - ``delivery`` inserts through ``sink`` (the only ClickHouse insert) with retries, and sets
   poison aside in ``dead_letter``; a batch ClickHouse cannot take goes to the fallback spool
-  (``shared.spool``).
+  (``shared.spool``). All three take a batch the same way (``sinks.BatchSink``).
 - ``replay`` (under ``lock``) sends the spool back through ``delivery`` once ClickHouse answers.
 
 Around them: ``schema`` (DDL and migrations), ``worker`` (the arq process) with ``cron`` (its

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -44,21 +44,14 @@ from ingester.housekeeping import Entry, Housekeeping
 from ingester.metrics import INSERT_SECONDS, Counters
 from ingester.metrics import ConsumerCounter as C
 from ingester.settings import IngesterSettings
+from ingester.sinks import BatchSink
 from ingester.stream_policy import Batch, FlushPolicy
 from shared.errors import SinkUnavailableError
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
-__all__ = ["Deliverer", "Spooler", "StreamConsumer", "ensure_group"]
+__all__ = ["StreamConsumer", "ensure_group"]
 
 log = logging.getLogger(__name__)
-
-
-class Deliverer(Protocol):
-    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport: ...
-
-
-class Spooler(Protocol):
-    def append(self, payloads: Sequence[bytes]) -> None: ...
 
 
 async def ensure_group(redis: Redis, key: str) -> None:
@@ -77,8 +70,8 @@ class StreamConsumer:
         redis: Redis,
         sink: Sink,
         *,
-        delivery: Deliverer,
-        spool: Spooler,
+        delivery: BatchSink[PreparedBatch, DeliveryReport],
+        spool: BatchSink[Sequence[bytes], None],
         settings: IngesterSettings,
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
@@ -99,7 +92,9 @@ class StreamConsumer:
         self._chores = Housekeeping(
             redis, sink, self.key, name=self.name, settings=settings, counters=counters
         )
-        self._dead_letters = DeadLetterFile(settings.dead_letter_dir, sink)
+        self._dead_letters: BatchSink[Sequence[DeadLetter], None] = DeadLetterFile(
+            settings.dead_letter_dir, sink
+        )
         self._stopping = asyncio.Event()
         self._in_flight: asyncio.Task[None] | None = None
         self._unacked: list[bytes] = []
@@ -254,7 +249,7 @@ class StreamConsumer:
     ) -> None:
         started = time.perf_counter()
         try:
-            report = await asyncio.to_thread(self._delivery.deliver_prepared, prepared)
+            report = await asyncio.to_thread(self._delivery.append, prepared)
         except SinkUnavailableError as exc:
             INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
             if not await self._spool_batch(payloads, exc):

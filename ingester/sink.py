@@ -22,8 +22,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from ingester.native import BulkInsertClient
 from ingester.schema.ddl import insert_statement
 from shared.clickhouse_client import clickhouse_client
 from shared.errors import PipelineError, PoisonBatchError, SinkUnavailableError
@@ -95,7 +97,9 @@ class ClickHouseSink:
 
     def __init__(self, settings: ClickHouseSettings) -> None:
         self.settings = settings
-        self._client = clickhouse_client(settings)
+        # the driver packs arrays and nulls value by value; ingester.native packs whole columns
+        client_class = BulkInsertClient if settings.bulk_writer else Client
+        self._client = clickhouse_client(settings, client_class=client_class)
         self._statements = {s: insert_statement(settings.database, s) for s in Sink}
 
     def insert(self, sink: Sink, columns: Sequence[Sequence[Any]]) -> int:

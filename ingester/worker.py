@@ -40,6 +40,7 @@ from ingester.observe import observe_forever
 from ingester.replay import ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
+from shared.backoff import Backoff
 from shared.streams import Sink
 
 __all__ = [
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+POLL_BACKOFF = Backoff(first_s=1.0, max_s=5.0)
+"""Between failed arq job polls: short enough to resume soon after Redis returns, long enough
+not to flood the log while it is down."""
 
 
 def configure_logging(level: str) -> None:
@@ -223,7 +228,7 @@ class ResilientWorker(Worker):
             await super()._poll_iteration()
         except REDIS_ERRORS as exc:
             ResilientWorker.poll_errors += 1
-            delay = min(5.0, 0.5 * 2 ** min(ResilientWorker.poll_errors, 4))
+            delay = POLL_BACKOFF.delay_s(ResilientWorker.poll_errors)
             log.warning(
                 "arq poll failed (%d so far): %s; retrying in %.1fs",
                 ResilientWorker.poll_errors,

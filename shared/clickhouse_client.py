@@ -24,11 +24,15 @@ __all__ = ["clickhouse_client"]
 
 
 def clickhouse_client(
-    settings: ClickHouseSettings, query_settings: Mapping[str, int | str] | None = None
+    settings: ClickHouseSettings,
+    query_settings: Mapping[str, int | str] | None = None,
+    *,
+    client_class: type[Client] = Client,
 ) -> Client:
     """A client for ``settings``; ``query_settings`` are added to every query it sends (the
-    console's ``max_execution_time``, say)."""
-    return Client(
+    console's ``max_execution_time``, say). ``client_class``: the ingester's sink passes its
+    ``Client`` subclass that packs inserts in bulk (``ingester.native``)."""
+    return client_class(
         host=settings.host,
         port=settings.port,
         user=settings.user,

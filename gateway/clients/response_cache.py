@@ -2,13 +2,11 @@
 (Qdrant), and the writes that run after a miss's response.
 
 Invariants:
-- Writes never hold up a response: ``schedule_write`` starts a task and returns; on one Redis
-  node a write of the exact tier alone (no embedding tier has a vector for it) is queued for
-  the one task that writes such answers, a batch per script call (a task and a command per
-  answer cost the worker's CPU on every miss). At most ``max_pending_writes`` run or wait at
-  once; beyond that a write is dropped, logged and counted (a dropped write is a later miss,
-  never a wrong answer).
-- Every failure is counted here (``stats()`` → ``GET /health``) and logged (one line per kind
+- Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
+  ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
+  dropped write is a later miss, never a wrong answer).
+- Every failure is counted here (``shared.metrics``: ``stats()`` → ``GET /health``, the same
+  counters → ``GET /metrics``) and logged (one line per kind
   per second at most); lookups fail open (the stage turns the error into a miss), writes are
   best effort. After a Redis failure the exact tier leaves Redis alone for a second
   (``REDIS_COOLDOWN_S``), so an outage costs a request no connection attempt for the cache.
@@ -20,18 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
+from gateway.metrics import access_counters
 from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier, decode_answer
 from gateway.policy.cache_verify import verify_turns
 from shared.errors import DependencyError
+from shared.metrics import counted
 
 if TYPE_CHECKING:
     from gateway.policy.cache_key import RequestKeys
@@ -41,7 +39,6 @@ __all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_o
 log = logging.getLogger(__name__)
 
 REDIS_COOLDOWN_S = 1.0
-_EXACT_BATCH = 200
 FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
     OSError,
@@ -86,6 +83,10 @@ def _exact_lookup(answer: CachedAnswer | None, oldest_ms: int) -> Lookup | None:
 
 
 class ResponseCache:
+    writes = counted("writes")
+    writes_dropped = counted("writes_dropped")
+    verifier_rejections = counted("verifier_rejections")
+
     def __init__(
         self,
         exact: ExactCache,
@@ -98,22 +99,20 @@ class ResponseCache:
         self.fail_open_errors = FAIL_OPEN_ERRORS
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
-        self._exact_only: deque[CacheWrite] = deque()
-        """Writes of the exact tier alone, waiting for the one task that writes them in
-        batches (``ExactCache.batches``)."""
-        self._batch_writer: asyncio.Task[None] | None = None
-        self.fail_open: Counter[str] = Counter()
-        self.write_failures: Counter[str] = Counter()
-        self.writes_dropped = 0
-        self.writes = 0
-        self.verifier_rejections = 0
+        self.counters = access_counters("cache", "writes", "writes_dropped", "verifier_rejections")
+        tiers = [tier.value for tier in CacheTier]
+        self.fail_open = access_counters("cache_fail_open", *tiers)
+        """Lookups that failed open, per tier."""
+        self.write_failures = access_counters("cache_write_failures", *tiers, "schedule", "prune")
+        """Writes that failed, per tier; ``schedule``: a write that could not even start;
+        ``prune``: local mode's hourly deletion of expired points."""
         self._pruner: asyncio.Task[None] | None = None
         self._redis_down_until = 0.0
         self._logged_at: dict[str, float] = {}
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
-        self.fail_open[tier.value] += 1
-        self._log_failure(f"{tier.value} lookup", self.fail_open[tier.value], exc)
+        self.fail_open.inc(tier.value)
+        self._log_failure(f"{tier.value} lookup", self.fail_open.get(tier.value), exc)
 
     def _log_failure(self, what: str, count: int, exc: BaseException) -> None:
         """One line per kind of failure per second at most: an outage is not 1,000 lines/s."""
@@ -131,7 +130,7 @@ class ResponseCache:
     def _redis_available(self) -> None:
         """After a Redis failure the exact tier skips Redis for ``REDIS_COOLDOWN_S``: during an
         outage a request pays no connection attempt for the cache, only the note."""
-        if self.redis_down():
+        if time.monotonic() < self._redis_down_until:
             raise RedisError("Redis failed less than a second ago; exact tier skipped")
 
     def redis_down(self) -> bool:
@@ -177,7 +176,7 @@ class ResponseCache:
             if advanced:
                 stored = str(hit.payload.get("text", ""))
                 if not verify_turns(keys.last_turn, stored, plan.advanced_overlap).same:
-                    self.verifier_rejections += 1
+                    self.counters.inc("verifier_rejections")
                     continue
             found = await self.look_up_exact(
                 org_id, str(hit.payload.get("key_hash", "")), plan.min_created_at_ms
@@ -187,48 +186,13 @@ class ResponseCache:
         return None
 
     def schedule_write(self, write: CacheWrite) -> None:
-        in_flight = len(self._pending) + len(self._exact_only)
-        if in_flight >= self._max_pending:
-            self.writes_dropped += 1
-            log.warning("cache write dropped: %d writes already in flight", in_flight)
+        if len(self._pending) >= self._max_pending:
+            self.counters.inc("writes_dropped")
+            log.warning("cache write dropped: %d writes already in flight", len(self._pending))
             return
-        if self.exact.batches and not any(t in write.vectors for t in write.plan.tiers):
-            # no point to add: joins the batch of the one writer task (started if none runs)
-            self._exact_only.append(write)
-            if self._batch_writer is None:
-                self._batch_writer = self._start(self._write_exact_batches())
-            return
-        self._start(self._write(write))
-
-    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
+        task = asyncio.get_running_loop().create_task(self._write(write))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        return task
-
-    async def _write_exact_batches(self) -> None:
-        """Writes of the exact tier alone, up to ``_EXACT_BATCH`` a script call, until none is
-        left (then the next write starts a writer again: no await between the last look at
-        the queue and the end); failures counted and logged per write, as one task per write
-        would."""
-        queue = self._exact_only
-        try:
-            while queue:
-                batch = [queue.popleft() for _ in range(min(_EXACT_BATCH, len(queue)))]
-                try:
-                    self._redis_available()
-                    await self.exact.put_many(
-                        [(w.org_id, w.keys.exact, w.answer, w.plan.ttl_s) for w in batch]
-                    )
-                    self.writes += len(batch)
-                except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
-                    failures = self.write_failures[CacheTier.EXACT.value] + len(batch)
-                    self.write_failures[CacheTier.EXACT.value] = failures
-                    self._log_failure("exact write", failures, exc)
-                    if isinstance(exc, RedisError | OSError):
-                        self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
-        finally:
-            self._batch_writer = None
 
     async def _write(self, write: CacheWrite) -> None:
         """The answer goes to Redis whatever the tiers (the embedding tiers' points name it),
@@ -237,10 +201,10 @@ class ResponseCache:
         for tier in tiers:
             try:
                 await self._write_tier(tier, write)
-                self.writes += 1
+                self.counters.inc("writes")
             except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
-                self.write_failures[tier.value] += 1
-                self._log_failure(f"{tier.value} write", self.write_failures[tier.value], exc)
+                self.write_failures.inc(tier.value)
+                self._log_failure(f"{tier.value} write", self.write_failures.get(tier.value), exc)
                 if tier is CacheTier.EXACT:
                     if isinstance(exc, RedisError | OSError):
                         self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
@@ -266,11 +230,11 @@ class ResponseCache:
 
     def stats(self) -> dict[str, object]:
         return {
-            "fail_open": dict(self.fail_open),
+            "fail_open": self.fail_open.snapshot(nonzero=True),
             "writes": self.writes,
-            "write_failures": dict(self.write_failures),
+            "write_failures": self.write_failures.snapshot(nonzero=True),
             "writes_dropped": self.writes_dropped,
-            "writes_pending": len(self._pending) + len(self._exact_only),
+            "writes_pending": len(self._pending),
             "verifier_rejections": self.verifier_rejections,
         }
 
@@ -292,8 +256,8 @@ class ResponseCache:
             try:
                 await self.semantic.prune(int(time.time() * 1000))
             except DependencyError as exc:
-                self.write_failures["prune"] += 1
-                self._log_failure("prune", self.write_failures["prune"], exc)
+                self.write_failures.inc("prune")
+                self._log_failure("prune", self.write_failures.get("prune"), exc)
 
     async def close(self) -> None:
         if self._pruner is not None:

@@ -24,7 +24,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from gateway.domain import ChatRequest, StageTiming
 from gateway.pipeline.intake import EMBEDDINGS
@@ -36,6 +36,7 @@ from gateway.policy.routing import (
     counts_against_breaker,
     retryable,
 )
+from shared.backoff import Backoff
 from shared.errors import ClientError, ProviderError
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class _TargetRun:
     async def run(self, attempts: int) -> None:
         """The first attempt runs bare: tenacity's per-call bookkeeping (≈60 objects in
         reference cycles, left to the GC) is paid only by requests whose first attempt failed.
-        The waits are tenacity's exponential schedule all the same: ``backoff_s`` before the
+        The waits are one ``shared.backoff`` schedule all the same: ``backoff_s`` before the
         second attempt, doubling after each, capped at ``backoff_max_s``."""
         try:
             await self.once()
@@ -136,10 +137,11 @@ class _TargetRun:
             if attempts == 1 or not self.worth_repeating(exc):
                 raise
         retry = self.rt.settings.retry
-        await asyncio.sleep(min(retry.backoff_s, retry.backoff_max_s))
+        backoff = Backoff(retry.backoff_s, retry.backoff_max_s)
+        await asyncio.sleep(backoff.delay_s(1))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts - 1),
-            wait=wait_exponential(multiplier=2 * retry.backoff_s, max=retry.backoff_max_s),
+            wait=backoff.wait(after=1),
             retry=retry_if_exception(self.worth_repeating),
             reraise=True,
         )

@@ -80,7 +80,7 @@ def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> No
     try:
         store_after(ctx, rt, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss
-        rt.cache.write_failures["schedule"] += 1
+        rt.cache.write_failures.inc("schedule")
         log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 

@@ -101,8 +101,7 @@ async def test_the_exact_entry_comes_with_the_limits_script(
 async def test_concurrent_misses_are_all_stored(
     redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path
 ) -> None:
-    """An org of the exact tier alone: its answers go to Redis in batches, and every one of
-    them lands."""
+    """An org of the exact tier alone: misses written concurrently all land."""
     settings = settings_for(redis_server.url, fake.base_url, tmp_path, tiers_b=("exact",))
     async with AsyncTestClient(app=create_app(settings)) as client:
 
