@@ -107,7 +107,7 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], key_id: str, *, write: bool | None = True
     ) -> tuple[AdminService, ApiKey]:
         service, caller, operator = await self._service(request, write=write)
-        key = await request.app.state.runtime.access.keystore.get_key(check_id("key", key_id))
+        key = await request.app.state.runtime.access.admin_store.get_key(check_id("key", key_id))
         if key is None or (not operator and key.org_id != caller.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
@@ -117,7 +117,7 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id, Permission.READ)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         return org_view(org)
@@ -129,11 +129,11 @@ class AdminApi(Controller):
         """Partial: the fields sent replace the stored ones. The org's own admin key may."""
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         cache = to_struct({**org.cache.view(), **data}, CacheSettings)
-        await rt.access.keystore.put_org_cache(org_id, cache)
+        await rt.access.admin_store.put_org_cache(org_id, cache)
         await service.put_section(org_id, "cache", org.cache.view(), cache.view())
         return {"org_id": org_id, "cache": cache.view()}
 
@@ -145,9 +145,9 @@ class AdminApi(Controller):
         service, _, _ = await self._service(request)
         check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
-        org = seed.org(org_id, await rt.access.keystore.get_org(org_id))  # keeps its firewall
+        org = seed.org(org_id, await rt.access.admin_store.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
-        stored = await request.app.state.runtime.access.keystore.get_org(org_id)
+        stored = await request.app.state.runtime.access.admin_store.get_org(org_id)
         return org_view(stored or org)
 
     @put("/orgs/{org_id:str}/firewall")
@@ -159,8 +159,8 @@ class AdminApi(Controller):
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
         config = to_struct(data, FirewallConfig)
-        current = await rt.access.keystore.get_org(org_id)
-        if current is None or not await rt.access.keystore.put_org_firewall(org_id, config):
+        current = await rt.access.admin_store.get_org(org_id)
+        if current is None or not await rt.access.admin_store.put_org_firewall(org_id, config):
             raise NotFoundError(f"no org {org_id!r}")
         after: dict[str, Any] = msgspec.to_builtins(config)
         await service.put_section(org_id, "firewall", msgspec.to_builtins(current.firewall), after)
@@ -171,8 +171,8 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id, Permission.READ)
-        keys = await rt.access.keystore.list_keys(org_id)
-        last_used = await rt.access.keystore.last_used([k.key_id for k in keys])
+        keys = await rt.access.admin_store.list_keys(org_id)
+        last_used = await rt.access.usage_counters.last_used([k.key_id for k in keys])
         return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
@@ -181,7 +181,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is not None:  # an operator creating a key in an expired org: refused too
             check_plan_access(org, int(time.time() * 1000), write=True)
         new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))

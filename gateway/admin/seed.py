@@ -46,7 +46,7 @@ from gateway.policy.templates import TemplateMessage
 from shared.errors import BadRequestError
 
 if TYPE_CHECKING:
-    from gateway.clients.keystore import KeyStore
+    from gateway.clients.admin_store import AdminStore
     from gateway.clients.routing_config import RoutingConfigStore
     from gateway.clients.templates import TemplateStore
     from gateway.settings import ApiKeyEntry, GatewaySettings
@@ -188,7 +188,7 @@ def seed_from_api_keys(api_keys: Mapping[str, ApiKeyEntry]) -> Seed:
 async def apply_seed(
     seed: Seed,
     *,
-    keystore: KeyStore,
+    admin_store: AdminStore,
     templates: TemplateStore,
     routing: RoutingConfigStore,
     environ: Mapping[str, str],
@@ -200,12 +200,12 @@ async def apply_seed(
     and must not reset a plan someone configured)."""
     now_ms = int(time.time() * 1000)
     for org_id, org in seed.orgs.items():
-        current = await keystore.get_org(org_id)
+        current = await admin_store.get_org(org_id)
         if keep_orgs and current is not None:
             continue
-        await keystore.put_org(org.org(org_id, current), with_settings=True)
+        await admin_store.put_org(org.org(org_id, current), with_settings=True)
     for key_id, key in seed.keys.items():
-        await keystore.put_key(
+        await admin_store.put_key(
             ApiKey(
                 key_id=key_id,
                 key_hash=key_hash_of(key_id, key, environ),

@@ -264,21 +264,12 @@ class RateLimiter:
         self._limits = redis.register_script(LIMITS_LUA)
         self.counters = access_counters("rate_limiter", "fail_open")
 
-    async def acquire(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False
-    ) -> RateLimitDecision:
-        """Take ``cost`` units if the bucket has them (``force``: take them anyway).
-
-        ``cost=0`` asks whether the bucket still has room without spending anything: the check
-        made before a request limited by tokens or cost, charged with ``force`` afterwards.
-        """
-        [decision] = await self.acquire_many([Bucket(key, policy, cost, force)])
-        return decision
-
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
         or nothing: the request is allowed when every decision is, and a bucket is charged only
-        then (or when ``force``)."""
+        then (or when ``force``). A bucket of ``cost=0`` asks whether it still has room without
+        spending anything; the usage recorder charges token and cost buckets afterwards with
+        ``force``."""
         try:
             raw: Any = await self._script(keys=[b.key for b in buckets], args=_bucket_args(buckets))
         except (RedisError, OSError) as exc:

@@ -33,9 +33,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.clients.keystore import KeyStore
 from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
 from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.usage_counters import UsageCounters
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
 from shared.metrics import counted
@@ -91,14 +91,14 @@ class UsageRecorder:
     def __init__(
         self,
         redis: Redis,
-        keystore: KeyStore,
+        counters: UsageCounters,
         limiter: RateLimiter,
         capacity: int = 100_000,
         *,
         spool: OutageSpool | None = None,
     ) -> None:
         self._redis = redis
-        self._keystore = keystore
+        self._usage_counters = counters
         self._limiter = limiter
         self.spool = spool
         self._queue: deque[UsageEntry] = deque()
@@ -166,7 +166,7 @@ class UsageRecorder:
             await self._spool_failed(batch, exc)
         by_org: dict[str, list[Bucket]] = {}  # one call per org: a script's keys share one slot
         for entry in batch:
-            by_org.setdefault(entry.org_id if self._keystore.cluster else "", []).extend(
+            by_org.setdefault(entry.org_id if self._usage_counters.cluster else "", []).extend(
                 entry.charges
             )
         for charges in by_org.values():
@@ -207,7 +207,7 @@ class UsageRecorder:
         last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in batch:
-                self._keystore.queue_usage(
+                self._usage_counters.queue_usage(
                     pipe,
                     entry.key_id,
                     entry.tokens,
@@ -216,7 +216,7 @@ class UsageRecorder:
                     org_id=entry.org_id,
                 )
                 last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
-            self._keystore.queue_last_used(pipe, last_used)
+            self._usage_counters.queue_last_used(pipe, last_used)
             await pipe.execute()
 
     async def replay(self, payloads: list[bytes], offset_key: str, end_offset: int) -> None:
@@ -231,7 +231,7 @@ class UsageRecorder:
                 log.error("unreadable usage line skipped (%s): %.80r", exc, payload)
         async with self._redis.pipeline(transaction=True) as pipe:
             for e in entries:
-                self._keystore.queue_usage(
+                self._usage_counters.queue_usage(
                     pipe, e.key_id, e.tokens, e.cost_usd, e.now_ms, org_id=e.org_id
                 )
             pipe.set(offset_key, end_offset, ex=OFFSET_TTL_S)

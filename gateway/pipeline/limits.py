@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.clients.keystore import usage_expiry_s
 from gateway.clients.ratelimiter import Bucket, Gates
+from gateway.clients.usage_counters import usage_expiry_s
 from gateway.policy.keys import Usage
 from gateway.policy.limits import (
     admission_cost,
@@ -38,8 +38,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
     prefix = rt.settings.redis.key_prefix
-    keystore = rt.access.keystore
-    org_name = org_tag(org.org_id, keystore.cluster)  # one hash slot per org on a cluster
+    counters = rt.access.usage_counters
+    org_name = org_tag(org.org_id, counters.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
             bucket_key(
@@ -57,14 +57,14 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         for name, policy in policies
     ]
     now_ms = ctx.created_at_ms
-    day, month = keystore.usage_keys(key.key_id, now_ms, org_id=org.org_id)
+    day, month = counters.usage_keys(key.key_id, now_ms, org_id=org.org_id)
     limits = key.limits
     gates = Gates(
-        request_counter=keystore.request_counter(org.org_id, now_ms),
+        request_counter=counters.request_counter(org.org_id, now_ms),
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,
-        segment_set=keystore.keys.rate_limit_segments(org.org_id),
+        segment_set=counters.keys.rate_limit_segments(org.org_id),
         segment_cap=rt.settings.rate_limit_segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,

@@ -15,7 +15,7 @@ from devstack.servers import RedisServer
 from gateway.admin.cli import app
 from gateway.admin.secrets import decrypt, new_master_key
 from gateway.clients.audit_log import AuditLog
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from shared.errors import InvalidApiKeyError
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_admin_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None
 
     async def check() -> None:
         client = Redis.from_url(redis_server.url)
-        store = KeyStore(client, prefix=prefix)
+        store = KeyAuthenticator(client, prefix=prefix)
         try:
             assert (await store.authenticate("sk-floopy-from-env"))[0].key_id == "k2"
             with pytest.raises(InvalidApiKeyError, match="revoked"):
