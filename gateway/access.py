@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.admin.seed import apply_seed, load_seed, merge_routing, seed_from_api_keys
+from gateway.admin.seed import apply_seed, load_seed, seed_from_api_keys
 from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
 from gateway.clients.key_auth import KeyAuthenticator
@@ -29,6 +29,7 @@ from gateway.clients.templates import TemplateStore
 from gateway.clients.usage import UsageRecorder
 from gateway.clients.usage_counters import UsageCounters
 from gateway.metrics import access_counters
+from gateway.routing_checks import merge_routing
 from gateway.settings import GatewaySettings
 from shared.metrics import CounterSet
 from shared.redis_client import open_redis

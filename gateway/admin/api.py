@@ -11,9 +11,10 @@ writes the audit entry.
 
 Hostile input (issue 10): the guard has authenticated the key and capped the body before a
 handler runs. Path ids are checked against the one id charset (``shared.redis_keys``). Provider
-and route writes are checked by building what a worker builds from them (``check_routing``, in
-the service), and an ``api_key_env`` must start with an allowed prefix. An expired org reads for
-a grace period and writes nothing (``check_plan_access``); revoking a key stays allowed.
+and route writes are checked by ``gateway.routing_checks``: their shape (a 400 naming the field),
+then what a worker builds from them (``check_routing``, in the service); an ``api_key_env`` must
+start with an allowed prefix. An expired org reads for a grace period and writes nothing
+(``check_plan_access``); revoking a key stays allowed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
+from gateway.routing_checks import check_key_env
 from gateway.runtime import Runtime
 from shared.errors import (
     BadRequestError,
@@ -251,7 +253,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         service, _, _ = await self._service(request)
-        _check_key_env(data, rt.settings.provider_key_env_prefixes)
+        check_key_env(data, rt.settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
         return {"data": shown, "note": _followed_note(rt)}
@@ -288,20 +290,6 @@ class AdminApi(Controller):
         service, _, _ = await self._service(request)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
-
-
-def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
-    """Only variables meant for provider keys: an admin key must not be able to name the master
-    key (or any other secret of the gateway's environment) and have it sent to its own URL."""
-    env = provider.get("api_key_env")
-    if env is None or env == "":
-        return
-    if not isinstance(env, str) or not any(env.startswith(p) for p in prefixes):
-        allowed = ", ".join(f"{p}*" for p in prefixes) or "(none)"
-        raise BadRequestError(
-            f"api_key_env must name a variable matching {allowed}; or send api_key, which is "
-            "stored encrypted"
-        )
 
 
 def _followed_note(rt: Runtime) -> str:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from gateway.admin.secrets import encrypt
-from gateway.admin.seed import check_routing
 from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import ApiKey, KeyLimits, KeySwitches, NewKey, Org, Permission
 from gateway.policy.redaction import redact
 from gateway.policy.templates import TemplateMessage
+from gateway.routing_checks import check_routing
 from shared.errors import BadRequestError, NotFoundError
 
 if TYPE_CHECKING:

@@ -16,10 +16,10 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, QueryParameter
 
 from gateway.admin.caller import caller
-from gateway.admin.seed import merge_routing
 from gateway.admin.service import key_view
 from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import Permission, month_period
+from gateway.routing_checks import merge_routing
 from gateway.settings import ProviderSettings
 
 __all__ = ["SettingsApi", "routing_view"]
