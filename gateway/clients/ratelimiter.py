@@ -32,6 +32,7 @@ from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
 from gateway.policy.ratelimit import RateLimitPolicy
 from shared.metrics import counted
+from shared.redis_keys import segments_beside
 
 __all__ = [
     "GCRA_LUA",
@@ -281,7 +282,7 @@ class RateLimiter:
         monthly quota and usage gates, then every rate-limit bucket, all or nothing; an admitted
         request is counted against the monthly quota and charged to its buckets."""
         keys = [b.key for b in buckets]
-        segment_set = gates.segment_set or f"{gates.request_counter}:segments"
+        segment_set = gates.segment_set or segments_beside(gates.request_counter)
         keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
         segmented = [str(i + 1) for i, b in enumerate(buckets) if b.segmented]
         args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
