@@ -158,7 +158,12 @@ def check_routing(
     for model, targets in routes.items():
         check_route(model, targets)
     merged = merge_routing(settings, providers, routes, strict=True)
+    names = {p.name for p in merged.provider_list()}
+    for model, targets in merged.routes.items():
+        for target in targets:
+            if target.partition("/")[0] not in names:
+                raise _refusal(f"route {model!r}", "targets", f"unknown provider in {target!r}")
     try:
         routing_table(merged)
     except ValueError as exc:
-        raise BadRequestError(str(exc), details={"param": "targets"}) from None
+        raise BadRequestError(str(exc)) from None
