@@ -31,7 +31,8 @@ from itertools import count, product
 from pathlib import Path
 
 from devstack.servers import ClickHouseServer
-from ingester.delivery import Delivery, tune_gc_for_batches
+from ingester.decode import tune_gc_for_batches
+from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
 from shared.codec import encode_record
 from shared.records import RequestRecord
@@ -304,7 +305,7 @@ def measure_phases(
     """``Delivery``'s two steps timed apart (CPU of this thread, per record): ``prepare``
     (msgspec decode, building the columns) and the driver's insert (serialisation and socket
     writes; waiting on the server is not CPU). Prints a ``PHASES`` line."""
-    from ingester.delivery import prepare
+    from ingester.decode import prepare
     from ingester.sink import ClickHouseSink
 
     sink = ClickHouseSink(env.clickhouse)

@@ -27,7 +27,7 @@ from clickhouse_driver import Client
 
 from bench.ingest import BenchEnv, bench_env, generate_payloads
 from devstack.servers import RedisCluster, RedisServer
-from ingester.delivery import tune_gc_for_batches
+from ingester.decode import tune_gc_for_batches
 from ingester.schema.migrate import migrate
 from shared.streams import RECORD_FIELD, Sink, stream_key
 

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from bench.ingest import bench_env, cpu_seconds, make_record, wait_for_merges
-from ingester.delivery import Delivery, tune_gc_for_batches
+from ingester.decode import tune_gc_for_batches
+from ingester.delivery import Delivery
 from ingester.replay import Replayer, pending_files
 from shared.codec import encode_record
 from shared.spool.writer import SpoolWriter

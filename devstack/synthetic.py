@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from ingester.batch import build_columns
+from ingester.columns import build_columns
 from ingester.rollups import Rollups
 from ingester.schema.migrate import migrate
 from ingester.sink import ClickHouseSink

@@ -25,7 +25,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ingester.dead_letter import dead_letter_path
-from ingester.delivery import Delivery, tune_gc_for_batches
+from ingester.decode import tune_gc_for_batches
+from ingester.delivery import Delivery
 from ingester.lock import inspect_lock
 from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
 from ingester.rollup_cli import rollups_app

@@ -39,7 +39,13 @@ from typing import Any, Protocol, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ingester.batching import (
+from ingester.dead_letter import DeadLetter, DeadLetterFile
+from ingester.decode import PreparedBatch, prepare
+from ingester.delivery import DeliveryReport
+from ingester.metrics import INSERT_SECONDS, Counters
+from ingester.metrics import ConsumerCounter as C
+from ingester.settings import IngesterSettings
+from ingester.stream_policy import (
     Batch,
     Cadence,
     ConsumerState,
@@ -49,11 +55,6 @@ from ingester.batching import (
     format_stream_id,
     trim_bound,
 )
-from ingester.dead_letter import DeadLetter, DeadLetterFile
-from ingester.delivery import DeliveryReport, PreparedBatch, prepare
-from ingester.metrics import INSERT_SECONDS, Counters
-from ingester.metrics import ConsumerCounter as C
-from ingester.settings import IngesterSettings
 from shared.errors import SinkUnavailableError
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, reply_text, stream_key
 
@@ -261,7 +262,7 @@ class StreamConsumer:
         if not self._batch.ids:
             return
         ids, payloads = list(self._batch.ids), list(self._batch.payloads)
-        # decoded while the batch in flight waits on ClickHouse (see ingester.delivery)
+        # decoded while the batch in flight waits on ClickHouse (see ingester.decode)
         prepared = await asyncio.to_thread(prepare, self.sink, payloads)
         await self._settle()
         self._batch.clear()  # only now: an error above leaves the batch in hand, not abandoned

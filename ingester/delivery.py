@@ -1,4 +1,4 @@
-"""Delivery of one batch of payloads to its ClickHouse table: decode, build columns, insert with
+"""Delivery of one prepared batch (``ingester.decode``) to its ClickHouse table: insert with
 retries, set poison aside.
 
 Invariants:
@@ -10,27 +10,16 @@ Invariants:
   safe because the tables deduplicate by record identity (read with FINAL).
 - Dead letters are written (fsynced) only when ``deliver`` returns, so a batch that is spooled
   and replayed later is not dead-lettered twice.
-- ``prepare`` is pure (no connection), so the next batch can be decoded and turned into columns
-  in another thread while this one's insert waits on the server; that overlap is where one
-  process gets its throughput (the insert is mostly waiting on ClickHouse).
-- Once ``tune_gc_for_batches`` ran, a prepared batch's objects are frozen out of the cyclic
-  garbage collector (they are freed by reference counting as usual), and the collector runs a
-  full collection of everything at most every ``FULL_COLLECTION_EVERY_S``, so garbage cycles
-  made elsewhere in the process wait at most that long: memory stays flat.
 - Only ``SinkUnavailableError`` is retried. A rejected batch is never retried as a whole: the
-  rows whose numbers do not fit are found exactly (``ingester.batch.invalid_rows``), the rest is
-  bisected, and rows that fail alone are dead-lettered. Bisection of n rows with k bad ones
+  rows whose numbers do not fit are found exactly (``ingester.columns.invalid_rows``), the rest
+  is bisected, and rows that fail alone are dead-lettered. Bisection of n rows with k bad ones
   costs O(k log n) inserts and at most 2n - 1, so it always ends and never blocks good rows.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,23 +32,15 @@ from tenacity import (
     wait_exponential,
 )
 
-from ingester.batch import Columns, build_columns, invalid_rows
+from ingester.columns import build_columns, invalid_rows
 from ingester.dead_letter import DeadLetter, DeadLetterFile
+from ingester.decode import PreparedBatch, Rows, prepare
 from ingester.sink import ClickHouseSink
-from shared.codec import AnyRecord, decode_record
-from shared.errors import PoisonBatchError, RecordDecodeError, SinkUnavailableError
+from shared.errors import PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
-__all__ = [
-    "FULL_COLLECTION_EVERY_S",
-    "Delivery",
-    "DeliveryReport",
-    "DeliveryStats",
-    "PreparedBatch",
-    "prepare",
-    "tune_gc_for_batches",
-]
+__all__ = ["Delivery", "DeliveryReport", "DeliveryStats"]
 
 log = logging.getLogger(__name__)
 
@@ -79,96 +60,6 @@ class DeliveryStats:
     retries: int = 0
     unavailable: int = 0
     bisections: int = 0
-
-
-_Rows = list[tuple[AnyRecord, bytes]]
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A batch decoded and transposed, ready for one insert; undecodable payloads already
-    turned into dead letters."""
-
-    sink: Sink
-    rows: _Rows
-    letters: list[DeadLetter]
-    columns: Columns
-    payloads: int
-
-
-FULL_COLLECTION_EVERY_S = 30.0
-
-
-class _BatchGC:
-    """Keeps the cyclic collector off the batches' objects.
-
-    A batch of 5,000 records is ~70,000 container objects (structs, dicts, lists, the column
-    views), alive until its insert is confirmed and never in a reference cycle. The collector
-    kept walking them: young collections during ``prepare`` (3.7 of ~9 us per record of it on
-    3.5 KB records) and again in the older generations while the batch waited for its insert.
-    So ``prepare`` pauses the collector and then freezes (``gc.freeze``, O(1)) what is alive,
-    the batch included; a full collection with everything unfrozen runs at most every
-    ``FULL_COLLECTION_EVERY_S``, between batches, for the garbage cycles the rest of the
-    process makes. Thread-safe: concurrent ``prepare`` calls are counted."""
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self._lock = threading.Lock()
-        self._active = 0
-        self._resume = False
-        self._last_full = time.monotonic()
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        with self._lock:
-            if self._active == 0:
-                self._collect_if_due()
-                self._resume = gc.isenabled()
-                gc.disable()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
-                gc.freeze()
-                if self._active == 0 and self._resume:
-                    gc.enable()
-
-    def _collect_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_full >= FULL_COLLECTION_EVERY_S:
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
-            self._last_full = now
-
-
-_batch_gc = _BatchGC()
-
-
-def tune_gc_for_batches(*, freeze_batches: bool = True) -> None:
-    """Tune the cyclic garbage collector for batch work; call once per process, at start.
-
-    ``gc.freeze`` moves what start-up loaded out of every later collection; young collections
-    run every 50,000 allocations instead of Python's 700 (with the default the collector ran
-    hundreds of times per batch: 20 -> 13 us per record of ``prepare`` on 3 KB records); and
-    ``prepare`` keeps the collector off each batch's objects (``_BatchGC``; ``freeze_batches``
-    is off only to measure what that saves: ``bench.ingest --gc-walks-batches``)."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    _batch_gc.enabled = freeze_batches
-
-
-def prepare(sink: Sink, payloads: Sequence[bytes]) -> PreparedBatch:
-    """Decode and build columns (pure, CPU only; safe in any thread)."""
-    with _batch_gc.batch():
-        rows, letters = _decode(sink, payloads)
-        columns = build_columns(sink, [record for record, _ in rows]) if rows else []
-    return PreparedBatch(sink, rows, letters, columns, len(payloads))
 
 
 class Delivery:
@@ -238,7 +129,7 @@ class Delivery:
         good = [row for i, row in enumerate(rows) if i not in bad]
         return self._bisect(sink, good, letters) if good else 0
 
-    def _bisect(self, sink: Sink, rows: _Rows, letters: list[DeadLetter]) -> int:
+    def _bisect(self, sink: Sink, rows: Rows, letters: list[DeadLetter]) -> int:
         try:
             return self._insert(sink, rows)
         except PoisonBatchError as exc:
@@ -249,7 +140,7 @@ class Delivery:
         mid = len(rows) // 2
         return self._bisect(sink, rows[:mid], letters) + self._bisect(sink, rows[mid:], letters)
 
-    def _insert(self, sink: Sink, rows: _Rows) -> int:
+    def _insert(self, sink: Sink, rows: Rows) -> int:
         columns = build_columns(sink, [record for record, _ in rows])
         inserted: int = self._retrying(self._sink.insert, sink, columns)
         return inserted
@@ -258,14 +149,3 @@ class Delivery:
         self.stats.retries += 1
         exc: Any = state.outcome.exception() if state.outcome else None
         log.warning("clickhouse insert retry %d: %s", state.attempt_number, exc)
-
-
-def _decode(sink: Sink, payloads: Sequence[bytes]) -> tuple[_Rows, list[DeadLetter]]:
-    rows: _Rows = []
-    letters: list[DeadLetter] = []
-    for payload in payloads:
-        try:
-            rows.append((decode_record(sink, payload), payload))
-        except RecordDecodeError as exc:
-            letters.append(DeadLetter(bytes(payload), f"RecordDecodeError: {exc}"))
-    return rows, letters

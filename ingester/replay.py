@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ingester.delivery import Delivery, PreparedBatch, prepare
+from ingester.decode import PreparedBatch, prepare
+from ingester.delivery import Delivery
 from ingester.lock import ReplayLock, read_lock
 from shared.errors import SinkUnavailableError
 from shared.spool.reader import SpoolBatch, count_lines, read_batches

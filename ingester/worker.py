@@ -33,7 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingester.consume import StreamConsumer
-from ingester.delivery import Delivery, tune_gc_for_batches
+from ingester.decode import tune_gc_for_batches
+from ingester.delivery import Delivery
 from ingester.metrics import ConsumerCounter, Counters
 from ingester.observe import observe_forever
 from ingester.replay import Replayer, ReplayStatus, pending_files

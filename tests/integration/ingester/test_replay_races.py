@@ -20,7 +20,8 @@ import redis
 from clickhouse_driver import Client
 
 from devstack.servers import ClickHouseServer, RedisServer
-from ingester.delivery import Delivery, DeliveryReport, PreparedBatch
+from ingester.decode import PreparedBatch
+from ingester.delivery import Delivery, DeliveryReport
 from ingester.lock import lock_path
 from ingester.replay import Replayer, ReplayStatus, pending_files
 from ingester.schema import migrate

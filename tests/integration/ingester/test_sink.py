@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.servers import ClickHouseServer
-from ingester.batch import build_columns
+from ingester.columns import build_columns
 from ingester.schema.migrate import migrate
 from ingester.sink import ClickHouseSink
 from shared.codec import decode_record

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from ingester.batch import build_columns, invalid_rows
+from ingester.columns import build_columns, invalid_rows
 from ingester.schema.ddl import insert_columns
 from shared.codec import AnyRecord
 from shared.records import BreakerEventRecord, RequestRecord, SpanRecord

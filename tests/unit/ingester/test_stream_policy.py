@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingester.batching import (
+from ingester.stream_policy import (
     Batch,
     Cadence,
     ConsumerState,

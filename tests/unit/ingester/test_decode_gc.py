@@ -13,7 +13,7 @@ _SCRIPT = textwrap.dedent(
     """
     import gc, threading, weakref
 
-    import ingester.delivery as delivery
+    import ingester.decode as decode
     from shared.codec import encode_record
     from shared.records import RequestRecord
     from shared.streams import Sink
@@ -28,9 +28,9 @@ _SCRIPT = textwrap.dedent(
         ))
         for i in range(200)
     ]
-    delivery.tune_gc_for_batches()
+    decode.tune_gc_for_batches()
     frozen = gc.get_freeze_count()
-    batch = delivery.prepare(Sink.REQUESTS, payloads)
+    batch = decode.prepare(Sink.REQUESTS, payloads)
     assert len(batch.rows) == 200 and not batch.letters
     assert gc.isenabled(), "collector left paused"
     assert gc.get_freeze_count() >= frozen + 200, "the batch was not frozen"
@@ -46,16 +46,16 @@ _SCRIPT = textwrap.dedent(
         global ref
         ref = ref or make_cycle()
         return _value
-    original = delivery.build_columns
-    delivery.build_columns = lambda sink, records: original(sink, during_prepare(records))
-    delivery.prepare(Sink.REQUESTS, payloads)
-    delivery.build_columns = original
+    original = decode.build_columns
+    decode.build_columns = lambda sink, records: original(sink, during_prepare(records))
+    decode.prepare(Sink.REQUESTS, payloads)
+    decode.build_columns = original
     gc.collect()
     assert ref() is not None, "expected the cycle frozen until the next full collection"
 
     # ...and collected by the next prepare once a full collection is due.
-    delivery.FULL_COLLECTION_EVERY_S = 0.0
-    delivery.prepare(Sink.REQUESTS, payloads)
+    decode.FULL_COLLECTION_EVERY_S = 0.0
+    decode.prepare(Sink.REQUESTS, payloads)
     assert ref() is None, "frozen garbage cycle never collected"
 
     # Overlapping prepares in two threads leave the collector running afterwards.
@@ -63,7 +63,7 @@ _SCRIPT = textwrap.dedent(
     def work():
         barrier.wait()
         for _ in range(20):
-            delivery.prepare(Sink.REQUESTS, payloads)
+            decode.prepare(Sink.REQUESTS, payloads)
     threads = [threading.Thread(target=work) for _ in range(2)]
     for t in threads:
         t.start()
