@@ -1,5 +1,6 @@
 """Gateway overhead: the same load sent straight to the fake provider and through the gateway,
-in the same run (DESIGN.md §9: ratios, because absolute figures drift on shared machines).
+in the same run (docs/architecture.md §8: ratios, because absolute figures drift on shared
+machines).
 
 Starts real Redis (devstack.servers), the fake provider, the bare forwarder, the gateway (1
 worker; auth, limits, usage accounting, records and spans to Redis; granian's access log as the

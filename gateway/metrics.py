@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.metrics import CounterSet
 
 if TYPE_CHECKING:
-    from gateway.context import StageTiming
+    from gateway.domain import StageTiming
     from shared.records import RequestRecord
 
 __all__ = [

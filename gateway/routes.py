@@ -22,6 +22,7 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
+from gateway.clients.providers.base import UpstreamStream
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
 from gateway.guard import FINISH
@@ -144,7 +145,7 @@ async def _proxy(
         ctx.endpoint = endpoint
     request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, rt)
     try:
-        await run_stages(ctx, rt, stages)
+        stream = await run_stages(ctx, rt, stages)
     except ClientError as exc:
         return _error_response(ctx, rt, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
@@ -153,12 +154,12 @@ async def _proxy(
             "request %s: unexpected error at stage %s", ctx.request_id, _failed_stage(ctx)
         )
         return _error_response(ctx, rt, unexpected_error(ctx.request_id))
-    if ctx.stream is not None:
+    if stream is not None:
         headers = {**_headers(ctx), "Cache-Control": "no-cache"}
         ctx.sent_headers = {**headers, "content-type": "text/event-stream"}
         return Stream(
-            _relay(ctx, rt),
-            status_code=ctx.stream.status_code,
+            _relay(ctx, rt, stream),
+            status_code=stream.status_code,
             media_type="text/event-stream",
             headers=headers,
         )
@@ -175,17 +176,15 @@ async def _proxy(
     )
 
 
-async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
+async def _relay(ctx: RequestContext, rt: Runtime, stream: UpstreamStream) -> AsyncIterator[bytes]:
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
-    stream = ctx.stream
-    assert stream is not None
     kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
         async for chunk in stream.chunks():
             if kept is not None:
                 kept.append(chunk)
             yield chunk
-        if not stream.completed:
+        if not stream.observed.completed:
             ctx.stream_error = "upstream ended the stream without [DONE]"
     except ClientError as exc:
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
@@ -198,7 +197,7 @@ async def _relay(ctx: RequestContext, rt: Runtime) -> AsyncIterator[bytes]:
     finally:
         from gateway.policy.recording import stream_summary
 
-        ctx.response_body = stream_summary(ctx.request_id, stream)
+        ctx.response_body = stream_summary(ctx.request_id, stream.observed)
         try:
             await stream.aclose()
         finally:

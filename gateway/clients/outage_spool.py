@@ -37,9 +37,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from gateway.settings import SpoolSettings
+from shared.durable import fsync_directory
 from shared.redis_keys import RedisKeys
 from shared.spool.reader import SpoolBatch, read_batches
-from shared.spool.writer import SpoolWriter, fsync_directory, pending_files, seal
+from shared.spool.writer import SpoolWriter, pending_files, seal
 
 __all__ = ["OFFSET_TTL_S", "USAGE", "Deliver", "OutageSpool"]
 

@@ -28,9 +28,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
-from gateway.policy.ratelimit import RateLimitPolicy
 from shared.metrics import counted
 from shared.redis_keys import segments_beside
 
@@ -38,7 +38,6 @@ __all__ = [
     "GCRA_LUA",
     "LIMITS_LUA",
     "Admission",
-    "Bucket",
     "Gates",
     "RateLimitDecision",
     "RateLimiter",
@@ -177,18 +176,6 @@ end
 return out
 """
 )
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """One bucket to take from: its Redis key (``policy.ratelimit.bucket_key``) and policy."""
-
-    key: str
-    policy: RateLimitPolicy
-    cost: int = 1
-    force: bool = False
-    segmented: bool = False
-    """One of many buckets of a policy split by user or property value (capped per org)."""
 
 
 @dataclass(frozen=True)

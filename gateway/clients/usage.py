@@ -2,8 +2,9 @@
 rate-limit buckets are charged.
 
 Invariants:
-- Never on the request's path: ``submit`` only appends to a bounded in-memory queue; one
-  background task per worker drains it, many requests per Redis round trip (a pipeline of
+- Never on the request's path: ``submit`` only appends to a bounded in-memory queue, a ``DROP``
+  drain (``gateway.clients.drain``); one background task per worker drains it, many requests
+  per Redis round trip (a pipeline of
   ``HINCRBY``/``HINCRBYFLOAT``/``EXPIREAT``, plus one forced GCRA call for every charge).
 - Usage that cannot be written (Redis down) is counted (``failed``) and, with an outage spool,
   appended to its ``usage`` file at once (fsynced); the publisher's drain replays it when Redis
@@ -11,7 +12,8 @@ Invariants:
   request is counted exactly once, in the day and month it happened. Without a spool it is
   lost (logged). Token and cost *charges* of rate-limit buckets are not replayed: a bucket's
   window is over by then; they are counted (``charges_failed``) and logged. What does not fit
-  in the queue is counted (``dropped``). Until the replay, usage limits are enforced on the
+  in the queue is counted (``dropped``); what is still queued when ``stop``'s deadline passes
+  is spooled or counted lost like a failed batch. Until the replay, usage limits are enforced on the
   usage that reached Redis: they under-count during an outage, they never refuse wrongly.
 - Redis Cluster: usage keys carry the org's hash tag, so entries (and spooled lines) keep the
   org; charges go in one limiter call per org (a script's keys share one slot). A replayed batch
@@ -23,9 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,9 +33,11 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
-from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.usage_counters import UsageCounters
+from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
 from shared.metrics import counted
@@ -79,7 +81,10 @@ _spooled_encoder = msgspec.json.Encoder()
 _spooled_decoder = msgspec.json.Decoder(SpooledUsage)
 
 
-class UsageRecorder:
+class UsageRecorder(Outlet[UsageEntry]):
+    """The outlet of a ``DROP`` drain of usage entries: a batch that Redis refused is spooled
+    (or counted lost), never retried from memory."""
+
     written = counted("written")
     failed = counted("failed")
     dropped = counted("dropped")
@@ -87,6 +92,8 @@ class UsageRecorder:
     replayed = counted("replayed")
     lost = counted("lost")
     charges_failed = counted("charges_failed")
+
+    expected_errors = (RedisError, OSError)
 
     def __init__(
         self,
@@ -101,44 +108,31 @@ class UsageRecorder:
         self._usage_counters = counters
         self._limiter = limiter
         self.spool = spool
-        self._queue: deque[UsageEntry] = deque()
-        self._capacity = capacity
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.counters = access_counters(
             "usage", "written", "failed", "dropped", "spooled", "replayed", "lost", "charges_failed"
         )
+        self._drain: Drain[UsageEntry] = Drain(
+            self,
+            self.counters,
+            name="usage recorder",
+            policy=Policy.DROP,
+            capacity=capacity,
+            batch_items=_BATCH,
+            linger_s=_LINGER_S,
+        )
 
     def submit(self, entry: UsageEntry) -> None:
-        if len(self._queue) >= self._capacity:
-            self.counters.inc("dropped")
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("usage queue full: %d usage entries dropped so far", self.dropped)
-            return
-        self._queue.append(entry)
-        self._wake.set()
+        self._drain.submit(entry)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
+        self._drain.start()
 
     async def stop(self, deadline_s: float = 2.0) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        # bounded: shutdown must not hang on a task that does not take its cancellation (seen
-        # under litestar's test client: the task stuck "cancelling" on its Event's waiter)
-        done, _ = await asyncio.wait({self._task}, timeout=deadline_s)
-        if not done:
-            log.error("usage recorder did not stop within %.1f s; flushing without it", deadline_s)
-        self._task = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(deadline_s):
-                while self._queue:
-                    await self._flush()
+        await self._drain.stop(deadline_s)
 
     def stats(self) -> dict[str, int]:
         return {
-            "queued": len(self._queue),
+            "queued": len(self._drain),
             "written": self.written,
             "failed": self.failed,
             "spooled": self.spooled,
@@ -148,22 +142,18 @@ class UsageRecorder:
             "dropped": self.dropped,
         }
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(_LINGER_S)  # let more arrive: one round trip for many
-            while self._queue:
-                await self._flush()
-
-    async def _flush(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+    async def send(self, batch: list[UsageEntry]) -> Undelivered[UsageEntry] | None:
+        """Write the usage, then charge the buckets whether or not it was written."""
+        failure: Undelivered[UsageEntry] | None = None
         try:
             await self._write(batch)
             self.counters.inc("written", len(batch))
         except (RedisError, OSError) as exc:
-            self.counters.inc("failed", len(batch))
-            await self._spool_failed(batch, exc)
+            failure = Undelivered(batch, exc)
+        await self._charge(batch)
+        return failure
+
+    async def _charge(self, batch: list[UsageEntry]) -> None:
         by_org: dict[str, list[Bucket]] = {}  # one call per org: a script's keys share one slot
         for entry in batch:
             by_org.setdefault(entry.org_id if self._usage_counters.cluster else "", []).extend(
@@ -178,8 +168,13 @@ class UsageRecorder:
                 self.counters.inc("charges_failed", len(charges))
                 log.warning("could not charge %d rate-limit buckets: %s", len(charges), exc)
 
-    async def _spool_failed(self, batch: list[UsageEntry], exc: BaseException) -> None:
-        cause = f"{type(exc).__name__}: {exc}"
+    async def on_failure(self, failure: Undelivered[UsageEntry]) -> None:
+        """Spool the usage Redis did not take (counted ``failed``), or count it lost."""
+        batch = failure.items
+        if not batch:  # a send cut short by the stop deadline: its entries are still queued
+            return
+        self.counters.inc("failed", len(batch))
+        cause = f"{type(failure.error).__name__}: {failure.error}"
         if self.spool is not None:
             lines = [
                 _spooled_encoder.encode(
@@ -202,6 +197,10 @@ class UsageRecorder:
             cause,
             self.lost,
         )
+
+    async def left_at_stop(self, drain: Drain[UsageEntry]) -> None:
+        """Usage still queued at the deadline goes where a failed batch goes."""
+        await self.on_failure(Undelivered(drain.held(), TimeoutError("the stop deadline passed")))
 
     async def _write(self, batch: list[UsageEntry]) -> None:
         last_used: dict[str, int] = {}

@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.clients.providers.base import TokenUsage, UpstreamReply, UpstreamStream
-from gateway.clients.providers.openai_wire import observe_event
-from gateway.clients.providers.sse import SSESplitter
+from gateway.clients.providers.base import UpstreamStream
 from gateway.clients.response_cache import CacheWrite
-from gateway.context import StageTiming
+from gateway.domain import StageTiming, TokenUsage, UpstreamReply
 from gateway.policy.cache import (
     CachedAnswer,
     CacheStatus,
@@ -37,6 +35,8 @@ from gateway.policy.cache_key import request_keys
 from gateway.policy.cache_replay import assemble_stream, replay_events
 from gateway.policy.firewall import SkipReason, Verdict, decide, plan_screening, thresholds_for
 from gateway.policy.json_body import decode_json
+from gateway.policy.openai_wire import observe_event
+from gateway.policy.sse import SSESplitter
 
 if TYPE_CHECKING:
     from gateway.clients.response_cache import Lookup
@@ -69,7 +69,9 @@ def child_span(
     return duration
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
+    """A hit answers (``ctx.answered``): whole, in ``ctx.reply``, or streamed, as the returned
+    replay for the caller to relay."""
     key, org, chat = ctx.api_key, ctx.org, ctx.chat
     if key is None or org is None or chat is None:
         raise RuntimeError("the cache stage runs after auth, intake and template")
@@ -84,17 +86,20 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     outcome.plan, outcome.status = plan, plan.status
     ctx.response_headers.update(cache_headers(plan.status))
     if not plan.active:
-        return
+        return None
     if chat.fields is None:  # kept: the firewall and usage estimation read it too
         chat.fields = decode_json(_decode_object, chat.raw)
     fields = chat.fields
     outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
     for tier in plan.tiers:
         found = await _look_up(ctx, rt, tier)
-        if found is not None and _answer(ctx, rt, found):
-            return
+        if found is not None:
+            replay = _answer(ctx, rt, found)
+            if ctx.answered:
+                return replay
     if chat.stream:
         outcome.stream_events = []
+    return None
 
 
 async def _look_up(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup | None:
@@ -176,25 +181,28 @@ _LOOKUPS: dict[CacheTier, Callable[[RequestContext, Runtime], Awaitable[Lookup |
 }
 
 
-def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> bool:
-    """Serve a hit; False when the stored entry cannot be replayed for this request, or when
-    this request must be screened and the stored one's score would not let it through."""
+def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> ReplayStream | None:
+    """Serve a hit (sets ``ctx.answered``; a streamed hit returns its replay). Not served when
+    the stored entry cannot be replayed for this request, or when this request must be
+    screened and the stored one's score would not let it through."""
     chat, answer = ctx.chat, found.answer
     assert chat is not None
     if not _screening_allows(ctx, rt, answer):
         ctx.cache.fail_open(found.tier, "hit not served: this request's firewall settings")
-        return False
+        return None
     usage = TokenUsage(
         answer.prompt_tokens,
         answer.completion_tokens,
         answer.total_tokens,
         answer.cached_prompt_tokens,
     )
+    replay = None
     if chat.stream:
         events = replay_events(answer.body, include_usage=chat.client_wants_usage)
         if events is None:
-            return False
-        ctx.stream = ReplayStream(events, answer.model, usage)
+            return None
+        replay = ReplayStream(events, answer.model, usage)
+        ctx.stream = replay.observed
     else:
         ctx.reply = UpstreamReply(200, answer.body, "application/json", answer.model, usage)
         ctx.response_body = answer.body
@@ -208,7 +216,7 @@ def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> bool:
     )
     ctx.response_headers.update(cache_headers(CacheStatus.HIT, found.tier, found.similarity))
     ctx.answered = True
-    return True
+    return replay
 
 
 def _screening_allows(ctx: RequestContext, rt: Runtime, answer: CachedAnswer) -> bool:
@@ -247,14 +255,14 @@ class ReplayStream(UpstreamStream):
     def __init__(self, events: list[bytes], model: str, usage: TokenUsage) -> None:
         super().__init__(200)
         self._events = events
-        self.model = model
-        self.usage = usage
+        self.observed.model = model
+        self.observed.usage = usage
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Observed like an upstream's events, so the record has the text it adds up to."""
-        self.first_chunk_ns = time.perf_counter_ns()
+        self.observed.first_chunk_ns = time.perf_counter_ns()
         for event in self._events:
-            observe_event(self, event, forward_usage_chunk=True)
+            observe_event(self.observed, event, forward_usage_chunk=True)
             yield event
 
     async def aclose(self) -> None:

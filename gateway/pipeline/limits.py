@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.clients.ratelimiter import Bucket, Gates
+from gateway.clients.ratelimiter import Gates
 from gateway.clients.usage_counters import usage_expiry_s
+from gateway.domain import Bucket
 from gateway.policy.keys import Usage
 from gateway.policy.limits import (
     admission_cost,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.clients.usage import record_usage
 from gateway.metrics import observe_request
 from gateway.pipeline.cache import store_after
-from gateway.policy.recording import build_records
+from gateway.pipeline.record import build_records
 from gateway.policy.usage import Settled, needs_estimate, settle_usage
 from shared.codec import encode_record
 from shared.streams import Sink
@@ -40,10 +40,10 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
     if ctx.stream is not None:
         _stretch_dispatch(ctx, end_ns)
     try:
-        if needs_estimate(ctx):
+        if needs_estimate(ctx.answer):
             rt.spawn(_publish_estimated(ctx, rt, end_ns))
             return
-        _send(ctx, rt, end_ns, settle_usage(ctx, rt.upstreams.prices))
+        _send(ctx, rt, end_ns, _settle(ctx, rt))
     except Exception:  # the response is gone: log, count, carry on
         rt.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
@@ -51,11 +51,22 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
 
 async def _publish_estimated(ctx: RequestContext, rt: Runtime, end_ns: int) -> None:
     try:
-        settled = await asyncio.to_thread(settle_usage, ctx, rt.upstreams.prices)
+        settled = await asyncio.to_thread(_settle, ctx, rt)
         _send(ctx, rt, end_ns, settled)
     except Exception:  # a task of its own: nothing above it would log this
         rt.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
+
+
+def _settle(ctx: RequestContext, rt: Runtime) -> Settled:
+    return settle_usage(
+        ctx.answer,
+        ctx.chat,
+        rt.upstreams.prices,
+        provider=ctx.provider_name,
+        model=ctx.model_priced,
+        from_cache=ctx.cache.hit is not None,
+    )
 
 
 def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> None:
@@ -69,7 +80,7 @@ def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> No
     try:
         store_after(ctx, rt, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss
-        rt.cache.write_failures["schedule"] += 1
+        rt.cache.write_failures.inc("schedule")
         log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 

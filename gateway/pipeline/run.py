@@ -1,7 +1,9 @@
 """The order a request meets the stages, in one place, and the loop that times each of them.
 
 A stage reads and fills the context, answers (sets ``ctx.answered``: a cache hit; the stages
-after it do not run), or raises a ``ClientError``. The timing of every stage
+after it do not run), or raises a ``ClientError``. A stage that answers with a stream returns
+it (dispatch, a streamed cache hit): an open stream is not data, so it is not on the context,
+and the caller of ``run_stages`` relays and closes it. The timing of every stage
 that ran (even one that failed) becomes a span and a ``stage_latency_ms`` entry.
 """
 
@@ -12,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.context import StageTiming
+from gateway.domain import StageTiming
 from gateway.pipeline import auth, cache, dispatch, firewall, intake, limits, routing, template
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
+    from gateway.clients.providers.base import UpstreamStream
     from gateway.context import RequestContext
     from gateway.runtime import Runtime
 
@@ -26,7 +29,7 @@ __all__ = ["EMBEDDING_STAGES", "STAGES", "Stage", "run_stages"]
 @dataclass(frozen=True, slots=True)
 class Stage:
     name: str
-    run: Callable[[RequestContext, Runtime], Awaitable[None]]
+    run: Callable[[RequestContext, Runtime], Awaitable[UpstreamStream | None]]
 
 
 STAGES: tuple[Stage, ...] = (
@@ -45,12 +48,16 @@ EMBEDDING_STAGES: tuple[Stage, ...] = tuple(
 """``POST /v1/embeddings``: no prompt template, nothing to screen; cached by the exact tier."""
 
 
-async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES) -> None:
+async def run_stages(
+    ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES
+) -> UpstreamStream | None:
+    """The open stream of a streamed answer; None when the answer is whole (``ctx.reply``)."""
+    stream = None
     for stage in stages:
         start = time.perf_counter_ns()
         status = "error"
         try:
-            await stage.run(ctx, rt)
+            stream = await stage.run(ctx, rt)
             status = "ok"
         except ClientError:
             raise
@@ -62,5 +69,6 @@ async def run_stages(ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] =
             ctx.timings.append(
                 StageTiming(stage.name, (start - ctx.started_ns) / 1e6, (end - start) / 1e6, status)
             )
-        if ctx.answered:
-            return
+        if ctx.answered or stream is not None:
+            return stream
+    return None

@@ -30,7 +30,7 @@ from gateway.console.filters import encode_cursor
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.settings import ApiKeyEntry
 from ingester.rollups import Rollups
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import BreakerEventRecord, RequestRecord
 from shared.settings import ClickHouseSettings
@@ -55,7 +55,7 @@ def loaded(
 ) -> Iterator[tuple[ClickHouseSettings, list[RequestRecord]]]:
     ch = new_database(clickhouse_server)
     records = dataset(900, seed=5, days=2)
-    client = client_for(ch)
+    client = clickhouse_client(ch)
     client.execute(f"SYSTEM STOP MERGES `{ch.database}`.`requests`")  # keep the duplicates
     deliver, delivery = make_deliver(ch, tmp_path_factory.mktemp("dead"))
     deliver(records)

@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from devstack.servers import RedisServer
 from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Org, Plan
+from ingester.cron import analytics_jobs
 from ingester.retention import Retention
-from ingester.rollups import Rollups, cron_jobs
+from ingester.rollups import Rollups
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
 
@@ -138,7 +139,7 @@ async def test_a_plan_stored_by_the_gateway_reaches_the_retention_job(
 
     (job,) = [
         c.coroutine
-        for c in cron_jobs(ch, default_retention_days=30, key_prefix=prefix)
+        for c in analytics_jobs(ch, default_retention_days=30, key_prefix=prefix)
         if c.name == "floopy_retention"
     ]
     await job({"redis": client})

@@ -23,7 +23,7 @@ from ingester.rollup_sql import DAY, HOUR, MEASURES, ROLLUPS
 from ingester.rollups import Rollups, run_on_shards
 from ingester.schema.migrate import MIGRATIONS, migrate
 from ingester.schema.topology import shard_settings
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
@@ -46,7 +46,7 @@ Target = tuple[ClickHouseSettings, list[RequestRecord]]
 
 
 def _rows(settings: ClickHouseSettings, sql: str) -> list[tuple[Any, ...]]:
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         return [tuple(row) for row in client.execute(sql.format(db=f"`{settings.database}`"))]
     finally:

@@ -17,10 +17,11 @@ from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
 from gateway.clients.breaker_store import BreakerStore
 from gateway.clients.key_auth import KeyAuthenticator
-from gateway.clients.ratelimiter import Bucket, Gates, RateLimiter
+from gateway.clients.ratelimiter import Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
+from gateway.domain import Bucket
 from gateway.policy.breaker import BreakerConfig, BreakerState
 from gateway.policy.keys import Org
 from gateway.policy.ratelimit import bucket_key, parse_policy

@@ -12,10 +12,11 @@ from redis.asyncio import Redis
 from gateway.admin.seed import apply_seed, parse_seed
 from gateway.clients.admin_store import AdminStore
 from gateway.clients.key_auth import KeyAuthenticator
-from gateway.clients.ratelimiter import Bucket, Gate, Gates, RateLimiter
+from gateway.clients.ratelimiter import Gate, Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import parse_policy
 from gateway.policy.templates import TemplateMessage
 from shared.errors import BadRequestError, InvalidApiKeyError

@@ -92,7 +92,7 @@ async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
         first.submit(Sink.SPANS, _span(i))
     await _wait_for(lambda: first.spooled == 600 and first.buffered == 0)
     assert first.dropped == 0
-    first._task.cancel()  # type: ignore[union-attr]  # the worker dies: no stop(), no flush
+    first._drain._task.cancel()  # type: ignore[union-attr]  # the worker dies: no stop(), no flush
     assert pending_files(tmp_path, "requests") and pending_files(tmp_path, "spans")
 
     await asyncio.to_thread(server.start)

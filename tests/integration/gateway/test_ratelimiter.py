@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisServer, free_port
-from gateway.clients.ratelimiter import Bucket, RateLimitDecision, RateLimiter
+from gateway.clients.ratelimiter import RateLimitDecision, RateLimiter
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import GcraState, RateLimitPolicy, gcra
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 WORKER = """
 import asyncio, json, sys
 from redis.asyncio import Redis
-from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.ratelimiter import RateLimiter
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import RateLimitPolicy
 
 async def main(url, key, quota, window_s, n):

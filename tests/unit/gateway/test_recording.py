@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.clients.providers.base import ChatRequest, TokenUsage, UpstreamReply
-from gateway.context import RequestContext, StageTiming
+from gateway.context import RequestContext
+from gateway.domain import ChatRequest, StageTiming, TokenUsage, UpstreamReply
+from gateway.pipeline.record import build_records
 from gateway.policy.headers import RequestMeta
 from gateway.policy.recording import (
     TRUNCATED_MARK,
-    build_records,
     clip_body,
     clip_inputs,
     clip_text,
