@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
 from gateway.metrics import access_counters
-from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier
+from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier, decode_answer
 from gateway.policy.cache_verify import verify_turns
 from shared.errors import DependencyError
 from shared.metrics import counted
@@ -74,6 +74,12 @@ def scope_of(
     _, field, _ = COLLECTIONS[tier]
     value = keys.params_hash if tier is CacheTier.SEMANTIC else keys.prefix_hash
     return {"org_id": org_id, "model": model, "seed": seed, field: value}
+
+
+def _exact_lookup(answer: CachedAnswer | None, oldest_ms: int) -> Lookup | None:
+    if answer is None or answer.created_at_ms < oldest_ms:
+        return None
+    return Lookup(CacheTier.EXACT, answer)
 
 
 class ResponseCache:
@@ -127,6 +133,9 @@ class ResponseCache:
         if time.monotonic() < self._redis_down_until:
             raise RedisError("Redis failed less than a second ago; exact tier skipped")
 
+    def redis_down(self) -> bool:
+        return time.monotonic() < self._redis_down_until
+
     async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
         self._redis_available()
         try:
@@ -134,9 +143,11 @@ class ResponseCache:
         except (RedisError, OSError):
             self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
             raise
-        if answer is None or answer.created_at_ms < oldest_ms:
-            return None
-        return Lookup(CacheTier.EXACT, answer)
+        return _exact_lookup(answer, oldest_ms)
+
+    def exact_entry(self, raw: bytes | None, oldest_ms: int) -> Lookup | None:
+        """The exact tier's lookup of an entry already read (by the limits script)."""
+        return _exact_lookup(decode_answer(raw) if raw is not None else None, oldest_ms)
 
     async def look_up_vector(
         self,

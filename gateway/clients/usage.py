@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from shared.records import RequestRecord
 
-__all__ = ["SpooledUsage", "UsageEntry", "UsageRecorder", "record_usage"]
+__all__ = ["SpooledUsage", "UsageEntry", "UsageRecorder", "merge_usage", "record_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,33 @@ class UsageEntry:
     charges: tuple[Bucket, ...] = ()
     org_id: str = ""
     """Needed on a Redis Cluster (the usage keys carry the org's hash tag)."""
+
+
+def merge_usage(batch: list[UsageEntry]) -> list[UsageEntry]:
+    """The batch's spend added up per key and UTC day, charges left out (they are charged
+    apart): the counters end up the same, and a batch of one busy key costs one set of
+    increments instead of one per request (redis-py packs every command in Python, ≈15 µs of
+    the worker's CPU each, six per request before)."""
+    merged: dict[tuple[str, str, int], UsageEntry] = {}
+    for entry in batch:
+        group = (entry.key_id, entry.org_id, entry.now_ms // 86_400_000)
+        seen = merged.get(group)
+        if seen is None:
+            merged[group] = UsageEntry(
+                entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms, org_id=entry.org_id
+            )
+            continue
+        cost = seen.cost_usd
+        if entry.cost_usd is not None:
+            cost = entry.cost_usd if cost is None else cost + entry.cost_usd
+        merged[group] = UsageEntry(
+            entry.key_id,
+            seen.tokens + entry.tokens,
+            cost,
+            max(seen.now_ms, entry.now_ms),
+            org_id=entry.org_id,
+        )
+    return list(merged.values())
 
 
 class SpooledUsage(msgspec.Struct, frozen=True):
@@ -205,7 +232,7 @@ class UsageRecorder(Outlet[UsageEntry]):
     async def _write(self, batch: list[UsageEntry]) -> None:
         last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in batch:
+            for entry in merge_usage(batch):
                 self._usage_counters.queue_usage(
                     pipe,
                     entry.key_id,

@@ -28,6 +28,7 @@ from gateway.policy.cache import (
     CachedAnswer,
     CacheStatus,
     CacheTier,
+    PlannedLookup,
     cache_headers,
     plan_cache,
 )
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from gateway.policy.usage import Settled
     from gateway.runtime import Runtime
 
-__all__ = ["ReplayStream", "child_span", "run", "store_after"]
+__all__ = ["ReplayStream", "child_span", "plan_ahead", "run", "store_after"]
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,10 @@ def child_span(
     return duration
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
-    """A hit answers (``ctx.answered``): whole, in ``ctx.reply``, or streamed, as the returned
-    replay for the caller to relay."""
+def _plan(ctx: RequestContext) -> PlannedLookup:
     key, org, chat = ctx.api_key, ctx.org, ctx.chat
     if key is None or org is None or chat is None:
         raise RuntimeError("the cache stage runs after auth, intake and template")
-    outcome = ctx.cache
     plan = plan_cache(
         org.cache,
         ctx.meta.cache_controls(),
@@ -83,14 +81,42 @@ async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
         now_ms=ctx.created_at_ms,
         exact_only=ctx.endpoint != CHAT,
     )
+    if not plan.active:
+        return PlannedLookup(plan, None)
+    if chat.fields is None:  # kept: the firewall and usage estimation read it too
+        chat.fields = decode_json(_decode_object, chat.raw)
+    keys = request_keys(chat.fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
+    return PlannedLookup(plan, keys)
+
+
+def plan_ahead(ctx: RequestContext, rt: Runtime, *, cluster: bool) -> str:
+    """For the limits stage: the exact tier's Redis key, to be read in the limits script's
+    round trip, with the plan and keys kept for this stage; "" when the lookup cannot be known
+    yet (a template renders the body after the limits) or must not be made there (no exact
+    tier; on a cluster the entry's key is in another slot than the org's limit keys; Redis
+    failed a moment ago: the stage notes the skipped tier as it always does)."""
+    if ctx.meta.prompt_id or ctx.chat is None or cluster or rt.cache.redis_down():
+        return ""
+    ahead = _plan(ctx)
+    if ahead.keys is None or CacheTier.EXACT not in ahead.plan.tiers:
+        return ""
+    ctx.cache.ahead = ahead
+    return rt.cache.exact.key(ctx.org_id, ahead.keys.exact)
+
+
+async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
+    """A hit answers (``ctx.answered``): whole, in ``ctx.reply``, or streamed, as the returned
+    replay for the caller to relay."""
+    outcome = ctx.cache
+    ahead = outcome.ahead or _plan(ctx)
+    plan = ahead.plan
     outcome.plan, outcome.status = plan, plan.status
     ctx.response_headers.update(cache_headers(plan.status))
     if not plan.active:
         return None
-    if chat.fields is None:  # kept: the firewall and usage estimation read it too
-        chat.fields = decode_json(_decode_object, chat.raw)
-    fields = chat.fields
-    outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
+    chat = ctx.chat
+    assert chat is not None  # _plan checked it
+    outcome.keys = ahead.keys
     for tier in plan.tiers:
         found = await _look_up(ctx, rt, tier)
         if found is not None:
@@ -113,15 +139,25 @@ async def _look_up(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup 
         rt.cache.count_fail_open(tier, exc)
         ctx.cache.fail_open(tier, f"{type(exc).__name__}: {exc}"[:200])
     finally:
+        ahead = ctx.cache.ahead
+        by_limits = tier is CacheTier.EXACT and ahead is not None and ahead.fetched
+        read = {"read_by": "rate_limit"} if by_limits else {}
         ctx.cache.lookup_ms[tier.value] = child_span(
-            ctx, f"cache.{tier.value}", start, "ok" if status != "error" else "error", result=status
+            ctx,
+            f"cache.{tier.value}",
+            start,
+            "ok" if status != "error" else "error",
+            result=status,
+            **read,
         )
     return found
 
 
 async def _exact(ctx: RequestContext, rt: Runtime) -> Lookup | None:
-    plan, keys = ctx.cache.plan, ctx.cache.keys
+    plan, keys, ahead = ctx.cache.plan, ctx.cache.keys, ctx.cache.ahead
     assert plan is not None and keys is not None
+    if ahead is not None and ahead.fetched:  # read by the limits script
+        return rt.cache.exact_entry(ahead.entry, plan.min_created_at_ms)
     return await rt.cache.look_up_exact(ctx.org_id, keys.exact, plan.min_created_at_ms)
 
 

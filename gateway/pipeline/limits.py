@@ -1,4 +1,6 @@
-"""Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call.
+"""Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call;
+the same call reads the exact response cache's entry when its key is known already (no
+template), so a request makes one round trip to Redis before its provider call.
 
 Fail open: when Redis cannot answer, the request runs, the answer carries
 ``Floopy-RateLimit-Status: unavailable``, and the limiter logs and counts it
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 from gateway.clients.ratelimiter import Gates
 from gateway.clients.usage_counters import usage_expiry_s
 from gateway.domain import Bucket
+from gateway.pipeline.cache import plan_ahead
 from gateway.policy.keys import Usage
 from gateway.policy.limits import (
     admission_cost,
@@ -73,7 +76,11 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         daily_cost_usd=limits.daily_cost_usd,
         monthly_cost_usd=limits.monthly_cost_usd,
     )
-    admission = await rt.access.limiter.admit(buckets, gates)
+    # the exact cache's entry, read in the same script when it can be (one round trip)
+    peek = plan_ahead(ctx, rt, cluster=counters.cluster)
+    admission = await rt.access.limiter.admit(buckets, gates, peek)
+    if peek and admission.admitted and not admission.fail_open and ctx.cache.ahead is not None:
+        ctx.cache.ahead.fetched, ctx.cache.ahead.entry = True, admission.peeked
     if admission.fail_open:
         ctx.response_headers[STATUS_HEADER] = "unavailable"
         return
