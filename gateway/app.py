@@ -18,7 +18,7 @@ from gateway.access import Access
 from gateway.admin.api import admin_router
 from gateway.clients.outage_spool import USAGE, OutageSpool
 from gateway.console import Console, Principal, openapi_config
-from gateway.console.auth import keystore_keys
+from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.guard import guard_middleware
 from gateway.provider_health import provider_health
@@ -39,7 +39,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
     opened: list[Access] = []
 
     async def console_authenticate(token: str) -> Principal:
-        return await keystore_keys(opened[0].keystore)(token)
+        return await reader_keys(opened[0].authenticator)(token)
 
     console = Console(
         settings.clickhouse, console_authenticate, pool_size=settings.console_pool_size

@@ -173,7 +173,7 @@ async def _authenticate(rt: Runtime, token: str | None) -> None:
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <Floopy key>")
     try:
-        await rt.access.keystore.authenticate(token)
+        await rt.access.authenticator.authenticate(token)
     except (RedisError, OSError) as exc:
         log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)
         raise ProviderError("the key store is unreachable; retry shortly") from exc

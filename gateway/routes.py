@@ -218,7 +218,7 @@ async def _sees_counters(request: Request[Any, Any, Any], rt: Runtime) -> bool:
         return False
     try:
         async with asyncio.timeout(1.0):
-            key, org = await rt.access.keystore.authenticate(token)
+            key, org = await rt.access.authenticator.authenticate(token)
     except Exception:  # noqa: BLE001 - liveness answers whatever the key; no key, no counters
         return False
     return Permission.ADMIN in key.permissions and org.org_id in rt.settings.operator_orgs

@@ -41,6 +41,7 @@ from ingester.replay import ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
 from shared.backoff import Backoff
+from shared.redis_keys import RedisKeys
 from shared.streams import Sink
 
 __all__ = [
@@ -201,8 +202,8 @@ def worker_settings(settings: IngesterSettings) -> type:
         functions = (noop,)
         cron_jobs = cron.jobs(settings)
         redis_settings = ArqRedisSettings.from_dsn(settings.arq_url)
-        queue_name = f"{settings.redis.key_prefix}:arq:queue"
-        health_check_key = f"{settings.redis.key_prefix}:arq:health:{settings.consumer_name}"
+        queue_name = RedisKeys(settings.redis.key_prefix).arq_queue
+        health_check_key = RedisKeys(settings.redis.key_prefix).arq_health(settings.consumer_name)
         on_startup = _startup
         on_shutdown = _shutdown
         ctx = {"settings": settings}  # arq's context dict for this worker

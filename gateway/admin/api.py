@@ -11,9 +11,10 @@ writes the audit entry.
 
 Hostile input (issue 10): the guard has authenticated the key and capped the body before a
 handler runs. Path ids are checked against the one id charset (``shared.redis_keys``). Provider
-and route writes are checked by building what a worker builds from them (``check_routing``, in
-the service), and an ``api_key_env`` must start with an allowed prefix. An expired org reads for
-a grace period and writes nothing (``check_plan_access``); revoking a key stays allowed.
+and route writes are checked by ``gateway.routing_checks``: their shape (a 400 naming the field),
+then what a worker builds from them (``check_routing``, in the service); an ``api_key_env`` must
+start with an allowed prefix. An expired org reads for a grace period and writes nothing
+(``check_plan_access``); revoking a key stays allowed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
+from gateway.routing_checks import check_key_env
 from gateway.runtime import Runtime
 from shared.errors import (
     BadRequestError,
@@ -107,7 +109,7 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], key_id: str, *, write: bool | None = True
     ) -> tuple[AdminService, ApiKey]:
         service, caller, operator = await self._service(request, write=write)
-        key = await request.app.state.runtime.access.keystore.get_key(check_id("key", key_id))
+        key = await request.app.state.runtime.access.admin_store.get_key(check_id("key", key_id))
         if key is None or (not operator and key.org_id != caller.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
@@ -117,7 +119,7 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id, Permission.READ)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         return org_view(org)
@@ -129,11 +131,11 @@ class AdminApi(Controller):
         """Partial: the fields sent replace the stored ones. The org's own admin key may."""
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         cache = to_struct({**org.cache.view(), **data}, CacheSettings)
-        await rt.access.keystore.put_org_cache(org_id, cache)
+        await rt.access.admin_store.put_org_cache(org_id, cache)
         await service.put_section(org_id, "cache", org.cache.view(), cache.view())
         return {"org_id": org_id, "cache": cache.view()}
 
@@ -145,9 +147,9 @@ class AdminApi(Controller):
         service, _, _ = await self._service(request)
         check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
-        org = seed.org(org_id, await rt.access.keystore.get_org(org_id))  # keeps its firewall
+        org = seed.org(org_id, await rt.access.admin_store.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
-        stored = await request.app.state.runtime.access.keystore.get_org(org_id)
+        stored = await request.app.state.runtime.access.admin_store.get_org(org_id)
         return org_view(stored or org)
 
     @put("/orgs/{org_id:str}/firewall")
@@ -159,8 +161,8 @@ class AdminApi(Controller):
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
         config = to_struct(data, FirewallConfig)
-        current = await rt.access.keystore.get_org(org_id)
-        if current is None or not await rt.access.keystore.put_org_firewall(org_id, config):
+        current = await rt.access.admin_store.get_org(org_id)
+        if current is None or not await rt.access.admin_store.put_org_firewall(org_id, config):
             raise NotFoundError(f"no org {org_id!r}")
         after: dict[str, Any] = msgspec.to_builtins(config)
         await service.put_section(org_id, "firewall", msgspec.to_builtins(current.firewall), after)
@@ -171,8 +173,8 @@ class AdminApi(Controller):
         self, request: Request[Any, Any, Any], org_id: FromPath[str]
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id, Permission.READ)
-        keys = await rt.access.keystore.list_keys(org_id)
-        last_used = await rt.access.keystore.last_used([k.key_id for k in keys])
+        keys = await rt.access.admin_store.list_keys(org_id)
+        last_used = await rt.access.usage_counters.last_used([k.key_id for k in keys])
         return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
@@ -181,7 +183,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._org_scope(request, org_id)
         service, _, _ = await self._service(request)
-        org = await rt.access.keystore.get_org(org_id)
+        org = await rt.access.admin_store.get_org(org_id)
         if org is not None:  # an operator creating a key in an expired org: refused too
             check_plan_access(org, int(time.time() * 1000), write=True)
         new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))
@@ -251,7 +253,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         rt = await self._operator(request)
         service, _, _ = await self._service(request)
-        _check_key_env(data, rt.settings.provider_key_env_prefixes)
+        check_key_env(data, rt.settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
         return {"data": shown, "note": _followed_note(rt)}
@@ -288,20 +290,6 @@ class AdminApi(Controller):
         service, _, _ = await self._service(request)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
-
-
-def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
-    """Only variables meant for provider keys: an admin key must not be able to name the master
-    key (or any other secret of the gateway's environment) and have it sent to its own URL."""
-    env = provider.get("api_key_env")
-    if env is None or env == "":
-        return
-    if not isinstance(env, str) or not any(env.startswith(p) for p in prefixes):
-        allowed = ", ".join(f"{p}*" for p in prefixes) or "(none)"
-        raise BadRequestError(
-            f"api_key_env must name a variable matching {allowed}; or send api_key, which is "
-            "stored encrypted"
-        )
 
 
 def _followed_note(rt: Runtime) -> str:

@@ -48,7 +48,7 @@ async def caller(
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
-    key, org = await rt.access.keystore.authenticate(token)
+    key, org = await rt.access.authenticator.authenticate(token)
     check_permission(key, need)
     if write is not None:
         check_plan_access(org, int(time.time() * 1000), write=write)

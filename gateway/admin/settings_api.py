@@ -16,10 +16,10 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, QueryParameter
 
 from gateway.admin.caller import caller
-from gateway.admin.seed import merge_routing
 from gateway.admin.service import key_view
 from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import Permission, month_period
+from gateway.routing_checks import merge_routing
 from gateway.settings import ProviderSettings
 
 __all__ = ["SettingsApi", "routing_view"]
@@ -95,15 +95,15 @@ class SettingsApi(Controller):
     async def usage(self, request: Request[Any, Any, Any], org_id: FromPath[str]) -> dict[str, Any]:
         who = await caller(request, Permission.READ)
         who.reach(org_id)
-        store = who.rt.access.keystore
+        counters = who.rt.access.usage_counters
         now_ms = int(time.time() * 1000)
-        raw = await who.rt.access.redis.get(store.request_counter(org_id, now_ms))
-        keys = await store.list_keys(org_id)
+        requests = await counters.requests(org_id, now_ms)
+        keys = await who.rt.access.admin_store.list_keys(org_id)
         spend = {
-            k.key_id: msgspec.to_builtins(await store.usage(k.key_id, now_ms, org_id=org_id))
+            k.key_id: msgspec.to_builtins(await counters.usage(k.key_id, now_ms, org_id=org_id))
             for k in keys
         }
-        return {"month": month_period(now_ms), "requests": int(raw or 0), "keys": spend}
+        return {"month": month_period(now_ms), "requests": requests, "keys": spend}
 
     @get("/routing", summary="The providers and routing rules in force (stored over settings)")
     async def routing(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

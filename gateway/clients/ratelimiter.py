@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
-from gateway.policy.ratelimit import RateLimitPolicy
 from shared.metrics import counted
+from shared.redis_keys import segments_beside
 
 __all__ = [
     "GCRA_LUA",
@@ -259,21 +259,12 @@ class RateLimiter:
         self._limits = redis.register_script(LIMITS_LUA)
         self.counters = access_counters("rate_limiter", "fail_open")
 
-    async def acquire(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False
-    ) -> RateLimitDecision:
-        """Take ``cost`` units if the bucket has them (``force``: take them anyway).
-
-        ``cost=0`` asks whether the bucket still has room without spending anything: the check
-        made before a request limited by tokens or cost, charged with ``force`` afterwards.
-        """
-        [decision] = await self.acquire_many([Bucket(key, policy, cost, force)])
-        return decision
-
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
         or nothing: the request is allowed when every decision is, and a bucket is charged only
-        then (or when ``force``)."""
+        then (or when ``force``). A bucket of ``cost=0`` asks whether it still has room without
+        spending anything; the usage recorder charges token and cost buckets afterwards with
+        ``force``."""
         try:
             raw: Any = await self._script(keys=[b.key for b in buckets], args=_bucket_args(buckets))
         except (RedisError, OSError) as exc:
@@ -290,7 +281,7 @@ class RateLimiter:
         to Redis instead of two; it must hash to the same slot as the other keys on a cluster.
         """
         keys = [b.key for b in buckets]
-        segment_set = gates.segment_set or f"{gates.request_counter}:segments"
+        segment_set = gates.segment_set or segments_beside(gates.request_counter)
         keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
         if peek:
             keys.append(peek)

@@ -34,9 +34,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
-from gateway.clients.keystore import KeyStore
 from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
 from gateway.clients.ratelimiter import RateLimiter
+from gateway.clients.usage_counters import UsageCounters
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
@@ -125,14 +125,14 @@ class UsageRecorder(Outlet[UsageEntry]):
     def __init__(
         self,
         redis: Redis,
-        keystore: KeyStore,
+        counters: UsageCounters,
         limiter: RateLimiter,
         capacity: int = 100_000,
         *,
         spool: OutageSpool | None = None,
     ) -> None:
         self._redis = redis
-        self._keystore = keystore
+        self._usage_counters = counters
         self._limiter = limiter
         self.spool = spool
         self.counters = access_counters(
@@ -183,7 +183,7 @@ class UsageRecorder(Outlet[UsageEntry]):
     async def _charge(self, batch: list[UsageEntry]) -> None:
         by_org: dict[str, list[Bucket]] = {}  # one call per org: a script's keys share one slot
         for entry in batch:
-            by_org.setdefault(entry.org_id if self._keystore.cluster else "", []).extend(
+            by_org.setdefault(entry.org_id if self._usage_counters.cluster else "", []).extend(
                 entry.charges
             )
         for charges in by_org.values():
@@ -233,7 +233,7 @@ class UsageRecorder(Outlet[UsageEntry]):
         last_used: dict[str, int] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in merge_usage(batch):
-                self._keystore.queue_usage(
+                self._usage_counters.queue_usage(
                     pipe,
                     entry.key_id,
                     entry.tokens,
@@ -242,7 +242,7 @@ class UsageRecorder(Outlet[UsageEntry]):
                     org_id=entry.org_id,
                 )
                 last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
-            self._keystore.queue_last_used(pipe, last_used)
+            self._usage_counters.queue_last_used(pipe, last_used)
             await pipe.execute()
 
     async def replay(self, payloads: list[bytes], offset_key: str, end_offset: int) -> None:
@@ -257,7 +257,7 @@ class UsageRecorder(Outlet[UsageEntry]):
                 log.error("unreadable usage line skipped (%s): %.80r", exc, payload)
         async with self._redis.pipeline(transaction=True) as pipe:
             for e in entries:
-                self._keystore.queue_usage(
+                self._usage_counters.queue_usage(
                     pipe, e.key_id, e.tokens, e.cost_usd, e.now_ms, org_id=e.org_id
                 )
             pipe.set(offset_key, end_offset, ex=OFFSET_TTL_S)

@@ -35,7 +35,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <your Floopy key>")
     try:
-        key, org = await rt.access.keystore.authenticate(token)
+        key, org = await rt.access.authenticator.authenticate(token)
     except (RedisError, OSError) as exc:
         # Known keys are answered from the stale cache; only a key never seen lands here.
         log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)

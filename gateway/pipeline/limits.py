@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.clients.keystore import usage_expiry_s
 from gateway.clients.ratelimiter import Gates
+from gateway.clients.usage_counters import usage_expiry_s
 from gateway.domain import Bucket
 from gateway.pipeline.cache import plan_ahead
 from gateway.policy.keys import Usage
@@ -42,8 +42,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
     prefix = rt.settings.redis.key_prefix
-    keystore = rt.access.keystore
-    org_name = org_tag(org.org_id, keystore.cluster)  # one hash slot per org on a cluster
+    counters = rt.access.usage_counters
+    org_name = org_tag(org.org_id, counters.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
             bucket_key(
@@ -61,14 +61,14 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         for name, policy in policies
     ]
     now_ms = ctx.created_at_ms
-    day, month = keystore.usage_keys(key.key_id, now_ms, org_id=org.org_id)
+    day, month = counters.usage_keys(key.key_id, now_ms, org_id=org.org_id)
     limits = key.limits
     gates = Gates(
-        request_counter=keystore.request_counter(org.org_id, now_ms),
+        request_counter=counters.request_counter(org.org_id, now_ms),
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,
-        segment_set=keystore.keys.rate_limit_segments(org.org_id),
+        segment_set=counters.keys.rate_limit_segments(org.org_id),
         segment_cap=rt.settings.rate_limit_segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
@@ -77,7 +77,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         monthly_cost_usd=limits.monthly_cost_usd,
     )
     # the exact cache's entry, read in the same script when it can be (one round trip)
-    peek = plan_ahead(ctx, rt, cluster=keystore.cluster)
+    peek = plan_ahead(ctx, rt, cluster=counters.cluster)
     admission = await rt.access.limiter.admit(buckets, gates, peek)
     if peek and admission.admitted and not admission.fail_open and ctx.cache.ahead is not None:
         ctx.cache.ahead.fetched, ctx.cache.ahead.entry = True, admission.peeked

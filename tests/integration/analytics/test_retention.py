@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisServer
-from gateway.clients.keystore import KeyStore
+from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Org, Plan
 from ingester.cron import analytics_jobs
 from ingester.retention import Retention
@@ -131,7 +131,7 @@ async def test_a_plan_stored_by_the_gateway_reaches_the_retention_job(
     into ``org_settings`` and enforces it, with no import of the gateway in the ingester."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(redis_server.url)
-    store = KeyStore(client, prefix=prefix)
+    store = AdminStore(client, prefix=prefix)
     await store.put_org(Org(org_id="org-short", plan=Plan(retention_days=5)))
     await store.put_org(Org(org_id="org-long", plan=Plan(retention_days=60)))
     base = dataset(10)
