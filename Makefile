@@ -15,6 +15,7 @@ run: bootstrap
 lint: bootstrap
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+	$(VENV)/lint-imports
 
 typecheck: bootstrap
 	$(VENV)/mypy

@@ -1,1 +1,1 @@
-"""Benchmarks: programs that print RESULT lines, not tests (DESIGN.md §9)."""
+"""Benchmarks: programs that print RESULT lines, not tests (docs/architecture.md §8)."""

@@ -1,8 +1,9 @@
 """The bare forwarder: litestar on granian relaying POST /v1/chat/completions to one upstream
 through httpx over the aiohttp transport, with nothing else (no auth, limits, records).
 
-The floor the gateway's overhead is measured against (DESIGN.md §8 measured ~2,500 req/s per
-worker for this shape): run by ``bench.gateway_overhead`` as a target of its own.
+The floor the gateway's overhead is measured against (~2,500 req/s per worker for this shape
+when it was chosen, docs/architecture.md §8): run by ``bench.gateway_overhead`` as a target of
+its own.
 
     FLOOPY_BARE_UPSTREAM=http://127.0.0.1:8090/v1 python -m bench.bare_forwarder --port 8070
 """

@@ -1,5 +1,6 @@
 """Gateway overhead: the same load sent straight to the fake provider and through the gateway,
-in the same run (DESIGN.md §9: ratios, because absolute figures drift on shared machines).
+in the same run (docs/architecture.md §8: ratios, because absolute figures drift on shared
+machines).
 
 Starts real Redis (devstack.servers), the fake provider, the bare forwarder, the gateway (1
 worker; auth, limits, usage accounting, records and spans to Redis; granian's access log as the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,21 @@ __all__ = ["main"]
 
 KEY = "sk-floopy-bench"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+_PROMPT = "Say hello"
+
+
+_RUN = uuid.uuid4().hex[:12]
+
+
+def distinct_body(i: int) -> dict[str, object]:
+    """The i-th request's body: the same shape as ``BODY``, a prompt never sent before in this
+    run. The exact response cache is on by default, so a repeated body would measure cache
+    hits, not the proxy path every first request takes (``bench.cache`` measures hits)."""
+    return {**BODY, "messages": [{"role": "user", "content": f"{_PROMPT} {_RUN}-{i}"}]}
+
+
 _TICKS = os.sysconf("SC_CLK_TCK")
+_CALLS = itertools.count()
 
 
 @dataclass
@@ -63,8 +80,8 @@ async def fixed_rate(
     headers: dict[str, str] | None = None,
 ) -> Latencies:
     """Open-loop load: one request every 1/rate s, each timed from its scheduled start.
-    ``body(i)``: the i-th request's body (default: always ``BODY``)."""
-    fixed = json.dumps(BODY).encode()
+    ``body(i)``: the i-th request's body (default: ``distinct_body``, so every request is a
+    response-cache miss that goes upstream)."""
     request_headers = {
         "Authorization": f"Bearer {key}",
         "Content-Type": "application/json",
@@ -72,13 +89,13 @@ async def fixed_rate(
     }
     latencies: list[float] = []
     failed = 0
-    count = 0
+    count = next(_CALLS) * 10_000_000  # each call's bodies distinct from every other call's
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
 
         async def one() -> None:
             nonlocal failed, count
             count += 1
-            payload = json.dumps(body(count)).encode() if body else fixed
+            payload = json.dumps((body or distinct_body)(count)).encode()
             start = time.perf_counter()
             async with session.post(url, data=payload, headers=request_headers) as response:
                 await response.read()
@@ -109,8 +126,10 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, seconds: float, connections: int, script: Path) -> WrkResult:
+    # the nonce keeps each run's bodies apart from every other run's (``_wrk_script``)
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        [*argv, url, "--", uuid.uuid4().hex[:12]],
         capture_output=True,
         text=True,
         check=True,
@@ -143,12 +162,20 @@ def rss_mib(pid: int) -> float:
 
 
 def _wrk_script(directory: Path) -> Path:
+    """A distinct body per request (the run's nonce and a counter in the prompt, like
+    ``distinct_body``): every request a cache miss, proxied upstream."""
     script = directory / "post.lua"
+    head, tail = json.dumps(BODY).split(_PROMPT)
     script.write_text(
         'wrk.method = "POST"\n'
-        f"wrk.body = '{json.dumps(BODY)}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+        "local n, nonce = 0, ''\n"
+        "init = function(args) nonce = args[1] or '' end\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        f"  return wrk.format(nil, nil, nil, '{head}{_PROMPT} ' .. nonce .. '-' .. n .. '{tail}')\n"
+        "end\n"
     )
     return script
 

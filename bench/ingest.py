@@ -123,6 +123,7 @@ class Measurement:
     seconds: float
     client_cpu_s: float = 0.0  # the ingesting process (all its threads)
     server_cpu_s: float = 0.0  # clickhouse-server, merges included
+    rows_hash: str = ""  # rows_hash() of what the path stored
 
     @property
     def records_per_s(self) -> float:
@@ -254,6 +255,7 @@ def measure_stream(
         "FLOOPY_INGESTER_REDIS__KEY_PREFIX": prefix,
         "FLOOPY_INGESTER_CLICKHOUSE__PORT": str(env.clickhouse.port),
         "FLOOPY_INGESTER_CLICKHOUSE__DATABASE": database,
+        "FLOOPY_INGESTER_CLICKHOUSE__BULK_WRITER": str(env.clickhouse.bulk_writer).lower(),
         "FLOOPY_INGESTER_SPOOL_DIR": str(env.scratch / "spool"),
         "FLOOPY_INGESTER_DEAD_LETTER_DIR": str(env.scratch / "dead"),
         "FLOOPY_INGESTER_BATCH_RECORDS": str(batch_size),
@@ -367,7 +369,33 @@ def _run_path(
     m = PATHS[path](env, payloads, batch_size, deadline)
     client = m.client_cpu_s or cpu_seconds(os.getpid()) - client_before
     wait_for_merges(env.clickhouse)  # the merges its parts caused are part of its cost
-    return replace(m, client_cpu_s=client, server_cpu_s=cpu_seconds(env.server_pid) - server_before)
+    server = cpu_seconds(env.server_pid) - server_before
+    return replace(m, client_cpu_s=client, server_cpu_s=server, rows_hash=rows_hash(env.clickhouse))
+
+
+def rows_hash(settings: ClickHouseSettings) -> str:
+    """A digest of every value of every row in ``requests`` (order-independent): paths and
+    writers that stored the same records print the same digest."""
+    from clickhouse_driver import Client
+
+    from ingester.schema.ddl import TABLES, insert_columns
+
+    types = {c.name: c.type for c in TABLES[Sink.REQUESTS].columns}
+    columns = ", ".join(
+        f"isNull(`{name}`), assumeNotNull(`{name}`)"
+        if types[name].startswith("Nullable")
+        else f"`{name}`"
+        for name in insert_columns(Sink.REQUESTS)
+    )
+    client = Client(host=settings.host, port=settings.port)
+    try:
+        rows = client.execute(
+            f"SELECT count(), groupBitXor(cityHash64({columns})) "
+            f"FROM {settings.database}.requests FINAL"
+        )
+    finally:
+        client.disconnect()
+    return f"{rows[0][0]}:{rows[0][1]:016x}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per batch size")
     parser.add_argument(
         "--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}"
+    )
+    parser.add_argument(
+        "--writers",
+        default="bulk",
+        help="comma-separated, of: bulk (ingester.native), driver (clickhouse-driver's own "
+        "column writer, as before); each path and batch size runs once per writer",
     )
     parser.add_argument(
         "--gc-walks-batches",
@@ -395,17 +429,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with bench_env() as env:
-        for path, batch_size in product(args.paths.split(","), args.batch_sizes.split(",")):
+        runs = product(args.paths.split(","), args.batch_sizes.split(","), args.writers.split(","))
+        for path, batch_size, writer in runs:
             deadline = time.monotonic() + args.max_seconds
-            m = _run_path(env, path, payloads, int(batch_size), deadline)
+            bulk = {"bulk": True, "driver": False}[writer]
+            ch = env.clickhouse.model_copy(update={"bulk_writer": bulk})
+            m = _run_path(replace(env, clickhouse=ch), path, payloads, int(batch_size), deadline)
             print(
-                f"RESULT path={m.path} batch={m.batch_size} "
+                f"RESULT path={m.path} batch={m.batch_size} writer={writer} "
                 f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
                 f"records={m.records} "
                 f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "
                 f"client_cpu_us_per_record={m.us_per_record(m.client_cpu_s):.1f} "
                 f"clickhouse_cpu_us_per_record={m.us_per_record(m.server_cpu_s):.1f} "
-                f"record_bytes={mean_size:.0f}",
+                f"record_bytes={mean_size:.0f} rows_hash={m.rows_hash}",
                 flush=True,
             )
     return 0

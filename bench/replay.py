@@ -2,7 +2,8 @@
 
 Writes ``--records`` realistic 2-4 KB request records to a spool (in batches, through
 ``SpoolWriter``), starts its own ClickHouse (``bench.ingest.bench_env``), then times
-``Replayer.replay`` and prints records/s, the CPU per record of this process and of ClickHouse
+``Replayer.replay`` once per ``--writers`` (each on a copy of the same spool, into a database of
+its own) and prints records/s, the CPU per record of this process and of ClickHouse
 (background merges included), and the peak RSS of the replay alone (the kernel's high-water
 mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
 
@@ -14,14 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from bench.ingest import bench_env, cpu_seconds, make_record, wait_for_merges
+from bench.ingest import BenchEnv, bench_env, cpu_seconds, make_record, rows_hash, wait_for_merges
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.replay import Replayer, pending_files
+from ingester.schema.migrate import migrate
 from shared.codec import encode_record
 from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
@@ -70,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-records", type=int, default=5000)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument(
+        "--writers",
+        default="bulk",
+        help="comma-separated, of: bulk (ingester.native), driver (clickhouse-driver's own "
+        "column writer, as before); the same spool is replayed once per writer, in this order",
+    )
+    parser.add_argument(
         "--gc-walks-batches",
         action="store_true",
         help="the collector as before batches were frozen out of it (to measure the change)",
@@ -86,45 +95,63 @@ def main(argv: list[str] | None = None) -> int:
             f"mean {size / args.records:.0f} bytes in {files} file(s)",
             flush=True,
         )
-        reset = _reset_peak_rss()
-        sampled = [_rss_kib("VmRSS")]
-        deadline = time.monotonic() + args.max_seconds
-
-        def progress(done: int, total: int) -> None:
-            sampled.append(_rss_kib("VmRSS"))
-            if time.monotonic() > deadline:
-                raise _Deadline(f"stopped at {done}/{total} bytes")
-
-        delivery = Delivery(env.clickhouse, env.scratch / "dead")
-        replayer = Replayer(spool, Sink.REQUESTS, delivery, batch_records=args.batch_records)
-        wait_for_merges(env.clickhouse)
-        client_cpu, server_cpu = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
-        started = time.perf_counter()
-        try:
-            report = replayer.replay(progress=progress)
-        except _Deadline as exc:
-            print(f"DEADLINE {exc}", flush=True)
-            return 1
-        finally:
-            delivery.close()
-        seconds = time.perf_counter() - started
-        client_cpu = cpu_seconds(os.getpid()) - client_cpu
-        wait_for_merges(env.clickhouse)
-        server_cpu = cpu_seconds(env.server_pid) - server_cpu
-        per_record = 1e6 / max(report.records, 1)
-        peak = _rss_kib("VmHWM") if reset else max(sampled)
-        print(
-            f"RESULT gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
-            f"records={report.records} status={report.status} seconds={seconds:.2f} "
-            f"records_per_s={report.records / seconds:.0f} "
-            f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
-            f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
-            f"clickhouse_cpu_us_per_record={server_cpu * per_record:.1f} "
-            f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
-            f"rss_before_mib={sampled[0] / 1024:.0f}",
-            flush=True,
-        )
+        for run, writer in enumerate(args.writers.split(",")):
+            copy = env.scratch / f"spool-{run}"
+            shutil.copytree(spool, copy)
+            if not _replay_once(env, copy, writer, run, size=size, args=args):
+                return 1
     return 0
+
+
+def _replay_once(
+    env: BenchEnv, spool: Path, writer: str, run: int, *, size: int, args: argparse.Namespace
+) -> bool:
+    """Replay ``spool`` into a fresh database with ``writer``; print its RESULT line."""
+    bulk = {"bulk": True, "driver": False}[writer]
+    settings = env.clickhouse.model_copy(
+        update={"bulk_writer": bulk, "database": f"bench_replay_{run}"}
+    )
+    migrate(settings)
+    reset = _reset_peak_rss()
+    sampled = [_rss_kib("VmRSS")]
+    deadline = time.monotonic() + args.max_seconds
+
+    def progress(done: int, total: int) -> None:
+        sampled.append(_rss_kib("VmRSS"))
+        if time.monotonic() > deadline:
+            raise _Deadline(f"stopped at {done}/{total} bytes")
+
+    delivery = Delivery(settings, env.scratch / "dead")
+    replayer = Replayer(spool, Sink.REQUESTS, delivery, batch_records=args.batch_records)
+    wait_for_merges(settings)
+    client_cpu, server_cpu = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
+    started = time.perf_counter()
+    try:
+        report = replayer.replay(progress=progress)
+    except _Deadline as exc:
+        print(f"DEADLINE {exc}", flush=True)
+        return False
+    finally:
+        delivery.close()
+    seconds = time.perf_counter() - started
+    client_cpu = cpu_seconds(os.getpid()) - client_cpu
+    wait_for_merges(settings)
+    server_cpu = cpu_seconds(env.server_pid) - server_cpu
+    per_record = 1e6 / max(report.records, 1)
+    peak = _rss_kib("VmHWM") if reset else max(sampled)
+    print(
+        f"RESULT writer={writer} "
+        f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
+        f"records={report.records} status={report.status} seconds={seconds:.2f} "
+        f"records_per_s={report.records / seconds:.0f} "
+        f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
+        f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
+        f"clickhouse_cpu_us_per_record={server_cpu * per_record:.1f} "
+        f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
+        f"rss_before_mib={sampled[0] / 1024:.0f} rows_hash={rows_hash(settings)}",
+        flush=True,
+    )
+    return True
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Invariants:
   SIGKILL, the kernel sends each child ``DEATH_SIGNAL``. A child that finds its parent already
   gone by then signals itself.
 - A child that exits while the supervisor is not stopping is started again after a backoff
-  (``next_backoff``: 1 s doubling to 30 s, back to 1 s once a child stayed up 30 s), with a log
-  line each time.
+  (``next_backoff``: the ``shared.backoff`` schedule from 1 s doubling to 30 s, back to 1 s
+  once a child stayed up 30 s), with a log line each time.
 - SIGINT, SIGTERM and SIGHUP stop the supervisor the same way, whoever sends them and even when
   the shell started it with SIGINT ignored (a background job); stopping is SIGTERM to each
   child's session in reverse start order, SIGKILL after a deadline. Signals that arrive while
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
+
+from shared.backoff import Backoff
 
 __all__ = [
     "DEATH_SIGNAL",
@@ -69,14 +71,16 @@ def die_with_parent() -> Callable[[], None]:
     return preexec
 
 
-def next_backoff(
-    previous_s: float, ran_for_s: float, *, low: float = 1.0, high: float = 30.0
-) -> float:
-    """The wait before restarting a child that ran ``ran_for_s`` and then died: ``low`` after a
-    run long enough to call it stable (``high``), else double the previous wait, up to ``high``."""
-    if ran_for_s >= high or previous_s <= 0:
-        return low
-    return min(previous_s * 2, high)
+RESTART_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
+STABLE_AFTER_S = 30.0
+"""A child that stayed up this long before dying starts its backoff over."""
+
+
+def next_backoff(failures: int, ran_for_s: float) -> tuple[int, float]:
+    """A child that ran ``ran_for_s`` then died, after ``failures`` deaths in a row before it:
+    its deaths in a row now and the wait before restarting it (a stable run starts over)."""
+    failures = 1 if ran_for_s >= STABLE_AFTER_S else failures + 1
+    return failures, RESTART_BACKOFF.delay_s(failures)
 
 
 class Stopped(BaseException):
@@ -109,6 +113,8 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     backoff_s: float = 0.0
+    failures: int = 0
+    """Deaths in a row (without a stable run between them)."""
     restart_at: float | None = None
     restarts: int = 0
 
@@ -171,7 +177,7 @@ class Supervisor:
                 self.say(f"{child.name} restarted (pid {child.process.pid})")
 
     def _schedule(self, child: Child, now: float, what: str) -> None:
-        child.backoff_s = next_backoff(child.backoff_s, now - child.started_at)
+        child.failures, child.backoff_s = next_backoff(child.failures, now - child.started_at)
         child.restart_at = now + child.backoff_s
         child.restarts += 1
         self.say(

@@ -1,5 +1,6 @@
 """What the access stages (auth, limits, template) and the admin API hold per worker: the key
-store, the rate limiter, the usage recorder, the template and routing-config stores.
+stores by reader (the authenticator, the usage counters, the admin store), the rate limiter, the
+usage recorder, the template and routing-config stores.
 
 Invariants: opened first in the worker's lifespan (``gateway.services``: the providers and
 routes of every other service are completed from its store), closed last. Its own Redis
@@ -18,15 +19,18 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.admin.seed import apply_seed, load_seed, merge_routing, seed_from_api_keys
+from gateway.admin.seed import apply_seed, load_seed, seed_from_api_keys
+from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage import UsageRecorder
+from gateway.clients.usage_counters import UsageCounters
 from gateway.metrics import access_counters
+from gateway.routing_checks import merge_routing
 from gateway.settings import GatewaySettings
 from shared.metrics import CounterSet
 from shared.redis_client import open_redis
@@ -39,7 +43,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Access:
     redis: Redis
-    keystore: KeyStore
+    authenticator: KeyAuthenticator
+    usage_counters: UsageCounters
+    admin_store: AdminStore
     limiter: RateLimiter
     templates: TemplateStore
     routing_config: RoutingConfigStore
@@ -56,15 +62,18 @@ class Access:
     def build(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Access:
         redis = open_redis(settings.redis)
         prefix, ttl = settings.redis.key_prefix, settings.key_cache_ttl_s
-        keystore = KeyStore(redis, prefix=prefix, cache_ttl_s=ttl)
+        authenticator = KeyAuthenticator(redis, prefix=prefix, cache_ttl_s=ttl)
+        usage_counters = UsageCounters(redis, prefix=prefix)
         limiter = RateLimiter(redis)
         return cls(
             redis=redis,
-            keystore=keystore,
+            authenticator=authenticator,
+            usage_counters=usage_counters,
+            admin_store=AdminStore(redis, prefix=prefix, authenticator=authenticator),
             limiter=limiter,
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
             routing_config=RoutingConfigStore(redis, prefix=prefix),
-            usage=UsageRecorder(redis, keystore, limiter, spool=spool),
+            usage=UsageRecorder(redis, usage_counters, limiter, spool=spool),
             audit=AuditLog(redis, prefix=prefix),
         )
 
@@ -90,7 +99,7 @@ class Access:
             try:
                 await apply_seed(
                     seed,
-                    keystore=self.keystore,
+                    admin_store=self.admin_store,
                     templates=self.templates,
                     routing_config=self.routing_config,
                     environ=environ,
@@ -121,9 +130,9 @@ class Access:
     def stats(self) -> dict[str, object]:
         return {
             "key_cache": {
-                "hits": self.keystore.cache_hits,
-                "misses": self.keystore.cache_misses,
-                "stale_answers": self.keystore.stale_answers,
+                "hits": self.authenticator.cache_hits,
+                "misses": self.authenticator.cache_misses,
+                "stale_answers": self.authenticator.stale_answers,
             },
             "rate_limit_fail_open": self.limiter.fail_open_count,
             "usage": self.usage.stats(),

@@ -21,7 +21,7 @@ from litestar.di import Provide
 
 from gateway.admin.api import admin_router
 from gateway.console import Console, openapi_config
-from gateway.console.auth import keystore_keys
+from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.guard import GuardDeps, guard_middleware
 from gateway.provider_health import provider_health
@@ -49,7 +49,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
             proxy.set(Proxy.of(opened))
             guard.set(
                 GuardDeps(
-                    opened.settings, opened.access.keystore, opened.in_flight, opened.counters
+                    opened.settings, opened.access.authenticator, opened.in_flight, opened.counters
                 )
             )
             # What start-up built lives as long as the worker: move it out of the collector's
@@ -99,14 +99,16 @@ def _dependencies(opened: Opened[Services]) -> dict[str, Provide]:
         "services": provide(lambda s: s),
         "settings": provide(lambda s: s.settings),
         "access": provide(lambda s: s.access),
-        "keystore": provide(lambda s: s.access.keystore),
+        "key_auth": provide(lambda s: s.access.authenticator),
+        "admin_store": provide(lambda s: s.access.admin_store),
+        "usage_counters": provide(lambda s: s.access.usage_counters),
         "templates": provide(lambda s: s.access.templates),
         "routing_config": provide(lambda s: s.access.routing_config),
         "audit_log": provide(lambda s: s.access.audit),
         "generation": provide(lambda s: s.generation),
         "catalog": provide(lambda s: s.catalog),
         "counters": provide(lambda s: s.counters),
-        "authenticator": provide(lambda s: keystore_keys(s.access.keystore)),
+        "authenticator": provide(lambda s: reader_keys(s.access.authenticator)),
     }
 
 

@@ -1,6 +1,8 @@
 """The per-request context the stages share: ids, parsed inputs, decisions, timings, outcome.
 
-It holds no framework or network objects, so policies can read it and unit tests can build it.
+It holds no framework or network objects (the open upstream stream stays with the route that
+relays it; here is only what was seen of it), so unit tests can build it. Policies do not take
+it: the stages hand them the values they decide on (``gateway.domain``).
 """
 
 from __future__ import annotations
@@ -9,14 +11,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from gateway.clients.providers.base import (
-    ChatRequest,
-    ProviderClient,
-    UpstreamReply,
-    UpstreamStream,
-)
+from gateway.domain import Bucket, ChatRequest, StageTiming, StreamObservation, UpstreamReply
 from gateway.policy.cache import CacheOutcome
 from gateway.policy.firewall import FirewallOutcome
 from gateway.policy.headers import RequestMeta
@@ -24,19 +20,7 @@ from gateway.policy.keys import ApiKey, Org
 from gateway.policy.routing import Target
 from shared.errors import ClientError
 
-if TYPE_CHECKING:
-    from gateway.clients.ratelimiter import Bucket
-
-__all__ = ["RequestContext", "StageTiming"]
-
-
-@dataclass(slots=True)
-class StageTiming:
-    name: str
-    start_offset_ms: float
-    duration_ms: float
-    status: str = "ok"
-    attributes: dict[str, str] = field(default_factory=dict)
+__all__ = ["RequestContext"]
 
 
 async def _no_body() -> bytes:
@@ -85,14 +69,15 @@ class RequestContext:
 
     targets: list[Target] = field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""
-    provider: ProviderClient | None = None
+    provider_name: str = ""
     """The provider that answered (or, on failure, the last one tried)."""
     providers_tried: list[str] = field(default_factory=list)
     retries: int = 0
     attempts: list[StageTiming] = field(default_factory=list)
     """One per upstream attempt (spans named ``provider_attempt``), apart from the stages."""
     reply: UpstreamReply | None = None
-    stream: UpstreamStream | None = None
+    stream: StreamObservation | None = None
+    """A streamed answer as seen so far (filled in while the route relays it)."""
 
     timings: list[StageTiming] = field(default_factory=list)
     status_code: int = 0
@@ -108,8 +93,9 @@ class RequestContext:
         return self.chat.model if self.chat else ""
 
     @property
-    def provider_name(self) -> str:
-        return self.provider.name if self.provider else ""
+    def answer(self) -> UpstreamReply | StreamObservation | None:
+        """The answer the caller got, whole or streamed (None: no provider or cache answered)."""
+        return self.reply if self.reply is not None else self.stream
 
     @property
     def model_used(self) -> str:
@@ -118,6 +104,11 @@ class RequestContext:
         if self.stream is not None and self.stream.model:
             return self.stream.model
         return ""
+
+    @property
+    def model_priced(self) -> str:
+        """The model the request is priced as: the one that answered, else the one routed to."""
+        return self.model_used or (self.targets[0].model if self.targets else self.model_requested)
 
     def elapsed_ms(self, now_ns: int | None = None) -> float:
         return ((now_ns or time.perf_counter_ns()) - self.started_ns) / 1e6

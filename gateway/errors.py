@@ -1,4 +1,4 @@
-"""Every error a caller sees is ``{"error": {"code", "message", ...}}`` (DESIGN.md §4).
+"""Every error a caller sees is ``{"error": {"code", "message", ...}}`` (docs/architecture.md §5).
 
 ``render_error`` is the one renderer; the handlers below catch what escapes a route (litestar's
 own 404/405, anything unexpected) so that nothing a client sends produces a 500 or a traceback.

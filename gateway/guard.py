@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-    from gateway.clients.keystore import KeyStore
+    from gateway.clients.key_auth import KeyAuthenticator
     from gateway.services import Opened
     from gateway.settings import GatewaySettings
     from shared.metrics import CounterSet
@@ -68,7 +68,7 @@ _PUBLIC = ("/health",)
 class GuardDeps:
     settings: GatewaySettings
     """The caps, the read timeout and the in-flight limit."""
-    keystore: KeyStore
+    authenticator: KeyAuthenticator
     in_flight: defaultdict[str, int]
     """Requests in flight per client, per worker, across routes."""
     counters: CounterSet
@@ -171,7 +171,7 @@ class _Guard:
                     headers={"Retry-After": "1"},
                 )
             if kind in ("admin", "console_api"):
-                await _authenticate(deps.keystore, token)
+                await _authenticate(deps.authenticator, token)
         except ClientError as exc:
             await _answer(send, exc)
             return
@@ -186,12 +186,12 @@ class _Guard:
             _finish(scope)
 
 
-async def _authenticate(keystore: KeyStore, token: str | None) -> None:
+async def _authenticate(authenticator: KeyAuthenticator, token: str | None) -> None:
     """Raises the 401/502 the handler would; the handler authenticates again from the cache."""
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <Floopy key>")
     try:
-        await keystore.authenticate(token)
+        await authenticator.authenticate(token)
     except (RedisError, OSError) as exc:
         log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)
         raise ProviderError("the key store is unreachable; retry shortly") from exc

@@ -8,14 +8,14 @@ Everything ``/health`` counts goes through ``shared.metrics.CounterSet`` with th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import CounterSet
 
 if TYPE_CHECKING:
-    from gateway.context import StageTiming
+    from gateway.domain import StageTiming
     from shared.records import RequestRecord
 
 __all__ = [
@@ -99,14 +99,31 @@ def error_counters() -> CounterSet:
     )
 
 
+_CHILDREN_MAX = 10_000
+_request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+_stage_children: dict[str, Any] = {}
+
+
 def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:
+    """Once per request: each series' child is looked up once per process (``labels`` takes
+    a lock and builds its key on every call), up to ``_CHILDREN_MAX`` of them."""
     labels = (
         str(record.status_code),
         record.model_used or "-",
         record.provider or "-",
         record.cache_status or "-",
     )
-    REQUESTS.labels(*labels).inc()
-    REQUEST_SECONDS.labels(*labels).observe(record.latency_ms / 1000)
+    children = _request_children.get(labels)
+    if children is None:
+        children = REQUESTS.labels(*labels), REQUEST_SECONDS.labels(*labels)
+        if len(_request_children) < _CHILDREN_MAX:
+            _request_children[labels] = children
+    children[0].inc()
+    children[1].observe(record.latency_ms / 1000)
     for timing in timings:
-        STAGE_SECONDS.labels(timing.name).observe(timing.duration_ms / 1000)
+        stage = _stage_children.get(timing.name)
+        if stage is None:
+            stage = STAGE_SECONDS.labels(timing.name)
+            if len(_stage_children) < _CHILDREN_MAX:
+                _stage_children[timing.name] = stage
+        stage.observe(timing.duration_ms / 1000)

@@ -25,8 +25,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.model_catalog import ModelCatalog
+from gateway.clients.providers.base import UpstreamStream
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
 from gateway.generation import Generation
@@ -192,7 +193,7 @@ async def _proxy(
         ctx.endpoint = endpoint
     request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
     try:
-        await run_stages(ctx, stages)
+        stream = await run_stages(ctx, stages)
     except ClientError as exc:
         return _error_response(ctx, proxy, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
@@ -201,12 +202,12 @@ async def _proxy(
             "request %s: unexpected error at stage %s", ctx.request_id, _failed_stage(ctx)
         )
         return _error_response(ctx, proxy, unexpected_error(ctx.request_id))
-    if ctx.stream is not None:
+    if stream is not None:
         headers = {**_headers(ctx), "Cache-Control": "no-cache"}
         ctx.sent_headers = {**headers, "content-type": "text/event-stream"}
         return Stream(
-            _relay(ctx, proxy),
-            status_code=ctx.stream.status_code,
+            _relay(ctx, proxy, stream),
+            status_code=stream.status_code,
             media_type="text/event-stream",
             headers=headers,
         )
@@ -223,17 +224,15 @@ async def _proxy(
     )
 
 
-async def _relay(ctx: RequestContext, proxy: Proxy) -> AsyncIterator[bytes]:
+async def _relay(ctx: RequestContext, proxy: Proxy, stream: UpstreamStream) -> AsyncIterator[bytes]:
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
-    stream = ctx.stream
-    assert stream is not None
     kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
         async for chunk in stream.chunks():
             if kept is not None:
                 kept.append(chunk)
             yield chunk
-        if not stream.completed:
+        if not stream.observed.completed:
             ctx.stream_error = "upstream ended the stream without [DONE]"
     except ClientError as exc:
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
@@ -246,7 +245,7 @@ async def _relay(ctx: RequestContext, proxy: Proxy) -> AsyncIterator[bytes]:
     finally:
         from gateway.policy.recording import stream_summary
 
-        ctx.response_body = stream_summary(ctx.request_id, stream)
+        ctx.response_body = stream_summary(ctx.request_id, stream.observed)
         try:
             await stream.aclose()
         finally:
@@ -256,23 +255,23 @@ async def _relay(ctx: RequestContext, proxy: Proxy) -> AsyncIterator[bytes]:
 @get("/v1/models")
 async def models(
     request: Request[Any, Any, Any],
-    keystore: NamedDependency[KeyStore],
+    key_auth: NamedDependency[KeyAuthenticator],
     catalog: NamedDependency[ModelCatalog],
 ) -> dict[str, Any]:
     """The models this key can reach (OpenAI's list format); needs the proxy permission."""
-    await auth.run(RequestContext(headers=request.headers), keystore)
+    await auth.run(RequestContext(headers=request.headers), key_auth)
     return {"object": "list", "data": await catalog.models()}
 
 
 async def _sees_counters(
-    request: Request[Any, Any, Any], keystore: KeyStore, settings: GatewaySettings
+    request: Request[Any, Any, Any], authenticator: KeyAuthenticator, settings: GatewaySettings
 ) -> bool:
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         return False
     try:
         async with asyncio.timeout(1.0):
-            key, org = await keystore.authenticate(token)
+            key, org = await authenticator.authenticate(token)
     except Exception:  # noqa: BLE001 - liveness answers whatever the key; no key, no counters
         return False
     return Permission.ADMIN in key.permissions and org.org_id in settings.operator_orgs
@@ -292,7 +291,7 @@ async def health(
         "status": "ok" if reachable else "degraded",
         "redis": {"reachable": reachable},
     }
-    if not await _sees_counters(request, services.access.keystore, services.settings):
+    if not await _sees_counters(request, services.access.authenticator, services.settings):
         return liveness
     return {
         **liveness,
@@ -317,7 +316,7 @@ async def health(
 @get("/metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)
 async def metrics(
     request: Request[Any, Any, Any],
-    keystore: NamedDependency[KeyStore],
+    key_auth: NamedDependency[KeyAuthenticator],
     settings: NamedDependency[GatewaySettings],
     generation: NamedDependency[Generation],
 ) -> Response[bytes]:
@@ -325,7 +324,7 @@ async def metrics(
     counters as ``/health``, so behind the same key (an admin key of an operator org, sent as
     the scrape's bearer token). Breaker states are read from Redis now (any worker changes
     them); if Redis cannot answer, the last states read stay."""
-    if not await _sees_counters(request, keystore, settings):
+    if not await _sees_counters(request, key_auth, settings):
         raise ForbiddenError("metrics need an admin key of an operator org")
     upstreams = generation.upstreams
     try:

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from gateway.admin.seed import merge_routing
 from gateway.metrics import access_counters
+from gateway.routing_checks import merge_routing
 from shared.errors import ClientError
 from shared.metrics import counted
 

@@ -5,12 +5,23 @@ passed down; nothing else reads the environment."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.redis_keys import ID_CHARSET, MAX_ID_CHARS, is_id
 from shared.settings import ClickHouseSettings, QdrantSettings, RedisSettings
 
 __all__ = [
@@ -29,11 +40,19 @@ __all__ = [
 
 ProviderKind = Literal["openai", "azure", "anthropic"]
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 
 class ProviderSettings(BaseModel):
     """One upstream. ``kind`` picks the wire format: ``openai`` (any OpenAI-compatible API:
     OpenAI, Groq, Together, Mistral, vLLM, Ollama …), ``azure`` (Azure OpenAI deployments) or
-    ``anthropic`` (the Messages API)."""
+    ``anthropic`` (the Messages API).
+
+    The same model checks every provider, whoever declares it: the settings, the config file,
+    the store and every write to it (``gateway.routing_checks``). Unknown fields are refused
+    (a misspelt field would otherwise be ignored without a word)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = "openai"
     kind: ProviderKind = "openai"
@@ -61,8 +80,35 @@ class ProviderSettings(BaseModel):
     """Orgs that may use this provider (by routing or by an explicit ``<provider>/<model>``);
     empty: every org."""
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_id(cls, value: str) -> str:
+        """It names Redis keys (breakers) and routing targets (``provider/model``)."""
+        if not is_id(value):
+            raise ValueError(f"must be 1-{MAX_ID_CHARS} characters of {ID_CHARSET}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL such as https://api.openai.com/v1")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_is_a_variable_name(cls, value: str) -> str:
+        if value and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
     @model_validator(mode="after")
-    def _key_from_environment(self) -> ProviderSettings:
+    def _key_from_environment(self, info: ValidationInfo) -> ProviderSettings:
+        """Skipped when validating a provider's shape only (``context={"environment": False}``:
+        ``floopy-admin``, whose environment is not the workers')."""
+        if info.context is not None and info.context.get("environment") is False:
+            return self
         if self.api_key_env:
             value = os.environ.get(self.api_key_env)
             if value is None:

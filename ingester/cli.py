@@ -24,14 +24,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ingester import factory
 from ingester.dead_letter import dead_letter_path
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.lock import inspect_lock
-from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
+from ingester.replay import ReplayReport, ReplayStatus, pending_files
 from ingester.rollup_cli import rollups_app
 from ingester.settings import IngesterSettings
-from ingester.sink import ClickHouseSink
 from shared.spool.reader import count_lines
 from shared.spool.writer import read_dropped
 from shared.streams import CONSUMER_GROUP, Sink, reply_text, stream_key
@@ -159,12 +159,7 @@ def _disk_status(settings: IngesterSettings, status: SinkStatus) -> None:
 
 
 def _ping_clickhouse(settings: IngesterSettings, timeout_s: float | None = None) -> bool:
-    ch = settings.clickhouse
-    if timeout_s is not None:
-        ch = ch.model_copy(
-            update={"connect_timeout_s": timeout_s, "send_receive_timeout_s": timeout_s}
-        )
-    sink = ClickHouseSink(ch)
+    sink = factory.clickhouse_sink(settings, timeout_s)
     try:
         return sink.ping()
     finally:
@@ -282,12 +277,7 @@ def replay(
     _quiet_drivers()
     tune_gc_for_batches()
     sinks = [sink] if sink is not None else list(Sink)
-    delivery = Delivery(
-        settings.clickhouse,
-        settings.dead_letter_dir,
-        attempts=settings.insert_attempts,
-        backoff_s=settings.insert_backoff_s,
-    )
+    delivery = factory.delivery(settings)
     try:
         if not dry_run and not delivery.ping():
             ch = settings.clickhouse
@@ -308,13 +298,7 @@ def replay(
 def _replay_sink(
     settings: IngesterSettings, sink: Sink, delivery: Delivery, *, dry_run: bool
 ) -> ReplayReport:
-    replayer = Replayer(
-        settings.spool_dir,
-        sink,
-        delivery,
-        batch_records=settings.replay_batch_records,
-        stale_after_s=settings.lock_stale_after_s,
-    )
+    replayer = factory.replayer(settings, sink, delivery)
     if dry_run:
         return replayer.replay(dry_run=True)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())

@@ -9,10 +9,8 @@ Invariants:
   (by this consumer or another) once idle longer than ``claim_min_idle_s``.
 - A live consumer holds an entry at most ``IngesterSettings.max_hold_s``, which the settings
   keep well below ``claim_min_idle_s``: live consumers' batches are never claimed.
-- Trimming (``XTRIM MINID``) never removes an entry that a group has not both delivered and
-  had acknowledged; it runs at most every ``trim_interval_s``.
-- A consumer is forgotten (``XGROUP DELCONSUMER``) only if it has nothing pending, checked
-  atomically in the same script, so no pending entry is ever orphaned.
+- Claiming, forgetting consumers and trimming are ``ingester.housekeeping``'s, run between
+  reads when due; entries it claims are processed like new ones.
 - On start, and again after any Redis error or failed spool write, the consumer first settles
   what it holds (flush, wait for the batch in flight, ack what is confirmed) and then re-reads
   its own pending entries: a read whose reply was lost with the connection, or a batch the
@@ -33,8 +31,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -42,43 +40,18 @@ from redis.exceptions import RedisError, ResponseError
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.decode import PreparedBatch, prepare
 from ingester.delivery import DeliveryReport
+from ingester.housekeeping import Entry, Housekeeping
 from ingester.metrics import INSERT_SECONDS, Counters
 from ingester.metrics import ConsumerCounter as C
 from ingester.settings import IngesterSettings
-from ingester.stream_policy import (
-    Batch,
-    Cadence,
-    ConsumerState,
-    FlushPolicy,
-    GroupPosition,
-    consumers_to_forget,
-    format_stream_id,
-    trim_bound,
-)
+from ingester.sinks import BatchSink
+from ingester.stream_policy import Batch, FlushPolicy
 from shared.errors import SinkUnavailableError
-from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, reply_text, stream_key
+from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
-__all__ = ["Deliverer", "Spooler", "StreamConsumer", "ensure_group", "group_positions"]
+__all__ = ["StreamConsumer", "ensure_group"]
 
 log = logging.getLogger(__name__)
-
-Entry = tuple[bytes, dict[bytes, bytes] | None]
-
-_FORGET_IF_IDLE = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #pending == 0 then
-  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-end
-return -1
-"""
-
-
-class Deliverer(Protocol):
-    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport: ...
-
-
-class Spooler(Protocol):
-    def append(self, payloads: Sequence[bytes]) -> None: ...
 
 
 async def ensure_group(redis: Redis, key: str) -> None:
@@ -97,8 +70,8 @@ class StreamConsumer:
         redis: Redis,
         sink: Sink,
         *,
-        delivery: Deliverer,
-        spool: Spooler,
+        delivery: BatchSink[PreparedBatch, DeliveryReport],
+        spool: BatchSink[Sequence[bytes], None],
         settings: IngesterSettings,
         counters: Counters,
         clock: Callable[[], float] = time.monotonic,
@@ -116,9 +89,12 @@ class StreamConsumer:
         self._clock = clock
         self._policy = FlushPolicy(settings.batch_records, settings.batch_age_s)
         self._batch = Batch()
-        self._claim = Cadence(settings.claim_interval_s)
-        self._trim = Cadence(settings.trim_interval_s)
-        self._dead_letters = DeadLetterFile(settings.dead_letter_dir, sink)
+        self._chores = Housekeeping(
+            redis, sink, self.key, name=self.name, settings=settings, counters=counters
+        )
+        self._dead_letters: BatchSink[Sequence[DeadLetter], None] = DeadLetterFile(
+            settings.dead_letter_dir, sink
+        )
         self._stopping = asyncio.Event()
         self._in_flight: asyncio.Task[None] | None = None
         self._unacked: list[bytes] = []
@@ -177,13 +153,13 @@ class StreamConsumer:
 
     async def _step(self) -> None:
         now = self._clock()
-        if self._claim.due(now):
-            self._claim.mark(now)
+        if self._chores.claims.due(now):
+            self._chores.claims.mark(now)
             await self._reclaim()
-            await self._forget_idle_consumers()
-        if self._trim.due(now):
-            self._trim.mark(now)
-            await self._trim_stream()
+            await self._chores.forget_idle_consumers()
+        if self._chores.trims.due(now):
+            self._chores.trims.mark(now)
+            await self._chores.trim()
         if self._policy.due(self._batch, self._clock()):
             await self._flush()
             return
@@ -273,7 +249,7 @@ class StreamConsumer:
     ) -> None:
         started = time.perf_counter()
         try:
-            report = await asyncio.to_thread(self._delivery.deliver_prepared, prepared)
+            report = await asyncio.to_thread(self._delivery.append, prepared)
         except SinkUnavailableError as exc:
             INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
             if not await self._spool_batch(payloads, exc):
@@ -329,67 +305,17 @@ class StreamConsumer:
         self._counters.inc(self.sink, C.ACKED, int(acked))
 
     async def _reclaim(self) -> None:
-        """Take over entries idle longer than claim_min_idle_s (their consumer died) and process
-        them like new ones."""
-        start: bytes | str = "0-0"
-        min_idle_ms = int(self._settings.claim_min_idle_s * 1000)
-        while not self._stopping.is_set():
-            reply = await self._redis.xautoclaim(
-                self.key,
-                CONSUMER_GROUP,
-                self.name,
-                min_idle_ms,
-                start_id=start,
-                count=self._settings.batch_records,
-            )
-            start, entries = reply[0], reply[1]
-            if entries:
-                self._counters.inc(self.sink, C.CLAIMED, len(entries))
-                log.warning(
-                    "consumer %s claimed %d idle entries on %s", self.name, len(entries), self.key
-                )
+        """Process entries a dead consumer left pending (``Housekeeping.claim_idle``) like new
+        ones."""
+        if self._stopping.is_set():
+            return
+        async with contextlib.aclosing(self._chores.claim_idle()) as chunks:
+            async for entries in chunks:
                 await self._take(entries)
                 if self._policy.due(self._batch, self._clock()):
                     await self._flush()
-            if start in (b"0-0", "0-0"):
-                return
-
-    async def _forget_idle_consumers(self) -> None:
-        infos: list[dict[str, Any]] = await self._redis.xinfo_consumers(self.key, CONSUMER_GROUP)
-        states = [
-            ConsumerState(reply_text(i["name"]), int(i["pending"]), int(i["idle"])) for i in infos
-        ]
-        forget_ms = int(self._settings.consumer_forget_after_s * 1000)
-        for name in consumers_to_forget(states, me=self.name, forget_after_ms=forget_ms):
-            deleting = self._redis.eval(_FORGET_IF_IDLE, 1, self.key, CONSUMER_GROUP, name)
-            result = await cast(Awaitable[Any], deleting)
-            if int(result) >= 0:
-                self._counters.inc(self.sink, C.FORGOTTEN_CONSUMERS)
-                log.info("forgot idle consumer %s on %s", name, self.key)
-
-    async def _trim_stream(self) -> None:
-        positions = await group_positions(self._redis, self.key)
-        bound = trim_bound(positions)
-        if bound is None:
-            return
-        removed = await self._redis.xtrim(
-            self.key, minid=format_stream_id(bound), approximate=False
-        )
-        self._counters.inc(self.sink, C.TRIMS)
-        self._counters.inc(self.sink, C.TRIMMED, int(removed))
-
-
-async def group_positions(redis: Redis, key: str) -> list[GroupPosition]:
-    """Every group's last delivered id and oldest pending id. XINFO GROUPS is read before
-    XPENDING: an entry delivered in between only makes the bound more conservative."""
-    positions = []
-    for group in await redis.xinfo_groups(key):
-        oldest = None
-        if int(group["pending"]):
-            summary = await redis.xpending(key, group["name"])
-            oldest = reply_text(summary["min"]) if summary.get("min") else None
-        positions.append(GroupPosition(reply_text(group["last-delivered-id"]), oldest))
-    return positions
+                if self._stopping.is_set():
+                    return
 
 
 def _entries(response: Any) -> list[Entry]:

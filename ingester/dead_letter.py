@@ -3,8 +3,9 @@
 Invariants:
 - Append-only; nothing in Floopy deletes or rewrites the file (on-call reads it with jq, fixes
   what can be fixed and re-publishes by hand).
-- ``append`` writes all its lines, flushes and fsyncs before it returns (and fsyncs the
-  directory when it created the file), so a payload acknowledged as dead-lettered is on disk.
+- ``append`` writes all its lines and fsyncs before it returns (and fsyncs the directory when
+  it created the file), all or nothing (``shared.durable.append_durably``, as the spools), so
+  a payload acknowledged as dead-lettered is on disk and a full disk leaves no torn line.
 - A line is ``{"sink", "error", "dead_at_ms", "payload"}`` where ``payload`` is the codec's
   bytes as text — the very line a stream entry or spool line carries. Bytes that are not UTF-8
   are kept as ``payload_b64`` instead, so nothing is lost to re-encoding.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import msgspec
 
+from shared.durable import append_durably
 from shared.streams import Sink
 
 __all__ = ["DeadLetter", "DeadLetterFile", "dead_letter_path", "encode_dead_letter"]
@@ -75,13 +76,7 @@ class DeadLetterFile:
         now_ms = int(time.time() * 1000)
         data = b"".join(encode_dead_letter(self.sink, letter, now_ms) for letter in letters)
         self.directory.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        with self.path.open("ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if created:
-            _fsync_directory(self.directory)
+        append_durably(self.path, data)
         log.warning("dead-lettered sink=%s count=%d file=%s", self.sink, len(letters), self.path)
 
     def read(self) -> Iterator[DeadLetter]:
@@ -96,11 +91,3 @@ class DeadLetterFile:
                 else:
                     payload = base64.b64decode(line.payload_b64 or "")
                 yield DeadLetter(payload, line.error)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -29,13 +29,13 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential,
 )
 
 from ingester.columns import build_columns, invalid_rows
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.decode import PreparedBatch, Rows, prepare
 from ingester.sink import ClickHouseSink
+from shared.backoff import Backoff
 from shared.errors import PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
@@ -81,7 +81,7 @@ class Delivery:
         self.stats = DeliveryStats()
         self._retrying = Retrying(
             stop=stop_after_attempt(max(1, attempts)),
-            wait=wait_exponential(multiplier=backoff_s, max=max(backoff_s, 0.0) * 16),
+            wait=Backoff(backoff_s, max(backoff_s, 0.0) * 16).wait(),
             retry=retry_if_exception_type(SinkUnavailableError),
             before_sleep=self._on_retry,
             reraise=True,
@@ -91,10 +91,11 @@ class Delivery:
         """Raises shared.errors.SinkUnavailableError when ClickHouse cannot be reached after the
         retries; then nothing may be assumed inserted (the caller spools or keeps the whole
         batch; re-inserting is safe because tables deduplicate by record identity)."""
-        return self.deliver_prepared(prepare(sink, payloads))
+        return self.append(prepare(sink, payloads))
 
-    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport:
-        """``deliver`` for a batch ``prepare`` already decoded (same contract)."""
+    def append(self, batch: PreparedBatch) -> DeliveryReport:
+        """``deliver`` for a batch ``prepare`` already decoded (same contract): the
+        ``ingester.sinks.BatchSink`` shape, as the spool and the dead letters."""
         sink, letters = batch.sink, list(batch.letters)
         try:
             inserted = self._insert_all(batch, letters)

@@ -37,9 +37,10 @@ from pathlib import Path
 from ingester.decode import PreparedBatch, prepare
 from ingester.delivery import Delivery
 from ingester.lock import ReplayLock, read_lock
+from shared.durable import fsync_directory
 from shared.errors import SinkUnavailableError
 from shared.spool.reader import SpoolBatch, count_lines, read_batches
-from shared.spool.writer import fsync_directory, pending_files, seal
+from shared.spool.writer import pending_files, seal
 from shared.streams import Sink
 
 __all__ = ["Progress", "ReplayReport", "ReplayStatus", "Replayer", "pending_files"]
@@ -192,7 +193,7 @@ class Replayer:
         batches = read_batches(path, self.batch_records, start_offset=start)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-prepare") as pool:
             for batch, prepared in _prepared_ahead(pool, self.sink, batches):
-                result = self.delivery.deliver_prepared(prepared)
+                result = self.delivery.append(prepared)
                 lock.heartbeat(file=path.name, offset=batch.end_offset)
                 tally.records += len(batch.payloads)
                 tally.inserted += result.inserted

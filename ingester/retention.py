@@ -35,12 +35,12 @@ from ingester.rollup_sql import DAY, day_floor
 from ingester.schema.cluster import local_ddl, stored_table
 from ingester.schema.ddl import server_capabilities
 from ingester.schema.topology import placement_of
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.settings import ClickHouseSettings
+from shared.tables import BREAKER_EVENTS, ORG_SETTINGS, REQUESTS, SPANS
 
 __all__ = [
-    "ORG_SETTINGS_TABLE",
-    "RAW_TABLES",
+    "ORG_COLUMNS",
     "Retention",
     "RetentionPlan",
     "RetentionReport",
@@ -53,17 +53,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ORG_SETTINGS_TABLE = "org_settings"
-RAW_TABLES: dict[str, str | None] = {
-    "requests": "org_id",
-    "spans": "org_id",
-    "breaker_events": None,  # provider-wide events: no org, the default retention applies
+ORG_COLUMNS: dict[str, str | None] = {
+    REQUESTS: "org_id",
+    SPANS: "org_id",
+    BREAKER_EVENTS: None,  # provider-wide events: no org, the default retention applies
 }
 
 
 def create_org_settings_ddl(database: str) -> str:
     return (
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{ORG_SETTINGS_TABLE}` (\n"
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{ORG_SETTINGS}` (\n"
         "    `org_id` String,\n    `retention_days` UInt32,\n    `updated_at` DateTime\n)\n"
         "ENGINE = ReplacingMergeTree(updated_at)\nORDER BY org_id"
     )
@@ -137,7 +136,7 @@ class Retention:
         self.database = clickhouse.database
         self.cluster = clickhouse.cluster
         self.default_days = default_days
-        self._client = client_for(clickhouse)
+        self._client = clickhouse_client(clickhouse)
 
     def _run(self, query: str, params: Any = None) -> Any:
         return self._client.execute(query, params)
@@ -159,7 +158,7 @@ class Retention:
         if changed:
             now = int(time.time())
             self._run(
-                f"INSERT INTO `{self.database}`.`{ORG_SETTINGS_TABLE}` "
+                f"INSERT INTO `{self.database}`.`{ORG_SETTINGS}` "
                 "(org_id, retention_days, updated_at) VALUES",
                 [(org, plans[org], now) for org in changed],
             )
@@ -167,7 +166,7 @@ class Retention:
 
     def days_by_org(self) -> dict[str, int]:
         rows = self._run(
-            f"SELECT org_id, retention_days FROM `{self.database}`.`{ORG_SETTINGS_TABLE}` FINAL"
+            f"SELECT org_id, retention_days FROM `{self.database}`.`{ORG_SETTINGS}` FINAL"
         )
         return {str(org): int(days) for org, days in rows}
 
@@ -180,7 +179,7 @@ class Retention:
         now = int(time.time()) if now is None else now
         per_org, default_cutoff = self.cutoffs(now)
         report = RetentionReport()
-        for table, org_column in RAW_TABLES.items():
+        for table, org_column in ORG_COLUMNS.items():
             self._enforce_table(table, org_column, per_org, default_cutoff, report)
         self._apply_ttl()
         return report
@@ -237,7 +236,7 @@ class Retention:
         if not server_capabilities(version).ttl:
             return
         longest = max([self.default_days, *self.days_by_org().values()])
-        for table in RAW_TABLES:
+        for table in ORG_COLUMNS:
             self._run(ttl_sql(self.database, self._stored(table), longest + 1))
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ingester.schema.cluster import stored_table
+from shared.tables import DAY, HOUR, REQUESTS, ROLLUP_STATE, rollup_table
 
 __all__ = [
     "DAY",
@@ -35,7 +36,6 @@ __all__ = [
     "MEASURES",
     "QUANTILES",
     "ROLLUPS",
-    "STATE_TABLE",
     "RollupSpec",
     "add_measure_ddl",
     "changed_hours_sql",
@@ -51,11 +51,8 @@ __all__ = [
     "write_watermark_sql",
 ]
 
-HOUR = 3600
-DAY = 86400
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 _Q = ", ".join(str(q) for q in QUANTILES)
-STATE_TABLE = "rollup_state"
 
 
 @dataclass(frozen=True)
@@ -116,8 +113,7 @@ class RollupSpec:
     raw_filter: str = ""
 
     def table(self, granularity: int) -> str:
-        suffix = "hourly" if granularity == HOUR else "daily"
-        return f"rollup_{self.name}_{suffix}" if self.name else f"rollup_{suffix}"
+        return rollup_table(self.name, granularity)
 
 
 _MODEL = "if(model_used != '', model_used, model_requested)"
@@ -192,7 +188,7 @@ def _previous(measure: Measure) -> str:
 def create_state_ddl(database: str) -> str:
     """One row per job name: the ``ingested_at`` up to which changes have been rolled up."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {_q(database)}.{_q(STATE_TABLE)} (\n"
+        f"CREATE TABLE IF NOT EXISTS {_q(database)}.{_q(ROLLUP_STATE)} (\n"
         "    `name` String,\n    `watermark` DateTime,\n    `version` UInt64\n)\n"
         "ENGINE = ReplacingMergeTree(version)\nORDER BY name"
     )
@@ -206,7 +202,7 @@ def _insert_head(database: str, spec: RollupSpec, granularity: int, cluster: str
 
 
 def recompute_hourly_sql(
-    database: str, spec: RollupSpec, raw_table: str = "requests", *, cluster: str = ""
+    database: str, spec: RollupSpec, raw_table: str = REQUESTS, *, cluster: str = ""
 ) -> str:
     """Replace the hourly rows of one org over ``[start, end)`` (unix seconds, hour-aligned).
     Params: org_id, start, end, version."""
@@ -241,7 +237,7 @@ def recompute_daily_sql(database: str, spec: RollupSpec, *, cluster: str = "") -
     )
 
 
-def changed_hours_sql(database: str, raw_table: str = "requests", *, cluster: str = "") -> str:
+def changed_hours_sql(database: str, raw_table: str = REQUESTS, *, cluster: str = "") -> str:
     """(org_id, hour) of every raw row ingested at or after ``since``. Params: since."""
     return (
         f"SELECT DISTINCT org_id, intDiv(toUInt32(created_at), {HOUR}) * {HOUR} AS hour\n"
@@ -252,13 +248,13 @@ def changed_hours_sql(database: str, raw_table: str = "requests", *, cluster: st
 
 def read_watermark_sql(database: str) -> str:
     return (
-        f"SELECT toUInt32(watermark) FROM {_q(database)}.{_q(STATE_TABLE)} FINAL "
+        f"SELECT toUInt32(watermark) FROM {_q(database)}.{_q(ROLLUP_STATE)} FINAL "
         "WHERE name = %(name)s"
     )
 
 
 def write_watermark_sql(database: str) -> str:
-    return f"INSERT INTO {_q(database)}.{_q(STATE_TABLE)} (name, watermark, version) VALUES"
+    return f"INSERT INTO {_q(database)}.{_q(ROLLUP_STATE)} (name, watermark, version) VALUES"
 
 
 def hour_ranges(hours: Iterable[int], max_hours: int = 24 * 7) -> list[tuple[int, int]]:

@@ -47,14 +47,13 @@ from ingester.rollup_sql import (
 )
 from ingester.schema.cluster import Placement, local_ddl, placed_ddl, stored_table
 from ingester.schema.topology import placement_of, shard_settings
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.settings import ClickHouseSettings
-from shared.streams import reply_text, retention_key
+from shared.tables import REQUESTS
 
 __all__ = [
     "RollupReport",
     "Rollups",
-    "cron_jobs",
     "ensure_rollup_tables",
     "recomputable_hours",
     "run_on_shards",
@@ -62,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WATERMARK_NAME = "requests"
+WATERMARK_NAME = REQUESTS
 
 
 def ensure_rollup_tables(client: Any, database: str, placement: Placement | None = None) -> None:
@@ -124,7 +123,7 @@ class Rollups:
         self.database = clickhouse.database
         self.cluster = clickhouse.cluster
         self.overlap_s = overlap_s
-        self._client = client_for(clickhouse)
+        self._client = clickhouse_client(clickhouse)
         self._retention = Retention(clickhouse, default_days=default_retention_days)
 
     def _run(self, query: str, params: Any = None) -> Any:
@@ -163,7 +162,7 @@ class Rollups:
         if org_ids is None:
             rows = self._run(
                 f"SELECT DISTINCT org_id FROM `{self.database}`."
-                f"`{stored_table('requests', self.cluster)}` "
+                f"`{stored_table(REQUESTS, self.cluster)}` "
                 "WHERE created_at >= toDateTime(%(start)s) AND created_at < toDateTime(%(end)s)",
                 {"start": start, "end": end},
             )
@@ -225,70 +224,3 @@ def run_on_shards(
         total.skipped_expired += report.skipped_expired
         total.watermark = max(total.watermark, report.watermark)
     return total
-
-
-def cron_jobs(
-    clickhouse: ClickHouseSettings,
-    *,
-    default_retention_days: int = 30,
-    overlap_s: int = 600,
-    key_prefix: str = "floopy",
-) -> list[Any]:
-    """arq cron jobs for the worker: rollups every minute, retention hourly (at :17).
-
-    arq enqueues a cron tick under a job id unique to that tick (``<name>:<tick ms>``), and
-    refuses an id whose job or result key exists, so with M replicas one runs it. The result is
-    kept for an hour (arq's cron default keeps none): without it, a replica whose loop lagged
-    past the end of a short tick would find neither key and run the tick again. A failed tick
-    raises (arq logs it) and the next tick redoes the work; two overlapping runs are still
-    correct (see the module docstring)."""
-    import asyncio
-
-    from arq import cron
-
-    def rollup_tick() -> RollupReport:
-        return run_on_shards(
-            clickhouse,
-            Rollups.run_changed,
-            default_retention_days=default_retention_days,
-            overlap_s=overlap_s,
-        )
-
-    def retention_tick(plans: dict[str, int]) -> object:
-        reports = []
-        for shard in shard_settings(clickhouse):  # each shard holds its own rows and plans
-            retention = Retention(shard, default_days=default_retention_days)
-            try:
-                retention.ensure_table()
-                changed = retention.sync_days(plans)
-                if changed:
-                    log.info("retention: plans changed for %s", ", ".join(changed))
-                reports.append(retention.enforce())
-            finally:
-                retention.close()
-        return reports
-
-    async def floopy_rollups(ctx: dict[str, Any]) -> None:
-        report = await asyncio.to_thread(rollup_tick)
-        log.info("rollups: %d hour(s) of %d org(s) recomputed", report.hours, len(report.orgs))
-
-    async def floopy_retention(ctx: dict[str, Any]) -> None:
-        # the org map lives with the keys (the streams' Redis, maybe a cluster), not in arq's
-        runtime = ctx.get("runtime")
-        client = runtime.redis if runtime is not None else ctx["redis"]
-        flat = await client.hgetall(retention_key(key_prefix))
-        plans = {reply_text(org): int(days) for org, days in flat.items()}
-        report = await asyncio.to_thread(retention_tick, plans)
-        log.info("retention: %s", report)
-
-    return [
-        cron(floopy_rollups, name="floopy_rollups", second=0, timeout=600, keep_result=HOUR),
-        cron(
-            floopy_retention,
-            name="floopy_retention",
-            minute=17,
-            second=30,
-            timeout=3600,
-            keep_result=2 * HOUR,
-        ),
-    ]

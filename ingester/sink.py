@@ -25,12 +25,14 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from ingester.native import BulkInsertClient
 from ingester.schema.ddl import insert_statement
+from shared.clickhouse_client import clickhouse_client
 from shared.errors import PipelineError, PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
-__all__ = ["POISON_CODES", "ClickHouseSink", "classify", "client_for"]
+__all__ = ["POISON_CODES", "ClickHouseSink", "classify"]
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +92,14 @@ def classify(exc: BaseException) -> type[PipelineError] | None:
     return None
 
 
-def client_for(settings: ClickHouseSettings) -> Client:
-    """A Client without a database: statements name ``db.table``, so the client works before
-    the database exists (migrations create it). An insert into a ``Distributed`` table (a
-    cluster) returns only once every shard has its rows (``insert_distributed_sync``), not when
-    the receiving server has queued them: entries are acked after that, never before. Set
-    whatever the ``cluster`` setting says: it changes nothing for plain tables."""
-    return Client(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        password=settings.password,
-        connect_timeout=settings.connect_timeout_s,
-        send_receive_timeout=settings.send_receive_timeout_s,
-        sync_request_timeout=settings.connect_timeout_s,
-        settings={"insert_distributed_sync": 1},
-    )
-
-
 class ClickHouseSink:
     """Columnar inserts of sink batches into ``settings.database``."""
 
     def __init__(self, settings: ClickHouseSettings) -> None:
         self.settings = settings
-        self._client = client_for(settings)
+        # the driver packs arrays and nulls value by value; ingester.native packs whole columns
+        client_class = BulkInsertClient if settings.bulk_writer else Client
+        self._client = clickhouse_client(settings, client_class=client_class)
         self._statements = {s: insert_statement(settings.database, s) for s in Sink}
 
     def insert(self, sink: Sink, columns: Sequence[Sequence[Any]]) -> int:

@@ -28,32 +28,35 @@ from typing import Any
 from arq.connections import RedisSettings as ArqRedisSettings
 from arq.worker import Worker, get_kwargs
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ingester import cron, factory
 from ingester.consume import StreamConsumer
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.metrics import ConsumerCounter, Counters
 from ingester.observe import observe_forever
-from ingester.replay import Replayer, ReplayStatus, pending_files
+from ingester.replay import ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
-from shared.redis_client import open_redis
-from shared.spool.writer import SpoolWriter
+from shared.backoff import Backoff
+from shared.redis_keys import RedisKeys
 from shared.streams import Sink
 
 __all__ = [
     "IngesterRuntime",
     "ResilientWorker",
     "configure_logging",
-    "redis_client",
     "run_resilient_worker",
     "worker_settings",
 ]
 
 log = logging.getLogger(__name__)
+
+POLL_BACKOFF = Backoff(first_s=1.0, max_s=5.0)
+"""Between failed arq job polls: short enough to resume soon after Redis returns, long enough
+not to flood the log while it is down."""
 
 
 def configure_logging(level: str) -> None:
@@ -65,11 +68,6 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-
-
-def redis_client(settings: IngesterSettings) -> Redis:
-    """A client whose socket timeout outlasts a blocked XREADGROUP."""
-    return open_redis(settings.redis, extra_timeout_s=settings.read_block_ms / 1000)
 
 
 def spool_has_files(directory: Path, sink: Sink) -> bool:
@@ -85,7 +83,7 @@ class IngesterRuntime:
     def __init__(self, settings: IngesterSettings, counters: Counters | None = None) -> None:
         self.settings = settings
         self.counters = counters or Counters()
-        self.redis = redis_client(settings)
+        self.redis = factory.redis_client(settings)
         self.consumers: list[StreamConsumer] = []
         self._deliveries: list[Delivery] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,13 +91,7 @@ class IngesterRuntime:
         self._migrated = False
 
     def _delivery(self) -> Delivery:
-        s = self.settings
-        delivery = Delivery(
-            s.clickhouse,
-            s.dead_letter_dir,
-            attempts=s.insert_attempts,
-            backoff_s=s.insert_backoff_s,
-        )
+        delivery = factory.delivery(self.settings)
         self._deliveries.append(delivery)
         return delivery
 
@@ -107,9 +99,7 @@ class IngesterRuntime:
         await self._migrate()
         s = self.settings
         for sink in sinks:
-            spool = SpoolWriter(
-                s.spool_dir, sink, cap_bytes=s.spool_cap_bytes, generations=s.spool_generations
-            )
+            spool = factory.spool_writer(s, sink)
             for shard in s.my_shards:
                 consumer = StreamConsumer(
                     self.redis,
@@ -163,13 +153,7 @@ class IngesterRuntime:
     async def _watch_replay(self, sink: Sink, delivery: Delivery) -> None:
         """Every replay_check_interval_s: spool files present and ClickHouse answering → replay."""
         s = self.settings
-        replayer = Replayer(
-            s.spool_dir,
-            sink,
-            delivery,
-            batch_records=s.replay_batch_records,
-            stale_after_s=s.lock_stale_after_s,
-        )
+        replayer = factory.replayer(s, sink, delivery)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), s.replay_check_interval_s)
@@ -208,28 +192,18 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def noop(ctx: dict[str, Any]) -> None:
-    """arq refuses to start without a function; rollups will be cron jobs here."""
+    """arq refuses to start without a function; the work is in the cron jobs (``ingester.cron``)."""
 
 
 def worker_settings(settings: IngesterSettings) -> type:
     """arq's ``WorkerSettings`` for ``settings`` (a class, as ``arq`` expects)."""
-    from ingester.cache_prune import cron_job as cache_prune_jobs
-    from ingester.rollups import cron_jobs as analytics_cron_jobs
 
     class WorkerSettings:
         functions = (noop,)
-        cron_jobs = [
-            *analytics_cron_jobs(
-                settings.clickhouse,
-                default_retention_days=settings.retention_default_days,
-                overlap_s=settings.rollup_overlap_s,
-                key_prefix=settings.redis.key_prefix,
-            ),
-            *cache_prune_jobs(settings.qdrant),
-        ]
+        cron_jobs = cron.jobs(settings)
         redis_settings = ArqRedisSettings.from_dsn(settings.arq_url)
-        queue_name = f"{settings.redis.key_prefix}:arq:queue"
-        health_check_key = f"{settings.redis.key_prefix}:arq:health:{settings.consumer_name}"
+        queue_name = RedisKeys(settings.redis.key_prefix).arq_queue
+        health_check_key = RedisKeys(settings.redis.key_prefix).arq_health(settings.consumer_name)
         on_startup = _startup
         on_shutdown = _shutdown
         ctx = {"settings": settings}  # arq's context dict for this worker
@@ -255,7 +229,7 @@ class ResilientWorker(Worker):
             await super()._poll_iteration()
         except REDIS_ERRORS as exc:
             ResilientWorker.poll_errors += 1
-            delay = min(5.0, 0.5 * 2 ** min(ResilientWorker.poll_errors, 4))
+            delay = POLL_BACKOFF.delay_s(ResilientWorker.poll_errors)
             log.warning(
                 "arq poll failed (%d so far): %s; retrying in %.1fs",
                 ResilientWorker.poll_errors,

@@ -1,9 +1,9 @@
 """The one error tree of Floopy.
 
-Client-facing errors map one-to-one to the error table of DESIGN.md §4; the gateway renders
-any of them as ``{"error": {"code", "message", ...}}`` with ``status_code``. Pipeline errors
-never reach a client: they classify failures in the log pipeline so the ingester can tell a
-transient outage (retry, then spool) from poison data (set aside, never retried).
+Client-facing errors map one-to-one to the README's error table (docs/architecture.md §5); the
+gateway renders any of them as ``{"error": {"code", "message", ...}}`` with ``status_code``.
+Pipeline errors never reach a client: they classify failures in the log pipeline so the ingester
+can tell a transient outage (retry, then spool) from poison data (set aside, never retried).
 
     FloopyError
     ├── ClientError                      (rendered to the caller; has status_code and code)

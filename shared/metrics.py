@@ -56,8 +56,12 @@ class CounterSet:
     def get(self, name: str) -> int:
         return self._tally[name]
 
-    def snapshot(self) -> dict[str, int]:
-        return {name: self._tally[name] for name in self._metrics}
+    def snapshot(self, *, nonzero: bool = False) -> dict[str, int]:
+        """Every name's tally; ``nonzero``: only the names that moved (a per-kind breakdown
+        in ``/health`` lists what happened, not every kind that could)."""
+        return {
+            name: self._tally[name] for name in self._metrics if not nonzero or self._tally[name]
+        }
 
 
 class counted:

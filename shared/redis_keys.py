@@ -1,6 +1,7 @@
-"""Every Redis key the gateway builds for keys, orgs, usage, templates, limits, breakers,
-routing config, the audit log and the response cache, in one place; and the one charset of the
-ids that go into them.
+"""Every Redis key Floopy builds, in one place: the gateway's keys, orgs, usage, templates,
+limits, breakers, routing config, audit log, response cache and outage-spool offsets; the
+streams and the retention hash it shares with the ingester; the ingester's arq queue. And the
+one charset of the ids that go into them. No other module writes a key name.
 
 Invariants:
 - Org, key and template ids are 1-128 characters of ``A-Z a-z 0-9 _ . -`` (``ID_CHARSET``),
@@ -8,8 +9,12 @@ Invariants:
   (paths, ``floopy-prompt-id``). No id holds ``:``, the separator, so ``org:<id>`` of one org is
   never a prefix of another org's keys (issue 10: ``acme`` read ``acme:eu``'s templates).
 - Key hashes are SHA-256 hex; provider names are checked by the provider validation.
-- Stream names and the retention hash, shared with the ingester, are in ``shared.streams``; the
-  outage spool's markers (per spool volume, not per org) in ``gateway.clients.outage_spool``.
+- Every key starts with the prefix (``FLOOPY_GATEWAY_REDIS__KEY_PREFIX``, the ingester's
+  ``FLOOPY_INGESTER_REDIS__KEY_PREFIX``; both ``floopy`` by default), so one ``SCAN`` shows
+  them all and two deployments can share one Redis.
+- A sink has ``stream_shards`` streams: shard 0 is ``<p>:stream:<sink>`` (the name from before
+  shards existed), shard i > 0 is ``<p>:stream:<sink>:<i>`` (``shared.streams.shard_of`` picks
+  the shard).
 - Redis Cluster (``cluster=True``): the keys the limits script takes together — the org's
   rate-limit buckets and segment set, its monthly request counter, its keys' usage counters —
   carry the org id as a hash tag (``{acme}``), so they share one slot. On one node the names
@@ -19,10 +24,24 @@ Invariants:
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from shared.errors import BadRequestError
 
-__all__ = ["ID_CHARSET", "MAX_ID_CHARS", "RedisKeys", "check_id", "is_id"]
+if TYPE_CHECKING:
+    from shared.streams import Sink
+
+__all__ = [
+    "ID_CHARSET",
+    "MAX_ID_CHARS",
+    "RedisKeys",
+    "check_id",
+    "is_id",
+    "retention_key",
+    "segments_beside",
+    "stream_key",
+    "stream_keys",
+]
 
 MAX_ID_CHARS = 128
 ID_CHARSET = "A-Z a-z 0-9 _ . -"
@@ -41,6 +60,28 @@ def check_id(kind: str, value: str) -> str:
             f"{kind} id {shown!r} must be 1-{MAX_ID_CHARS} characters of {ID_CHARSET}"
         )
     return value
+
+
+def stream_key(sink: Sink, prefix: str = "floopy", shard: int = 0) -> str:
+    base = f"{prefix}:stream:{sink.value}"
+    return base if shard == 0 else f"{base}:{shard}"
+
+
+def stream_keys(sink: Sink, prefix: str, shards: int) -> list[str]:
+    """Every shard's stream of ``sink``, shard 0 first."""
+    return [stream_key(sink, prefix, shard) for shard in range(shards)]
+
+
+def retention_key(prefix: str = "floopy") -> str:
+    """Hash org id → days of raw logs its plan keeps: written by the gateway whenever an org is
+    stored, read by the ingester's retention job (which owns the raw tables)."""
+    return f"{prefix}:org-retention"
+
+
+def segments_beside(request_counter: str) -> str:
+    """The segment set the limits script is handed when the caller names none (no segmented
+    bucket): beside the org's request counter, so it shares the counter's hash slot."""
+    return f"{request_counter}:segments"
 
 
 class RedisKeys:
@@ -121,3 +162,17 @@ class RedisKeys:
     def routing_version(self) -> str:
         """Bumped by every provider or route write: workers follow changes by polling it."""
         return f"{self.prefix}:routing:version"
+
+    def spool_offset(self, volume_id: str, file_name: str) -> str:
+        """How far a gateway outage-spool file was drained into the streams (per spool volume,
+        not per org: the workers of one host share it)."""
+        return f"{self.prefix}:gateway-spool:{volume_id}:{file_name}"
+
+    @property
+    def arq_queue(self) -> str:
+        """The ingester's arq job queue (its cron jobs)."""
+        return f"{self.prefix}:arq:queue"
+
+    def arq_health(self, consumer: str) -> str:
+        """One ingester replica's arq health check."""
+        return f"{self.prefix}:arq:health:{consumer}"

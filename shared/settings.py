@@ -38,6 +38,10 @@ class ClickHouseSettings(BaseModel):
     tables are then ``Distributed`` over per-shard ``<name>_local`` tables, inserts wait for
     every shard (``insert_distributed_sync``), and rollups and retention run on each shard.
     Readers use the same table names either way, so the gateway's console needs no setting."""
+    bulk_writer: bool = True
+    """Inserts pack each column whole (``ingester.native``: the same bytes, a fraction of the
+    ingester's CPU); false uses clickhouse-driver's own column writer (kept as a fallback and to
+    measure the difference: ``bench.ingest --driver-writer``)."""
 
 
 class QdrantSettings(BaseModel):

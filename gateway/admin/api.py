@@ -11,9 +11,10 @@ writes the audit entry.
 
 Hostile input (issue 10): the guard has authenticated the key and capped the body before a
 handler runs. Path ids are checked against the one id charset (``shared.redis_keys``). Provider
-and route writes are checked by building what a worker builds from them (``check_routing``, in
-the service), and an ``api_key_env`` must start with an allowed prefix. An expired org reads for
-a grace period and writes nothing (``check_plan_access``); revoking a key stays allowed.
+and route writes are checked by ``gateway.routing_checks``: their shape (a 400 naming the field),
+then what a worker builds from them (``check_routing``, in the service); an ``api_key_env`` must
+start with an allowed prefix. An expired org reads for a grace period and writes nothing
+(``check_plan_access``); revoking a key stays allowed.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ from gateway.admin.service import (
     to_struct,
 )
 from gateway.admin.settings_api import SettingsApi
-from gateway.clients.keystore import KeyStore
+from gateway.clients.admin_store import AdminStore
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
+from gateway.clients.usage_counters import UsageCounters
 from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
+from gateway.routing_checks import check_key_env
 from gateway.settings import GatewaySettings
 from shared.errors import (
     BadRequestError,
@@ -71,7 +75,7 @@ def org_view(org: Org) -> dict[str, Any]:
 
 
 class AdminApi(Controller):
-    """Every handler is handed the stores it uses (``keystore`` authenticates the caller;
+    """Every handler is handed the stores it uses (``key_auth`` authenticates the caller;
     ``settings`` are the worker's own, before stored routing is merged in)."""
 
     path = "/admin"
@@ -79,20 +83,20 @@ class AdminApi(Controller):
     async def _org_scope(
         self,
         request: Request[Any, Any, Any],
-        keystore: KeyStore,
+        key_auth: KeyAuthenticator,
         settings: GatewaySettings,
         org_id: str,
         need: Permission = Permission.ADMIN,
     ) -> None:
-        who = await caller(request, keystore, settings, need)
+        who = await caller(request, key_auth, settings, need)
         check_id("org", org_id)
         if not who.operator and who.key.org_id != org_id:
             raise NotFoundError(f"no org {org_id!r}")
 
     async def _operator(
-        self, request: Request[Any, Any, Any], keystore: KeyStore, settings: GatewaySettings
+        self, request: Request[Any, Any, Any], key_auth: KeyAuthenticator, settings: GatewaySettings
     ) -> None:
-        who = await caller(request, keystore, settings)
+        who = await caller(request, key_auth, settings)
         if not who.operator:
             raise ForbiddenError("only an operator org's admin key may do this")
 
@@ -106,7 +110,7 @@ class AdminApi(Controller):
     ) -> tuple[AdminService, ApiKey, bool]:
         """An admin key's service (who acts is recorded in the audit log); its provider and
         route writes are checked against the worker's own settings (``check_routing``)."""
-        who = await caller(request, access.keystore, settings, write=write)
+        who = await caller(request, access.authenticator, settings, write=write)
         key = who.key
         actor = Actor("key", key.key_id, key.org_id, key.name)
         service = AdminService(access, settings, actor, check_against=settings)
@@ -122,7 +126,7 @@ class AdminApi(Controller):
         write: bool | None = True,
     ) -> tuple[AdminService, ApiKey]:
         service, caller_key, operator = await self._service(request, access, settings, write=write)
-        key = await access.keystore.get_key(check_id("key", key_id))
+        key = await access.admin_store.get_key(check_id("key", key_id))
         if key is None or (not operator and key.org_id != caller_key.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
@@ -131,12 +135,13 @@ class AdminApi(Controller):
     async def get_org(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
+        admin_store: NamedDependency[AdminStore],
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, keystore, settings, org_id, Permission.READ)
-        org = await keystore.get_org(org_id)
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        org = await admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         return org_view(org)
@@ -151,14 +156,13 @@ class AdminApi(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """Partial: the fields sent replace the stored ones. The org's own admin key may."""
-        keystore = access.keystore
-        await self._org_scope(request, keystore, settings, org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
         service, _, _ = await self._service(request, access, settings)
-        org = await keystore.get_org(org_id)
+        org = await access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         cache = to_struct({**org.cache.view(), **data}, CacheSettings)
-        await keystore.put_org_cache(org_id, cache)
+        await access.admin_store.put_org_cache(org_id, cache)
         await service.put_section(org_id, "cache", org.cache.view(), cache.view())
         return {"org_id": org_id, "cache": cache.view()}
 
@@ -171,14 +175,13 @@ class AdminApi(Controller):
         org_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        keystore = access.keystore
-        await self._operator(request, keystore, settings)
+        await self._operator(request, access.authenticator, settings)
         service, _, _ = await self._service(request, access, settings)
         check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
-        org = seed.org(org_id, await keystore.get_org(org_id))  # keeps its firewall
+        org = seed.org(org_id, await access.admin_store.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
-        stored = await keystore.get_org(org_id)
+        stored = await access.admin_store.get_org(org_id)
         return org_view(stored or org)
 
     @put("/orgs/{org_id:str}/firewall")
@@ -192,28 +195,29 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         """The whole ``firewall`` object (fields left out take their defaults); the org's
         own admin key or an operator's. Every worker applies it within ``key_cache_ttl_s``."""
-        keystore = access.keystore
-        await self._org_scope(request, keystore, settings, org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
         service, _, _ = await self._service(request, access, settings)
         config = to_struct(data, FirewallConfig)
-        current = await keystore.get_org(org_id)
-        if current is None or not await keystore.put_org_firewall(org_id, config):
+        current = await access.admin_store.get_org(org_id)
+        if current is None or not await access.admin_store.put_org_firewall(org_id, config):
             raise NotFoundError(f"no org {org_id!r}")
         after: dict[str, Any] = msgspec.to_builtins(config)
         await service.put_section(org_id, "firewall", msgspec.to_builtins(current.firewall), after)
         return after
 
     @get("/orgs/{org_id:str}/keys")
-    async def list_keys(
+    async def list_keys(  # noqa: PLR0917 - litestar passes them by name
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
+        admin_store: NamedDependency[AdminStore],
+        usage_counters: NamedDependency[UsageCounters],
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, keystore, settings, org_id, Permission.READ)
-        keys = await keystore.list_keys(org_id)
-        last_used = await keystore.last_used([k.key_id for k in keys])
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        keys = await admin_store.list_keys(org_id)
+        last_used = await usage_counters.last_used([k.key_id for k in keys])
         return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
@@ -225,10 +229,9 @@ class AdminApi(Controller):
         org_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        keystore = access.keystore
-        await self._org_scope(request, keystore, settings, org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
         service, _, _ = await self._service(request, access, settings)
-        org = await keystore.get_org(org_id)
+        org = await access.admin_store.get_org(org_id)
         if org is not None:  # an operator creating a key in an expired org: refused too
             check_plan_access(org, int(time.time() * 1000), write=True)
         new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))
@@ -267,25 +270,25 @@ class AdminApi(Controller):
     async def list_templates(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         templates: NamedDependency[TemplateStore],
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, keystore, settings, org_id, Permission.READ)
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
         return {"data": await templates.list_ids(org_id)}
 
     @get("/orgs/{org_id:str}/templates/{template_id:str}")
     async def template_versions(  # noqa: PLR0917 - litestar passes them by name
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         templates: NamedDependency[TemplateStore],
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
         template_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, keystore, settings, org_id, Permission.READ)
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
         versions = await templates.versions(org_id, check_template_id(template_id))
         if not versions:
             raise NotFoundError(f"no prompt template {template_id!r}")
@@ -301,7 +304,7 @@ class AdminApi(Controller):
         template_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._org_scope(request, access.keystore, settings, org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
         service, _, _ = await self._service(request, access, settings)
         check_template_id(template_id)
         body = to_struct(data, TemplateBody)
@@ -313,11 +316,11 @@ class AdminApi(Controller):
     async def list_providers(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         routing_config: NamedDependency[RoutingConfigStore],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        await self._operator(request, keystore, settings)
+        await self._operator(request, key_auth, settings)
         return {"data": await routing_config.providers()}
 
     @put("/providers/{name:str}")
@@ -329,9 +332,9 @@ class AdminApi(Controller):
         name: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._operator(request, access.keystore, settings)
+        await self._operator(request, access.authenticator, settings)
         service, _, _ = await self._service(request, access, settings)
-        _check_key_env(data, settings.provider_key_env_prefixes)
+        check_key_env(data, settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
         return {"data": shown, "note": _followed_note(settings)}
@@ -344,7 +347,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         name: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request, access.keystore, settings)
+        await self._operator(request, access.authenticator, settings)
         service, _, _ = await self._service(request, access, settings)
         await service.delete_provider(name)
         return {"deleted": name}
@@ -353,11 +356,11 @@ class AdminApi(Controller):
     async def list_routes(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         routing_config: NamedDependency[RoutingConfigStore],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        await self._operator(request, keystore, settings)
+        await self._operator(request, key_auth, settings)
         return {"data": await routing_config.routes()}
 
     @put("/routes/{model:path}")
@@ -369,7 +372,7 @@ class AdminApi(Controller):
         model: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._operator(request, access.keystore, settings)
+        await self._operator(request, access.authenticator, settings)
         service, _, _ = await self._service(request, access, settings)
         body = to_struct(data, RouteBody)
         await service.put_route(model.lstrip("/"), body.targets)
@@ -387,24 +390,10 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         model: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request, access.keystore, settings)
+        await self._operator(request, access.authenticator, settings)
         service, _, _ = await self._service(request, access, settings)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
-
-
-def _check_key_env(provider: dict[str, Any], prefixes: list[str]) -> None:
-    """Only variables meant for provider keys: an admin key must not be able to name the master
-    key (or any other secret of the gateway's environment) and have it sent to its own URL."""
-    env = provider.get("api_key_env")
-    if env is None or env == "":
-        return
-    if not isinstance(env, str) or not any(env.startswith(p) for p in prefixes):
-        allowed = ", ".join(f"{p}*" for p in prefixes) or "(none)"
-        raise BadRequestError(
-            f"api_key_env must name a variable matching {allowed}; or send api_key, which is "
-            "stored encrypted"
-        )
 
 
 def _followed_note(settings: GatewaySettings) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import Request
 
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.pipeline.auth import bearer_token
 from gateway.policy.keys import ApiKey, Org, Permission, check_permission, check_plan_access
 from gateway.settings import GatewaySettings
@@ -38,7 +38,7 @@ class Caller:
 
 async def caller(
     request: Request[Any, Any, Any],
-    keystore: KeyStore,
+    key_auth: KeyAuthenticator,
     settings: GatewaySettings,
     need: Permission = Permission.ADMIN,
     *,
@@ -50,7 +50,7 @@ async def caller(
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
-    key, org = await keystore.authenticate(token)
+    key, org = await key_auth.authenticate(token)
     check_permission(key, need)
     if write is not None:
         check_plan_access(org, int(time.time() * 1000), write=write)

@@ -99,7 +99,7 @@ def seed(path: Path) -> None:
     async def work(access: Access, _: GatewaySettings) -> dict[str, int]:
         return await apply_seed(
             parsed,
-            keystore=access.keystore,
+            admin_store=access.admin_store,
             templates=access.templates,
             routing_config=access.routing_config,
             environ=os.environ,
@@ -143,7 +143,7 @@ def org_put(
     seed = _run_sync(lambda: OrgSeed(name=name, rate_limit=rate_limit, plan=plan))
 
     async def work(access: Access, settings: GatewaySettings) -> Org:
-        org = seed.org(org_id, await access.keystore.get_org(org_id))  # keeps its firewall
+        org = seed.org(org_id, await access.admin_store.get_org(org_id))  # keeps its firewall
         return await _service(access, settings).put_org(org)
 
     _print(_run(work))
@@ -173,7 +173,7 @@ def org_firewall(
         given["fail_policy"] = policy
 
     async def work(access: Access, settings: GatewaySettings) -> FirewallConfig:
-        org = await access.keystore.get_org(org_id)
+        org = await access.admin_store.get_org(org_id)
         if org is None:
             raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
         before = msgspec.to_builtins(org.firewall)
@@ -183,7 +183,7 @@ def org_firewall(
             )
         except msgspec.ValidationError as exc:
             raise ClientError(f"firewall settings: {exc}") from None
-        await access.keystore.put_org_firewall(org_id, config)
+        await access.admin_store.put_org_firewall(org_id, config)
         await _service(access, settings).put_section(
             org_id, "firewall", before, msgspec.to_builtins(config)
         )
@@ -215,7 +215,7 @@ def org_cache(
     changes = {k: v for k, v in given.items() if v is not None}
 
     async def work(access: Access, settings: GatewaySettings) -> dict[str, object]:
-        org = await access.keystore.get_org(org_id)
+        org = await access.admin_store.get_org(org_id)
         if org is None:
             raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
         if not changes:
@@ -224,7 +224,7 @@ def org_cache(
             cache = msgspec.convert({**org.cache.view(), **changes}, CacheSettings)
         except msgspec.ValidationError as exc:
             raise ClientError(f"invalid cache settings: {exc}") from None
-        await access.keystore.put_org_cache(org_id, cache)
+        await access.admin_store.put_org_cache(org_id, cache)
         await _service(access, settings).put_section(
             org_id, "cache", org.cache.view(), cache.view()
         )
@@ -236,7 +236,7 @@ def org_cache(
 @orgs.command("show")
 def org_show(org_id: str) -> None:
     async def work(access: Access, _: GatewaySettings) -> Org | None:
-        return await access.keystore.get_org(org_id)
+        return await access.admin_store.get_org(org_id)
 
     found = _run(work)
     if found is None:
@@ -276,7 +276,7 @@ def key_create(
     )
 
     async def work(access: Access, settings: GatewaySettings) -> dict[str, Any]:
-        if await access.keystore.get_org(org_id) is None:
+        if await access.admin_store.get_org(org_id) is None:
             raise ClientError(f"no org {org_id!r}; create it first (floopy-admin orgs put)")
         body = NewKeyBody(
             name=name,
@@ -293,7 +293,7 @@ def key_create(
 @keys.command("list")
 def key_list(org_id: str) -> None:
     async def work(access: Access, _: GatewaySettings) -> list[dict[str, Any]]:
-        return [key_view(k) for k in await access.keystore.list_keys(org_id)]
+        return [key_view(k) for k in await access.admin_store.list_keys(org_id)]
 
     _print(_run(work))
 
@@ -303,7 +303,7 @@ def key_revoke(key_id: str) -> None:
     """Revoke a key: every gateway worker refuses it within ``key_cache_ttl_s`` seconds."""
 
     async def work(access: Access, settings: GatewaySettings) -> bool:
-        key = await access.keystore.get_key(key_id)
+        key = await access.admin_store.get_key(key_id)
         if key is None:
             return False
         await _service(access, settings).revoke_key(key)
@@ -359,7 +359,7 @@ def key_update(
     )
 
     async def work(access: Access, settings: GatewaySettings) -> dict[str, Any] | None:
-        key = await access.keystore.get_key(key_id)
+        key = await access.admin_store.get_key(key_id)
         if key is None:
             return None
         if key.revoked:

@@ -43,20 +43,19 @@ from gateway.policy.keys import (
     looks_like_key,
 )
 from gateway.policy.templates import TemplateMessage
+from gateway.routing_checks import check_provider, check_route
 from shared.errors import BadRequestError
 
 if TYPE_CHECKING:
-    from gateway.clients.keystore import KeyStore
+    from gateway.clients.admin_store import AdminStore
     from gateway.clients.routing_config import RoutingConfigStore
     from gateway.clients.templates import TemplateStore
-    from gateway.settings import ApiKeyEntry, GatewaySettings
+    from gateway.settings import ApiKeyEntry
 
 __all__ = [
     "Seed",
     "apply_seed",
-    "check_routing",
     "load_seed",
-    "merge_routing",
     "parse_seed",
     "seed_from_api_keys",
 ]
@@ -146,12 +145,13 @@ def parse_seed(raw: Mapping[str, Any], where: str = "config") -> Seed:
         seed = msgspec.convert(raw, Seed, strict=False)
     except msgspec.ValidationError as exc:
         raise BadRequestError(f"{where}: {exc}") from None
-    for provider in seed.providers:
-        if provider.get("api_key"):
-            raise BadRequestError(
-                f"{where}: provider {provider.get('name')!r} has a plaintext api_key; use "
-                "api_key_env or api_key_encrypted"
-            )
+    try:
+        for provider in seed.providers:
+            check_provider(provider)
+        for model, targets in seed.routes.items():
+            check_route(model, targets)
+    except BadRequestError as exc:
+        raise BadRequestError(f"{where}: {exc.message}", details=exc.details) from None
     return seed
 
 
@@ -188,7 +188,7 @@ def seed_from_api_keys(api_keys: Mapping[str, ApiKeyEntry]) -> Seed:
 async def apply_seed(
     seed: Seed,
     *,
-    keystore: KeyStore,
+    admin_store: AdminStore,
     templates: TemplateStore,
     routing_config: RoutingConfigStore,
     environ: Mapping[str, str],
@@ -200,12 +200,12 @@ async def apply_seed(
     and must not reset a plan someone configured)."""
     now_ms = int(time.time() * 1000)
     for org_id, org in seed.orgs.items():
-        current = await keystore.get_org(org_id)
+        current = await admin_store.get_org(org_id)
         if keep_orgs and current is not None:
             continue
-        await keystore.put_org(org.org(org_id, current), with_settings=True)
+        await admin_store.put_org(org.org(org_id, current), with_settings=True)
     for key_id, key in seed.keys.items():
-        await keystore.put_key(
+        await admin_store.put_key(
             ApiKey(
                 key_id=key_id,
                 key_hash=key_hash_of(key_id, key, environ),
@@ -233,57 +233,3 @@ async def apply_seed(
         "providers": len(seed.providers),
         "routes": len(seed.routes),
     }
-
-
-def merge_routing(
-    settings: GatewaySettings,
-    providers: list[dict[str, Any]],
-    routes: Mapping[str, list[str]],
-    *,
-    strict: bool = False,
-) -> GatewaySettings:
-    """Stored providers and routes over the settings' own (same name or model: the store wins).
-    A stored provider that cannot be used (no master key, unset variable) is logged and left
-    out rather than stopping the worker: the others still serve. ``strict`` (a write through
-    the admin API): such a provider is a 400 instead."""
-    if not providers and not routes:
-        return settings
-    from pydantic import SecretStr, ValidationError
-
-    from gateway.admin.secrets import decrypt
-    from gateway.settings import ProviderSettings
-
-    merged = {p.name: p for p in settings.provider_list()}
-    for stored in providers:
-        fields = dict(stored)
-        token = fields.pop("api_key_encrypted", "")
-        try:
-            if token:
-                fields["api_key"] = SecretStr(
-                    decrypt(settings.master_key.get_secret_value(), token)
-                )
-            provider = ProviderSettings.model_validate(fields)
-        except (BadRequestError, ValidationError) as exc:
-            if strict:
-                raise BadRequestError(f"provider {stored.get('name')!r}: {exc}") from None
-            log.error("stored provider %r left out: %s", stored.get("name"), exc)
-            continue
-        merged[provider.name] = provider
-    return settings.model_copy(
-        update={"providers": list(merged.values()), "routes": {**settings.routes, **routes}}
-    )
-
-
-def check_routing(
-    settings: GatewaySettings, providers: list[dict[str, Any]], routes: Mapping[str, list[str]]
-) -> None:
-    """What a worker builds at start-up from these stored providers and routes, built now: a
-    write that would stop the next start (a route to an unknown provider, a provider that
-    cannot be used) is a 400 instead."""
-    from gateway.clients.upstreams import routing_table
-
-    merged = merge_routing(settings, providers, routes, strict=True)
-    try:
-        routing_table(merged)
-    except ValueError as exc:
-        raise BadRequestError(str(exc)) from None

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from gateway.admin.secrets import encrypt
-from gateway.admin.seed import check_routing
 from gateway.clients.audit_log import GATEWAY_LOG
 from gateway.policy.keys import ApiKey, KeyLimits, KeySwitches, NewKey, Org, Permission
 from gateway.policy.redaction import redact
 from gateway.policy.templates import TemplateMessage
+from gateway.routing_checks import check_routing
 from shared.errors import BadRequestError, NotFoundError
 
 if TYPE_CHECKING:
@@ -153,9 +153,9 @@ class AdminService:
     # -- keys -------------------------------------------------------------------------------
 
     async def create_key(self, org_id: str, body: NewKeyBody) -> tuple[NewKey, ApiKey]:
-        if await self._access.keystore.get_org(org_id) is None:
+        if await self._access.admin_store.get_org(org_id) is None:
             raise NotFoundError(f"no org {org_id!r}")
-        new, key = await self._access.keystore.create_key(
+        new, key = await self._access.admin_store.create_key(
             org_id,
             name=body.name,
             permissions=body.permissions,
@@ -167,15 +167,15 @@ class AdminService:
 
     async def update_key(self, key: ApiKey, patch: KeyPatch) -> ApiKey:
         updated = patched_key(key, patch)
-        stored = await self._access.keystore.put_key(updated)
+        stored = await self._access.admin_store.put_key(updated)
         await self._audit(
             "key.update", f"key:{key.key_id}", [key.org_id], key_view(key), key_view(stored)
         )
         return stored
 
     async def revoke_key(self, key: ApiKey) -> None:
-        await self._access.keystore.revoke_key(key.key_id)
-        after = await self._access.keystore.get_key(key.key_id)
+        await self._access.admin_store.revoke_key(key.key_id)
+        after = await self._access.admin_store.get_key(key.key_id)
         await self._audit(
             "key.revoke",
             f"key:{key.key_id}",
@@ -187,8 +187,8 @@ class AdminService:
     # -- orgs and templates -----------------------------------------------------------------
 
     async def put_org(self, org: Org) -> Org:
-        before = await self._access.keystore.get_org(org.org_id)
-        await self._access.keystore.put_org(org)
+        before = await self._access.admin_store.get_org(org.org_id)
+        await self._access.admin_store.put_org(org)
         await self._audit(
             "org.put",
             f"org:{org.org_id}",

@@ -18,12 +18,12 @@ from litestar.params import FromPath, QueryParameter
 
 from gateway.access import Access
 from gateway.admin.caller import caller
-from gateway.admin.seed import merge_routing
 from gateway.admin.service import key_view
 from gateway.clients.audit_log import GATEWAY_LOG, AuditLog
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.policy.keys import Permission, month_period
+from gateway.routing_checks import merge_routing
 from gateway.settings import GatewaySettings, ProviderSettings
 
 __all__ = ["SettingsApi", "routing_view"]
@@ -67,10 +67,10 @@ class SettingsApi(Controller):
     async def me(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        who = await caller(request, keystore, settings, Permission.READ)
+        who = await caller(request, key_auth, settings, Permission.READ)
         admin = Permission.ADMIN in who.key.permissions
         return {
             "key": key_view(who.key),
@@ -83,13 +83,13 @@ class SettingsApi(Controller):
     async def audit(  # noqa: PLR0917 - litestar passes them by name
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         audit_log: NamedDependency[AuditLog],
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        who = await caller(request, keystore, settings, Permission.READ)
+        who = await caller(request, key_auth, settings, Permission.READ)
         who.reach(org_id)
         return {"data": await audit_log.entries(org_id, limit)}
 
@@ -97,12 +97,12 @@ class SettingsApi(Controller):
     async def gateway_audit(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         audit_log: NamedDependency[AuditLog],
         settings: NamedDependency[GatewaySettings],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        who = await caller(request, keystore, settings)
+        who = await caller(request, key_auth, settings)
         who.require_operator()
         return {"data": await audit_log.entries(GATEWAY_LOG, limit)}
 
@@ -114,27 +114,27 @@ class SettingsApi(Controller):
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        store = access.keystore
-        who = await caller(request, store, settings, Permission.READ)
+        who = await caller(request, access.authenticator, settings, Permission.READ)
         who.reach(org_id)
+        counters = access.usage_counters
         now_ms = int(time.time() * 1000)
-        raw = await access.redis.get(store.request_counter(org_id, now_ms))
-        keys = await store.list_keys(org_id)
+        requests = await counters.requests(org_id, now_ms)
+        keys = await access.admin_store.list_keys(org_id)
         spend = {
-            k.key_id: msgspec.to_builtins(await store.usage(k.key_id, now_ms, org_id=org_id))
+            k.key_id: msgspec.to_builtins(await counters.usage(k.key_id, now_ms, org_id=org_id))
             for k in keys
         }
-        return {"month": month_period(now_ms), "requests": int(raw or 0), "keys": spend}
+        return {"month": month_period(now_ms), "requests": requests, "keys": spend}
 
     @get("/routing", summary="The providers and routing rules in force (stored over settings)")
     async def routing(
         self,
         request: Request[Any, Any, Any],
-        keystore: NamedDependency[KeyStore],
+        key_auth: NamedDependency[KeyAuthenticator],
         routing_config: NamedDependency[RoutingConfigStore],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        who = await caller(request, keystore, settings, Permission.READ)
+        who = await caller(request, key_auth, settings, Permission.READ)
         operator = who.operator and Permission.ADMIN in who.key.permissions
         providers = await routing_config.providers()
         routes = await routing_config.routes()

@@ -25,7 +25,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from gateway.clients.breaker_store import BreakerStore, ProviderHealth, org_scope
+from gateway.metrics import access_counters
 from gateway.policy.breaker import ANY_ORG, Admission, BreakerState
+from shared.metrics import counted
 from shared.records import BreakerEventRecord
 
 _T = TypeVar("_T")
@@ -40,6 +42,8 @@ RECORD_BUDGET_S = 1.0
 
 
 class Breakers:
+    budget_overruns = counted("budget_overruns")
+
     def __init__(
         self,
         store: BreakerStore,
@@ -51,7 +55,7 @@ class Breakers:
         self._emit = emit
         self._clock = clock
         self._closed_until: dict[str, float] = {}
-        self.budget_overruns = 0
+        self.counters = access_counters("breaker", "budget_overruns")
 
     @property
     def redis_errors(self) -> int:
@@ -117,7 +121,7 @@ class Breakers:
             async with asyncio.timeout(budget_s):
                 return await call
         except TimeoutError:
-            self.budget_overruns += 1
+            self.counters.inc("budget_overruns")
             log.warning(
                 "circuit breaker of %s: redis gave no answer within %gs; failing open",
                 provider,

@@ -196,7 +196,7 @@ class ProviderEmbedder:
         return embedder
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
-        from gateway.clients.providers.base import ChatRequest
+        from gateway.domain import ChatRequest
         from gateway.policy.breaker import Admission
         from shared.errors import ClientError
 

@@ -37,8 +37,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from gateway.settings import SpoolSettings
+from shared.durable import fsync_directory
+from shared.redis_keys import RedisKeys
 from shared.spool.reader import SpoolBatch, read_batches
-from shared.spool.writer import SpoolWriter, fsync_directory, pending_files, seal
+from shared.spool.writer import SpoolWriter, pending_files, seal
 
 __all__ = ["OFFSET_TTL_S", "USAGE", "Deliver", "OutageSpool"]
 
@@ -105,7 +107,8 @@ class OutageSpool:
             )
             for name in names
         }
-        self._key_prefix = f"{prefix}:gateway-spool:{_volume_id(self.directory)}"
+        self._keys = RedisKeys(prefix)
+        self._volume_id = _volume_id(self.directory)
         self.pending = self.has_files()
         """Something may wait on disk: set by appends and by ``has_files``, cleared by a pass."""
 
@@ -126,7 +129,7 @@ class OutageSpool:
         return any(pending_files(self.directory, name) for name in self._writers)
 
     def offset_key(self, path: Path) -> str:
-        return f"{self._key_prefix}:{path.name}"
+        return self._keys.spool_offset(self._volume_id, path.name)
 
     async def drain(self, redis: Redis, deliverers: Mapping[str, Deliver]) -> int:
         """One pass over every name with a deliverer; the payloads sent. Redis errors

@@ -1,17 +1,19 @@
-"""Records leave the gateway through here: a bounded in-memory buffer drained to Redis streams.
+"""Records leave the gateway through here: a ``KEEP`` drain (``gateway.clients.drain``) of
+encoded records into Redis streams.
 
 Invariants:
 - ``submit`` is synchronous and O(1): a request never awaits Redis and never fails because of it.
 - The buffer holds at most ``buffer_records`` encoded records; when full, new records are
-  dropped, counted in ``dropped`` and logged (at most one line per ``DROP_LOG_EVERY_S``).
+  dropped, counted in ``dropped`` and logged (the drain's invariants).
 - One background task per worker drains the buffer oldest first, a batch per round trip: one
   ``EVALSHA`` of a tiny Lua script that XADDs each record (no MAXLEN: the ingester trims what it
   has acknowledged). Why not a pipeline of XADDs: redis-py packs and parses every command in
   Python, which cost ≈35 µs of the worker's CPU per XADD, five per request (profiled); one
   script call per batch costs the same once. Records leave the buffer only after Redis
-  answered; on a Redis error they stay and the task retries with exponential backoff up to
-  ``retry_max_s``. A batch whose answer was lost may have been added, so a retry can duplicate
-  it: delivery is at least once, and records carry their identity.
+  answered; on a Redis error they stay and the task retries on the ``shared.backoff``
+  schedule (50 ms doubling up to ``retry_max_s``). A batch whose answer was lost may have
+  been added, so a retry can duplicate it: delivery is at least once, and records carry their
+  identity.
 - With an outage spool (``gateway.clients.outage_spool``): once Redis has been unreachable for
   ``spool.grace_s``, the buffer is written to disk every ``spool.interval_s`` (fsynced, then
   let go), so a long outage neither fills memory nor loses records with the worker. When Redis
@@ -32,26 +34,25 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import time
-from collections import deque
 from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.outage_spool import OFFSET_TTL_S, Deliver, OutageSpool
 from gateway.metrics import RECORDS_BUFFERED, publisher_counters
 from gateway.policy.outage import Outage
 from gateway.settings import PublisherSettings
+from shared.backoff import Backoff
 from shared.metrics import counted
 from shared.redis_client import is_cluster, slot_of
 from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
 
-__all__ = ["DROP_LOG_EVERY_S", "Publisher"]
+__all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,22 @@ in the same (atomic) call."""
 
 _FIRST_RETRY_S = 0.05
 
-DROP_LOG_EVERY_S = 10.0
+_Entry = tuple[str, bytes]
+"""A buffered record: its stream key (sink and shard) and its encoded bytes."""
 
 
-class Publisher:
+class Publisher(Outlet[_Entry]):
+    """The outlet of a ``KEEP`` drain of (stream key, encoded record) entries, and the
+    keeper of the outage spool those entries go to while Redis is down."""
+
     published = counted("published")
     dropped = counted("dropped")
     failures = counted("failures")
     spooled = counted("spooled")
     unspooled = counted("unspooled")
     spool_failures = counted("spool_failures")
+
+    expected_errors = (RedisError, OSError)
 
     def __init__(
         self,
@@ -99,7 +106,6 @@ class Publisher:
         }
         self._sinks = {key: sink for sink, keys in self._keys.items() for key in keys}
         self._by_slot = is_cluster(redis)
-        self._buffer: deque[tuple[str, bytes]] = deque()
         self._xadd_batch = redis.register_script(
             XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode())).replace(
                 "OFFSET_TTL", str(OFFSET_TTL_S)
@@ -107,20 +113,28 @@ class Publisher:
         )
         self._spool = spool
         self._outage = Outage(spool.settings.grace_s if spool else 0.0)
+        self.idle_check_s = spool.settings.check_interval_s if spool else None
         self.drains: dict[str, Deliver] = {
             sink.value: partial(self._deliver_spooled, sink) for sink in Sink
         }
         """Spool names this task drains and how; the usage recorder adds ``usage``."""
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._last_drop_log = 0.0
         self.counters = publisher_counters()
         self.last_error = ""
+        self._drain: Drain[_Entry] = Drain(
+            self,
+            self.counters,
+            name="publisher",
+            policy=Policy.KEEP,
+            capacity=settings.buffer_records,
+            batch_items=settings.batch_records,
+            linger_s=settings.linger_s,
+            backoff=Backoff(_FIRST_RETRY_S, settings.retry_max_s),
+            gauge=RECORDS_BUFFERED,
+        )
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._drain)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -142,73 +156,77 @@ class Publisher:
     def submit(self, sink: Sink, payload: bytes, routing_key: str = "") -> bool:
         """Queue one encoded record for the shard of ``routing_key`` (its request id); False
         (and counted) when the buffer is full."""
-        if len(self._buffer) >= self._settings.buffer_records:
-            self.counters.inc("dropped")
-            self._log_drop()
-            return False
-        self._buffer.append((self._keys[sink][shard_of(routing_key, self._shards)], payload))
-        if not self._wake.is_set():
-            self._wake.set()
-        return True
-
-    def _log_drop(self) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_log >= DROP_LOG_EVERY_S:
-            self._last_drop_log = now
-            log.error(
-                "publish buffer full (%d records): dropping new records; %d dropped so far",
-                self._settings.buffer_records,
-                self.dropped,
-            )
+        return self._drain.submit((self._keys[sink][shard_of(routing_key, self._shards)], payload))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="floopy-publisher")
+        self._drain.start()
 
-    async def _run(self) -> None:
-        delay = _FIRST_RETRY_S
-        while not self._stopping:
-            RECORDS_BUFFERED.set(len(self._buffer))  # once per batch, not per record
-            await self._next_work()
-            try:
-                await self._send()
-                self._outage.recovered()
-                delay = _FIRST_RETRY_S
-            # the drain task must outlive anything a client library throws: records wait
-            except Exception as exc:
-                if not isinstance(exc, RedisError | OSError):
-                    log.exception("publishing failed unexpectedly; retrying")
-                self._note_failure(exc)
-                self._outage.failed(time.monotonic())
-                await self._ride_out(delay)
-                delay = min(delay * 2, self._settings.retry_max_s)
+    async def stop(self) -> None:
+        """Stop the drain task, then flush what Redis takes before the deadline (straight to
+        the spool when Redis is down); what is left is lost, logged and counted."""
+        await self._drain.stop(self._settings.flush_deadline_s)
 
-    async def _next_work(self) -> None:
-        """Return when records are buffered or the spool has something to drain; an idle worker
-        looks for files other workers left every ``check_interval_s``."""
-        while not self._buffer and not (self._spool is not None and self._spool.pending):
-            self._wake.clear()
-            timeout = self._spool.settings.check_interval_s if self._spool else None
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                if self._spool is not None:
-                    self._spool.pending = await asyncio.to_thread(self._spool.has_files)
-                continue
-            if self._settings.linger_s:
-                await asyncio.sleep(self._settings.linger_s)
+    async def send(self, batch: list[_Entry]) -> Undelivered[_Entry] | None:
+        """XADD a batch: one call per slot on a cluster, else one call."""
+        groups = _by_slot(batch) if self._by_slot else [batch]
+        if len(groups) == 1:
+            await self._xadd_group(batch)
+            self.counters.inc("published", len(batch))
+            return None
+        results = await asyncio.gather(
+            *(self._xadd_group(group) for group in groups), return_exceptions=True
+        )
+        failed = [
+            item
+            for group, result in zip(groups, results, strict=True)
+            if isinstance(result, BaseException)
+            for item in group
+        ]
+        self.counters.inc("published", len(batch) - len(failed))
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        return None if error is None else Undelivered(failed, error)
 
-    async def _send(self) -> None:
-        if self._buffer:
-            await self.flush_batch()
+    async def _xadd_group(self, group: list[_Entry]) -> None:
+        keys: dict[str, int] = {}
+        args: list[int | bytes] = []
+        for key, payload in group:
+            args.append(keys.setdefault(key, len(keys) + 1))
+            args.append(payload)
+        await self._xadd_batch(keys=list(keys), args=args)
+
+    async def on_failure(self, failure: Undelivered[_Entry]) -> None:
+        exc = failure.error
+        self.counters.inc("failures")
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._outage.failed(time.monotonic())
+        if self.failures == 1 or self.failures % 50 == 0:
+            log.warning(
+                "publishing to Redis failed (%d failures, %d buffered): %s",
+                self.failures,
+                self.buffered,
+                self.last_error,
+            )
+
+    def recovered(self) -> None:
+        self._outage.recovered()
+
+    def has_backlog(self) -> bool:
+        return self._spool is not None and self._spool.pending
+
+    async def check_backlog(self) -> None:
+        """An idle worker looks for files other workers left."""
+        if self._spool is not None:
+            self._spool.pending = await asyncio.to_thread(self._spool.has_files)
+
+    async def send_backlog(self) -> None:
         if self._spool is not None and self._spool.pending:
             self.counters.inc("unspooled", await self._spool.drain(self._redis, self.drains))
 
-    async def _ride_out(self, delay: float) -> None:
-        """Wait ``delay`` before the next try; meanwhile, past the grace, move the buffer to
+    async def wait_out(self, delay_s: float, drain: Drain[_Entry]) -> None:
+        """Wait ``delay_s`` before the next try; meanwhile, past the grace, move the buffer to
         disk every ``interval_s``."""
-        end = time.monotonic() + delay
-        while not self._stopping:
+        end = time.monotonic() + delay_s
+        while not drain.stopping:
             if self._spool is not None and self._outage.spooling(time.monotonic()):
                 await self.spool_buffer()
             left = end - time.monotonic()
@@ -217,13 +235,27 @@ class Publisher:
             step = self._spool.settings.interval_s if self._spool else left
             await asyncio.sleep(min(left, step))
 
+    def hold_at_stop(self) -> bool:
+        return self._spool is not None and self._outage.down
+
+    async def left_at_stop(self, drain: Drain[_Entry]) -> None:
+        if self._spool is not None:
+            spooled = await self.spool_buffer()
+            log.warning("shutdown: %d records spooled to disk for the next worker", spooled)
+        if left := len(drain):
+            log.error(
+                "shutdown: %d records could not be published before the deadline and are lost",
+                left,
+            )
+            self.counters.inc("dropped", left)
+
     async def spool_buffer(self) -> int:
         """Write what is buffered to the spool (fsynced) and let it go; a sink whose write
         failed keeps its records in the buffer. Returns the records spooled. A cancelled
         caller still waits for a write under way, so what reached disk always leaves memory."""
-        if self._spool is None or not self._buffer:
+        if self._spool is None or not len(self._drain):
             return 0
-        batch = list(self._buffer)
+        batch = self._drain.held()
         by_sink: dict[Sink, list[bytes]] = {}
         for key, payload in batch:
             by_sink.setdefault(self._sinks[key], []).append(payload)
@@ -248,11 +280,9 @@ class Publisher:
                 log.error("could not spool %d %s records: %s", len(payloads), sink, exc)
         return failed
 
-    def _let_go(self, batch: list[tuple[str, bytes]], failed: set[Sink]) -> int:
-        for _ in batch:
-            self._buffer.popleft()
+    def _let_go(self, batch: list[_Entry], failed: set[Sink]) -> int:
         kept = [entry for entry in batch if self._sinks[entry[0]] in failed]
-        self._buffer.extendleft(reversed(kept))
+        self._drain.release(len(batch), kept)
         self.counters.inc("spooled", len(batch) - len(kept))
         return len(batch) - len(kept)
 
@@ -270,89 +300,9 @@ class Publisher:
         args.append(end_offset)
         await self._xadd_batch(keys=[stream, offset_key], args=args)
 
-    def _note_failure(self, exc: BaseException) -> None:
-        self.counters.inc("failures")
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.failures == 1 or self.failures % 50 == 0:
-            log.warning(
-                "publishing to Redis failed (%d failures, %d buffered): %s",
-                self.failures,
-                self.buffered,
-                self.last_error,
-            )
 
-    async def flush_batch(self) -> int:
-        """XADD the oldest batch (one call per slot on a cluster, else one call); remove it from
-        the buffer once Redis took it. Raises the first error after putting back what failed."""
-        batch = list(itertools.islice(self._buffer, self._settings.batch_records))
-        if not batch:
-            return 0
-        groups = _by_slot(batch) if self._by_slot else [batch]
-        if len(groups) == 1:
-            await self._xadd_group(batch)
-            failed: list[tuple[str, bytes]] = []
-            error: BaseException | None = None
-        else:
-            results = await asyncio.gather(
-                *(self._xadd_group(group) for group in groups), return_exceptions=True
-            )
-            failed = [
-                item
-                for group, result in zip(groups, results, strict=True)
-                if isinstance(result, BaseException)
-                for item in group
-            ]
-            error = next((r for r in results if isinstance(r, BaseException)), None)
-        for _ in batch:
-            self._buffer.popleft()
-        self._buffer.extendleft(reversed(failed))
-        self.counters.inc("published", len(batch) - len(failed))
-        if error is not None:
-            raise error
-        return len(batch)
-
-    async def _xadd_group(self, group: list[tuple[str, bytes]]) -> None:
-        keys: dict[str, int] = {}
-        args: list[int | bytes] = []
-        for key, payload in group:
-            args.append(keys.setdefault(key, len(keys) + 1))
-            args.append(payload)
-        await self._xadd_batch(keys=list(keys), args=args)
-
-    async def stop(self) -> None:
-        """Stop the drain task, then flush what Redis takes before the deadline (straight to
-        the spool when Redis is down); what is left is lost, logged and counted."""
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        deadline = time.monotonic() + self._settings.flush_deadline_s
-        while self._buffer and time.monotonic() < deadline:
-            if self._spool is not None and self._outage.down:
-                break
-            try:
-                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
-                    await self.flush_batch()
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._note_failure(exc)
-                self._outage.failed(time.monotonic())
-                await asyncio.sleep(0.1)
-        if self._buffer and self._spool is not None:
-            spooled = await self.spool_buffer()
-            log.warning("shutdown: %d records spooled to disk for the next worker", spooled)
-        if self._buffer:
-            log.error(
-                "shutdown: %d records could not be published before the deadline and are lost",
-                self.buffered,
-            )
-            self.counters.inc("dropped", self.buffered)
-            self._buffer.clear()
-
-
-def _by_slot(batch: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    groups: dict[int, list[tuple[str, bytes]]] = {}
+def _by_slot(batch: list[_Entry]) -> list[list[_Entry]]:
+    groups: dict[int, list[_Entry]] = {}
     for item in batch:
         groups.setdefault(slot_of(item[0]), []).append(item)
     return list(groups.values())

@@ -28,16 +28,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
-from gateway.policy.ratelimit import RateLimitPolicy
 from shared.metrics import counted
+from shared.redis_keys import segments_beside
 
 __all__ = [
     "GCRA_LUA",
     "LIMITS_LUA",
     "Admission",
-    "Bucket",
     "Gates",
     "RateLimitDecision",
     "RateLimiter",
@@ -173,21 +173,14 @@ if nseg > 0 then
   local last = redis.call('ZRANGE', segs, -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIREAT', segs, last[2]) end
 end
+-- KEYS[n+5], when given: a key read for the caller in the same round trip (the exact response
+-- cache's entry), only for an admitted request; the last element of the answer (nil: absent)
+if #KEYS > n + 4 then
+  table.insert(out, admitted and redis.call('GET', KEYS[n + 5]) or false)
+end
 return out
 """
 )
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """One bucket to take from: its Redis key (``policy.ratelimit.bucket_key``) and policy."""
-
-    key: str
-    policy: RateLimitPolicy
-    cost: int = 1
-    force: bool = False
-    segmented: bool = False
-    """One of many buckets of a policy split by user or property value (capped per org)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +240,8 @@ class Admission:
     requests_this_month: int = 0
     usage: tuple[int, float, int, float] = (0, 0.0, 0, 0.0)
     fail_open: bool = False
+    peeked: bytes | None = None
+    """The value of ``admit``'s ``peek`` key (None: absent, not asked, or not admitted)."""
 
     @property
     def admitted(self) -> bool:
@@ -264,34 +259,32 @@ class RateLimiter:
         self._limits = redis.register_script(LIMITS_LUA)
         self.counters = access_counters("rate_limiter", "fail_open")
 
-    async def acquire(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False
-    ) -> RateLimitDecision:
-        """Take ``cost`` units if the bucket has them (``force``: take them anyway).
-
-        ``cost=0`` asks whether the bucket still has room without spending anything: the check
-        made before a request limited by tokens or cost, charged with ``force`` afterwards.
-        """
-        [decision] = await self.acquire_many([Bucket(key, policy, cost, force)])
-        return decision
-
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
         or nothing: the request is allowed when every decision is, and a bucket is charged only
-        then (or when ``force``)."""
+        then (or when ``force``). A bucket of ``cost=0`` asks whether it still has room without
+        spending anything; the usage recorder charges token and cost buckets afterwards with
+        ``force``."""
         try:
             raw: Any = await self._script(keys=[b.key for b in buckets], args=_bucket_args(buckets))
         except (RedisError, OSError) as exc:
             return self._fail_open(buckets, exc)
         return _decisions(buckets, raw, 1, int(raw[0]))
 
-    async def admit(self, buckets: Sequence[Bucket], gates: Gates) -> Admission:
+    async def admit(self, buckets: Sequence[Bucket], gates: Gates, peek: str = "") -> Admission:
         """Everything the limits stage asks of Redis, in one script and one round trip: the
         monthly quota and usage gates, then every rate-limit bucket, all or nothing; an admitted
-        request is counted against the monthly quota and charged to its buckets."""
+        request is counted against the monthly quota and charged to its buckets.
+
+        ``peek``: a string key whose value an admitted request will need next (the exact
+        response cache's entry), read in the same script so the request makes one round trip
+        to Redis instead of two; it must hash to the same slot as the other keys on a cluster.
+        """
         keys = [b.key for b in buckets]
-        segment_set = gates.segment_set or f"{gates.request_counter}:segments"
+        segment_set = gates.segment_set or segments_beside(gates.request_counter)
         keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
+        if peek:
+            keys.append(peek)
         segmented = [str(i + 1) for i, b in enumerate(buckets) if b.segmented]
         args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
         args += [str(gates.segment_cap), str(len(segmented)), *segmented]
@@ -310,6 +303,7 @@ class RateLimiter:
             gate=int(raw[1]),
             requests_this_month=int(raw[2]),
             usage=usage,
+            peeked=raw[7 + 4 * len(buckets)] if peek else None,
         )
 
     def _fail_open(self, buckets: Sequence[Bucket], exc: Exception) -> list[RateLimitDecision]:

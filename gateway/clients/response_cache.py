@@ -5,7 +5,8 @@ Invariants:
 - Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
   ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
   dropped write is a later miss, never a wrong answer).
-- Every failure is counted here (``stats()`` → ``GET /health``) and logged (one line per kind
+- Every failure is counted here (``shared.metrics``: ``stats()`` → ``GET /health``, the same
+  counters → ``GET /metrics``) and logged (one line per kind
   per second at most); lookups fail open (the stage turns the error into a miss), writes are
   best effort. After a Redis failure the exact tier leaves Redis alone for a second
   (``REDIS_COOLDOWN_S``), so an outage costs a request no connection attempt for the cache.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,9 +25,11 @@ from redis.exceptions import RedisError
 
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
-from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier
+from gateway.metrics import access_counters
+from gateway.policy.cache import CachedAnswer, CachePlan, CacheTier, decode_answer
 from gateway.policy.cache_verify import verify_turns
 from shared.errors import DependencyError
+from shared.metrics import counted
 
 if TYPE_CHECKING:
     from gateway.policy.cache_key import RequestKeys
@@ -74,7 +76,17 @@ def scope_of(
     return {"org_id": org_id, "model": model, "seed": seed, field: value}
 
 
+def _exact_lookup(answer: CachedAnswer | None, oldest_ms: int) -> Lookup | None:
+    if answer is None or answer.created_at_ms < oldest_ms:
+        return None
+    return Lookup(CacheTier.EXACT, answer)
+
+
 class ResponseCache:
+    writes = counted("writes")
+    writes_dropped = counted("writes_dropped")
+    verifier_rejections = counted("verifier_rejections")
+
     def __init__(
         self,
         exact: ExactCache,
@@ -87,18 +99,20 @@ class ResponseCache:
         self.fail_open_errors = FAIL_OPEN_ERRORS
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
-        self.fail_open: Counter[str] = Counter()
-        self.write_failures: Counter[str] = Counter()
-        self.writes_dropped = 0
-        self.writes = 0
-        self.verifier_rejections = 0
+        self.counters = access_counters("cache", "writes", "writes_dropped", "verifier_rejections")
+        tiers = [tier.value for tier in CacheTier]
+        self.fail_open = access_counters("cache_fail_open", *tiers)
+        """Lookups that failed open, per tier."""
+        self.write_failures = access_counters("cache_write_failures", *tiers, "schedule", "prune")
+        """Writes that failed, per tier; ``schedule``: a write that could not even start;
+        ``prune``: local mode's hourly deletion of expired points."""
         self._pruner: asyncio.Task[None] | None = None
         self._redis_down_until = 0.0
         self._logged_at: dict[str, float] = {}
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
-        self.fail_open[tier.value] += 1
-        self._log_failure(f"{tier.value} lookup", self.fail_open[tier.value], exc)
+        self.fail_open.inc(tier.value)
+        self._log_failure(f"{tier.value} lookup", self.fail_open.get(tier.value), exc)
 
     def _log_failure(self, what: str, count: int, exc: BaseException) -> None:
         """One line per kind of failure per second at most: an outage is not 1,000 lines/s."""
@@ -119,6 +133,9 @@ class ResponseCache:
         if time.monotonic() < self._redis_down_until:
             raise RedisError("Redis failed less than a second ago; exact tier skipped")
 
+    def redis_down(self) -> bool:
+        return time.monotonic() < self._redis_down_until
+
     async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
         self._redis_available()
         try:
@@ -126,9 +143,11 @@ class ResponseCache:
         except (RedisError, OSError):
             self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
             raise
-        if answer is None or answer.created_at_ms < oldest_ms:
-            return None
-        return Lookup(CacheTier.EXACT, answer)
+        return _exact_lookup(answer, oldest_ms)
+
+    def exact_entry(self, raw: bytes | None, oldest_ms: int) -> Lookup | None:
+        """The exact tier's lookup of an entry already read (by the limits script)."""
+        return _exact_lookup(decode_answer(raw) if raw is not None else None, oldest_ms)
 
     async def look_up_vector(
         self,
@@ -157,7 +176,7 @@ class ResponseCache:
             if advanced:
                 stored = str(hit.payload.get("text", ""))
                 if not verify_turns(keys.last_turn, stored, plan.advanced_overlap).same:
-                    self.verifier_rejections += 1
+                    self.counters.inc("verifier_rejections")
                     continue
             found = await self.look_up_exact(
                 org_id, str(hit.payload.get("key_hash", "")), plan.min_created_at_ms
@@ -168,7 +187,7 @@ class ResponseCache:
 
     def schedule_write(self, write: CacheWrite) -> None:
         if len(self._pending) >= self._max_pending:
-            self.writes_dropped += 1
+            self.counters.inc("writes_dropped")
             log.warning("cache write dropped: %d writes already in flight", len(self._pending))
             return
         task = asyncio.get_running_loop().create_task(self._write(write))
@@ -182,10 +201,10 @@ class ResponseCache:
         for tier in tiers:
             try:
                 await self._write_tier(tier, write)
-                self.writes += 1
+                self.counters.inc("writes")
             except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
-                self.write_failures[tier.value] += 1
-                self._log_failure(f"{tier.value} write", self.write_failures[tier.value], exc)
+                self.write_failures.inc(tier.value)
+                self._log_failure(f"{tier.value} write", self.write_failures.get(tier.value), exc)
                 if tier is CacheTier.EXACT:
                     if isinstance(exc, RedisError | OSError):
                         self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
@@ -211,9 +230,9 @@ class ResponseCache:
 
     def stats(self) -> dict[str, object]:
         return {
-            "fail_open": dict(self.fail_open),
+            "fail_open": self.fail_open.snapshot(nonzero=True),
             "writes": self.writes,
-            "write_failures": dict(self.write_failures),
+            "write_failures": self.write_failures.snapshot(nonzero=True),
             "writes_dropped": self.writes_dropped,
             "writes_pending": len(self._pending),
             "verifier_rejections": self.verifier_rejections,
@@ -237,8 +256,8 @@ class ResponseCache:
             try:
                 await self.semantic.prune(int(time.time() * 1000))
             except DependencyError as exc:
-                self.write_failures["prune"] += 1
-                self._log_failure("prune", self.write_failures["prune"], exc)
+                self.write_failures.inc("prune")
+                self._log_failure("prune", self.write_failures.get("prune"), exc)
 
     async def close(self) -> None:
         if self._pruner is not None:

@@ -7,8 +7,12 @@ Invariants:
 - ``<p>:routing:version`` is incremented by every write (in the same transaction), so a
   worker learns of a change by reading one integer (``version``); gateway workers poll it every
   ``routing_refresh_s`` and rebuild their providers and routes when it moved
-  (``gateway.clients.routing_watch``), merged over their settings
-  (``gateway.admin.seed.merge_routing``).
+  (``gateway.routing_watch``), merged over their settings
+  (``gateway.routing_checks.merge_routing``).
+- Every write is checked first (``gateway.routing_checks``: a provider's fields and types, an
+  http(s) URL, a variable name, no plaintext credential; a route's targets), whoever writes:
+  admin API, ``floopy-admin``, the config seed. Whether it routes with the workers' settings
+  is checked by the admin API before it calls the store.
 """
 
 from __future__ import annotations
@@ -18,12 +22,10 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from shared.errors import BadRequestError
+from gateway.routing_checks import check_provider, check_route
 from shared.redis_keys import RedisKeys
 
 __all__ = ["RoutingConfigStore"]
-
-_FORBIDDEN_FIELDS = ("api_key",)
 
 
 class RoutingConfigStore:
@@ -51,14 +53,8 @@ class RoutingConfigStore:
         return int(changed)
 
     async def put_provider(self, provider: dict[str, Any]) -> None:
-        name = provider.get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequestError("a provider needs a name")
-        leaked = [f for f in _FORBIDDEN_FIELDS if provider.get(f)]
-        if leaked:
-            raise BadRequestError(
-                "store provider credentials as api_key_encrypted or api_key_env, not api_key"
-            )
+        check_provider(provider)
+        name = str(provider["name"])
         await self._write(self._providers, name, msgspec.json.encode(provider).decode())
 
     async def delete_provider(self, name: str) -> bool:
@@ -69,8 +65,7 @@ class RoutingConfigStore:
         return [msgspec.json.decode(raw[k]) for k in sorted(raw)]
 
     async def put_route(self, model: str, targets: list[str]) -> None:
-        if not model or not targets or not all(isinstance(t, str) and t for t in targets):
-            raise BadRequestError("a route needs a model and a non-empty list of targets")
+        check_route(model, targets)
         await self._write(self._routes, model, msgspec.json.encode(targets).decode())
 
     async def delete_route(self, model: str) -> bool:

@@ -3,8 +3,8 @@
 
 Why httpx over the aiohttp transport: the product's design fixes httpx as the upstream client, and
 httpx's default transport collapses under concurrency on our machines while the aiohttp transport
-holds up (DESIGN.md §8). Adapters (``gateway.clients.providers``) use ``UpstreamHTTP`` only, so
-a transport change stays in this file.
+holds up (docs/architecture.md §8). Adapters (``gateway.clients.providers``) use ``UpstreamHTTP``
+only, so a transport change stays in this file.
 
 Invariants:
 - The client is created in ``open`` (on the worker's event loop, at start-up) and closed in

@@ -151,7 +151,7 @@ class ErrorDetail:
 
 @dataclass(frozen=True)
 class ErrorBody:
-    """Every failure of the read API (DESIGN.md §4)."""
+    """Every failure of the read API (docs/architecture.md §5)."""
 
     error: ErrorDetail
 

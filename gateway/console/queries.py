@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.console.filters import DAY, HOUR, SORTS, Page, RequestFilters, TimeRange
+from shared.tables import BREAKER_EVENTS, REQUESTS, SPANS, rollup_table
 
 __all__ = [
     "LIST_COLUMNS",
@@ -170,7 +171,7 @@ def requests_sql(
         )
     order = f"_sort {direction}, request_id {direction}"
     sql = (
-        f"SELECT request_id, created_at_ms, {sort} AS _sort FROM {_t(database, 'requests')}\n"
+        f"SELECT request_id, created_at_ms, {sort} AS _sort FROM {_t(database, REQUESTS)}\n"
         f"WHERE {' AND '.join(where)}\n"
         f"ORDER BY {order}\nLIMIT 1 BY request_id LIMIT %(limit)s"
     )
@@ -195,7 +196,7 @@ def rows_by_id_sql(
     }
     columns = ", ".join([_select_list(), *extra])
     return (
-        f"SELECT {columns} FROM {_t(database, 'requests')}\n"
+        f"SELECT {columns} FROM {_t(database, REQUESTS)}\n"
         "PREWHERE request_id IN %(ids)s\n"
         "WHERE org_id = %(org_id)s AND created_at >= toDateTime(%(lo)s) "
         "AND created_at < toDateTime(%(hi)s)\nLIMIT 1 BY request_id",
@@ -207,7 +208,7 @@ def locate_request_sql(database: str, org_id: str, request_id: str) -> Query:
     """When a request id comes without its time (pasted from a response header): find its time
     from the narrow ``request_id`` column alone, so the full read can be narrowed to a minute."""
     return (
-        f"SELECT created_at_ms FROM {_t(database, 'requests')}\n"
+        f"SELECT created_at_ms FROM {_t(database, REQUESTS)}\n"
         "PREWHERE request_id = %(rid)s WHERE org_id = %(org_id)s LIMIT 1",
         {"org_id": org_id, "rid": request_id},
     )
@@ -223,7 +224,7 @@ def request_detail_sql(database: str, org_id: str, request_id: str, at_ms: int) 
         "at_hi": at_ms // 1000 + 61,
     }
     return (
-        f"SELECT * FROM {_t(database, 'requests')} PREWHERE request_id = %(rid)s\n"
+        f"SELECT * FROM {_t(database, REQUESTS)} PREWHERE request_id = %(rid)s\n"
         "WHERE org_id = %(org_id)s AND created_at >= toDateTime(%(at_lo)s) "
         "AND created_at < toDateTime(%(at_hi)s) LIMIT 1",
         params,
@@ -234,7 +235,7 @@ def request_spans_sql(database: str, org_id: str, request_id: str, created_s: in
     params = {"org_id": org_id, "rid": request_id, "lo": created_s - 60, "hi": created_s + 3600}
     return (
         "SELECT span_id, name, start_offset_ms, duration_ms, status, attribute_keys, "
-        f"attribute_values FROM {_t(database, 'spans')} PREWHERE request_id = %(rid)s\n"
+        f"attribute_values FROM {_t(database, SPANS)} PREWHERE request_id = %(rid)s\n"
         "WHERE org_id = %(org_id)s "
         "AND created_at >= toDateTime(%(lo)s) AND created_at < toDateTime(%(hi)s)\n"
         "ORDER BY start_offset_ms, name LIMIT 1 BY span_id",
@@ -247,7 +248,7 @@ def request_breaker_events_sql(database: str, providers: list[str], lo_s: int, h
     events: they carry no org, and ``/health/providers`` shows the same state publicly)."""
     return (
         "SELECT event_id, provider, created_at_ms, from_state, to_state, failure_count, reason "
-        f"FROM {_t(database, 'breaker_events')} FINAL\n"
+        f"FROM {_t(database, BREAKER_EVENTS)} FINAL\n"
         "WHERE provider IN %(providers)s AND created_at >= toDateTime(%(lo)s) "
         "AND created_at < toDateTime(%(hi)s)\nORDER BY created_at_ms LIMIT 50",
         {"providers": tuple(providers), "lo": lo_s, "hi": hi_s},
@@ -266,7 +267,7 @@ def sessions_sql(database: str, org_id: str, tr: TimeRange, page: Page, offset: 
     return (
         "SELECT session_id, max(created_at_ms) AS last_ms, "
         "argMax(session_name, created_at_ms) AS name, argMax(session_path, created_at_ms) AS path\n"
-        f"FROM {_t(database, 'requests')}\n"
+        f"FROM {_t(database, REQUESTS)}\n"
         f"WHERE org_id = %(org_id)s AND session_id != '' AND {_time_clause(params, tr)}\n"
         "GROUP BY session_id ORDER BY last_ms DESC, session_id LIMIT %(offset)s, %(limit)s",
         params,
@@ -286,7 +287,7 @@ def session_figures_sql(database: str, org_id: str, tr: TimeRange, session_ids: 
         "arraySort(groupUniqArray(user_id)) AS users\n"
         "FROM (SELECT request_id, session_id, cost_usd, total_tokens, status_code, error_code, "
         "created_at_ms, user_id\n"
-        f"FROM {_t(database, 'requests')} PREWHERE session_id IN %(sids)s\n"
+        f"FROM {_t(database, REQUESTS)} PREWHERE session_id IN %(sids)s\n"
         f"WHERE org_id = %(org_id)s AND {_time_clause(params, tr)}\nLIMIT 1 BY request_id)\n"
         "GROUP BY session_id",
         params,
@@ -297,7 +298,7 @@ def session_requests_sql(database: str, org_id: str, session_id: str, limit: int
     """The ids and times of a session's requests, oldest first, over the org's whole history
     (a session id carries no time); ``rows_by_id_sql`` reads their columns."""
     sql = (
-        f"SELECT request_id, created_at_ms FROM {_t(database, 'requests')}\n"
+        f"SELECT request_id, created_at_ms FROM {_t(database, REQUESTS)}\n"
         "PREWHERE session_id = %(sid)s WHERE org_id = %(org_id)s\n"
         "ORDER BY created_at_ms, request_id LIMIT 1 BY request_id LIMIT %(limit)s"
     )
@@ -317,11 +318,6 @@ def _rollup_figures() -> str:
     )
 
 
-def _rollup_table(name: str, step: int) -> str:
-    prefix = f"rollup_{name}_" if name else "rollup_"
-    return prefix + ("daily" if step % DAY == 0 else "hourly")
-
-
 def users_sql(
     database: str, org_id: str, tr: TimeRange, *, page: Page, offset: int, sort: str
 ) -> Query:
@@ -334,7 +330,7 @@ def users_sql(
     )
     return (
         f"SELECT user_id, {_rollup_figures()}, toUInt32(max(last_seen)) AS last_seen\n"
-        f"FROM {_t(database, _rollup_table('user', step))} FINAL\n"
+        f"FROM {_t(database, rollup_table('user', step))} FINAL\n"
         "WHERE org_id = %(org_id)s AND bucket >= toDateTime(%(start)s) "
         "AND bucket < toDateTime(%(end)s)\n"
         f"GROUP BY user_id ORDER BY {order} DESC, user_id LIMIT %(offset)s, %(limit)s",
@@ -344,7 +340,7 @@ def users_sql(
 
 def user_timeline_sql(database: str, org_id: str, user_id: str, tr: TimeRange, step: int) -> Query:
     start, end = tr.aligned(step)
-    table = _rollup_table("user", step)
+    table = rollup_table("user", step)
     return (
         f"SELECT intDiv(toUInt32(bucket), %(step)s) * %(step)s AS t, {_rollup_figures()}\n"
         f"FROM {_t(database, table)} FINAL\n"
@@ -358,7 +354,7 @@ def property_keys_sql(database: str, org_id: str, tr: TimeRange) -> Query:
     start, end = tr.aligned(DAY)
     return (
         "SELECT property_key, sum(requests) AS requests, uniqExact(property_value) AS values "
-        f"FROM {_t(database, 'rollup_property_daily')} FINAL\n"
+        f"FROM {_t(database, rollup_table('property', DAY))} FINAL\n"
         "WHERE org_id = %(org_id)s AND bucket >= toDateTime(%(start)s) "
         "AND bucket < toDateTime(%(end)s)\nGROUP BY property_key ORDER BY requests DESC LIMIT 500",
         {"org_id": org_id, "start": start, "end": end},
@@ -370,7 +366,7 @@ def property_values_sql(database: str, org_id: str, key: str, tr: TimeRange, lim
     start, end = tr.aligned(step)
     return (
         f"SELECT property_value, {_rollup_figures()}\n"
-        f"FROM {_t(database, _rollup_table('property', step))} FINAL\n"
+        f"FROM {_t(database, rollup_table('property', step))} FINAL\n"
         "WHERE org_id = %(org_id)s AND property_key = %(key)s "
         "AND bucket >= toDateTime(%(start)s) AND bucket < toDateTime(%(end)s)\n"
         "GROUP BY property_value ORDER BY requests DESC, property_value LIMIT %(limit)s",
@@ -392,7 +388,7 @@ def property_series_sql(
     }
     return (
         "SELECT intDiv(toUInt32(bucket), %(step)s) * %(step)s AS t, property_value, "
-        f"{_rollup_figures()}\nFROM {_t(database, _rollup_table('property', step))} FINAL\n"
+        f"{_rollup_figures()}\nFROM {_t(database, rollup_table('property', step))} FINAL\n"
         "WHERE org_id = %(org_id)s AND property_key = %(key)s AND property_value IN %(values)s "
         "AND bucket >= toDateTime(%(start)s) AND bucket < toDateTime(%(end)s)\n"
         "GROUP BY t, property_value ORDER BY t, property_value",
@@ -429,7 +425,7 @@ def metrics_sql(
     series = f"toString({group})" if group else "''"
     return (
         f"SELECT intDiv(toUInt32(bucket), %(step)s) * %(step)s AS t, {series} AS series, "
-        f"{_rollup_figures()}\nFROM {_t(database, _rollup_table('', step))} FINAL\n"
+        f"{_rollup_figures()}\nFROM {_t(database, rollup_table('', step))} FINAL\n"
         f"WHERE {' AND '.join(where)}\nGROUP BY t, series ORDER BY t, series",
         params,
     )

@@ -20,7 +20,10 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from gateway.metrics import access_counters
+from shared.clickhouse_client import clickhouse_client
 from shared.errors import ClientError
+from shared.metrics import counted
 from shared.settings import ClickHouseSettings
 
 __all__ = ["ConsoleStore", "ConsoleUnavailableError", "Rows"]
@@ -46,6 +49,9 @@ def _plain(value: Any) -> Any:
 
 
 class ConsoleStore:
+    failures = counted("failures")
+    """Queries ClickHouse did not answer (each one logged)."""
+
     def __init__(
         self, clickhouse: ClickHouseSettings, *, pool_size: int = 4, max_execution_s: int = 20
     ) -> None:
@@ -55,26 +61,18 @@ class ConsoleStore:
         self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
         for _ in range(pool_size):
             self._pool.put(self._client())
-        self.failures = 0
+        self.counters = access_counters("console_store", "failures")
 
     def _client(self) -> Client:
-        s = self._settings
-        return Client(
-            host=s.host,
-            port=s.port,
-            user=s.user,
-            password=s.password,
-            connect_timeout=s.connect_timeout_s,
-            send_receive_timeout=s.send_receive_timeout_s,
-            settings={"max_execution_time": self._max_execution_s, "use_uncompressed_cache": 1},
-        )
+        reads = {"max_execution_time": self._max_execution_s, "use_uncompressed_cache": 1}
+        return clickhouse_client(self._settings, reads)
 
     def _execute(self, sql: str, params: dict[str, Any]) -> Rows:
         client = self._pool.get()
         try:
             rows, columns = client.execute(sql, params, with_column_types=True)
         except (ch_errors.Error, OSError, EOFError) as exc:
-            self.failures += 1
+            self.counters.inc("failures")
             log.warning("console query failed: %s: %s", type(exc).__name__, exc)
             client.disconnect()
             raise ConsoleUnavailableError("analytics storage did not answer; retry") from exc

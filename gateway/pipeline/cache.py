@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.clients.providers.base import TokenUsage, UpstreamReply, UpstreamStream
-from gateway.clients.providers.openai_wire import observe_event
-from gateway.clients.providers.sse import SSESplitter
+from gateway.clients.providers.base import UpstreamStream
 from gateway.clients.response_cache import CacheWrite
-from gateway.context import StageTiming
+from gateway.domain import StageTiming, TokenUsage, UpstreamReply
 from gateway.policy.cache import (
     CachedAnswer,
     CacheStatus,
     CacheTier,
+    PlannedLookup,
     cache_headers,
     plan_cache,
 )
@@ -38,6 +37,8 @@ from gateway.policy.cache_key import request_keys
 from gateway.policy.cache_replay import assemble_stream, replay_events
 from gateway.policy.firewall import SkipReason, Verdict, decide, plan_screening, thresholds_for
 from gateway.policy.json_body import decode_json
+from gateway.policy.openai_wire import observe_event
+from gateway.policy.sse import SSESplitter
 
 if TYPE_CHECKING:
     from gateway.clients.embeddings import Embedder
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.policy.usage import Settled
 
-__all__ = ["CacheDeps", "ReplayStream", "child_span", "run", "store_after"]
+__all__ = ["CacheDeps", "ReplayStream", "child_span", "plan_ahead", "run", "store_after"]
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,10 @@ def child_span(
     return duration
 
 
-async def run(ctx: RequestContext, deps: CacheDeps) -> None:
+def _plan(ctx: RequestContext) -> PlannedLookup:
     key, org, chat = ctx.api_key, ctx.org, ctx.chat
     if key is None or org is None or chat is None:
         raise RuntimeError("the cache stage runs after auth, intake and template")
-    outcome = ctx.cache
     plan = plan_cache(
         org.cache,
         ctx.meta.cache_controls(),
@@ -92,20 +92,51 @@ async def run(ctx: RequestContext, deps: CacheDeps) -> None:
         now_ms=ctx.created_at_ms,
         exact_only=ctx.endpoint != CHAT,
     )
+    if not plan.active:
+        return PlannedLookup(plan, None)
+    if chat.fields is None:  # kept: the firewall and usage estimation read it too
+        chat.fields = decode_json(_decode_object, chat.raw)
+    keys = request_keys(chat.fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
+    return PlannedLookup(plan, keys)
+
+
+def plan_ahead(ctx: RequestContext, cache: ResponseCache, *, cluster: bool) -> str:
+    """For the limits stage: the exact tier's Redis key, to be read in the limits script's
+    round trip, with the plan and keys kept for this stage; "" when the lookup cannot be known
+    yet (a template renders the body after the limits) or must not be made there (no exact
+    tier; on a cluster the entry's key is in another slot than the org's limit keys; Redis
+    failed a moment ago: the stage notes the skipped tier as it always does)."""
+    if ctx.meta.prompt_id or ctx.chat is None or cluster or cache.redis_down():
+        return ""
+    ahead = _plan(ctx)
+    if ahead.keys is None or CacheTier.EXACT not in ahead.plan.tiers:
+        return ""
+    ctx.cache.ahead = ahead
+    return cache.exact.key(ctx.org_id, ahead.keys.exact)
+
+
+async def run(ctx: RequestContext, deps: CacheDeps) -> ReplayStream | None:
+    """A hit answers (``ctx.answered``): whole, in ``ctx.reply``, or streamed, as the returned
+    replay for the caller to relay."""
+    outcome = ctx.cache
+    ahead = outcome.ahead or _plan(ctx)
+    plan = ahead.plan
     outcome.plan, outcome.status = plan, plan.status
     ctx.response_headers.update(cache_headers(plan.status))
     if not plan.active:
-        return
-    if chat.fields is None:  # kept: the firewall and usage estimation read it too
-        chat.fields = decode_json(_decode_object, chat.raw)
-    fields = chat.fields
-    outcome.keys = request_keys(fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
+        return None
+    chat = ctx.chat
+    assert chat is not None  # _plan checked it
+    outcome.keys = ahead.keys
     for tier in plan.tiers:
         found = await _look_up(ctx, deps, tier)
-        if found is not None and _answer(ctx, deps, found):
-            return
+        if found is not None:
+            replay = _answer(ctx, deps, found)
+            if ctx.answered:
+                return replay
     if chat.stream:
         outcome.stream_events = []
+    return None
 
 
 async def _look_up(ctx: RequestContext, deps: CacheDeps, tier: CacheTier) -> Lookup | None:
@@ -119,15 +150,25 @@ async def _look_up(ctx: RequestContext, deps: CacheDeps, tier: CacheTier) -> Loo
         deps.cache.count_fail_open(tier, exc)
         ctx.cache.fail_open(tier, f"{type(exc).__name__}: {exc}"[:200])
     finally:
+        ahead = ctx.cache.ahead
+        by_limits = tier is CacheTier.EXACT and ahead is not None and ahead.fetched
+        read = {"read_by": "rate_limit"} if by_limits else {}
         ctx.cache.lookup_ms[tier.value] = child_span(
-            ctx, f"cache.{tier.value}", start, "ok" if status != "error" else "error", result=status
+            ctx,
+            f"cache.{tier.value}",
+            start,
+            "ok" if status != "error" else "error",
+            result=status,
+            **read,
         )
     return found
 
 
 async def _exact(ctx: RequestContext, deps: CacheDeps) -> Lookup | None:
-    plan, keys = ctx.cache.plan, ctx.cache.keys
+    plan, keys, ahead = ctx.cache.plan, ctx.cache.keys, ctx.cache.ahead
     assert plan is not None and keys is not None
+    if ahead is not None and ahead.fetched:  # read by the limits script
+        return deps.cache.exact_entry(ahead.entry, plan.min_created_at_ms)
     return await deps.cache.look_up_exact(ctx.org_id, keys.exact, plan.min_created_at_ms)
 
 
@@ -187,25 +228,28 @@ _LOOKUPS: dict[CacheTier, Callable[[RequestContext, CacheDeps], Awaitable[Lookup
 }
 
 
-def _answer(ctx: RequestContext, deps: CacheDeps, found: Lookup) -> bool:
-    """Serve a hit; False when the stored entry cannot be replayed for this request, or when
-    this request must be screened and the stored one's score would not let it through."""
+def _answer(ctx: RequestContext, deps: CacheDeps, found: Lookup) -> ReplayStream | None:
+    """Serve a hit (sets ``ctx.answered``; a streamed hit returns its replay). Not served when
+    the stored entry cannot be replayed for this request, or when this request must be
+    screened and the stored one's score would not let it through."""
     chat, answer = ctx.chat, found.answer
     assert chat is not None
     if not _screening_allows(ctx, deps, answer):
         ctx.cache.fail_open(found.tier, "hit not served: this request's firewall settings")
-        return False
+        return None
     usage = TokenUsage(
         answer.prompt_tokens,
         answer.completion_tokens,
         answer.total_tokens,
         answer.cached_prompt_tokens,
     )
+    replay = None
     if chat.stream:
         events = replay_events(answer.body, include_usage=chat.client_wants_usage)
         if events is None:
-            return False
-        ctx.stream = ReplayStream(events, answer.model, usage)
+            return None
+        replay = ReplayStream(events, answer.model, usage)
+        ctx.stream = replay.observed
     else:
         ctx.reply = UpstreamReply(200, answer.body, "application/json", answer.model, usage)
         ctx.response_body = answer.body
@@ -219,7 +263,7 @@ def _answer(ctx: RequestContext, deps: CacheDeps, found: Lookup) -> bool:
     )
     ctx.response_headers.update(cache_headers(CacheStatus.HIT, found.tier, found.similarity))
     ctx.answered = True
-    return True
+    return replay
 
 
 def _screening_allows(ctx: RequestContext, deps: CacheDeps, answer: CachedAnswer) -> bool:
@@ -258,14 +302,14 @@ class ReplayStream(UpstreamStream):
     def __init__(self, events: list[bytes], model: str, usage: TokenUsage) -> None:
         super().__init__(200)
         self._events = events
-        self.model = model
-        self.usage = usage
+        self.observed.model = model
+        self.observed.usage = usage
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Observed like an upstream's events, so the record has the text it adds up to."""
-        self.first_chunk_ns = time.perf_counter_ns()
+        self.observed.first_chunk_ns = time.perf_counter_ns()
         for event in self._events:
-            observe_event(self, event, forward_usage_chunk=True)
+            observe_event(self.observed, event, forward_usage_chunk=True)
             yield event
 
     async def aclose(self) -> None:

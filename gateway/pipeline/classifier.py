@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.clients.providers.base import ChatRequest
 from gateway.context import RequestContext
+from gateway.domain import ChatRequest
 from gateway.pipeline import dispatch
 from gateway.policy.screening import ClassifierVerdict, answer_text, classifier_body, parse_verdict
 from gateway.policy.usage import settle_usage
@@ -98,7 +98,13 @@ async def classify(
         call.provider = sub.provider_name
         call.providers_tried = tuple(sub.providers_tried)
         call.retries = sub.retries
-    settled = settle_usage(sub, generation.upstreams.prices)
+    settled = settle_usage(
+        sub.reply,
+        sub.chat,
+        generation.upstreams.prices,
+        provider=sub.provider_name,
+        model=sub.model_priced,
+    )
     call.tokens, call.cost_usd = settled.usage.total_tokens, settled.cost_usd
     assert sub.reply is not None  # dispatch answered or raised
     call.verdict = parse_verdict(answer_text(sub.reply.body))

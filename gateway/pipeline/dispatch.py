@@ -7,7 +7,8 @@ Invariants:
 - The next target is tried after a retryable failure, a timeout or a rejected provider key; a
   client mistake reported by the provider (400/404/422) is the answer and nothing else is tried.
 - Streams fall back only before the caller has any byte: ``open_stream`` returns at the status
-  line, and from then on the relay owns the stream.
+  line, and from then on the relay owns the stream (``run`` returns it to the route; the
+  context keeps only what is seen of it).
 - Every attempt becomes a ``provider_attempt`` span (provider, model, outcome); every failure
   that is the provider's counts against its breaker.
 - All targets failed: the last failure is raised as it was (504 GATEWAY_TIMEOUT after a timeout,
@@ -24,9 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from gateway.context import StageTiming
+from gateway.domain import ChatRequest, StageTiming
 from gateway.pipeline.intake import EMBEDDINGS
 from gateway.policy.breaker import Admission
 from gateway.policy.routing import (
@@ -36,10 +37,11 @@ from gateway.policy.routing import (
     counts_against_breaker,
     retryable,
 )
+from shared.backoff import Backoff
 from shared.errors import ClientError, ProviderError
 
 if TYPE_CHECKING:
-    from gateway.clients.providers.base import ChatRequest, ProviderClient
+    from gateway.clients.providers.base import ProviderClient, UpstreamStream
     from gateway.context import RequestContext
     from gateway.generation import Generation
     from gateway.settings import RetrySettings
@@ -57,7 +59,9 @@ class DispatchDeps:
     """An open breaker's cool-down: the ``Retry-After`` when every breaker is open."""
 
 
-async def run(ctx: RequestContext, deps: DispatchDeps) -> None:
+async def run(ctx: RequestContext, deps: DispatchDeps) -> UpstreamStream | None:
+    """The open stream of a streamed answer, for the caller to relay and close; None when the
+    answer is whole (``ctx.reply``)."""
     if ctx.chat is None or not ctx.targets:
         raise RuntimeError("dispatch runs after intake and routing")
     last: ClientError | None = None
@@ -68,16 +72,16 @@ async def run(ctx: RequestContext, deps: DispatchDeps) -> None:
         if admission is Admission.REJECT or provider is None:  # None: removed since routing
             _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
             continue
-        ctx.provider = provider
+        ctx.provider_name = provider.name
         ctx.providers_tried.append(target.provider)
         try:
-            await _try_target(ctx, deps, target, probe=admission is Admission.PROBE)
+            return await _try_target(
+                _TargetRun(ctx, deps, target, provider), probe=admission is Admission.PROBE
+            )
         except ClientError as exc:
             if classify_failure(exc) is Outcome.CLIENT_ERROR:
                 raise
             last = exc
-            continue
-        return
     if last is None:
         raise ProviderError(
             f"no provider for model {ctx.model_requested!r} is available: "
@@ -90,38 +94,41 @@ async def run(ctx: RequestContext, deps: DispatchDeps) -> None:
     raise last
 
 
-async def _try_target(
-    ctx: RequestContext, deps: DispatchDeps, target: Target, *, probe: bool
-) -> None:
+async def _try_target(run: _TargetRun, *, probe: bool) -> UpstreamStream | None:
+    deps, target, org_id = run.deps, run.target, run.ctx.org_id
     breakers = deps.generation.upstreams.breakers
     try:
-        await _TargetRun(ctx, deps, target).run(1 if probe else deps.retry.attempts)
+        await run.run(1 if probe else deps.retry.attempts)
     except ClientError as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
-            await breakers.probe_succeeded(target.provider, ctx.org_id)  # it is up
+            await breakers.probe_succeeded(target.provider, org_id)  # it is up
         raise
     if probe:
-        await breakers.probe_succeeded(target.provider, ctx.org_id)
+        await breakers.probe_succeeded(target.provider, org_id)
+    return run.stream
 
 
 class _TargetRun:
     """The attempts at one target; each failure is counted by the breaker, whose verdict
     decides whether another attempt is worth making."""
 
-    def __init__(self, ctx: RequestContext, deps: DispatchDeps, target: Target) -> None:
-        if ctx.chat is None or ctx.provider is None:
-            raise RuntimeError("a target is tried after intake, with its provider chosen")
-        self.ctx, self.deps, self.target = ctx, deps, target
-        self.provider = ctx.provider
+    def __init__(
+        self, ctx: RequestContext, deps: DispatchDeps, target: Target, provider: ProviderClient
+    ) -> None:
+        if ctx.chat is None:
+            raise RuntimeError("a target is tried after intake")
+        self.ctx, self.deps, self.target, self.provider = ctx, deps, target, provider
         self.request = ctx.chat.for_model(target.model)
         self.breaker_open = False
+        self.stream: UpstreamStream | None = None
+        """The stream the successful attempt opened (a streamed request)."""
 
     def worth_repeating(self, exc: BaseException) -> bool:
         return retryable(exc) and not self.breaker_open
 
     async def once(self) -> None:
         try:
-            await _attempt(self.ctx, self.provider, self.target, self.request)
+            self.stream = await _attempt(self.ctx, self.provider, self.target, self.request)
         except ClientError as exc:
             if counts_against_breaker(classify_failure(exc)):
                 answered = exc.details.get("provider_status") is not None
@@ -133,7 +140,7 @@ class _TargetRun:
     async def run(self, attempts: int) -> None:
         """The first attempt runs bare: tenacity's per-call bookkeeping (≈60 objects in
         reference cycles, left to the GC) is paid only by requests whose first attempt failed.
-        The waits are tenacity's exponential schedule all the same: ``backoff_s`` before the
+        The waits are one ``shared.backoff`` schedule all the same: ``backoff_s`` before the
         second attempt, doubling after each, capped at ``backoff_max_s``."""
         try:
             await self.once()
@@ -142,10 +149,11 @@ class _TargetRun:
             if attempts == 1 or not self.worth_repeating(exc):
                 raise
         retry = self.deps.retry
-        await asyncio.sleep(min(retry.backoff_s, retry.backoff_max_s))
+        backoff = Backoff(retry.backoff_s, retry.backoff_max_s)
+        await asyncio.sleep(backoff.delay_s(1))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts - 1),
-            wait=wait_exponential(multiplier=2 * retry.backoff_s, max=retry.backoff_max_s),
+            wait=backoff.wait(after=1),
             retry=retry_if_exception(self.worth_repeating),
             reraise=True,
         )
@@ -157,18 +165,20 @@ class _TargetRun:
 
 async def _attempt(
     ctx: RequestContext, provider: ProviderClient, target: Target, request: ChatRequest
-) -> None:
+) -> UpstreamStream | None:
     start = time.perf_counter_ns()
     outcome = Outcome.OK
     try:
         if request.stream:
-            ctx.stream = await provider.open_stream(request)
-            ctx.status_code = ctx.stream.status_code
-        else:
-            call = provider.embed if ctx.endpoint == EMBEDDINGS else provider.complete
-            ctx.reply = await call(request)
-            ctx.status_code = ctx.reply.status_code
-            ctx.response_body = ctx.reply.body
+            stream = await provider.open_stream(request)
+            ctx.stream = stream.observed
+            ctx.status_code = stream.status_code
+            return stream
+        call = provider.embed if ctx.endpoint == EMBEDDINGS else provider.complete
+        ctx.reply = await call(request)
+        ctx.status_code = ctx.reply.status_code
+        ctx.response_body = ctx.reply.body
+        return None
     except ClientError as exc:
         outcome = classify_failure(exc)
         raise

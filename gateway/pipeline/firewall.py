@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.context import StageTiming
+from gateway.domain import StageTiming
 from gateway.pipeline.classifier import ClassifierCall, classify
 from gateway.policy.firewall import (
     FirewallOutcome,

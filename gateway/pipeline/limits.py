@@ -1,4 +1,6 @@
-"""Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call.
+"""Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call;
+the same call reads the exact response cache's entry when its key is known already (no
+template), so a request makes one round trip to Redis before its provider call.
 
 Fail open: when Redis cannot answer, the request runs, the answer carries
 ``Floopy-RateLimit-Status: unavailable``, and the limiter logs and counts it
@@ -10,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.clients.keystore import KeyStore, usage_expiry_s
-from gateway.clients.ratelimiter import Bucket, Gates, RateLimiter
+from gateway.clients.ratelimiter import Gates
+from gateway.clients.usage_counters import usage_expiry_s
+from gateway.domain import Bucket
+from gateway.pipeline.cache import plan_ahead
 from gateway.policy.keys import Usage
 from gateway.policy.limits import (
     admission_cost,
@@ -25,6 +29,9 @@ from gateway.policy.ratelimit import Segment, Unit, bucket_key
 from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
+    from gateway.clients.ratelimiter import RateLimiter
+    from gateway.clients.response_cache import ResponseCache
+    from gateway.clients.usage_counters import UsageCounters
     from gateway.context import RequestContext
 
 __all__ = ["STATUS_HEADER", "LimitsDeps", "run"]
@@ -34,8 +41,10 @@ STATUS_HEADER = "Floopy-RateLimit-Status"
 
 @dataclass(frozen=True, slots=True)
 class LimitsDeps:
-    keystore: KeyStore
+    usage_counters: UsageCounters
     limiter: RateLimiter
+    cache: ResponseCache
+    """The exact tier's entry is read in the limits script (``cache.plan_ahead``)."""
     key_prefix: str
     segment_cap: int
 
@@ -46,8 +55,8 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
     prefix = deps.key_prefix
-    keystore = deps.keystore
-    org_name = org_tag(org.org_id, keystore.cluster)  # one hash slot per org on a cluster
+    counters = deps.usage_counters
+    org_name = org_tag(org.org_id, counters.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
             bucket_key(
@@ -65,14 +74,14 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
         for name, policy in policies
     ]
     now_ms = ctx.created_at_ms
-    day, month = keystore.usage_keys(key.key_id, now_ms, org_id=org.org_id)
+    day, month = counters.usage_keys(key.key_id, now_ms, org_id=org.org_id)
     limits = key.limits
     gates = Gates(
-        request_counter=keystore.request_counter(org.org_id, now_ms),
+        request_counter=counters.request_counter(org.org_id, now_ms),
         counter_expire_at_s=usage_expiry_s(now_ms, monthly=True),
         usage_day_key=day,
         usage_month_key=month,
-        segment_set=keystore.keys.rate_limit_segments(org.org_id),
+        segment_set=counters.keys.rate_limit_segments(org.org_id),
         segment_cap=deps.segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
@@ -80,7 +89,11 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
         daily_cost_usd=limits.daily_cost_usd,
         monthly_cost_usd=limits.monthly_cost_usd,
     )
-    admission = await deps.limiter.admit(buckets, gates)
+    # the exact cache's entry, read in the same script when it can be (one round trip)
+    peek = plan_ahead(ctx, deps.cache, cluster=counters.cluster)
+    admission = await deps.limiter.admit(buckets, gates, peek)
+    if peek and admission.admitted and not admission.fail_open and ctx.cache.ahead is not None:
+        ctx.cache.ahead.fetched, ctx.cache.ahead.entry = True, admission.peeked
     if admission.fail_open:
         ctx.response_headers[STATUS_HEADER] = "unavailable"
         return

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.clients.usage import record_usage
 from gateway.metrics import observe_request
 from gateway.pipeline.cache import store_after
-from gateway.policy.recording import build_records
+from gateway.pipeline.record import build_records
 from gateway.policy.usage import Settled, needs_estimate, settle_usage
 from shared.codec import encode_record
 from shared.streams import Sink
@@ -61,10 +61,10 @@ def publish(ctx: RequestContext, deps: PublishDeps) -> None:
     if ctx.stream is not None:
         _stretch_dispatch(ctx, end_ns)
     try:
-        if needs_estimate(ctx):
+        if needs_estimate(ctx.answer):
             deps.background.spawn(_publish_estimated(ctx, deps, end_ns))
             return
-        _send(ctx, deps, end_ns, settle_usage(ctx, deps.generation.upstreams.prices))
+        _send(ctx, deps, end_ns, _settle(ctx, deps))
     except Exception:  # the response is gone: log, count, carry on
         deps.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
@@ -72,11 +72,22 @@ def publish(ctx: RequestContext, deps: PublishDeps) -> None:
 
 async def _publish_estimated(ctx: RequestContext, deps: PublishDeps, end_ns: int) -> None:
     try:
-        settled = await asyncio.to_thread(settle_usage, ctx, deps.generation.upstreams.prices)
+        settled = await asyncio.to_thread(_settle, ctx, deps)
         _send(ctx, deps, end_ns, settled)
     except Exception:  # a task of its own: nothing above it would log this
         deps.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
+
+
+def _settle(ctx: RequestContext, deps: PublishDeps) -> Settled:
+    return settle_usage(
+        ctx.answer,
+        ctx.chat,
+        deps.generation.upstreams.prices,
+        provider=ctx.provider_name,
+        model=ctx.model_priced,
+        from_cache=ctx.cache.hit is not None,
+    )
 
 
 def _send(ctx: RequestContext, deps: PublishDeps, end_ns: int, settled: Settled) -> None:
@@ -90,7 +101,7 @@ def _send(ctx: RequestContext, deps: PublishDeps, end_ns: int, settled: Settled)
     try:
         store_after(ctx, deps.cache, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss
-        deps.cache.write_failures["schedule"] += 1
+        deps.cache.write_failures.inc("schedule")
         log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 

@@ -1,7 +1,9 @@
 """The order a request meets the stages, in one place, and the loop that times each of them.
 
 A stage reads and fills the context, answers (sets ``ctx.answered``: a cache hit; the stages
-after it do not run), or raises a ``ClientError``. The timing of every stage
+after it do not run), or raises a ``ClientError``. A stage that answers with a stream returns
+it (dispatch, a streamed cache hit): an open stream is not data, so it is not on the context,
+and the caller of ``run_stages`` relays and closes it. The timing of every stage
 that ran (even one that failed) becomes a span and a ``stage_latency_ms`` entry.
 
 Each stage is handed only what it uses (``deps``: a store, the routing generation, or a small
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from gateway.context import StageTiming
+from gateway.domain import StageTiming
 from gateway.pipeline import auth, cache, dispatch, firewall, intake, limits, routing, template
 from gateway.pipeline.cache import CacheDeps
 from gateway.pipeline.dispatch import DispatchDeps
@@ -25,6 +27,7 @@ from gateway.pipeline.limits import LimitsDeps
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
+    from gateway.clients.providers.base import UpstreamStream
     from gateway.context import RequestContext
     from gateway.services import Services
 
@@ -36,7 +39,7 @@ D = TypeVar("D")
 @dataclass(frozen=True, slots=True)
 class Stage(Generic[D]):
     name: str
-    run: Callable[[RequestContext, D], Awaitable[None]]
+    run: Callable[[RequestContext, D], Awaitable[UpstreamStream | None]]
     deps: D
 
 
@@ -49,14 +52,15 @@ def chat_stages(services: Services) -> tuple[Stage[Any], ...]:
     """``POST /v1/chat/completions``: the stages in order, each with what it uses."""
     s, settings, access = services, services.settings, services.access
     return (
-        Stage("auth", auth.run, access.keystore),
+        Stage("auth", auth.run, access.authenticator),
         Stage("intake", intake.run, None),
         Stage(
             "rate_limit",
             limits.run,
             LimitsDeps(
-                access.keystore,
+                access.usage_counters,
                 access.limiter,
+                s.cache,
                 settings.redis.key_prefix,
                 settings.rate_limit_segment_cap,
             ),
@@ -83,12 +87,14 @@ def embedding_stages(chat: Sequence[Stage[Any]]) -> tuple[Stage[Any], ...]:
     return tuple(s for s in chat if s.name not in ("template", "firewall"))
 
 
-async def run_stages(ctx: RequestContext, stages: Sequence[Stage[Any]]) -> None:
+async def run_stages(ctx: RequestContext, stages: Sequence[Stage[Any]]) -> UpstreamStream | None:
+    """The open stream of a streamed answer; None when the answer is whole (``ctx.reply``)."""
+    stream = None
     for stage in stages:
         start = time.perf_counter_ns()
         status = "error"
         try:
-            await stage.run(ctx, stage.deps)
+            stream = await stage.run(ctx, stage.deps)
             status = "ok"
         except ClientError:
             raise
@@ -100,5 +106,6 @@ async def run_stages(ctx: RequestContext, stages: Sequence[Stage[Any]]) -> None:
             ctx.timings.append(
                 StageTiming(stage.name, (start - ctx.started_ns) / 1e6, (end - start) / 1e6, status)
             )
-        if ctx.answered:
-            return
+        if ctx.answered or stream is not None:
+            return stream
+    return None

@@ -35,6 +35,7 @@ __all__ = [
     "CacheStatus",
     "CacheTier",
     "CachedAnswer",
+    "PlannedLookup",
     "cache_headers",
     "decode_answer",
     "encode_answer",
@@ -179,6 +180,18 @@ def plan_cache(
 
 
 @dataclass(slots=True)
+class PlannedLookup:
+    """The cache stage's plan and keys, made ahead by the limits stage so that the exact
+    tier's entry is read in the limits script's round trip (``fetched``; ``entry`` None: no
+    entry). Not the outcome yet: a request the limits refuse never reached the cache."""
+
+    plan: CachePlan
+    keys: RequestKeys | None
+    fetched: bool = False
+    entry: bytes | None = None
+
+
+@dataclass(slots=True)
 class CacheOutcome:
     """What the cache stage found and what the write after the response needs; the record's
     ``cache_*`` fields. ``status`` None: the request never reached the cache stage."""
@@ -195,6 +208,7 @@ class CacheOutcome:
     """Embeddings made for the lookup, reused by the write of a miss."""
     stream_events: list[bytes] | None = None
     """The SSE bytes a streamed miss sent, kept only when the answer will be stored."""
+    ahead: PlannedLookup | None = None
 
     @property
     def threshold(self) -> float | None:

@@ -16,8 +16,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.clients.providers.openai_wire import DONE
-from gateway.clients.providers.sse import event_data
+from gateway.policy.sse import DONE, event_data
 
 __all__ = ["PIECE_CHARS", "assemble_stream", "replay_events"]
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.clients.providers.base import ChatRequest
+from gateway.domain import ChatRequest
 from gateway.policy.json_body import decode_json
 from shared.errors import BadRequestError
 

@@ -1,4 +1,4 @@
-"""Floopy request headers (DESIGN.md §3) → who the request is for and how to treat it.
+"""Floopy request headers (docs/architecture.md §2) → who the request is for and how to treat it.
 
 Rules, checked before anything is sent upstream (any breach is a 400 BAD_REQUEST naming the
 header): no control characters anywhere; ids and the session path are printable ASCII; the

@@ -55,7 +55,7 @@ __all__ = [
 KEY_PREFIX = "sk-floopy-"
 _MAX_SECRET_CHARS = 128
 DEFAULT_ORG_RATE_LIMIT = "10000;w=60"
-"""DESIGN.md §4: org default of 10,000 requests per minute."""
+"""docs/architecture.md §2: org default of 10,000 requests per minute."""
 
 
 class Permission(StrEnum):

@@ -1,4 +1,5 @@
-"""The request record and its spans, built from a finished request context (pure).
+"""What the request record keeps of a request, and its spans (pure; the context is read into
+the record by ``gateway.pipeline.record``, which hands these functions plain values).
 
 Every free-text field is clipped (``TRUNCATED_MARK`` says where): bodies and template inputs
 at ``body_limit`` bytes, names at ``NAME_MAX_CHARS``, error messages at ``MESSAGE_MAX_CHARS``
@@ -10,26 +11,34 @@ is the same span downstream, like its request record.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
-from gateway.clients.providers.base import TokenUsage, UpstreamStream
-from gateway.context import RequestContext, StageTiming
-from gateway.policy.redaction import recorded_request_headers, recorded_response_headers
-from gateway.policy.usage import Settled, reported_usage
-from shared.records import RequestRecord, SpanRecord
+from gateway.domain import StageTiming, StreamObservation
+from gateway.policy.cache import CacheOutcome
+from gateway.policy.firewall import FirewallOutcome
+from gateway.policy.headers import RequestMeta
+from shared.errors import ClientError
+from shared.records import SpanRecord
 
 __all__ = [
     "MESSAGE_MAX_CHARS",
     "NAME_MAX_CHARS",
     "TRUNCATED_MARK",
-    "build_records",
+    "build_spans",
+    "cache_fields",
     "clip_body",
     "clip_inputs",
     "clip_text",
+    "decoded_headers",
+    "error_fields",
+    "firewall_fields",
+    "kept_bodies",
+    "span_id",
     "stream_summary",
 ]
 
@@ -64,7 +73,7 @@ def clip_body(body: bytes, limit: int) -> str:
     return body[:limit].decode("utf-8", "ignore") + TRUNCATED_MARK
 
 
-def stream_summary(request_id: str, stream: UpstreamStream) -> bytes:
+def stream_summary(request_id: str, stream: StreamObservation) -> bytes:
     """A streamed answer recorded as the chat.completion it adds up to."""
     usage = stream.usage
     return msgspec.json.encode(
@@ -90,79 +99,21 @@ def stream_summary(request_id: str, stream: UpstreamStream) -> bytes:
     )
 
 
-def _ttft_ms(ctx: RequestContext) -> float:
-    if ctx.stream is None or not ctx.stream.first_chunk_ns:
-        return 0.0
-    return ctx.elapsed_ms(ctx.stream.first_chunk_ns)
+def error_fields(error: ClientError | None, stream_error: str) -> tuple[str, str]:
+    """(error code, message, clipped) of a request: its error, or what cut its stream short."""
+    if error is not None:
+        return error.code, clip_text(error.message, MESSAGE_MAX_CHARS)
+    return "", clip_text(stream_error, MESSAGE_MAX_CHARS)
 
 
-def _error_fields(ctx: RequestContext) -> tuple[str, str]:
-    if ctx.error is not None:
-        return ctx.error.code, ctx.error.message
-    if ctx.stream_error:
-        return "", ctx.stream_error
-    return "", ""
+def kept_bodies(log_bodies: bool, meta: RequestMeta) -> tuple[bool, bool]:
+    """(keep the request body, keep the response body): the key's body logging switch, then
+    the caller's ``floopy-omit-request``/``floopy-omit-response``. Without the request body the
+    template inputs go too (they are request body text)."""
+    return log_bodies and not meta.omit_request, log_bodies and not meta.omit_response
 
 
-def build_records(
-    ctx: RequestContext, end_ns: int, body_limit: int, settled: Settled | None = None
-) -> tuple[RequestRecord, list[SpanRecord]]:
-    """``settled``: tokens and cost from ``gateway.policy.usage.settle_usage`` (without it,
-    the provider's usage as reported and no cost)."""
-    error_code, error_message = _error_fields(ctx)
-    error_message = clip_text(error_message, MESSAGE_MAX_CHARS)
-    meta = ctx.meta
-    usage = settled.usage if settled is not None else (reported_usage(ctx) or TokenUsage())
-    log_bodies = ctx.api_key is None or ctx.api_key.switches.log_bodies
-    keep_request = log_bodies and not meta.omit_request
-    keep_response = log_bodies and not meta.omit_response
-    record = RequestRecord(
-        request_id=ctx.request_id,
-        org_id=ctx.org_id,
-        api_key_id=ctx.api_key_id,
-        created_at_ms=ctx.created_at_ms,
-        stream=bool(ctx.chat and ctx.chat.stream),
-        model_requested=clip_text(ctx.model_requested, NAME_MAX_CHARS),
-        model_used=clip_text(ctx.model_used, NAME_MAX_CHARS),
-        provider=ctx.provider_name,
-        status_code=ctx.status_code,
-        error_code=error_code,
-        error_message=error_message,
-        # with the key's body logging off (or floopy-omit-*), no body and no template inputs
-        # (they are request body text)
-        request_body=clip_body(ctx.body, body_limit) if keep_request else "",
-        response_body=clip_body(ctx.response_body, body_limit) if keep_response else "",
-        bodies_redacted=not (keep_request and keep_response),
-        latency_ms=ctx.elapsed_ms(end_ns),
-        time_to_first_token_ms=_ttft_ms(ctx),
-        stage_latency_ms={t.name: t.duration_ms for t in ctx.timings},
-        user_id=meta.user_id,
-        session_id=meta.session_id,
-        session_name=meta.session_name,
-        session_path=meta.session_path,
-        properties=meta.properties,
-        prompt_id=ctx.prompt_id or meta.prompt_id,
-        prompt_version=ctx.prompt_version,
-        prompt_inputs=clip_inputs(ctx.prompt_inputs, body_limit) if keep_request else {},
-        providers_tried=list(ctx.providers_tried),
-        retries=ctx.retries,
-        tokens_estimated=settled.estimated if settled is not None else False,
-        cost_usd=settled.cost_usd if settled is not None else None,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        cached_prompt_tokens=usage.cached_prompt_tokens,
-        endpoint=ctx.endpoint,
-        **_cache_fields(ctx),
-        request_headers=recorded_request_headers(_decoded(ctx.raw_headers)),
-        response_headers=recorded_response_headers(ctx.sent_headers),
-        **_firewall_fields(ctx),
-    )
-    return record, build_spans(ctx)
-
-
-def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
-    outcome = ctx.cache
+def cache_fields(outcome: CacheOutcome) -> dict[str, Any]:
     if outcome.status is None:
         return {}
     return {
@@ -177,8 +128,7 @@ def _cache_fields(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
-def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:
-    outcome = ctx.firewall
+def firewall_fields(outcome: FirewallOutcome) -> dict[str, Any]:
     return {
         "firewall_verdict": outcome.verdict,
         "firewall_score": outcome.score,
@@ -194,29 +144,42 @@ def _firewall_fields(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
-def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
+def decoded_headers(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
+    """ASGI header pairs as text (latin-1, as HTTP/1.1 defines them)."""
     for name, value in raw:
         yield name.decode("latin-1"), value.decode("latin-1")
 
 
-def build_spans(ctx: RequestContext) -> list[SpanRecord]:
-    """One span per stage, the spans inside stages, then one per upstream attempt (ids from
-    the attempt number, so each stays unique and stable)."""
-    namespace = _namespace(ctx.request_id)
+def build_spans(
+    request_id: str, org_id: str, created_at_ms: int, timings: Iterable[StageTiming]
+) -> list[SpanRecord]:
+    """One span per timing: the stages, the spans inside stages, then one per upstream attempt
+    (ids from the attempt number, so each stays unique and stable)."""
+    namespace = _namespace(request_id).bytes
     return [
         SpanRecord(
-            span_id=str(uuid.uuid5(namespace, _span_key(timing))),
-            request_id=ctx.request_id,
-            org_id=ctx.org_id,
+            span_id=span_id(namespace, _span_key(timing)),
+            request_id=request_id,
+            org_id=org_id,
             name=timing.name,
-            created_at_ms=ctx.created_at_ms + int(timing.start_offset_ms),
+            created_at_ms=created_at_ms + int(timing.start_offset_ms),
             start_offset_ms=timing.start_offset_ms,
             duration_ms=timing.duration_ms,
             status=timing.status,
             attributes=dict(timing.attributes),
         )
-        for timing in (*ctx.timings, *ctx.child_spans, *ctx.attempts)
+        for timing in timings
     ]
+
+
+def span_id(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without the ``UUID`` objects (ten
+    spans a request): the same SHA-1, version and variant bits, and text."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _span_key(timing: StageTiming) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -48,7 +49,10 @@ _MAX_HEADERS = 100
 _MAX_VALUE_CHARS = 1024
 
 
+@lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
+    """Cached: every request records the same few header names (callers choose them, so the
+    cache is bounded)."""
     words = {w.lower() for w in _WORD.findall(name)}
     if not words.isdisjoint(SECRET_WORDS):
         return True

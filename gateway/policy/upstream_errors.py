@@ -1,4 +1,5 @@
-"""How an upstream's error answer becomes one of ours (DESIGN.md §4), keeping its own words.
+"""How an upstream's error answer becomes one of ours (docs/architecture.md §5), keeping its own
+words.
 
 A 400/404/413/422 means the caller's request was wrong (bad parameter, unknown model): the caller
 can fix it, so it is a 400 BAD_REQUEST. Anything else (5xx, 429, 401/403 of our upstream key) is

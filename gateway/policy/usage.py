@@ -14,12 +14,22 @@ from typing import Any
 
 import msgspec
 
-from gateway.clients.providers.base import TokenUsage
-from gateway.context import RequestContext
+from gateway.domain import ChatRequest, StreamObservation, TokenUsage, UpstreamReply
 from gateway.policy.prices import PriceBook
 from gateway.policy.tokens import estimate_completion_tokens, estimate_prompt_tokens
 
-__all__ = ["Settled", "completion_text", "needs_estimate", "reported_usage", "settle_usage"]
+__all__ = [
+    "Answer",
+    "Settled",
+    "completion_text",
+    "estimate_usage",
+    "needs_estimate",
+    "reported_usage",
+    "settle_usage",
+]
+
+Answer = UpstreamReply | StreamObservation
+"""What a provider (or the cache) answered: a whole reply, or what was seen of a stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +59,9 @@ _decode_completion = msgspec.json.Decoder(_Completion).decode
 _decode_messages = msgspec.json.Decoder(_Messages).decode
 
 
-def reported_usage(ctx: RequestContext) -> TokenUsage | None:
+def reported_usage(answer: Answer | None) -> TokenUsage | None:
     """The usage the provider reported (its reply, or its stream's usage chunk), if any."""
-    if ctx.reply is not None:
-        return ctx.reply.usage
-    if ctx.stream is not None:
-        return ctx.stream.usage
-    return None
+    return answer.usage if answer is not None else None
 
 
 def completion_text(body: bytes) -> str | None:
@@ -68,16 +74,13 @@ def completion_text(body: bytes) -> str | None:
     return (message.content or "") if message else ""
 
 
-def _answer_text(ctx: RequestContext) -> str:
-    if ctx.stream is not None:
-        return "".join(ctx.stream.content_parts)
-    if ctx.reply is None:
-        return ""
-    return completion_text(ctx.reply.body) or ""
+def _answer_text(answer: Answer) -> str:
+    if isinstance(answer, StreamObservation):
+        return "".join(answer.content_parts)
+    return completion_text(answer.body) or ""
 
 
-def _prompt_messages(ctx: RequestContext) -> list[dict[str, Any]]:
-    chat = ctx.chat
+def _prompt_messages(chat: ChatRequest | None) -> list[dict[str, Any]]:
     if chat is None:
         return []
     if chat.fields is not None:
@@ -89,33 +92,41 @@ def _prompt_messages(ctx: RequestContext) -> list[dict[str, Any]]:
         return []
 
 
-def estimate_usage(ctx: RequestContext) -> TokenUsage:
-    prompt = estimate_prompt_tokens([m for m in _prompt_messages(ctx) if isinstance(m, dict)])
-    completion = estimate_completion_tokens(_answer_text(ctx))
+def estimate_usage(answer: Answer, chat: ChatRequest | None) -> TokenUsage:
+    prompt = estimate_prompt_tokens([m for m in _prompt_messages(chat) if isinstance(m, dict)])
+    completion = estimate_completion_tokens(_answer_text(answer))
     return TokenUsage(prompt, completion, prompt + completion, 0)
 
 
-def needs_estimate(ctx: RequestContext) -> bool:
+def needs_estimate(answer: Answer | None) -> bool:
     """True when ``settle_usage`` would run the tokenizer (an answer without reported usage)."""
-    answered = ctx.reply is not None or ctx.stream is not None
-    return answered and reported_usage(ctx) is None
+    return answer is not None and answer.usage is None
 
 
-def settle_usage(ctx: RequestContext, prices: PriceBook) -> Settled:
-    """A cache hit is recorded with the stored usage and a cost of 0 (its ``cost_saved_usd``
-    is what the miss cost)."""
-    usage = reported_usage(ctx)
-    if ctx.cache.hit is not None:
+def settle_usage(
+    answer: Answer | None,
+    chat: ChatRequest | None,
+    prices: PriceBook,
+    *,
+    provider: str,
+    model: str,
+    from_cache: bool = False,
+) -> Settled:
+    """``answer``: what the caller got (None: no provider or cache answered); ``chat``: the
+    request, for a prompt estimate; ``provider``/``model``: what the answer is priced as. A
+    cache hit (``from_cache``) is recorded with the stored usage and a cost of 0 (its
+    ``cost_saved_usd`` is what the miss cost)."""
+    usage = reported_usage(answer)
+    if from_cache:
         return Settled(usage or TokenUsage(), False, 0.0)
+    if answer is None:
+        return Settled(TokenUsage(), False, None)
     estimated = False
-    answered = ctx.reply is not None or ctx.stream is not None
-    if usage is None and answered:
-        usage, estimated = estimate_usage(ctx), True
-    if usage is None or not answered:
-        return Settled(usage or TokenUsage(), estimated, None)
+    if usage is None:
+        usage, estimated = estimate_usage(answer, chat), True
     cost = prices.cost_usd(
-        provider=ctx.provider_name,
-        model=ctx.model_used or (ctx.targets[0].model if ctx.targets else ctx.model_requested),
+        provider=provider,
+        model=model,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,

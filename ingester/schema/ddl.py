@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from shared.streams import Sink
+from shared.tables import BREAKER_EVENTS, REQUESTS, SPANS
 
 __all__ = [
     "DEDUP_NOTE",
@@ -126,7 +127,7 @@ _TAIL = (
 )
 
 _REQUESTS = TableSpec(
-    name="requests",
+    name=REQUESTS,
     columns=(
         _s("request_id"),
         _s("org_id"),
@@ -203,7 +204,7 @@ _REQUESTS = TableSpec(
 )
 
 _SPANS = TableSpec(
-    name="spans",
+    name=SPANS,
     columns=(
         _s("span_id"),
         _s("request_id"),
@@ -225,7 +226,7 @@ _SPANS = TableSpec(
 )
 
 _BREAKER_EVENTS = TableSpec(
-    name="breaker_events",
+    name=BREAKER_EVENTS,
     columns=(
         _s("event_id"),
         _lc("provider"),

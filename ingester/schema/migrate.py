@@ -39,6 +39,7 @@ from ingester.schema.ddl import (
     server_capabilities,
 )
 from ingester.schema.topology import cluster_nodes, placement_of
+from shared.clickhouse_client import clickhouse_client
 from shared.settings import ClickHouseSettings
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
@@ -163,16 +164,14 @@ def _migrate_cluster(
     migrations: tuple[Migration, ...],
     retention_days: int | None,
 ) -> list[int]:
-    from ingester.sink import client_for
-
-    seed = client_for(settings)
+    seed = clickhouse_client(settings)
     try:
         nodes = cluster_nodes(seed, settings.cluster)
     finally:
         seed.disconnect()
     applied: set[int] = set()
     for node in nodes:
-        client = client_for(node.settings(settings))
+        client = clickhouse_client(node.settings(settings))
         try:
             done = _migrate_node(client, database, migrations, retention_days, settings.cluster)
         finally:
@@ -195,14 +194,12 @@ def migrate(
     settings' database and is required with a bare Client. ``cluster`` (default: the settings'
     ``cluster``) migrates every node of that cluster; with a bare Client, that node only."""
     if isinstance(target, ClickHouseSettings):
-        from ingester.sink import client_for  # sink imports the schema package: import late
-
         cluster = target.cluster if cluster is None else cluster
         database = database or target.database
         if cluster:
             settings = target.model_copy(update={"cluster": cluster})
             return _migrate_cluster(settings, database, migrations, retention_days)
-        client, owned = client_for(target), True
+        client, owned = clickhouse_client(target), True
     else:
         client, owned = target, False
     if not database:

@@ -20,6 +20,7 @@ from typing import Any
 from clickhouse_driver import errors as ch_errors
 
 from ingester.schema.cluster import Placement
+from shared.clickhouse_client import clickhouse_client
 from shared.errors import SinkUnavailableError
 from shared.settings import ClickHouseSettings
 
@@ -64,9 +65,7 @@ def placement_of(client: Any, cluster: str) -> Placement:
 
 
 def _answers(settings: ClickHouseSettings) -> bool:
-    from ingester.sink import client_for  # sink imports the schema package: import late
-
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         client.execute("SELECT 1")
         return True
@@ -81,9 +80,8 @@ def shard_settings(settings: ClickHouseSettings) -> list[ClickHouseSettings]:
     """Settings reaching one live replica of each shard (``[settings]`` without a cluster)."""
     if not settings.cluster:
         return [settings]
-    from ingester.sink import client_for
 
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         nodes = cluster_nodes(client, settings.cluster)
     finally:

@@ -6,7 +6,7 @@ why they live in ``shared`` although ``shared`` is otherwise free of I/O: the wr
 rotation must be one implementation, not two that drift. Nothing here imports the gateway or
 the ingester.
 
-Invariants (DESIGN.md §5):
+Invariants (docs/architecture.md §4):
 - One JSONL file per spool name (a sink, or the gateway's ``usage``), ``<dir>/<name>.jsonl``,
   one payload (``shared.codec`` bytes) per line. An append is written, flushed and fsynced
   before it returns; what the spool stands for (stream entries, buffered records) is let go

@@ -6,18 +6,16 @@ sink plus ``usage`` (its outage files). ``Sink`` is a ``str``, so a sink is a na
 Invariants:
 - ``append`` writes the whole batch (one payload per line) with one write, then flushes and
   fsyncs before it returns; the caller acknowledges stream entries only after that.
-- An append is all or nothing: if the write or its fsync fails (ENOSPC, EIO), the file is
-  truncated back to its size before the append and the error raised, so a full disk never
-  leaves a torn line behind (it would become a dead letter at replay). A new file
-  or a rename is followed by an fsync of the directory.
+- An append is all or nothing (``shared.durable.append_durably``): if the write or its fsync
+  fails (ENOSPC, EIO), the file is truncated back to its size before the append and the error
+  raised, so a full disk never leaves a torn line behind (it would become a dead letter at
+  replay). A new file or a rename is followed by an fsync of the directory.
 - Every change to ``<name>.jsonl*`` (rotate, append, seal for replay) happens under an
   exclusive ``flock`` on ``<dir>/<name>.jsonl.lock``, so processes sharing a directory never
   interleave lines, rotate twice, or rotate a file a replayer is sealing.
 - ``seal`` renames the rotating generations to sealed names (out of the rotation) and lists
   the sealed files under that same flock, so a file it returns is never appended to again.
 - The file is reopened for every append, so a rotation by another process is always seen.
-- A line torn by a crash is closed with a newline before the next append, so it cannot glue
-  itself to the next (good) payload.
 - Rotation follows ``shared.spool.rotation.plan_rotation``. Dropping the oldest generation
   is the only place the pipeline loses data: its records and bytes are added to the
   process-wide ``DROPPED`` counters and to the cumulative sidecar ``<dir>/<name>.dropped.json``
@@ -27,7 +25,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -38,6 +35,7 @@ from types import TracebackType
 
 import msgspec
 
+from shared.durable import append_durably, exclusive_flock, fsync_directory
 from shared.spool.reader import count_lines
 from shared.spool.rotation import (
     Rotation,
@@ -53,7 +51,6 @@ __all__ = [
     "DroppedTotals",
     "SpoolWriter",
     "dropped_sidecar_path",
-    "fsync_directory",
     "pending_files",
     "read_dropped",
     "seal",
@@ -113,24 +110,11 @@ def read_dropped(directory: Path, name: str) -> DroppedTotals:
         return DroppedTotals()
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def spool_flock(directory: Path, name: str) -> Iterator[None]:
     """Hold the spool's writer lock: no append or rotation runs meanwhile, in any process."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f"{name}.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_flock(directory / f"{name}.jsonl.lock"):
         yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def pending_files(directory: Path, name: str) -> list[Path]:
@@ -164,15 +148,6 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def _truncate_back(fd: int, size: int) -> None:
-    """Undo a failed append. Shrinking a file frees blocks, so this works on a full disk."""
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    except OSError:
-        log.exception("could not truncate a failed spool append back to %d bytes", size)
-
-
 class SpoolWriter:
     """The rotating files of one spool name. Blocking; safe to share between threads."""
 
@@ -199,7 +174,7 @@ class SpoolWriter:
             rotation = plan_rotation(self._sizes(), len(data), self.cap_bytes, self.generations)
             if rotation.needed:
                 self._rotate(rotation)
-            self._write(data)
+            append_durably(self.path, data)
 
     def sizes(self) -> list[int | None]:
         """Current size of each generation (``None``: absent), newest first."""
@@ -248,25 +223,6 @@ class SpoolWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-
-    def _write(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # close a line torn by a crash
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError:
-                _truncate_back(fd, size)
-                raise
-        finally:
-            os.close(fd)
-        if size == 0:
-            fsync_directory(self.directory)
 
     def close(self) -> None:
         """Nothing is held between appends; kept so owners can treat sinks alike."""

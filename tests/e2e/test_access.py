@@ -1,8 +1,8 @@
 """Keys, orgs, limits, templates and the admin API through the official SDK, against one stack:
 two gateways (A with 2 granian workers, B with 1) sharing Redis, a fake provider and an ingester.
 
-Every refusal of the error table (DESIGN.md §4) this part owns is reproduced with its status,
-code and headers, and found in ClickHouse with its error code.
+Every refusal of the error table (README "Errors", docs/architecture.md §5) this part owns is
+reproduced with its status, code and headers, and found in ClickHouse with its error code.
 """
 
 from __future__ import annotations

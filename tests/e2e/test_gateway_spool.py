@@ -18,8 +18,8 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import ClickHouseServer, RedisServer
-from gateway.clients.keystore import KeyStore
 from gateway.clients.outage_spool import USAGE
+from gateway.clients.usage_counters import UsageCounters
 from shared.spool.reader import count_lines
 from shared.spool.writer import pending_files
 from shared.streams import Sink
@@ -140,7 +140,7 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         )[0][0]
         redis = Redis.from_url(redis_server.url)
         try:
-            counted = await KeyStore(redis, prefix=floopy.tag).usage(
+            counted = await UsageCounters(redis, prefix=floopy.tag).usage(
                 KEY_ID, int(time.time() * 1000)
             )
         finally:

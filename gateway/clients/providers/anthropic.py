@@ -16,15 +16,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from gateway.clients.providers.base import (
-    ChatRequest,
-    ProviderClient,
-    TokenUsage,
-    UpstreamReply,
-    UpstreamStream,
-)
-from gateway.clients.providers.sse import SSESplitter, event_data
+from gateway.clients.providers.base import ProviderClient, UpstreamStream
 from gateway.clients.upstream_http import UpstreamHTTP
+from gateway.domain import ChatRequest, TokenUsage, UpstreamReply
 from gateway.policy.anthropic import (
     AnthropicUsage,
     StreamTranslator,
@@ -32,6 +26,7 @@ from gateway.policy.anthropic import (
     to_openai_response,
 )
 from gateway.policy.json_body import decode_json
+from gateway.policy.sse import SSESplitter, event_data
 from gateway.settings import ProviderSettings
 from shared.errors import ProviderError
 
@@ -115,8 +110,8 @@ class AnthropicStream(UpstreamStream):
     async def chunks(self) -> AsyncIterator[bytes]:
         splitter = SSESplitter()
         async for data in self._http.iter_bytes(self._response):
-            if not self.first_chunk_ns:
-                self.first_chunk_ns = time.perf_counter_ns()
+            if not self.observed.first_chunk_ns:
+                self.observed.first_chunk_ns = time.perf_counter_ns()
             out = [line for event in splitter.feed(data) for line in self._translate(event)]
             self._observe()
             if out:
@@ -133,12 +128,12 @@ class AnthropicStream(UpstreamStream):
         return self.translator.feed(str(data.get("type", "")), data)
 
     def _observe(self) -> None:
-        t = self.translator
-        self.model = t.model
-        self.usage = token_usage(t.usage) if t.id else None
-        self.completed = t.completed
-        self.content_parts = t.content_parts
-        self.finish_reason = t.finish_reason
+        t, seen = self.translator, self.observed
+        seen.model = t.model
+        seen.usage = token_usage(t.usage) if t.id else None
+        seen.completed = t.completed
+        seen.content_parts = t.content_parts
+        seen.finish_reason = t.finish_reason
 
     async def aclose(self) -> None:
         await self._http.release(self._response)

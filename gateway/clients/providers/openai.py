@@ -18,15 +18,11 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from gateway.clients.providers.base import (
-    ChatRequest,
-    ProviderClient,
-    UpstreamReply,
-    UpstreamStream,
-)
-from gateway.clients.providers.openai_wire import observe_event, read_completion
-from gateway.clients.providers.sse import SSESplitter
+from gateway.clients.providers.base import ProviderClient, UpstreamStream
 from gateway.clients.upstream_http import UpstreamHTTP
+from gateway.domain import ChatRequest, UpstreamReply
+from gateway.policy.openai_wire import observe_event, read_completion
+from gateway.policy.sse import SSESplitter
 from gateway.settings import ProviderSettings
 
 __all__ = ["AzureOpenAIProvider", "OpenAIProvider", "OpenAIStream"]
@@ -148,12 +144,12 @@ class OpenAIStream(UpstreamStream):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Each upstream read, minus a usage-only chunk the caller did not ask for."""
-        splitter = SSESplitter()
+        splitter, seen = SSESplitter(), self.observed
         async for data in self._http.iter_bytes(self._response):
-            if not self.first_chunk_ns:
-                self.first_chunk_ns = time.perf_counter_ns()
+            if not seen.first_chunk_ns:
+                seen.first_chunk_ns = time.perf_counter_ns()
             events = splitter.feed(data)
-            keep = [e for e in events if observe_event(self, e, self._forward_usage_chunk)]
+            keep = [e for e in events if observe_event(seen, e, self._forward_usage_chunk)]
             if len(keep) == 1:
                 yield keep[0]
             elif keep:

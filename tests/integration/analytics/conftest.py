@@ -15,7 +15,7 @@ from devstack.synthetic import DatasetShape, generate, spans_for
 from ingester.delivery import Delivery
 from ingester.rollups import Rollups, ensure_rollup_tables
 from ingester.schema.migrate import migrate
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
@@ -29,7 +29,7 @@ def new_database(server: ClickHouseServer) -> ClickHouseSettings:
         port=server.port, database=f"t_{uuid.uuid4().hex[:12]}", send_receive_timeout_s=120
     )
     migrate(settings)
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         ensure_rollup_tables(client, settings.database)
     finally:
@@ -38,7 +38,7 @@ def new_database(server: ClickHouseServer) -> ClickHouseSettings:
 
 
 def drop_database(settings: ClickHouseSettings) -> None:
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         client.execute(f"DROP DATABASE IF EXISTS `{settings.database}`")
     finally:

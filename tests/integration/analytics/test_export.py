@@ -11,23 +11,26 @@ from collections.abc import AsyncIterator
 import pytest
 from litestar.testing import AsyncTestClient
 
+from devstack.servers import RedisServer
 from gateway.console import api as console_api
 from gateway.console.export import EXPORT_COLUMNS
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
 
-from .test_read_api import ACME, Client, all_ids, build_app, loaded, window
+from .test_read_api import ACME, ACME_KEY, Client, all_ids, build_app, loaded, window
 
 pytestmark = pytest.mark.integration
 
 __all__ = ["loaded"]  # the module-scoped dataset fixture, shared with the read API tests
 
-AUTH = {"Authorization": "Bearer sk-acme"}
+AUTH = {"Authorization": f"Bearer {ACME_KEY}"}
 
 
 @pytest.fixture
-async def client(loaded: tuple[ClickHouseSettings, list[RequestRecord]]) -> AsyncIterator[Client]:
-    async with AsyncTestClient(app=build_app(loaded[0])) as c:
+async def client(
+    loaded: tuple[ClickHouseSettings, list[RequestRecord]], redis_server: RedisServer
+) -> AsyncIterator[Client]:
+    async with AsyncTestClient(app=build_app(loaded[0], redis_server)) as c:
         yield c
 
 

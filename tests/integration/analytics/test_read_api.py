@@ -7,21 +7,30 @@ its own database; the tests only read it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 
-from devstack.servers import ClickHouseServer
-from gateway.console import Console, openapi_config
-from gateway.console.auth import static_keys
+from devstack.servers import ClickHouseServer, RedisServer
+from gateway.admin.seed import apply_seed, seed_from_api_keys
+from gateway.clients.admin_store import AdminStore
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.routing_config import RoutingConfigStore
+from gateway.clients.templates import TemplateStore
+from gateway.console import Console, Principal, openapi_config
+from gateway.console.api import Authenticator
+from gateway.console.auth import reader_keys
 from gateway.console.filters import encode_cursor
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.settings import ApiKeyEntry
 from ingester.rollups import Rollups
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import BreakerEventRecord, RequestRecord
 from shared.settings import ClickHouseSettings
@@ -32,9 +41,10 @@ from .conftest import dataset, drop_database, make_deliver, new_database
 pytestmark = pytest.mark.integration
 
 ACME, GLOBEX = "org-acme", "org-globex"
+ACME_KEY, GLOBEX_KEY = "sk-floopy-acme", "sk-floopy-globex"
 KEYS = {
-    "sk-acme": ApiKeyEntry(org_id=ACME, key_id="k-acme"),
-    "sk-globex": ApiKeyEntry(org_id=GLOBEX, key_id="k-globex"),
+    ACME_KEY: ApiKeyEntry(org_id=ACME, key_id="k-acme"),
+    GLOBEX_KEY: ApiKeyEntry(org_id=GLOBEX, key_id="k-globex"),
 }
 Client = AsyncTestClient[Litestar]
 
@@ -45,7 +55,7 @@ def loaded(
 ) -> Iterator[tuple[ClickHouseSettings, list[RequestRecord]]]:
     ch = new_database(clickhouse_server)
     records = dataset(900, seed=5, days=2)
-    client = client_for(ch)
+    client = clickhouse_client(ch)
     client.execute(f"SYSTEM STOP MERGES `{ch.database}`.`requests`")  # keep the duplicates
     deliver, delivery = make_deliver(ch, tmp_path_factory.mktemp("dead"))
     deliver(records)
@@ -81,19 +91,47 @@ def breaker_events_near(records: list[RequestRecord]) -> list[BreakerEventRecord
     ]
 
 
-def build_app(ch: ClickHouseSettings) -> Litestar:
-    console = Console(ch, static_keys(KEYS))
+def build_app(ch: ClickHouseSettings, redis_server: RedisServer) -> Litestar:
+    """The console with the read API's keys as a gateway has them: the static key table seeded
+    into the key store at start-up (``Access.seed``), each key read through the authenticator
+    (opened in the app's lifespan: the test client runs the app on a loop of its own)."""
+    opened: list[Authenticator] = []
+
+    async def authenticate(token: str) -> Principal:
+        return await opened[0](token)
+
+    @asynccontextmanager
+    async def keys(_: Litestar) -> AsyncIterator[None]:
+        redis = Redis.from_url(redis_server.url)
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        try:
+            await apply_seed(
+                seed_from_api_keys(KEYS),
+                admin_store=AdminStore(redis, prefix=prefix),
+                templates=TemplateStore(redis, prefix=prefix),
+                routing=RoutingConfigStore(redis, prefix=prefix),
+                environ={},
+                keep_orgs=True,
+            )
+            opened[:] = [reader_keys(KeyAuthenticator(redis, prefix=prefix))]
+            yield
+        finally:
+            await redis.aclose()
+
+    console = Console(ch, authenticate)
     return Litestar(
         route_handlers=[console.router],
-        lifespan=[console.lifespan],
+        lifespan=[keys, console.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),
     )
 
 
 @pytest.fixture
-async def client(loaded: tuple[ClickHouseSettings, list[RequestRecord]]) -> AsyncIterator[Client]:
-    async with AsyncTestClient(app=build_app(loaded[0])) as c:
+async def client(
+    loaded: tuple[ClickHouseSettings, list[RequestRecord]], redis_server: RedisServer
+) -> AsyncIterator[Client]:
+    async with AsyncTestClient(app=build_app(loaded[0], redis_server)) as c:
         yield c
 
 
@@ -101,7 +139,7 @@ def window(records: list[RequestRecord]) -> dict[str, str]:
     return {"start": str(records[0].created_at_ms), "end": str(records[-1].created_at_ms + 1)}
 
 
-async def all_ids(client: Client, params: dict[str, Any], key: str = "sk-acme") -> list[str]:
+async def all_ids(client: Client, params: dict[str, Any], key: str = ACME_KEY) -> list[str]:
     """Every request id of a filtered list, following cursors with small pages."""
     ids: list[str] = []
     cursor = None
@@ -202,7 +240,7 @@ async def test_one_request_in_full_with_spans(
     r = await client.get(
         f"/console/api/requests/{record.request_id}",
         params={"at": record.created_at_ms},
-        headers={"Authorization": "Bearer sk-acme"},
+        headers={"Authorization": f"Bearer {ACME_KEY}"},
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -213,7 +251,8 @@ async def test_one_request_in_full_with_spans(
     assert body["request"]["prompt_tokens"] == record.prompt_tokens
     assert [s["name"] for s in body["spans"]] == list(record.stage_latency_ms)
     no_hint = await client.get(
-        f"/console/api/requests/{record.request_id}", headers={"Authorization": "Bearer sk-acme"}
+        f"/console/api/requests/{record.request_id}",
+        headers={"Authorization": f"Bearer {ACME_KEY}"},
     )
     assert no_hint.json()["request"]["request_id"] == record.request_id
 
@@ -223,7 +262,8 @@ async def test_one_failed_request_shows_firewall_retries_and_breaker_events(
 ) -> None:
     failed = next(r for r in loaded[1] if r.org_id == ACME and r.status_code == 502)
     r = await client.get(
-        f"/console/api/requests/{failed.request_id}", headers={"Authorization": "Bearer sk-acme"}
+        f"/console/api/requests/{failed.request_id}",
+        headers={"Authorization": f"Bearer {ACME_KEY}"},
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -252,7 +292,7 @@ async def test_metrics_from_rollups_equal_raw_totals(
         r = await client.get(
             "/console/api/metrics",
             params={"start": start, "end": end, "bucket": bucket},
-            headers={"Authorization": "Bearer sk-acme"},
+            headers={"Authorization": f"Bearer {ACME_KEY}"},
         )
         assert r.status_code == 200, r.text
         totals = r.json()["totals"]
@@ -268,7 +308,7 @@ async def test_sessions_users_properties(
 ) -> None:
     records = loaded[1]
     acme = [r for r in records if r.org_id == ACME]
-    h = {"Authorization": "Bearer sk-acme"}
+    h = {"Authorization": f"Bearer {ACME_KEY}"}
     span = {
         "start": records[0].created_at_ms // 86_400_000 * 86_400_000,
         "end": (records[-1].created_at_ms // 86_400_000 + 1) * 86_400_000,
@@ -314,7 +354,7 @@ async def test_another_orgs_ids_and_filters_return_nothing(
 ) -> None:
     records = loaded[1]
     acme_record = next(r for r in records if r.org_id == ACME)
-    g = {"Authorization": "Bearer sk-globex"}
+    g = {"Authorization": f"Bearer {GLOBEX_KEY}"}
     r = await client.get(f"/console/api/requests/{acme_record.request_id}", headers=g)
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
     r = await client.get(
@@ -326,13 +366,13 @@ async def test_another_orgs_ids_and_filters_return_nothing(
     r = await client.get(f"/console/api/sessions/{acme_record.session_id}", headers=g)
     assert r.status_code == 404
     ids = await all_ids(
-        client, {**window(records), "session_id": acme_record.session_id}, key="sk-globex"
+        client, {**window(records), "session_id": acme_record.session_id}, key=GLOBEX_KEY
     )
     assert ids == []
     globex_ids = {r.request_id for r in records if r.org_id == GLOBEX}
-    everything = await all_ids(client, window(records), key="sk-globex")
+    everything = await all_ids(client, window(records), key=GLOBEX_KEY)
     assert set(everything) == globex_ids
-    by_user = await all_ids(client, {**window(records), "user_id": "user-0003"}, key="sk-globex")
+    by_user = await all_ids(client, {**window(records), "user_id": "user-0003"}, key=GLOBEX_KEY)
     assert by_user and set(by_user) <= globex_ids
 
 
@@ -341,7 +381,7 @@ async def test_auth_and_bad_input_are_json_errors(client: Client) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "INVALID_API_KEY"
     r = await client.get("/console/api/requests", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
-    h = {"Authorization": "Bearer sk-acme"}
+    h = {"Authorization": f"Bearer {ACME_KEY}"}
     forged = encode_cursor(["1 OR 1=1", "x"])
     for params in (
         {"sort": "drop table"},
@@ -421,7 +461,7 @@ async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
     for _ in range(100):
         params = {**tr, "limit": 7, **({"cursor": cursor} if cursor else {})}
         r = await client.get(
-            "/console/api/sessions", params=params, headers={"Authorization": "Bearer sk-acme"}
+            "/console/api/sessions", params=params, headers={"Authorization": f"Bearer {ACME_KEY}"}
         )
         assert r.status_code == 200, r.text
         body = r.json()

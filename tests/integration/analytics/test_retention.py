@@ -11,10 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisServer
-from gateway.clients.keystore import KeyStore
+from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Org, Plan
+from ingester.cron import analytics_jobs
 from ingester.retention import Retention
-from ingester.rollups import Rollups, cron_jobs
+from ingester.rollups import Rollups
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
 
@@ -130,7 +131,7 @@ async def test_a_plan_stored_by_the_gateway_reaches_the_retention_job(
     into ``org_settings`` and enforces it, with no import of the gateway in the ingester."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(redis_server.url)
-    store = KeyStore(client, prefix=prefix)
+    store = AdminStore(client, prefix=prefix)
     await store.put_org(Org(org_id="org-short", plan=Plan(retention_days=5)))
     await store.put_org(Org(org_id="org-long", plan=Plan(retention_days=60)))
     base = dataset(10)
@@ -138,7 +139,7 @@ async def test_a_plan_stored_by_the_gateway_reaches_the_retention_job(
 
     (job,) = [
         c.coroutine
-        for c in cron_jobs(ch, default_retention_days=30, key_prefix=prefix)
+        for c in analytics_jobs(ch, default_retention_days=30, key_prefix=prefix)
         if c.name == "floopy_retention"
     ]
     await job({"redis": client})

@@ -13,7 +13,7 @@ from arq import Worker
 from arq.connections import RedisSettings, create_pool
 
 from devstack.servers import RedisServer
-from ingester.rollups import cron_jobs
+from ingester.cron import analytics_jobs
 from ingester.worker import ResilientWorker, noop
 from shared.settings import ClickHouseSettings
 
@@ -30,7 +30,7 @@ def replica(ch: ClickHouseSettings, redis: RedisServer, name: str) -> Worker:
     minute to every second so the test sees several ticks."""
     jobs = [
         dataclasses.replace(job, second=None) if job.name == "floopy_rollups" else job
-        for job in cron_jobs(ch, overlap_s=0)
+        for job in analytics_jobs(ch, overlap_s=0)
     ]
     return ResilientWorker(
         functions=[noop],

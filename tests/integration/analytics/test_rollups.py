@@ -17,7 +17,7 @@ from ingester.delivery import Delivery
 from ingester.replay import Replayer, ReplayStatus
 from ingester.rollup_sql import HOUR, MEASURES, ROLLUPS, create_rollup_ddl
 from ingester.rollups import Rollups, ensure_rollup_tables
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
@@ -35,7 +35,7 @@ FIGURES = (
 
 
 def query(ch: ClickHouseSettings, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    client = client_for(ch)
+    client = clickhouse_client(ch)
     try:
         return [tuple(r) for r in client.execute(sql.replace("DB", f"`{ch.database}`"), params)]
     finally:
@@ -212,7 +212,7 @@ def test_a_measure_added_later_is_added_to_existing_rollup_tables(ch: ClickHouse
     old = [m for m in MEASURES if not m.name.startswith("firewall_")]
     with mock.patch("ingester.rollup_sql.MEASURES", tuple(old)):
         query(ch, create_rollup_ddl(ch.database, ROLLUPS["user"], HOUR))
-    client = client_for(ch)
+    client = clickhouse_client(ch)
     try:
         client.execute(
             f"INSERT INTO `{ch.database}`.{table} (org_id, bucket, user_id, requests, version) "

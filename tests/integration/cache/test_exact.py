@@ -3,6 +3,7 @@ tells a hit from a call), real Redis; records read back from the stream."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from devstack.fake_openai import REPLY_TEXT, FakeOpenAIThread
 from devstack.servers import RedisServer, free_port
 from gateway.app import create_app
 from gateway.clients.exact_cache import ExactCache
+from gateway.clients.ratelimiter import RateLimiter
 from gateway.settings import GatewaySettings
 from tests.integration.cache.harness import (
     KEY_A,
@@ -80,6 +82,43 @@ async def test_identical_request_is_an_exact_hit(
     names = {s.name: s for s in await spans(settings, hit.request_id)}
     assert {"cache", "cache.exact"} <= set(names) and "routing" not in names
     assert names["cache.exact"].attributes["result"] == "hit"
+
+
+async def test_the_exact_entry_comes_with_the_limits_script(
+    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+) -> None:
+    """One round trip to Redis before the provider call: the limits script reads the entry (the
+    lookup's span says so), for a miss and for a hit."""
+    answers = [await _ask(client) for _ in range(2)]
+    assert [a.headers["floopy-cache"] for a in answers] == ["MISS", "HIT"]
+    assert fake.served["chat"] == 1
+    for record in await records(settings, 2):
+        names = {s.name: s for s in await spans(settings, record.request_id)}
+        assert names["cache.exact"].attributes["read_by"] == "rate_limit"
+        assert names["cache.exact"].attributes["result"] == record.cache_status
+
+
+async def test_concurrent_misses_are_all_stored(
+    redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path
+) -> None:
+    """An org of the exact tier alone: misses written concurrently all land."""
+    settings = settings_for(redis_server.url, fake.base_url, tmp_path, tiers_b=("exact",))
+    async with AsyncTestClient(app=create_app(settings)) as client:
+
+        def ask(i: int) -> Any:
+            messages = [{"role": "user", "content": f"question {i}"}]
+            return sdk(client, KEY_B).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages
+            )
+
+        first = await asyncio.gather(*(ask(i) for i in range(6)))
+        await settle(client)
+        again = await asyncio.gather(*(ask(i) for i in range(6)))
+        stats = runtime(client).cache.stats()
+    assert [r.headers["floopy-cache"] for r in first] == ["MISS"] * 6
+    assert [r.headers["floopy-cache"] for r in again] == ["HIT"] * 6
+    assert fake.served["chat"] == 6
+    assert stats["writes"] == 6 and stats["writes_pending"] == 0 and not stats["write_failures"]
 
 
 async def test_streamed_hit_replays_what_the_sdk_assembles(
@@ -251,6 +290,9 @@ async def test_redis_down_fails_open_to_the_provider(
 ) -> None:
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     runtime(client).cache.exact = ExactCache(dead, settings.redis.key_prefix)
+    # the limits script reads the exact entry in its round trip when Redis answers it: down
+    # is down for both (the limits fail open too, and the cache stage looks up on its own)
+    runtime(client).access.limiter = RateLimiter(dead)
     try:
         answers = [await _ask(client) for _ in range(2)]
     finally:

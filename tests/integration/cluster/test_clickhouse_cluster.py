@@ -16,14 +16,14 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from devstack.clickhouse_cluster import ClickHouseCluster
-from devstack.servers import ClickHouseServer
+from devstack.servers import ClickHouseServer, RedisServer
 from ingester.replay import Replayer
 from ingester.retention import Retention
 from ingester.rollup_sql import DAY, HOUR, MEASURES, ROLLUPS
 from ingester.rollups import Rollups, run_on_shards
 from ingester.schema.migrate import MIGRATIONS, migrate
 from ingester.schema.topology import shard_settings
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.records import RequestRecord
 from shared.settings import ClickHouseSettings
@@ -31,7 +31,14 @@ from shared.spool import SpoolWriter
 from shared.streams import Sink
 
 from ..analytics.conftest import dataset, drop_database, make_deliver, new_database
-from ..analytics.test_read_api import ACME, GLOBEX, breaker_events_near, build_app
+from ..analytics.test_read_api import (
+    ACME,
+    ACME_KEY,
+    GLOBEX,
+    GLOBEX_KEY,
+    breaker_events_near,
+    build_app,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +46,7 @@ Target = tuple[ClickHouseSettings, list[RequestRecord]]
 
 
 def _rows(settings: ClickHouseSettings, sql: str) -> list[tuple[Any, ...]]:
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         return [tuple(row) for row in client.execute(sql.format(db=f"`{settings.database}`"))]
     finally:
@@ -193,10 +200,12 @@ def _read_api_calls(records: list[RequestRecord]) -> list[tuple[str, dict[str, s
     return calls
 
 
-async def _answers(settings: ClickHouseSettings, records: list[RequestRecord]) -> list[Any]:
+async def _answers(
+    settings: ClickHouseSettings, records: list[RequestRecord], redis_server: RedisServer
+) -> list[Any]:
     answers = []
-    async with AsyncTestClient(app=build_app(settings)) as client:
-        for key in ("sk-acme", "sk-globex"):
+    async with AsyncTestClient(app=build_app(settings, redis_server)) as client:
+        for key in (ACME_KEY, GLOBEX_KEY):
             for path, params in _read_api_calls(records):
                 headers = {"Authorization": f"Bearer {key}"}
                 r = await client.get(path, params=params, headers=headers)
@@ -205,13 +214,13 @@ async def _answers(settings: ClickHouseSettings, records: list[RequestRecord]) -
 
 
 async def test_every_read_api_answer_equals_the_single_servers(
-    both: tuple[Target, Target],
+    both: tuple[Target, Target], redis_server: RedisServer
 ) -> None:
     (single, records), (sharded, _) = both
-    expected = await _answers(single, records)
-    assert {a[3] for a in expected if a[0] == "sk-acme"} == {200}
-    assert any(a[4].get("data") for a in expected if a[0] == "sk-globex" and a[3] == 200)
-    got = await _answers(sharded, records)
+    expected = await _answers(single, records, redis_server)
+    assert {a[3] for a in expected if a[0] == ACME_KEY} == {200}
+    assert any(a[4].get("data") for a in expected if a[0] == GLOBEX_KEY and a[3] == 200)
+    got = await _answers(sharded, records, redis_server)
     for want, have in zip(expected, got, strict=True):
         assert _same(have, want), (want, have)
 

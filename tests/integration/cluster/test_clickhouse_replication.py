@@ -15,7 +15,7 @@ import pytest
 from devstack.clickhouse_cluster import ClickHouseCluster
 from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.codec import encode_record
 from shared.errors import SinkUnavailableError
 from shared.settings import ClickHouseSettings
@@ -29,7 +29,7 @@ BATCH = 100
 
 
 def _one(settings: ClickHouseSettings, sql: str) -> Any:
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         return client.execute(sql.format(db=f"`{settings.database}`"))[0][0]
     finally:

@@ -15,7 +15,7 @@ from devstack.servers import RedisServer
 from gateway.admin.cli import app
 from gateway.admin.secrets import decrypt, new_master_key
 from gateway.clients.audit_log import AuditLog
-from gateway.clients.keystore import KeyStore
+from gateway.clients.key_auth import KeyAuthenticator
 from shared.errors import InvalidApiKeyError
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_admin_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None
 
     async def check() -> None:
         client = Redis.from_url(redis_server.url)
-        store = KeyStore(client, prefix=prefix)
+        store = KeyAuthenticator(client, prefix=prefix)
         try:
             assert (await store.authenticate("sk-floopy-from-env"))[0].key_id == "k2"
             with pytest.raises(InvalidApiKeyError, match="revoked"):
@@ -121,3 +121,32 @@ def test_admin_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None
             await client.aclose()
 
     asyncio.run(check())
+
+
+def test_admin_cli_refuses_a_bad_provider_or_route_naming_the_field(
+    redis_server: RedisServer,
+) -> None:
+    """The CLI's writes go through the same validator as the admin API's (their shape: the
+    workers' environment, which the CLI does not share, is the admin API's part)."""
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    env = {
+        "FLOOPY_GATEWAY_REDIS__URL": redis_server.url,
+        "FLOOPY_GATEWAY_REDIS__KEY_PREFIX": prefix,
+    }
+    runner = CliRunner()
+    put = ["providers", "put"]
+    refused = [
+        ([*put, "p", "--base-url", "ftp://files/v1"], "base_url"),
+        ([*put, "p", "--base-url", "not a url"], "base_url"),
+        ([*put, "p", "--base-url", "http://p/v1", "--kind", "grok"], "kind"),
+        ([*put, "p", "--base-url", "http://p/v1", "--api-key-env", "A B"], "api_key_env"),
+        ([*put, "a@b", "--base-url", "http://p/v1"], "name"),
+        (["routes", "set", "gpt-4o", "/gpt-4o-mini"], "targets"),
+    ]
+    for args, field in refused:
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert f": {field}: " in result.output, (args, result.output)
+    listed = runner.invoke(app, ["providers", "list"], env=env)
+    assert json.loads(listed.stdout) == []
+    assert json.loads(runner.invoke(app, ["routes", "list"], env=env).stdout) == {}

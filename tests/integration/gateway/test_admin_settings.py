@@ -212,6 +212,72 @@ async def test_every_change_is_in_the_audit_log_without_secrets(
     assert b"key_hash" not in raw and b"gAAAA" not in raw  # no hash, no Fernet token
 
 
+BAD_PROVIDERS: list[tuple[str, dict[str, Any], str]] = [
+    ("p", {"base_url": "ftp://files.example/v1"}, "base_url"),
+    ("p", {"base_url": "api.example.com/v1"}, "base_url"),
+    ("p", {"base_url": 42}, "base_url"),
+    ("p", {"base_url": "http://p/v1", "models": "gpt-4o"}, "models"),
+    ("p", {"base_url": "http://p/v1", "models": [1, 2]}, "models.0"),
+    ("p", {"base_url": "http://p/v1", "timeout_s": "slow"}, "timeout_s"),
+    ("p", {"base_url": "http://p/v1", "timeout_s": -1}, "timeout_s"),
+    ("p", {"base_url": "http://p/v1", "kind": "grok"}, "kind"),
+    ("p", {"base_ulr": "http://p/v1"}, "base_ulr"),
+    ("p", {"base_url": "http://p/v1", "api_key_env": "FLOOPY_PROVIDER_KEY_A B"}, "api_key_env"),
+    ("p", {"base_url": "http://p/v1", "api_key_env": "HOME"}, "api_key_env"),
+    ("p", {"base_url": "http://p/v1", "api_key_env": ["FLOOPY_PROVIDER_KEY_A"]}, "api_key_env"),
+    ("p", {"base_url": "http://p/v1", "api_key_encrypted": "not-a-token"}, "api_key_encrypted"),
+    ("a@b", {"base_url": "http://p/v1"}, "name"),
+]
+BAD_ROUTES: list[tuple[str, Any, str]] = [
+    ("gpt-4o", {"targets": ["nowhere"]}, "targets"),  # an unknown provider
+    ("gpt-4o", {"targets": ["backup", "nowhere/gpt-4o-mini"]}, "targets"),
+    ("gpt-4o", {"targets": "backup"}, "targets"),
+    ("gpt-4o", {"targets": []}, "targets"),
+    ("gpt-4o", {"targets": [""]}, "targets"),
+    ("gpt-4o", {"targets": ["/gpt-4o-mini"]}, "targets"),
+    ("gpt-4o", {"targets": [7]}, "targets"),
+    ("gpt-4o", {"target": ["backup"]}, "target"),
+    ("gpt-4o", ["backup"], ""),
+]
+
+
+async def test_bad_providers_and_routes_are_json_400s_naming_the_field(
+    client: AsyncTestClient[Any], settings: GatewaySettings
+) -> None:
+    """Every write is checked before it is stored: a bad one is 400 BAD_REQUEST naming the
+    field, and nothing of it reaches the store, the audit log or the routing version."""
+    ops = auth(OPS)
+    redis = Redis.from_url(settings.redis.url)
+    store = RoutingConfigStore(redis, prefix=settings.redis.key_prefix)
+    version = await store.version()
+    answers = [
+        (await client.put(f"/admin/providers/{name}", json=body, headers=ops), field)
+        for name, body, field in BAD_PROVIDERS
+    ] + [
+        (await client.put(f"/admin/routes/{model}", json=body, headers=ops), field)
+        for model, body, field in BAD_ROUTES
+    ]
+    for answer, field in answers:
+        what = f"{answer.request.url} {answer.request.content!r}: {answer.text}"
+        assert answer.status_code == 400, what
+        assert answer.headers["content-type"].startswith("application/json"), what
+        error = answer.json()["error"]
+        assert error["code"] == "BAD_REQUEST", what
+        assert field in error["message"], what
+        if field:
+            assert error.get("param", field) == field, what
+    try:
+        assert await store.providers() == []
+        assert await store.routes() == {}
+        assert await store.version() == version
+    finally:
+        await redis.aclose()
+    audit = (await client.get("/admin/audit", headers=ops)).json()["data"]
+    assert audit == []
+    # and the gateway still routes as before
+    assert await _provider_of_next_request(client) == "primary"
+
+
 async def _provider_of_next_request(client: AsyncTestClient[Any]) -> str:
     bypass = {**auth(ADMIN), "Floopy-Cache-Enabled": "false"}  # a cache hit calls no provider
     r = await client.post("/v1/chat/completions", json=CHAT, headers=bypass)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
 from gateway.app import create_app
-from gateway.clients.keystore import KeyStore
+from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Permission
 from gateway.settings import GatewaySettings
 from shared.codec import decode_record
@@ -184,8 +184,8 @@ async def test_health_reports_redis_and_counters(
     settings.operator_orgs = ["org-1"]
     redis = Redis.from_url(settings.redis.url)  # the app runs on the test client's own loop
     try:
-        keystore = KeyStore(redis, prefix=settings.redis.key_prefix)
-        new, _ = await keystore.create_key("org-1", permissions=frozenset({Permission.ADMIN}))
+        admin_store = AdminStore(redis, prefix=settings.redis.key_prefix)
+        new, _ = await admin_store.create_key("org-1", permissions=frozenset({Permission.ADMIN}))
     finally:
         await redis.aclose()
     health = (await client.get("/health", headers={"Authorization": f"Bearer {new.secret}"})).json()

@@ -13,12 +13,15 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisCluster
+from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
 from gateway.clients.breaker_store import BreakerStore
-from gateway.clients.keystore import KeyStore, usage_expiry_s
-from gateway.clients.ratelimiter import Bucket, Gates, RateLimiter
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.ratelimiter import Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
+from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
+from gateway.domain import Bucket
 from gateway.policy.breaker import BreakerConfig, BreakerState
 from gateway.policy.keys import Org
 from gateway.policy.ratelimit import bucket_key, parse_policy
@@ -43,23 +46,27 @@ async def redis(cluster: RedisCluster) -> AsyncIterator[Redis]:
 
 
 async def test_keys_orgs_and_usage_on_a_cluster(redis: Redis) -> None:
-    store = KeyStore(redis, prefix="c1")
+    store = AdminStore(redis, prefix="c1")
     await store.put_org(Org(org_id="acme", name="Acme"))
     new, key = await store.create_key("acme", name="ci")
-    found, org = await store.authenticate(new.secret)
+    found, org = await KeyAuthenticator(redis, prefix="c1").authenticate(new.secret)
     assert (found.key_id, org.name) == (key.key_id, "Acme")
     assert [k.key_id for k in await store.list_keys("acme")] == [key.key_id]
-    assert await store.list_orgs() == ["acme"]
+    stored = await store.get_org("acme")
+    assert stored is not None and stored.name == "Acme"
+    counters = UsageCounters(redis, prefix="c1")
     now = int(time.time() * 1000)
-    await store.record_usage(key.key_id, 40, 0.25, now, org_id="acme")
-    usage = await store.usage(key.key_id, now, org_id="acme")
+    async with redis.pipeline(transaction=False) as pipe:  # as the usage recorder writes
+        counters.queue_usage(pipe, key.key_id, 40, 0.25, now, org_id="acme")
+        await pipe.execute()
+    usage = await counters.usage(key.key_id, now, org_id="acme")
     assert (usage.day_tokens, usage.month_cost_usd) == (40, 0.25)
     assert await store.revoke_key(key.key_id)
     assert (await store.get_key(key.key_id)).revoked  # type: ignore[union-attr]
 
 
 async def test_limits_script_takes_every_key_of_the_org_in_one_call(redis: Redis) -> None:
-    store, limiter = KeyStore(redis, prefix="c2"), RateLimiter(redis)
+    store, limiter = UsageCounters(redis, prefix="c2"), RateLimiter(redis)
     now = int(time.time() * 1000)
     policy = parse_policy("2;w=60")
     bucket = Bucket(bucket_key("c2", org_tag("acme", True), "org", policy), policy)

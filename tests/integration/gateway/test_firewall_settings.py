@@ -20,7 +20,7 @@ from devstack.servers import RedisServer
 from gateway.admin.cli import app as admin_cli
 from gateway.admin.seed import apply_seed, parse_seed
 from gateway.app import create_app
-from gateway.clients.keystore import KeyStore
+from gateway.clients.admin_store import AdminStore
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.policy.firewall import FirewallConfig
@@ -140,15 +140,15 @@ async def _seed_keeps_the_firewall(settings: GatewaySettings) -> None:
     redis = Redis.from_url(settings.redis.url)
     try:
         prefix = settings.redis.key_prefix
-        keystore = KeyStore(redis, prefix=prefix)
+        admin_store = AdminStore(redis, prefix=prefix)
         await apply_seed(
             parse_seed({"orgs": {"acme": {"name": "Acme 3"}}}),
-            keystore=keystore,
+            admin_store=admin_store,
             templates=TemplateStore(redis, prefix=prefix),
             routing_config=RoutingConfigStore(redis, prefix=prefix),
             environ={},
         )
-        org = await keystore.get_org("acme")
+        org = await admin_store.get_org("acme")
         assert org is not None and org.name == "Acme 3"
         assert (org.firewall.enabled, org.firewall.block_threshold) == (False, 0.7)
     finally:

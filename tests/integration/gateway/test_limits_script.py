@@ -10,10 +10,13 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.admin.seed import apply_seed, parse_seed
-from gateway.clients.keystore import KeyStore, usage_expiry_s
-from gateway.clients.ratelimiter import Bucket, Gate, Gates, RateLimiter
+from gateway.clients.admin_store import AdminStore
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.ratelimiter import Gate, Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
+from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import parse_policy
 from gateway.policy.templates import TemplateMessage
 from shared.errors import BadRequestError, InvalidApiKeyError
@@ -21,7 +24,7 @@ from shared.errors import BadRequestError, InvalidApiKeyError
 pytestmark = pytest.mark.integration
 
 
-def gates(store: KeyStore, now_ms: int, **limits: Any) -> Gates:
+def gates(store: UsageCounters, now_ms: int, **limits: Any) -> Gates:
     day, month = store.usage_keys("k1", now_ms)
     return Gates(
         request_counter=store.request_counter("acme", now_ms),
@@ -33,7 +36,7 @@ def gates(store: KeyStore, now_ms: int, **limits: Any) -> Gates:
 
 
 async def test_quota_gate_counts_admitted_requests_only(redis: Redis, prefix: str) -> None:
-    store, limiter = KeyStore(redis, prefix=prefix), RateLimiter(redis)
+    store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
     now = int(datetime.now(UTC).timestamp() * 1000)
     bucket = Bucket(f"{prefix}:b", parse_policy("2;w=60"))
     answers = [await limiter.admit([bucket], gates(store, now, monthly_quota=3)) for _ in range(4)]
@@ -50,9 +53,11 @@ async def test_quota_gate_counts_admitted_requests_only(redis: Redis, prefix: st
 
 
 async def test_usage_gate_reads_the_usage_recorded(redis: Redis, prefix: str) -> None:
-    store, limiter = KeyStore(redis, prefix=prefix), RateLimiter(redis)
+    store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
     now = int(datetime.now(UTC).timestamp() * 1000)
-    await store.record_usage("k1", 120, 0.25, now)
+    async with redis.pipeline(transaction=False) as pipe:  # as the usage recorder writes
+        store.queue_usage(pipe, "k1", 120, 0.25, now)
+        await pipe.execute()
     bucket = Bucket(f"{prefix}:b", parse_policy("100;w=60"))
     ok = await limiter.admit([bucket], gates(store, now, daily_tokens=121, monthly_cost_usd=0.3))
     assert ok.admitted and ok.usage == (120, 0.25, 120, 0.25)
@@ -63,7 +68,7 @@ async def test_usage_gate_reads_the_usage_recorded(redis: Redis, prefix: str) ->
 async def test_fail_open_when_redis_is_gone(redis_factory: Any) -> None:
     server = redis_factory()
     client = Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    store, limiter = KeyStore(client), RateLimiter(client)
+    store, limiter = UsageCounters(client), RateLimiter(client)
     server.stop()
     answer = await limiter.admit([Bucket("b", parse_policy("1;w=60"))], gates(store, 0))
     assert answer.fail_open and answer.admitted and limiter.fail_open_count == 1
@@ -93,9 +98,9 @@ async def test_templates_are_versioned_and_cached(redis: Redis, prefix: str) -> 
 
 
 async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: str) -> None:
-    store = KeyStore(redis, prefix=prefix)
+    store = AdminStore(redis, prefix=prefix)
     stores = {
-        "keystore": store,
+        "admin_store": store,
         "templates": TemplateStore(redis, prefix=prefix),
         "routing_config": RoutingConfigStore(redis, prefix=prefix),
     }
@@ -111,17 +116,17 @@ async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: st
     )
     env = {"KEY_A": "sk-floopy-aaa"}
     await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
-    key, org = await store.authenticate("sk-floopy-aaa")
+    key, org = await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     assert (key.key_id, org.plan.monthly_requests) == ("key-a", 5)
     assert await store.revoke_key("key-a")
     await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
     with pytest.raises(InvalidApiKeyError, match="revoked"):
-        await KeyStore(redis, prefix=prefix).authenticate("sk-floopy-aaa")
+        await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     assert [t.version for t in await stores["templates"].versions("acme", "t")] == [1]  # type: ignore[attr-defined]
     assert await stores["routing_config"].routes() == {"gpt-4o": ["openai"]}  # type: ignore[attr-defined]
     # a new secret for the same key id replaces the old hash
     await apply_seed(seed, environ={"KEY_A": "sk-floopy-bbb"}, **stores)  # type: ignore[arg-type]
     with pytest.raises(InvalidApiKeyError):
-        await KeyStore(redis, prefix=prefix).authenticate("sk-floopy-aaa")
+        await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     stored = await redis.hgetall(f"{prefix}:key:{key.key_hash}")
     assert not stored

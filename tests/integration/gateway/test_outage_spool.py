@@ -14,11 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisServer
-from gateway.clients.keystore import KeyStore
 from gateway.clients.outage_spool import USAGE, OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.usage import UsageEntry, UsageRecorder
+from gateway.clients.usage_counters import UsageCounters
 from gateway.settings import PublisherSettings, SpoolSettings
 from shared.codec import decode_record, encode_record
 from shared.records import RequestRecord, SpanRecord
@@ -92,7 +92,7 @@ async def test_an_outage_goes_to_disk_and_the_next_publisher_drains_it_once(
         first.submit(Sink.SPANS, _span(i))
     await _wait_for(lambda: first.spooled == 600 and first.buffered == 0)
     assert first.dropped == 0
-    first._task.cancel()  # type: ignore[union-attr]  # the worker dies: no stop(), no flush
+    first._drain._task.cancel()  # type: ignore[union-attr]  # the worker dies: no stop(), no flush
     assert pending_files(tmp_path, "requests") and pending_files(tmp_path, "spans")
 
     await asyncio.to_thread(server.start)
@@ -162,8 +162,8 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
 ) -> None:
     server, redis, prefix = stoppable
     spool = _spool(tmp_path, prefix)
-    keystore = KeyStore(redis, prefix=prefix)
-    recorder = UsageRecorder(redis, keystore, RateLimiter(redis), spool=spool)
+    counters = UsageCounters(redis, prefix=prefix)
+    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
     recorder.start()
     now_ms = int(time.time() * 1000)  # the counters expire at the end of now_ms's day
     try:
@@ -179,7 +179,7 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
         publisher.drains[USAGE] = recorder.replay
         assert await spool.drain(redis, publisher.drains) == 40
         assert await spool.drain(redis, publisher.drains) == 0, "nothing is replayed twice"
-        usage = await keystore.usage("key-1", now_ms)
+        usage = await counters.usage("key-1", now_ms)
         assert usage.day_tokens == 10 + 40 * 7
         assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
     finally:

@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.servers import RedisServer, free_port
-from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.ratelimiter import RateLimitDecision, RateLimiter
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import GcraState, RateLimitPolicy, gcra
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 WORKER = """
 import asyncio, json, sys
 from redis.asyncio import Redis
-from gateway.clients.ratelimiter import Bucket, RateLimiter
+from gateway.clients.ratelimiter import RateLimiter
+from gateway.domain import Bucket
 from gateway.policy.ratelimit import RateLimitPolicy
 
 async def main(url, key, quota, window_s, n):
@@ -29,7 +31,7 @@ async def main(url, key, quota, window_s, n):
     sys.stdin.readline()  # start together
     out = []
     for _ in range(n):
-        d = await limiter.acquire(key, policy)
+        [d] = await limiter.acquire_many([Bucket(key, policy)])
         out.append([d.allowed, d.retry_after_ms, d.now_ms, d.fail_open])
     await redis.aclose()
     print(json.dumps(out))
@@ -41,6 +43,14 @@ asyncio.run(main(url, key, int(quota), int(window_s), int(n)))
 
 def key() -> str:
     return f"test:rl:{uuid.uuid4().hex}"
+
+
+async def take(
+    limiter: RateLimiter, key: str, policy: RateLimitPolicy, cost: int = 1, *, force: bool = False
+) -> RateLimitDecision:
+    """One bucket through the limiter's live call (the usage recorder's charges use it)."""
+    [decision] = await limiter.acquire_many([Bucket(key, policy, cost, force)])
+    return decision
 
 
 def test_two_processes_share_one_limit_exactly(redis_server: RedisServer) -> None:
@@ -87,12 +97,12 @@ async def test_allowed_again_after_retry_after(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     policy = RateLimitPolicy(quota=2, window_s=1)
     k = key()
-    assert (await limiter.acquire(k, policy)).allowed
-    assert (await limiter.acquire(k, policy)).allowed
-    denied = await limiter.acquire(k, policy)
+    assert (await take(limiter, k, policy)).allowed
+    assert (await take(limiter, k, policy)).allowed
+    denied = await take(limiter, k, policy)
     assert not denied.allowed and 0 < denied.retry_after_ms <= 500
     await asyncio.sleep(denied.retry_after_ms / 1000)
-    assert (await limiter.acquire(k, policy)).allowed
+    assert (await take(limiter, k, policy)).allowed
 
 
 async def test_lua_script_mirrors_pure_gcra(redis: Redis) -> None:
@@ -102,7 +112,7 @@ async def test_lua_script_mirrors_pure_gcra(redis: Redis) -> None:
     state: GcraState | None = None
     steps = [(1, False)] * 8 + [(0, False), (5, True), (0, False), (3, False), (30, True)]
     for cost, force in steps:
-        d = await limiter.acquire(k, policy, cost, force=force)
+        d = await take(limiter, k, policy, cost, force=force)
         expected = gcra(d.now_ms, state, policy.quota, policy.window_ticks, cost, force=force)
         assert (d.allowed, d.remaining, d.reset_ms, d.retry_after_ms) == (
             expected.allowed,
@@ -119,7 +129,7 @@ async def test_lua_script_mirrors_pure_gcra(redis: Redis) -> None:
 async def test_idle_bucket_leaves_no_key(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     k = key()
-    d = await limiter.acquire(k, RateLimitPolicy(quota=5, window_s=60), 0)
+    d = await take(limiter, k, RateLimitPolicy(quota=5, window_s=60), 0)
     assert d.allowed and d.remaining == 5
     assert await redis.exists(k) == 0
 
@@ -128,16 +138,16 @@ async def test_reloads_script_after_flush(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     policy = RateLimitPolicy(quota=3, window_s=60)
     k = key()
-    assert (await limiter.acquire(k, policy)).remaining == 2
+    assert (await take(limiter, k, policy)).remaining == 2
     await redis.script_flush()
-    assert (await limiter.acquire(k, policy)).remaining == 1
+    assert (await take(limiter, k, policy)).remaining == 1
 
 
 async def test_fails_open_when_redis_is_unreachable() -> None:
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     limiter = RateLimiter(dead)
     try:
-        d = await limiter.acquire(key(), RateLimitPolicy(quota=1, window_s=60))
+        d = await take(limiter, key(), RateLimitPolicy(quota=1, window_s=60))
     finally:
         await dead.aclose()
     assert d.allowed and d.fail_open
@@ -152,7 +162,7 @@ async def test_many_buckets_all_or_nothing(redis: Redis) -> None:
     assert [[d.allowed for d in r] for r in results] == [[True, True], [True, True], [True, False]]
     # the third request was denied by the tight bucket, so the org bucket was not charged
     assert results[2][0].remaining == 98
-    assert (await limiter.acquire(org.key, org.policy, 0)).remaining == 98
+    assert (await take(limiter, org.key, org.policy, 0)).remaining == 98
     assert results[2][1].retry_after_ms == 30_000 - (results[2][1].now_ms - results[0][1].now_ms)
 
 
@@ -160,6 +170,6 @@ async def test_forced_charge_in_a_denied_request_still_counts(redis: Redis) -> N
     limiter = RateLimiter(redis)
     full = Bucket(key(), RateLimitPolicy(quota=1, window_s=60))
     tokens = Bucket(key(), RateLimitPolicy(quota=1000, window_s=60), cost=300, force=True)
-    await limiter.acquire(full.key, full.policy)
+    await take(limiter, full.key, full.policy)
     denied, charged = await limiter.acquire_many([full, tokens])
     assert not denied.allowed and charged.allowed and charged.remaining == 700

@@ -5,7 +5,7 @@ import pytest
 from devstack.servers import ClickHouseServer
 from ingester.schema.ddl import TABLES
 from ingester.schema.migrate import MIGRATIONS, migrate
-from ingester.sink import client_for
+from shared.clickhouse_client import clickhouse_client
 from shared.streams import Sink
 from tests.integration.ingester.clickhouse_helpers import query, unique_settings
 
@@ -78,7 +78,7 @@ def test_half_applied_migration_is_finished(clickhouse_server: ClickHouseServer)
 
 def test_migrate_with_a_client_leaves_it_open(clickhouse_server: ClickHouseServer) -> None:
     settings = unique_settings(clickhouse_server)
-    client = client_for(settings)
+    client = clickhouse_client(settings)
     try:
         assert migrate(client, settings.database) == [m.version for m in MIGRATIONS]
         assert client.execute("SELECT 1") == [(1,)]

@@ -97,8 +97,8 @@ class _AppendsWhileReplaying(Delivery):
         super().__init__(*args, **kw)
         self.calls, self.nth, self.later, self.spool = 0, nth, later, spool
 
-    def deliver_prepared(self, batch: PreparedBatch) -> DeliveryReport:
-        report = super().deliver_prepared(batch)
+    def append(self, batch: PreparedBatch) -> DeliveryReport:
+        report = super().append(batch)
         self.calls += 1
         if self.calls == self.nth:
             SpoolWriter(self.spool, SINK).append(self.later)

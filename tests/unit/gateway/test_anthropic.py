@@ -24,7 +24,7 @@ from devstack.fake_anthropic import (
 )
 from devstack.servers import free_port
 from gateway.clients.providers.anthropic import AnthropicProvider
-from gateway.clients.providers.base import ChatRequest
+from gateway.domain import ChatRequest
 from gateway.policy.anthropic import (
     DEFAULT_MAX_TOKENS,
     StreamTranslator,
@@ -537,7 +537,7 @@ async def test_stream_through_the_openai_sdk_with_usage_and_cost(
         )
         data = b"".join([chunk async for chunk in stream.chunks()])
         await stream.aclose()
-        seen["stream"] = stream
+        seen["stream"] = stream.observed
         return httpx.Response(200, content=data, headers={"content-type": "text/event-stream"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:

@@ -7,7 +7,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.clients.providers.sse import SSESplitter
 from gateway.policy.cache import (
     CacheControls,
     CachedAnswer,
@@ -23,6 +22,7 @@ from gateway.policy.cache_key import request_keys
 from gateway.policy.cache_replay import PIECE_CHARS, assemble_stream, replay_events
 from gateway.policy.cache_verify import verify_turns
 from gateway.policy.headers import parse_floopy_headers
+from gateway.policy.sse import SSESplitter
 from shared.errors import BadRequestError
 
 ALL = CacheSettings(tiers=frozenset(CacheTier))

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.clients.providers.base import ChatRequest, TokenUsage, UpstreamReply
-from gateway.context import RequestContext, StageTiming
+from gateway.context import RequestContext
+from gateway.domain import ChatRequest, StageTiming, TokenUsage, UpstreamReply
+from gateway.pipeline.record import build_records
 from gateway.policy.headers import RequestMeta
 from gateway.policy.recording import (
     TRUNCATED_MARK,
-    build_records,
     clip_body,
     clip_inputs,
     clip_text,
+    span_id,
 )
 from shared.errors import InvalidApiKeyError, PromptThreatError
 
@@ -145,3 +146,21 @@ def test_headers_are_recorded_without_credentials_and_omit_headers_blank_one_bod
     record, _ = build_records(ctx, 1_001_000_000, 1000)
     assert record.request_body == ctx.body.decode() and record.response_body == ""
     assert record.prompt_inputs == {"name": "Ada"}
+
+
+def test_span_ids_are_the_uuid5_of_the_request_and_the_span() -> None:
+    for request_id in (str(uuid.uuid4()), "not-a-uuid"):
+        ctx = _ctx()
+        ctx.request_id = request_id
+        ctx.attempts = [StageTiming("provider_attempt", 1.0, 2.0, "ok", {"attempt": "1"})]
+        namespace = (
+            uuid.UUID(request_id)
+            if request_id != "not-a-uuid"
+            else uuid.uuid5(uuid.NAMESPACE_OID, request_id)
+        )
+        expected = [
+            str(uuid.uuid5(namespace, name)) for name in ("auth", "dispatch", "provider_attempt#1")
+        ]
+        _, spans = build_records(ctx, 2_000_000_000, 1000)
+        assert [s.span_id for s in spans] == expected
+    assert span_id(b"\0" * 16, "é€") == str(uuid.uuid5(uuid.UUID(int=0), "é€"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.clients.providers.base import ChatRequest
+from gateway.domain import ChatRequest
 from gateway.policy.routing import (
     Outcome,
     ProviderModels,

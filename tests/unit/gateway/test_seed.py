@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from gateway.admin.secrets import decrypt, encrypt, new_master_key
-from gateway.admin.seed import key_hash_of, load_seed, merge_routing, parse_seed
+from gateway.admin.seed import key_hash_of, load_seed, parse_seed
 from gateway.policy.keys import Permission, hash_key
+from gateway.routing_checks import merge_routing
 from gateway.settings import GatewaySettings
 from shared.errors import BadRequestError
 

@@ -1,19 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-from gateway.clients.providers.base import UpstreamStream
-from gateway.clients.providers.openai_wire import observe_event, read_completion
-from gateway.clients.providers.sse import SSESplitter, event_data
-
-
-class _Stream(UpstreamStream):
-    async def chunks(self) -> AsyncIterator[bytes]:  # pragma: no cover - not read here
-        yield b""
-
-    async def aclose(self) -> None:
-        return None
-
+from gateway.domain import StreamObservation
+from gateway.policy.openai_wire import observe_event, read_completion
+from gateway.policy.sse import SSESplitter, event_data
 
 CHUNK = (
     b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"%s"}}],"usage":null}\n\n'
@@ -49,8 +38,8 @@ def test_event_data_joins_data_lines() -> None:
     assert event_data(b": comment\n\n") == b""
 
 
-def _run(forward_usage_chunk: bool) -> tuple[_Stream, list[bytes]]:
-    stream = _Stream()
+def _run(forward_usage_chunk: bool) -> tuple[StreamObservation, list[bytes]]:
+    stream = StreamObservation()
     events = [CHUNK % b"He", CHUNK % b"llo", USAGE, DONE]
     kept = [e for e in events if observe_event(stream, e, forward_usage_chunk)]
     return stream, kept
@@ -72,7 +61,7 @@ def test_usage_chunk_is_forwarded_when_the_caller_asked() -> None:
 
 
 def test_undecodable_events_are_forwarded_untouched() -> None:
-    stream = _Stream()
+    stream = StreamObservation()
     assert observe_event(stream, b"data: {broken\n\n", False)
     assert stream.usage is None and not stream.completed
 

@@ -9,7 +9,7 @@ from collections import Counter
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.clients.keystore import KeyStore
+from gateway.clients.usage_counters import UsageCounters
 from gateway.policy.ratelimit import bucket_key, parse_policy
 from shared.redis_client import org_tag, slot_of
 from shared.streams import Sink, shard_of, stream_key, stream_keys
@@ -32,7 +32,7 @@ def test_records_spread_over_shards_by_request_id() -> None:
 
 def test_limits_keys_of_an_org_share_a_slot_on_a_cluster() -> None:
     cluster: Redis = RedisCluster(host="127.0.0.1", port=1)  # type: ignore[assignment]
-    store = KeyStore(cluster, prefix="floopy")
+    store = UsageCounters(cluster, prefix="floopy")
     now_ms = 1_790_000_000_000
     policy = parse_policy("100;w=60;s=user")
     keys = [
@@ -47,7 +47,7 @@ def test_limits_keys_of_an_org_share_a_slot_on_a_cluster() -> None:
 
 
 def test_one_node_keeps_the_old_key_names() -> None:
-    store = KeyStore(Redis(), prefix="floopy")
+    store = UsageCounters(Redis(), prefix="floopy")
     now_ms = 1_790_000_000_000
     assert store.request_counter("acme", now_ms).startswith("floopy:usage:org:acme:req:")
     day, _ = store.usage_keys("key-1", now_ms, org_id="acme")

@@ -24,6 +24,7 @@ def test_counter_set_moves_tally_and_prometheus_series_together() -> None:
     second.inc("hits")
     first.inc("misses", 0)
     assert first.snapshot() == {"hits": 3, "misses": 0}
+    assert first.snapshot(nonzero=True) == {"hits": 3}  # a breakdown lists what happened
     assert second.get("hits") == 1
     assert _exported("hits") - before == 4  # the process-wide series adds both instances
     assert b'floopy_gateway_events_total{component="unit_test",event="hits"}' in render()

@@ -8,7 +8,10 @@ and its data is the ``data:`` lines joined with ``\\n``.
 
 from __future__ import annotations
 
-__all__ = ["SSESplitter", "event_data"]
+__all__ = ["DONE", "SSESplitter", "event_data"]
+
+DONE = b"[DONE]"
+"""The data of the event that ends an OpenAI stream."""
 
 _SEPARATORS = (b"\n\n", b"\r\n\r\n")
 

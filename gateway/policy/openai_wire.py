@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.clients.providers.base import TokenUsage, UpstreamStream
-from gateway.clients.providers.sse import event_data
+from gateway.domain import StreamObservation, TokenUsage
+from gateway.policy.sse import DONE, event_data
 
-__all__ = ["DONE", "observe_event", "read_completion", "read_usage"]
-
-DONE = b"[DONE]"
+__all__ = ["observe_event", "read_completion", "read_usage"]
 
 
 class _PromptDetails(msgspec.Struct):
@@ -72,7 +70,7 @@ def read_completion(body: bytes) -> tuple[str, TokenUsage | None]:
     return completion.model, usage
 
 
-def observe_event(stream: UpstreamStream, event: bytes, forward_usage_chunk: bool) -> bool:
+def observe_event(stream: StreamObservation, event: bytes, forward_usage_chunk: bool) -> bool:
     """Note what one raw SSE event tells (model, text, usage, end); say whether to forward it.
 
     The usage-only chunk (no choices, usage set) is forwarded only when the caller asked for
