@@ -35,9 +35,10 @@ from gateway.guard import FINISH
 from gateway.metrics import BREAKER_STATE, BREAKER_STATE_VALUES
 from gateway.pipeline import auth
 from gateway.pipeline.auth import bearer_token
+from gateway.pipeline.dispatch import DispatchDeps, relayed
 from gateway.pipeline.intake import EMBEDDINGS
 from gateway.pipeline.publish import PublishDeps, publish, publish_after_response
-from gateway.pipeline.run import Stage, chat_stages, embedding_stages, run_stages
+from gateway.pipeline.run import Stage, chat_stages, dispatcher, embedding_stages, run_stages
 from gateway.policy.chat_request import header_text
 from gateway.policy.keys import Permission
 from gateway.services import Services
@@ -61,8 +62,8 @@ class Proxy:
     chat: tuple[Stage[Any], ...]
     embeddings: tuple[Stage[Any], ...]
     publish: PublishDeps
-    generation: Generation
-    """Whose breakers a stream cut after its 200 counts against."""
+    dispatcher: DispatchDeps
+    """What relays a stream (and counts a cut after its 200 against the provider)."""
     max_body_bytes: int
     counters: CounterSet
     """``unexpected`` and ``records_after_failed_response``."""
@@ -82,7 +83,7 @@ class Proxy:
                 services.counters,
                 services.background,
             ),
-            generation=services.generation,
+            dispatcher=dispatcher(services),
             max_body_bytes=services.settings.max_body_bytes,
             counters=services.counters,
         )
@@ -228,7 +229,7 @@ async def _relay(ctx: RequestContext, proxy: Proxy, stream: UpstreamStream) -> A
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
     kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
-        async for chunk in stream.chunks():
+        async for chunk in relayed(ctx, stream, proxy.dispatcher):
             if kept is not None:
                 kept.append(chunk)
             yield chunk
@@ -237,8 +238,6 @@ async def _relay(ctx: RequestContext, proxy: Proxy, stream: UpstreamStream) -> A
     except ClientError as exc:
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
         log.warning("request %s: %s", ctx.request_id, ctx.stream_error)
-        # too late to fall back (the caller has bytes), not too late to count against it
-        await proxy.generation.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
     except (GeneratorExit, asyncio.CancelledError):
         ctx.stream_error = "client disconnected before the end of the stream"
         raise

@@ -30,8 +30,12 @@ can tell a transient outage (retry, then spool) from poison data (set aside, nev
         │                                 fails open, or maps it to its own ClientError)
         ├── EmbeddingUnavailableError    the embedder failed or did not answer in time
         ├── VectorStoreUnavailableError  Qdrant could not be reached or refused the call
-        └── ClassifierFailedError        the firewall's classifier gave no verdict
-            └── MalformedVerdictError    it answered, but not with a readable verdict
+        ├── ClassifierFailedError        the firewall's classifier gave no verdict
+        │   └── MalformedVerdictError    it answered, but not with a readable verdict
+        └── UpstreamError                a provider failed us (status, timeout, unreachable,
+                                         unreadable answer) or refused the request: dispatch
+                                         decides on it per attempt and maps the last one to
+                                         the caller's ClientError once, after the last target
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ __all__ = [
     "RequestTimeoutError",
     "SinkUnavailableError",
     "SubscriptionExpiredError",
+    "UpstreamError",
     "UsageLimitExceededError",
     "VectorStoreUnavailableError",
 ]
@@ -218,3 +223,29 @@ class ClassifierFailedError(DependencyError):
 
 class MalformedVerdictError(ClassifierFailedError):
     reason = "malformed"
+
+
+class UpstreamError(DependencyError):
+    """A provider failed us, or refused the request. Internal, so that retries, fallbacks and
+    the breakers decide on what happened, not on a rendered error, and the caller's error is
+    made once (``gateway.policy.upstream_errors.public_error``).
+
+    ``status``: the provider's error status (None: no answer, or an unreadable one);
+    ``provider_error``: its own error object or text; ``timed_out``: no answer in time.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        provider_error: Any = None,
+        timed_out: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.status = status
+        self.provider_error = provider_error
+        self.timed_out = timed_out

@@ -198,7 +198,8 @@ class ProviderEmbedder:
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         from gateway.domain import ChatRequest
         from gateway.policy.breaker import Admission
-        from shared.errors import ClientError
+        from gateway.policy.upstream_errors import public_error
+        from shared.errors import ClientError, UpstreamError
 
         body = {"model": self.model, "input": [prepare_text(t, self.max_chars) for t in texts]}
         start = time.perf_counter()
@@ -216,9 +217,10 @@ class ProviderEmbedder:
             try:
                 reply = await provider.embed(request)
                 answer = msgspec.json.decode(reply.body, type=_EmbeddingList)
-            except ClientError as exc:
+            except (UpstreamError, ClientError) as exc:
                 await breakers.failure(target.provider)
-                failures.append(f"{target.provider}: {exc.code}: {exc.message}")
+                said = public_error(exc) if isinstance(exc, UpstreamError) else exc
+                failures.append(f"{target.provider}: {said.code}: {said.message}")
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 failures.append(f"{target.provider}: not an embeddings answer: {exc}")

@@ -19,7 +19,7 @@ import msgspec
 
 from gateway.clients.providers.base import ProviderClient
 from gateway.settings import GatewaySettings
-from shared.errors import ClientError
+from shared.errors import ClientError, UpstreamError
 
 __all__ = ["ModelCatalog"]
 
@@ -52,7 +52,9 @@ class ModelCatalog:
         )
         listed: dict[str, list[str]] = {}
         for provider, answer in zip(asked, answers, strict=True):
-            if isinstance(answer, ClientError | msgspec.DecodeError | msgspec.ValidationError):
+            if isinstance(
+                answer, UpstreamError | ClientError | msgspec.DecodeError | msgspec.ValidationError
+            ):
                 log.warning("provider %s did not list its models: %s", provider.name, answer)
                 continue
             if isinstance(answer, BaseException):

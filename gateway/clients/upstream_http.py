@@ -12,9 +12,10 @@ Invariants:
 - Timeouts: connect and pool waits use ``connect_timeout_s``; each read uses ``timeout_s`` (a
   stream that keeps sending is never cut); a whole non-streamed answer must arrive within
   ``timeout_s`` as well (``asyncio.timeout``).
-- Every failure leaves as a ``shared.errors.ClientError``: a timeout as 504 GATEWAY_TIMEOUT,
-  anything else (refused, reset, dropped) as 502 PROVIDER_ERROR, an error status through
-  ``upstream_error`` with the provider's own error kept. The transport maps aiohttp's
+- Every failure leaves as a ``shared.errors.UpstreamError`` (internal: dispatch decides on it
+  and makes the caller's error once): a timeout marked ``timed_out``, anything else (refused,
+  reset, dropped) without a status, an error status through ``upstream_error`` with the
+  provider's own error kept. The transport maps aiohttp's
   exceptions onto httpx's, and maps a dropped connection onto ``ConnectTimeout``; ``is_timeout``
   looks at the original exception so a drop is not reported as a timeout.
 - The provider's key travels in the client's default headers only: never in a URL, an
@@ -33,7 +34,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from gateway.policy.upstream_errors import upstream_error
 from gateway.settings import ProviderSettings
-from shared.errors import ClientError, GatewayTimeoutError, ProviderError
+from shared.errors import UpstreamError
 
 __all__ = ["UpstreamHTTP", "is_timeout"]
 
@@ -128,29 +129,29 @@ class UpstreamHTTP:
             await self._client.aclose()
             self._client = None
 
-    def timeout_error(self) -> GatewayTimeoutError:
-        return GatewayTimeoutError(
+    def timeout_error(self) -> UpstreamError:
+        return UpstreamError(
             f"{self.name} did not answer within {self.settings.timeout_s:g} s",
-            details={"provider": self.name},
+            provider=self.name,
+            timed_out=True,
         )
 
-    def failure(self, exc: BaseException) -> ProviderError:
-        return ProviderError(
-            f"{self.name} could not be reached: {type(exc).__name__}: {exc}",
-            details={"provider": self.name},
+    def failure(self, exc: BaseException) -> UpstreamError:
+        return UpstreamError(
+            f"{self.name} could not be reached: {type(exc).__name__}: {exc}", provider=self.name
         )
 
-    def translate(self, exc: BaseException) -> ClientError:
+    def translate(self, exc: BaseException) -> UpstreamError:
         return self.timeout_error() if is_timeout(exc) else self.failure(exc)
 
     async def post(
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:
-        """A whole answer with a success status (its body read), or a ``ClientError``."""
+        """A whole answer with a success status (its body read), or an ``UpstreamError``."""
         return await self._whole(self.client.post(url, content=content, headers=headers))
 
     async def get(self, url: httpx.URL) -> httpx.Response:
-        """A GET with a success status (its body read), or a ``ClientError``."""
+        """A GET with a success status (its body read), or an ``UpstreamError``."""
         return await self._whole(self.client.get(url))
 
     async def _whole(self, sending: Awaitable[httpx.Response]) -> httpx.Response:

@@ -8,11 +8,14 @@ Invariants:
   client mistake reported by the provider (400/404/422) is the answer and nothing else is tried.
 - Streams fall back only before the caller has any byte: ``open_stream`` returns at the status
   line, and from then on the relay owns the stream (``run`` returns it to the route; the
-  context keeps only what is seen of it).
+  context keeps only what is seen of it) and forwards its ``chunks`` through ``relayed``.
 - Every attempt becomes a ``provider_attempt`` span (provider, model, outcome); every failure
-  that is the provider's counts against its breaker.
-- All targets failed: the last failure is raised as it was (504 GATEWAY_TIMEOUT after a timeout,
-  else 502 PROVIDER_ERROR with the provider's own error), with ``providers_tried`` added.
+  that is the provider's counts against its breaker, a stream cut after its 200 too
+  (``relayed``: too late to fall back, not too late to count).
+- Adapters raise the internal ``UpstreamError``; dispatch decides on it per attempt and maps
+  the one that ends it to the caller's error once (``public_error``): a client mistake as 400
+  with the provider's error; all targets failed, the last failure (504 GATEWAY_TIMEOUT after a
+  timeout, else 502 PROVIDER_ERROR with the provider's own error) with ``providers_tried``.
   No target could be tried (every breaker open): 502 PROVIDER_ERROR saying so, with
   ``Retry-After`` set to the breakers' cool-down.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,8 +41,9 @@ from gateway.policy.routing import (
     counts_against_breaker,
     retryable,
 )
+from gateway.policy.upstream_errors import public_error
 from shared.backoff import Backoff
-from shared.errors import ClientError, ProviderError
+from shared.errors import ClientError, ProviderError, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.clients.providers.base import ProviderClient, UpstreamStream
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
     from gateway.generation import Generation
     from gateway.settings import RetrySettings
 
-__all__ = ["ATTEMPT_SPAN", "DispatchDeps", "run"]
+__all__ = ["ATTEMPT_SPAN", "DispatchDeps", "relayed", "run"]
 
 ATTEMPT_SPAN = "provider_attempt"
 
@@ -64,7 +69,7 @@ async def run(ctx: RequestContext, deps: DispatchDeps) -> UpstreamStream | None:
     answer is whole (``ctx.reply``)."""
     if ctx.chat is None or not ctx.targets:
         raise RuntimeError("dispatch runs after intake and routing")
-    last: ClientError | None = None
+    last: UpstreamError | None = None
     for target in ctx.targets:
         upstreams = deps.generation.upstreams
         admission = await upstreams.breakers.admit(target.provider, ctx.org_id)
@@ -78,9 +83,9 @@ async def run(ctx: RequestContext, deps: DispatchDeps) -> UpstreamStream | None:
             return await _try_target(
                 _TargetRun(ctx, deps, target, provider), probe=admission is Admission.PROBE
             )
-        except ClientError as exc:
+        except UpstreamError as exc:
             if classify_failure(exc) is Outcome.CLIENT_ERROR:
-                raise
+                raise public_error(exc) from exc
             last = exc
     if last is None:
         raise ProviderError(
@@ -90,8 +95,9 @@ async def run(ctx: RequestContext, deps: DispatchDeps) -> UpstreamStream | None:
             # at the latest then, an open breaker lets a probe through
             headers={"Retry-After": str(math.ceil(deps.breaker_cooldown_s))},
         )
-    last.details["providers_tried"] = list(ctx.providers_tried)
-    raise last
+    error = public_error(last)
+    error.details["providers_tried"] = list(ctx.providers_tried)
+    raise error from last
 
 
 async def _try_target(run: _TargetRun, *, probe: bool) -> UpstreamStream | None:
@@ -99,7 +105,7 @@ async def _try_target(run: _TargetRun, *, probe: bool) -> UpstreamStream | None:
     breakers = deps.generation.upstreams.breakers
     try:
         await run.run(1 if probe else deps.retry.attempts)
-    except ClientError as exc:
+    except (UpstreamError, ClientError) as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
             await breakers.probe_succeeded(target.provider, org_id)  # it is up
         raise
@@ -129,9 +135,9 @@ class _TargetRun:
     async def once(self) -> None:
         try:
             self.stream = await _attempt(self.ctx, self.provider, self.target, self.request)
-        except ClientError as exc:
-            if counts_against_breaker(classify_failure(exc)):
-                answered = exc.details.get("provider_status") is not None
+        except (UpstreamError, ClientError) as exc:
+            if isinstance(exc, UpstreamError) and counts_against_breaker(classify_failure(exc)):
+                answered = exc.status is not None
                 self.breaker_open = await self.deps.generation.upstreams.breakers.failure(
                     self.target.provider, self.ctx.org_id, answered=answered
                 )
@@ -145,7 +151,7 @@ class _TargetRun:
         try:
             await self.once()
             return
-        except ClientError as exc:
+        except (UpstreamError, ClientError) as exc:
             if attempts == 1 or not self.worth_repeating(exc):
                 raise
         retry = self.deps.retry
@@ -179,7 +185,7 @@ async def _attempt(
         ctx.status_code = ctx.reply.status_code
         ctx.response_body = ctx.reply.body
         return None
-    except ClientError as exc:
+    except (UpstreamError, ClientError) as exc:
         outcome = classify_failure(exc)
         raise
     finally:
@@ -202,3 +208,17 @@ def _span(ctx: RequestContext, target: Target, start_ns: int, outcome: Outcome) 
             },
         )
     )
+
+
+async def relayed(
+    ctx: RequestContext, stream: UpstreamStream, deps: DispatchDeps
+) -> AsyncIterator[bytes]:
+    """The open stream's chunks, for the relay (``run`` returned the stream). A stream the
+    provider cuts after its 200 is too late to fall back but counts against the provider's
+    breaker, here, and reaches the relay as the caller's error (``public_error``)."""
+    try:
+        async for chunk in stream.chunks():
+            yield chunk
+    except UpstreamError as exc:
+        await deps.generation.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
+        raise public_error(exc) from exc

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from shared.errors import BadRequestError, ClientError, GatewayTimeoutError, ProviderError
+from gateway.policy.upstream_errors import CLIENT_MISTAKE_STATUSES
+from shared.errors import BadRequestError, ClientError, UpstreamError
 
 __all__ = [
     "Outcome",
@@ -144,19 +145,20 @@ class Outcome(StrEnum):
     """Not sent: the provider's circuit breaker is open."""
 
 
-def classify_failure(error: ClientError) -> Outcome:
-    if isinstance(error, GatewayTimeoutError):
-        return Outcome.TIMEOUT
-    if isinstance(error, BadRequestError):
+def classify_failure(error: UpstreamError | ClientError) -> Outcome:
+    """An ``UpstreamError`` by what the provider did; a ``ClientError`` raised while trying a
+    target (a request the adapter cannot send) is about the caller, not the provider."""
+    if not isinstance(error, UpstreamError):
         return Outcome.CLIENT_ERROR
-    if isinstance(error, ProviderError):
-        status = error.details.get("provider_status")
-        return Outcome.FAILED if status in _KEY_STATUSES else Outcome.RETRYABLE
-    return Outcome.CLIENT_ERROR  # any other ClientError is about the caller, not the provider
+    if error.timed_out:
+        return Outcome.TIMEOUT
+    if error.status in CLIENT_MISTAKE_STATUSES:
+        return Outcome.CLIENT_ERROR
+    return Outcome.FAILED if error.status in _KEY_STATUSES else Outcome.RETRYABLE
 
 
 def retryable(error: BaseException) -> bool:
-    return isinstance(error, ClientError) and classify_failure(error) is Outcome.RETRYABLE
+    return isinstance(error, UpstreamError) and classify_failure(error) is Outcome.RETRYABLE
 
 
 def counts_against_breaker(outcome: Outcome) -> bool:

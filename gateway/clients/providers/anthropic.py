@@ -2,7 +2,7 @@
 
 Invariants (those of ``base.py``, plus): the caller's body is translated by the pure
 ``gateway.policy.anthropic`` and the answer translated back, so the caller only ever sees OpenAI
-JSON and OpenAI SSE; errors keep Anthropic's own error object in ``details`` (through
+JSON and OpenAI SSE; errors keep Anthropic's own error object (``UpstreamError``, through
 ``upstream_error``); HTTP goes through ``gateway.clients.upstream_http.UpstreamHTTP``, whose
 client lives from ``open`` to ``aclose`` on the worker's loop.
 """
@@ -28,7 +28,7 @@ from gateway.policy.anthropic import (
 from gateway.policy.json_body import decode_json
 from gateway.policy.sse import SSESplitter, event_data
 from gateway.settings import ProviderSettings
-from shared.errors import ProviderError
+from shared.errors import UpstreamError
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStream", "token_usage"]
 
@@ -79,9 +79,9 @@ class AnthropicProvider(ProviderClient):
         try:
             completion, usage = to_openai_response(_decode(response.content))
         except (msgspec.DecodeError, AttributeError, TypeError, ValueError) as exc:
-            raise ProviderError(
+            raise UpstreamError(
                 f"{self.name} sent an answer that is not a Messages response: {exc}",
-                details={"provider": self.name},
+                provider=self.name,
             ) from exc
         return UpstreamReply(
             response.status_code,

@@ -1,8 +1,9 @@
 """The one interface every provider adapter implements, so stages never see a wire format.
 
-Invariants: an adapter turns every failure of its upstream into a ``shared.errors.ClientError``
-(``BadRequestError``, ``ProviderError`` or ``GatewayTimeoutError``) with the provider's own error
-preserved in ``details``; nothing else escapes ``complete``/``open_stream``. A stream that was
+Invariants: an adapter turns every failure of its upstream into a ``shared.errors.UpstreamError``
+(internal; dispatch maps the one that ends it to the caller's ``ClientError``) with the
+provider's own error preserved; nothing else escapes ``complete``/``open_stream``/``chunks``
+(but a ``BadRequestError`` for a request the adapter itself cannot send). A stream that was
 opened must be closed (``aclose``) whether or not it was read to the end.
 """
 

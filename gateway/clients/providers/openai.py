@@ -2,7 +2,7 @@
 OpenAI, which speaks the same wire format at a per-deployment URL with an ``api-key`` header.
 
 Invariants: HTTP goes through ``gateway.clients.upstream_http.UpstreamHTTP`` (httpx over the
-aiohttp transport; every failure leaves as a ``ClientError``); non-streamed bodies are
+aiohttp transport; every failure leaves as an ``UpstreamError``); non-streamed bodies are
 forwarded as received (decoded of any content encoding, never re-serialised); a streamed
 request gains ``stream_options.include_usage`` so the record gets token counts, and the
 usage-only chunk reaches the caller only if the caller asked for it.

@@ -33,8 +33,9 @@ from gateway.policy.anthropic import (
     translate_stream,
 )
 from gateway.policy.prices import PriceBook
+from gateway.policy.upstream_errors import public_error
 from gateway.settings import ProviderSettings
-from shared.errors import BadRequestError, GatewayTimeoutError, ProviderError
+from shared.errors import BadRequestError, GatewayTimeoutError, ProviderError, UpstreamError
 
 MODEL = "claude-3-5-haiku-latest"
 TOOLS = [
@@ -463,20 +464,23 @@ async def test_tool_round_trip_through_the_fake(provider: AnthropicProvider) -> 
 
 
 async def test_upstream_errors_keep_anthropic_error(provider: AnthropicProvider) -> None:
-    with pytest.raises(ProviderError) as err:
+    with pytest.raises(UpstreamError) as err:
         await provider.complete(
             chat({"model": "fake-status-529", "messages": [{"role": "user", "content": "x"}]})
         )
-    assert err.value.details["provider_error"] == {
+    overloaded = public_error(err.value)
+    assert isinstance(overloaded, ProviderError)
+    assert overloaded.details["provider_error"] == {
         "type": "overloaded_error",
         "message": "Fake failure with status 529.",
     }
-    with pytest.raises(BadRequestError) as bad:
+    with pytest.raises(UpstreamError) as bad:
         await provider.complete(
             chat({"model": "claude-nope", "messages": [{"role": "user", "content": "x"}]})
         )
-    assert bad.value.details["provider_status"] == 404
-    with pytest.raises(ProviderError):
+    refused = public_error(bad.value)
+    assert isinstance(refused, BadRequestError) and refused.details["provider_status"] == 404
+    with pytest.raises(UpstreamError) as failed:
         await provider.open_stream(
             chat(
                 {
@@ -486,6 +490,7 @@ async def test_upstream_errors_keep_anthropic_error(provider: AnthropicProvider)
                 }
             )
         )
+    assert isinstance(public_error(failed.value), ProviderError)
 
 
 async def test_unreachable_and_slow_provider() -> None:
@@ -496,10 +501,11 @@ async def test_unreachable_and_slow_provider() -> None:
     )
     await down.open()
     try:
-        with pytest.raises(ProviderError, match="could not be reached"):
+        with pytest.raises(UpstreamError, match="could not be reached") as unreachable:
             await down.complete(
                 chat({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
             )
+        assert isinstance(public_error(unreachable.value), ProviderError)
     finally:
         await down.aclose()
 
@@ -510,10 +516,11 @@ async def test_timeout_is_gateway_timeout(fake: FakeAnthropic) -> None:
     )
     await slow.open()
     try:
-        with pytest.raises(GatewayTimeoutError):
+        with pytest.raises(UpstreamError) as late:
             await slow.complete(
                 chat({"model": "fake-delay-1000", "messages": [{"role": "user", "content": "x"}]})
             )
+        assert isinstance(public_error(late.value), GatewayTimeoutError)
     finally:
         await slow.aclose()
 

@@ -4,7 +4,7 @@ import msgspec
 import pytest
 
 from gateway.errors import error_body, render_error
-from gateway.policy.upstream_errors import upstream_error
+from gateway.policy.upstream_errors import public_error, upstream_error
 from shared.errors import (
     BadRequestError,
     InvalidApiKeyError,
@@ -40,7 +40,7 @@ def test_render_error_keeps_status_and_headers() -> None:
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_upstream_client_mistakes_are_bad_requests_with_the_provider_error(status: int) -> None:
     body = b'{"error":{"message":"unknown model","type":"invalid_request_error","code":"x"}}'
-    exc = upstream_error("openai", status, body)
+    exc = public_error(upstream_error("openai", status, body))
     assert isinstance(exc, BadRequestError) and exc.status_code == 400
     assert "unknown model" in exc.message
     assert exc.details["provider_error"]["code"] == "x"
@@ -49,6 +49,6 @@ def test_upstream_client_mistakes_are_bad_requests_with_the_provider_error(statu
 
 @pytest.mark.parametrize("status", [401, 429, 500, 503])
 def test_upstream_failures_are_provider_errors(status: int) -> None:
-    exc = upstream_error("openai", status, b"<html>bad gateway</html>")
+    exc = public_error(upstream_error("openai", status, b"<html>bad gateway</html>"))
     assert isinstance(exc, ProviderError) and exc.status_code == 502
     assert exc.details["provider_error"] == "<html>bad gateway</html>"

@@ -13,11 +13,14 @@ from gateway.policy.routing import (
     counts_against_breaker,
     retryable,
 )
+from gateway.policy.upstream_errors import public_error
 from shared.errors import (
     BadRequestError,
+    ClientError,
     GatewayTimeoutError,
     InvalidApiKeyError,
     ProviderError,
+    UpstreamError,
 )
 
 PROVIDERS = [
@@ -89,29 +92,39 @@ def test_configurations_that_cannot_route_fail_at_start_up(
 @pytest.mark.parametrize(
     ("error", "outcome", "retry", "breaker"),
     [
-        (GatewayTimeoutError("slow"), Outcome.TIMEOUT, False, True),
-        (ProviderError("down"), Outcome.RETRYABLE, True, True),  # connection refused, dropped
-        (ProviderError("5xx", details={"provider_status": 503}), Outcome.RETRYABLE, True, True),
-        (ProviderError("429", details={"provider_status": 429}), Outcome.RETRYABLE, True, True),
-        (ProviderError("key", details={"provider_status": 401}), Outcome.FAILED, False, True),
-        (
-            BadRequestError("bad", details={"provider_status": 400}),
-            Outcome.CLIENT_ERROR,
-            False,
-            False,
-        ),
+        (UpstreamError("slow", provider="p", timed_out=True), Outcome.TIMEOUT, False, True),
+        (UpstreamError("down", provider="p"), Outcome.RETRYABLE, True, True),  # refused, dropped
+        (UpstreamError("5xx", provider="p", status=503), Outcome.RETRYABLE, True, True),
+        (UpstreamError("429", provider="p", status=429), Outcome.RETRYABLE, True, True),
+        (UpstreamError("key", provider="p", status=401), Outcome.FAILED, False, True),
+        (UpstreamError("bad", provider="p", status=400), Outcome.CLIENT_ERROR, False, False),
         (InvalidApiKeyError("caller"), Outcome.CLIENT_ERROR, False, False),
     ],
 )
 def test_failure_classification(
-    error: Exception, outcome: Outcome, retry: bool, breaker: bool
+    error: UpstreamError | ClientError, outcome: Outcome, retry: bool, breaker: bool
 ) -> None:
-    assert isinstance(
-        error, (ProviderError, GatewayTimeoutError, BadRequestError, InvalidApiKeyError)
-    )
     assert classify_failure(error) is outcome
     assert retryable(error) is retry
     assert counts_against_breaker(outcome) is breaker
+
+
+@pytest.mark.parametrize(
+    ("error", "public", "status"),
+    [
+        (UpstreamError("slow", provider="p", timed_out=True), GatewayTimeoutError, 504),
+        (UpstreamError("down", provider="p"), ProviderError, 502),
+        (UpstreamError("5xx", provider="p", status=503), ProviderError, 502),
+        (UpstreamError("key", provider="p", status=401), ProviderError, 502),
+        (UpstreamError("bad", provider="p", status=400), BadRequestError, 400),
+    ],
+)
+def test_the_callers_error_of_an_upstream_failure(
+    error: UpstreamError, public: type[ClientError], status: int
+) -> None:
+    mapped = public_error(error)
+    assert type(mapped) is public and mapped.status_code == status
+    assert mapped.message == error.message and mapped.details["provider"] == "p"
 
 
 def test_non_client_errors_are_never_retried() -> None:

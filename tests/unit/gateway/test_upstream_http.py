@@ -5,6 +5,7 @@ import httpx
 import pytest
 
 from gateway.clients.upstream_http import UpstreamHTTP, is_timeout
+from gateway.policy.upstream_errors import public_error
 from gateway.settings import ProviderSettings
 from shared.errors import GatewayTimeoutError, ProviderError
 
@@ -30,7 +31,7 @@ def _mapped(exc: httpx.HTTPError, cause: BaseException | None) -> httpx.HTTPErro
 def test_only_real_timeouts_are_timeouts(exc: BaseException, timeout: bool) -> None:
     assert is_timeout(exc) is timeout
     http = UpstreamHTTP(ProviderSettings(name="p", timeout_s=3), {})
-    error = http.translate(exc)
+    error = public_error(http.translate(exc))
     assert isinstance(error, GatewayTimeoutError if timeout else ProviderError)
     assert error.details == {"provider": "p"}
 
