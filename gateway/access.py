@@ -2,9 +2,10 @@
 stores by reader (the authenticator, the usage counters, the admin store), the rate limiter, the
 usage recorder, the template and routing-config stores.
 
-Invariants: opened in the worker's lifespan before the ``Runtime`` (whose providers and routes
-it completes from the store), closed after it. Its own Redis connection pool, so a backlog of
-published records never queues in front of a rate-limit decision. At start-up the deprecated
+Invariants: opened first in the worker's lifespan (``gateway.services``: the providers and
+routes of every other service are completed from its store), closed last. Its own Redis
+connection pool, so a backlog of published records never queues in front of a rate-limit
+decision. At start-up the deprecated
 static key table and then the config file are applied (idempotent); a bad config file stops the
 worker, an unreachable Redis is logged and the worker serves what Redis already holds.
 """
@@ -47,7 +48,8 @@ class Access:
     admin_store: AdminStore
     limiter: RateLimiter
     templates: TemplateStore
-    routing: RoutingConfigStore
+    routing_config: RoutingConfigStore
+    """The stored providers and routes (not the routing table: ``Upstreams.routing``)."""
     usage: UsageRecorder
     audit: AuditLog
     counters: CounterSet = field(default_factory=lambda: access_counters("seed", "failures"))
@@ -70,7 +72,7 @@ class Access:
             admin_store=AdminStore(redis, prefix=prefix, authenticator=authenticator),
             limiter=limiter,
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
-            routing=RoutingConfigStore(redis, prefix=prefix),
+            routing_config=RoutingConfigStore(redis, prefix=prefix),
             usage=UsageRecorder(redis, usage_counters, limiter, spool=spool),
             audit=AuditLog(redis, prefix=prefix),
         )
@@ -99,7 +101,7 @@ class Access:
                     seed,
                     admin_store=self.admin_store,
                     templates=self.templates,
-                    routing=self.routing,
+                    routing_config=self.routing_config,
                     environ=environ,
                     keep_orgs=keep_orgs,
                 )
@@ -110,15 +112,15 @@ class Access:
     async def routing_version(self) -> int:
         """The stored routing version now (-1 if Redis cannot say: the watcher reloads then)."""
         try:
-            return await self.routing.version()
+            return await self.routing_config.version()
         except (RedisError, OSError) as exc:
             log.warning("stored routing version unavailable (%s)", exc)
             return -1
 
     async def merged_settings(self, settings: GatewaySettings) -> GatewaySettings:
         try:
-            providers = await self.routing.providers()
-            routes = await self.routing.routes()
+            providers = await self.routing_config.providers()
+            routes = await self.routing_config.routes()
         except (RedisError, OSError) as exc:
             self.counters.inc("failures")
             log.error("stored providers/routes unavailable (%s); using settings only", exc)

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
@@ -44,11 +45,16 @@ from shared.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections import defaultdict
+
     from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-    from gateway.runtime import Runtime
+    from gateway.clients.key_auth import KeyAuthenticator
+    from gateway.services import Opened
+    from gateway.settings import GatewaySettings
+    from shared.metrics import CounterSet
 
-__all__ = ["FINISH", "guard_middleware", "route_class"]
+__all__ = ["FINISH", "GuardDeps", "guard_middleware", "route_class"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,17 @@ FINISH = "floopy.finish"
 """Scope key of a route's ``finish`` callback (called once, after the response)."""
 
 _PUBLIC = ("/health",)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardDeps:
+    settings: GatewaySettings
+    """The caps, the read timeout and the in-flight limit."""
+    authenticator: KeyAuthenticator
+    in_flight: defaultdict[str, int]
+    """Requests in flight per client, per worker, across routes."""
+    counters: CounterSet
+    """``refused_in_flight``."""
 
 
 def route_class(path: str) -> str:
@@ -122,11 +139,12 @@ class _BodyGate:
 
 
 class _Guard:
-    """Litestar builds one per route handler; the in-flight counts live in the ``Runtime``
-    (``in_flight``), so they are per worker, across routes."""
+    """Litestar builds one per route handler; the in-flight counts live in ``GuardDeps``
+    (one per worker), so they are per worker, across routes."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, opened: Opened[GuardDeps]) -> None:
         self._app = app
+        self._opened = opened
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -136,8 +154,8 @@ class _Guard:
         if kind == "public":
             await self._app(scope, receive, send)
             return
-        rt: Runtime = scope["app"].state.runtime
-        settings = rt.settings
+        deps = self._opened.value
+        settings = deps.settings
         limit = settings.max_body_bytes if kind == "chat" else settings.admin_max_body_bytes
         token = bearer_token(_header(scope, b"authorization"))
         client = _client_id(scope, token)
@@ -146,34 +164,34 @@ class _Guard:
             # chat: the intake stage refuses it after auth, so the 413 has a record
             if kind != "chat" and declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
-            if rt.in_flight[client] >= settings.max_in_flight_per_client:
-                rt.counters.inc("refused_in_flight")
+            if deps.in_flight[client] >= settings.max_in_flight_per_client:
+                deps.counters.inc("refused_in_flight")
                 raise RateLimitExceededError(
                     "too many requests in flight for this client; retry shortly",
                     headers={"Retry-After": "1"},
                 )
             if kind in ("admin", "console_api"):
-                await _authenticate(rt, token)
+                await _authenticate(deps.authenticator, token)
         except ClientError as exc:
             await _answer(send, exc)
             return
-        rt.in_flight[client] += 1
+        deps.in_flight[client] += 1
         try:
             gate = _BodyGate(receive, limit, settings.body_read_timeout_s)
             await self._app(scope, gate, send)
         finally:
-            rt.in_flight[client] -= 1
-            if not rt.in_flight[client]:
-                del rt.in_flight[client]
+            deps.in_flight[client] -= 1
+            if not deps.in_flight[client]:
+                del deps.in_flight[client]
             _finish(scope)
 
 
-async def _authenticate(rt: Runtime, token: str | None) -> None:
+async def _authenticate(authenticator: KeyAuthenticator, token: str | None) -> None:
     """Raises the 401/502 the handler would; the handler authenticates again from the cache."""
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <Floopy key>")
     try:
-        await rt.access.authenticator.authenticate(token)
+        await authenticator.authenticate(token)
     except (RedisError, OSError) as exc:
         log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)
         raise ProviderError("the key store is unreachable; retry shortly") from exc
@@ -197,6 +215,11 @@ async def _answer(send: Send, exc: ClientError) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def guard_middleware(app: ASGIApp) -> ASGIApp:
-    """For ``Litestar(middleware=[guard_middleware])``: one guard per app (per worker)."""
-    return _Guard(app)
+def guard_middleware(opened: Opened[GuardDeps]) -> Callable[[ASGIApp], ASGIApp]:
+    """For ``Litestar(middleware=[guard_middleware(opened)])``: the guards of one app (one
+    worker) share what its lifespan opened."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        return _Guard(app, opened)
+
+    return wrap

@@ -12,10 +12,12 @@ import asyncio
 import logging
 from typing import Any
 
-from litestar import Request, get
+from litestar import get
+from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 
-from gateway.runtime import Runtime
+from gateway.generation import Generation
+from shared.metrics import CounterSet
 
 __all__ = ["provider_health"]
 
@@ -25,15 +27,17 @@ _TIMEOUT_S = 0.5
 
 
 @get("/health/providers")
-async def provider_health(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    rt: Runtime = request.app.state.runtime
-    kinds = {p.name: p.kind for p in rt.settings.provider_list()}
-    names = list(rt.upstreams.providers)
+async def provider_health(
+    generation: NamedDependency[Generation], counters: NamedDependency[CounterSet]
+) -> dict[str, Any]:
+    kinds = {p.name: p.kind for p in generation.settings.provider_list()}
+    upstreams = generation.upstreams
+    names = list(upstreams.providers)
     try:
         async with asyncio.timeout(_TIMEOUT_S):
-            rows = await rt.upstreams.breakers.snapshot(names)
+            rows = await upstreams.breakers.snapshot(names)
     except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-        rt.counters.inc("unexpected")
+        counters.inc("unexpected")
         log.warning("provider health: breaker states unavailable: %s: %s", type(exc).__name__, exc)
         return {
             "status": "degraded",

@@ -15,37 +15,77 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.model_catalog import ModelCatalog
 from gateway.clients.providers.base import UpstreamStream
 from gateway.context import RequestContext
 from gateway.errors import render_error, unexpected_error
+from gateway.generation import Generation
 from gateway.guard import FINISH
 from gateway.metrics import BREAKER_STATE, BREAKER_STATE_VALUES
 from gateway.pipeline import auth
 from gateway.pipeline.auth import bearer_token
 from gateway.pipeline.intake import EMBEDDINGS
-from gateway.pipeline.publish import publish, publish_after_response
-from gateway.pipeline.run import EMBEDDING_STAGES, STAGES, Stage, run_stages
+from gateway.pipeline.publish import PublishDeps, publish, publish_after_response
+from gateway.pipeline.run import Stage, chat_stages, embedding_stages, run_stages
 from gateway.policy.chat_request import header_text
 from gateway.policy.keys import Permission
-from gateway.runtime import Runtime
+from gateway.services import Services
+from gateway.settings import GatewaySettings
 from shared.errors import ClientError, ForbiddenError, PayloadTooLargeError
 from shared.metrics import CONTENT_TYPE_LATEST, render
 
-__all__ = ["chat_completions", "embeddings", "health", "metrics", "models"]
+if TYPE_CHECKING:
+    from gateway.services import Opened
+    from shared.metrics import CounterSet
+
+__all__ = ["Proxy", "health", "metrics", "models", "proxy_routes"]
 
 log = logging.getLogger(__name__)
 
 
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """What the proxied routes use, bound once per worker."""
+
+    chat: tuple[Stage[Any], ...]
+    embeddings: tuple[Stage[Any], ...]
+    publish: PublishDeps
+    generation: Generation
+    """Whose breakers a stream cut after its 200 counts against."""
+    max_body_bytes: int
+    counters: CounterSet
+    """``unexpected`` and ``records_after_failed_response``."""
+
+    @classmethod
+    def of(cls, services: Services) -> Proxy:
+        chat = chat_stages(services)
+        return cls(
+            chat=chat,
+            embeddings=embedding_stages(chat),
+            publish=PublishDeps(
+                services.publisher,
+                services.access.usage,
+                services.cache,
+                services.generation,
+                services.settings.record_body_max_bytes,
+                services.counters,
+                services.background,
+            ),
+            generation=services.generation,
+            max_body_bytes=services.settings.max_body_bytes,
+            counters=services.counters,
+        )
 
 
 def _body_reader(request: Request[Any, Any, Any], limit: int) -> Any:
@@ -65,7 +105,7 @@ def _body_reader(request: Request[Any, Any, Any], limit: int) -> Any:
     return read
 
 
-def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
+def _context(request: Request[Any, Any, Any], max_body_bytes: int) -> RequestContext:
     floopy = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in request.scope["headers"]
@@ -74,7 +114,7 @@ def _context(request: Request[Any, Any, Any], rt: Runtime) -> RequestContext:
     return RequestContext(
         headers=request.headers,
         header_items=floopy,
-        read_body=_body_reader(request, rt.settings.max_body_bytes),
+        read_body=_body_reader(request, max_body_bytes),
         raw_headers=request.scope["headers"],
     )
 
@@ -94,7 +134,7 @@ def _failed_stage(ctx: RequestContext) -> str:
     return failed[-1] if failed else ""
 
 
-def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Response[bytes]:
+def _error_response(ctx: RequestContext, proxy: Proxy, exc: ClientError) -> Response[bytes]:
     ctx.error = exc
     ctx.status_code = exc.status_code
     response = render_error(exc, ctx.request_id, _headers(ctx))
@@ -110,55 +150,63 @@ def _error_response(ctx: RequestContext, rt: Runtime, exc: ClientError) -> Respo
         _failed_stage(ctx),
         exc.message,
     )
-    response.background = BackgroundTask(publish_after_response, ctx, rt)
+    response.background = BackgroundTask(publish_after_response, ctx, proxy.publish)
     return response
 
 
-def _finish(ctx: RequestContext, rt: Runtime) -> None:
+def _finish(ctx: RequestContext, proxy: Proxy) -> None:
     """The guard's after-response hook: a record the response path could not publish."""
     if ctx.published:
         return
-    rt.counters.inc("records_after_failed_response")
+    proxy.counters.inc("records_after_failed_response")
     log.error("request %s: the response failed; publishing its record anyway", ctx.request_id)
     if not ctx.status_code or ctx.status_code < 400:
         ctx.status_code = 502
-    publish(ctx, rt)
+    publish(ctx, proxy.publish)
 
 
-@post("/v1/chat/completions", status_code=200, request_max_body_size=None)
-async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    """The body cap is the guard's and the intake stage's (``max_body_bytes``)."""
-    return await _proxy(request, STAGES)
+def proxy_routes(opened: Opened[Proxy]) -> list[HTTPRouteHandler]:
+    """The proxied routes of one app; ``opened`` is set by its lifespan."""
 
+    @post("/v1/chat/completions", status_code=200, request_max_body_size=None)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        """The body cap is the guard's and the intake stage's (``max_body_bytes``)."""
+        proxy = opened.value
+        return await _proxy(request, proxy, proxy.chat)
 
-@post("/v1/embeddings", status_code=200)
-async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
-    return await _proxy(request, EMBEDDING_STAGES, EMBEDDINGS)
+    @post("/v1/embeddings", status_code=200)
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+        proxy = opened.value
+        return await _proxy(request, proxy, proxy.embeddings, EMBEDDINGS)
+
+    return [chat_completions, embeddings]
 
 
 async def _proxy(
-    request: Request[Any, Any, Any], stages: Sequence[Stage], endpoint: str = ""
+    request: Request[Any, Any, Any],
+    proxy: Proxy,
+    stages: Sequence[Stage[Any]],
+    endpoint: str = "",
 ) -> Response[Any]:
-    rt = _runtime(request)
-    ctx = _context(request, rt)
+    ctx = _context(request, proxy.max_body_bytes)
     if endpoint:
         ctx.endpoint = endpoint
-    request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, rt)
+    request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
     try:
-        stream = await run_stages(ctx, rt, stages)
+        stream = await run_stages(ctx, stages)
     except ClientError as exc:
-        return _error_response(ctx, rt, exc)
+        return _error_response(ctx, proxy, exc)
     except Exception:  # never a 500: log with the stage, answer 502, record it
-        rt.counters.inc("unexpected")
+        proxy.counters.inc("unexpected")
         log.exception(
             "request %s: unexpected error at stage %s", ctx.request_id, _failed_stage(ctx)
         )
-        return _error_response(ctx, rt, unexpected_error(ctx.request_id))
+        return _error_response(ctx, proxy, unexpected_error(ctx.request_id))
     if stream is not None:
         headers = {**_headers(ctx), "Cache-Control": "no-cache"}
         ctx.sent_headers = {**headers, "content-type": "text/event-stream"}
         return Stream(
-            _relay(ctx, rt, stream),
+            _relay(ctx, proxy, stream),
             status_code=stream.status_code,
             media_type="text/event-stream",
             headers=headers,
@@ -172,11 +220,11 @@ async def _proxy(
         status_code=reply.status_code,
         media_type=reply.content_type,
         headers=headers,
-        background=BackgroundTask(publish_after_response, ctx, rt),
+        background=BackgroundTask(publish_after_response, ctx, proxy.publish),
     )
 
 
-async def _relay(ctx: RequestContext, rt: Runtime, stream: UpstreamStream) -> AsyncIterator[bytes]:
+async def _relay(ctx: RequestContext, proxy: Proxy, stream: UpstreamStream) -> AsyncIterator[bytes]:
     """Forward each upstream read as it comes; publish when the stream ends, however it ends."""
     kept = ctx.cache.stream_events  # the answer will be cached: keep what the caller got
     try:
@@ -190,7 +238,7 @@ async def _relay(ctx: RequestContext, rt: Runtime, stream: UpstreamStream) -> As
         ctx.stream_error = f"stream cut by the provider: {exc.code}: {exc.message}"
         log.warning("request %s: %s", ctx.request_id, ctx.stream_error)
         # too late to fall back (the caller has bytes), not too late to count against it
-        await rt.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
+        await proxy.generation.upstreams.breakers.failure(ctx.provider_name, ctx.org_id)
     except (GeneratorExit, asyncio.CancelledError):
         ctx.stream_error = "client disconnected before the end of the stream"
         raise
@@ -201,75 +249,87 @@ async def _relay(ctx: RequestContext, rt: Runtime, stream: UpstreamStream) -> As
         try:
             await stream.aclose()
         finally:
-            publish(ctx, rt)
+            publish(ctx, proxy.publish)
 
 
 @get("/v1/models")
-async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def models(
+    request: Request[Any, Any, Any],
+    key_auth: NamedDependency[KeyAuthenticator],
+    catalog: NamedDependency[ModelCatalog],
+) -> dict[str, Any]:
     """The models this key can reach (OpenAI's list format); needs the proxy permission."""
-    rt = _runtime(request)
-    await auth.run(_context(request, rt), rt)
-    return {"object": "list", "data": await rt.catalog.models()}
+    await auth.run(RequestContext(headers=request.headers), key_auth)
+    return {"object": "list", "data": await catalog.models()}
 
 
-async def _sees_counters(request: Request[Any, Any, Any], rt: Runtime) -> bool:
+async def _sees_counters(
+    request: Request[Any, Any, Any], authenticator: KeyAuthenticator, settings: GatewaySettings
+) -> bool:
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         return False
     try:
         async with asyncio.timeout(1.0):
-            key, org = await rt.access.authenticator.authenticate(token)
+            key, org = await authenticator.authenticate(token)
     except Exception:  # noqa: BLE001 - liveness answers whatever the key; no key, no counters
         return False
-    return Permission.ADMIN in key.permissions and org.org_id in rt.settings.operator_orgs
+    return Permission.ADMIN in key.permissions and org.org_id in settings.operator_orgs
 
 
 @get("/health")
-async def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    rt = _runtime(request)
+async def health(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> dict[str, Any]:
+    """It reports on every service of the worker, so it is handed them all."""
     try:
         async with asyncio.timeout(0.5):
-            reachable = bool(await rt.redis.ping())
+            reachable = bool(await services.redis.ping())
     except Exception:  # noqa: BLE001 - any failure means "not reachable now", which is the answer
         reachable = False
     liveness: dict[str, Any] = {
         "status": "ok" if reachable else "degraded",
         "redis": {"reachable": reachable},
     }
-    if not await _sees_counters(request, rt):
+    if not await _sees_counters(request, services.access.authenticator, services.settings):
         return liveness
     return {
         **liveness,
-        "publisher": rt.publisher.stats(),
-        "access": rt.access.stats(),
-        "cache": rt.cache.stats(),
-        "routing": rt.watcher.stats(),
+        "publisher": services.publisher.stats(),
+        "access": services.access.stats(),
+        "cache": services.cache.stats(),
+        "routing": services.watcher.stats(),
         "errors": {
-            "unexpected": rt.counters.get("unexpected"),
-            "record_build": rt.counters.get("record_build"),
-            "firewall_classifier": rt.counters.get("firewall_classifier"),
-            "firewall_verdict_cache": rt.counters.get("firewall_verdict_cache"),
-            "records_after_failed_response": rt.counters.get("records_after_failed_response"),
+            "unexpected": services.counters.get("unexpected"),
+            "record_build": services.counters.get("record_build"),
+            "firewall_classifier": services.counters.get("firewall_classifier"),
+            "firewall_verdict_cache": services.counters.get("firewall_verdict_cache"),
+            "records_after_failed_response": services.counters.get("records_after_failed_response"),
         },
         "guard": {
-            "refused_in_flight": rt.counters.get("refused_in_flight"),
-            "in_flight_clients": len(rt.in_flight),
+            "refused_in_flight": services.counters.get("refused_in_flight"),
+            "in_flight_clients": len(services.in_flight),
         },
     }
 
 
 @get("/metrics", media_type=CONTENT_TYPE_LATEST, include_in_schema=False)
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def metrics(
+    request: Request[Any, Any, Any],
+    key_auth: NamedDependency[KeyAuthenticator],
+    settings: NamedDependency[GatewaySettings],
+    generation: NamedDependency[Generation],
+) -> Response[bytes]:
     """Prometheus text format, every worker's series added up (``shared.metrics``): the same
     counters as ``/health``, so behind the same key (an admin key of an operator org, sent as
     the scrape's bearer token). Breaker states are read from Redis now (any worker changes
     them); if Redis cannot answer, the last states read stay."""
-    rt = _runtime(request)
-    if not await _sees_counters(request, rt):
+    if not await _sees_counters(request, key_auth, settings):
         raise ForbiddenError("metrics need an admin key of an operator org")
+    upstreams = generation.upstreams
     try:
         async with asyncio.timeout(0.5):
-            rows = await rt.upstreams.breakers.snapshot(list(rt.upstreams.providers))
+            rows = await upstreams.breakers.snapshot(list(upstreams.providers))
     except (RedisError, OSError) as exc:
         log.warning("metrics: breaker states unavailable: %s: %s", type(exc).__name__, exc)
     else:

@@ -3,10 +3,10 @@
 Invariants:
 - Each worker polls one integer (``RoutingConfigStore.version``, bumped by every write) every
   ``routing_refresh_s``; when it moved, the worker reads the stored providers and routes, merges
-  them over its own settings (``merge_routing``, as at start-up) and swaps in the next
-  generation of ``Upstreams`` and settings. A request already past routing keeps the adapter it
-  holds; adapters left behind are closed after their ``timeout_s`` (plus a margin), so a
-  request or stream still using one is not cut.
+  them over its own settings (``merge_routing``, as at start-up) and replaces the worker's
+  ``Generation`` (settings and ``Upstreams`` together). A request already past routing keeps
+  the adapter it holds; adapters left behind are closed after their ``timeout_s`` (plus a
+  margin), so a request or stream still using one is not cut.
 - A stored configuration that cannot route is logged and counted (``failures``) and the current
   generation keeps serving; the same version is not retried until it moves again.
 - Redis unreachable: logged and counted, the current generation keeps serving.
@@ -30,7 +30,7 @@ from shared.metrics import counted
 if TYPE_CHECKING:
     from gateway.clients.providers.base import ProviderClient
     from gateway.clients.routing_config import RoutingConfigStore
-    from gateway.runtime import Runtime
+    from gateway.generation import Generation
     from gateway.settings import GatewaySettings, ProviderSettings
 
 __all__ = ["RoutingWatcher"]
@@ -46,14 +46,14 @@ class RoutingWatcher:
 
     def __init__(
         self,
-        runtime: Runtime,
+        generation: Generation,
         store: RoutingConfigStore,
         base: GatewaySettings,
         *,
         seen_version: int,
         interval_s: float,
     ) -> None:
-        self._rt = runtime
+        self._generation = generation
         self._store = store
         self._base = base
         self._seen = seen_version
@@ -105,7 +105,7 @@ class RoutingWatcher:
             return False
         self._seen = version
         merged = merge_routing(self._base, providers, routes)
-        old = self._rt.upstreams
+        old = self._generation.upstreams
         try:
             upstreams, retired = await old.rebuilt(merged)
         except (ClientError, ValueError, KeyError) as exc:
@@ -114,8 +114,7 @@ class RoutingWatcher:
                 "stored routing version %d cannot route (%s); keeping the current one", version, exc
             )
             return False
-        self._rt.upstreams = upstreams
-        self._rt.settings = merged
+        self._generation.replace(merged, upstreams)
         self.counters.inc("reloads")
         log.info(
             "routing version %d: %d providers, %d routes",

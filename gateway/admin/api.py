@@ -24,8 +24,10 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Router, delete, get, patch, post, put
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from gateway.access import Access
 from gateway.admin.caller import caller
 from gateway.admin.seed import OrgSeed
 from gateway.admin.service import (
@@ -37,12 +39,17 @@ from gateway.admin.service import (
     to_struct,
 )
 from gateway.admin.settings_api import SettingsApi
+from gateway.clients.admin_store import AdminStore
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.routing_config import RoutingConfigStore
+from gateway.clients.templates import TemplateStore
+from gateway.clients.usage_counters import UsageCounters
 from gateway.policy.cache import CacheSettings
 from gateway.policy.firewall import FirewallConfig
 from gateway.policy.keys import ApiKey, Org, Permission, check_plan_access
 from gateway.policy.templates import TemplateMessage, check_template_id
 from gateway.routing_checks import check_key_env
-from gateway.runtime import Runtime
+from gateway.settings import GatewaySettings
 from shared.errors import (
     BadRequestError,
     ForbiddenError,
@@ -68,122 +75,163 @@ def org_view(org: Org) -> dict[str, Any]:
 
 
 class AdminApi(Controller):
+    """Every handler is handed the stores it uses (``key_auth`` authenticates the caller;
+    ``settings`` are the worker's own, before stored routing is merged in)."""
+
     path = "/admin"
 
-    async def _caller(
+    async def _org_scope(
         self,
         request: Request[Any, Any, Any],
+        key_auth: KeyAuthenticator,
+        settings: GatewaySettings,
+        org_id: str,
         need: Permission = Permission.ADMIN,
-        *,
-        write: bool | None = False,
-    ) -> tuple[Runtime, ApiKey, bool]:
-        who = await caller(request, need, write=write)
-        return who.rt, who.key, who.operator
-
-    async def _org_scope(
-        self, request: Request[Any, Any, Any], org_id: str, need: Permission = Permission.ADMIN
-    ) -> Runtime:
-        rt, key, operator = await self._caller(request, need)
+    ) -> None:
+        who = await caller(request, key_auth, settings, need)
         check_id("org", org_id)
-        if not operator and key.org_id != org_id:
+        if not who.operator and who.key.org_id != org_id:
             raise NotFoundError(f"no org {org_id!r}")
-        return rt
 
-    async def _operator(self, request: Request[Any, Any, Any]) -> Runtime:
-        rt, _, operator = await self._caller(request)
-        if not operator:
+    async def _operator(
+        self, request: Request[Any, Any, Any], key_auth: KeyAuthenticator, settings: GatewaySettings
+    ) -> None:
+        who = await caller(request, key_auth, settings)
+        if not who.operator:
             raise ForbiddenError("only an operator org's admin key may do this")
-        return rt
 
     async def _service(
-        self, request: Request[Any, Any, Any], *, write: bool | None = True
+        self,
+        request: Request[Any, Any, Any],
+        access: Access,
+        settings: GatewaySettings,
+        *,
+        write: bool | None = True,
     ) -> tuple[AdminService, ApiKey, bool]:
         """An admin key's service (who acts is recorded in the audit log); its provider and
         route writes are checked against the worker's own settings (``check_routing``)."""
-        rt, key, operator = await self._caller(request, write=write)
+        who = await caller(request, access.authenticator, settings, write=write)
+        key = who.key
         actor = Actor("key", key.key_id, key.org_id, key.name)
-        service = AdminService(rt.access, rt.settings, actor, check_against=rt.watcher.base)
-        return service, key, operator
+        service = AdminService(access, settings, actor, check_against=settings)
+        return service, key, who.operator
 
     async def _key_of_caller_org(
-        self, request: Request[Any, Any, Any], key_id: str, *, write: bool | None = True
+        self,
+        request: Request[Any, Any, Any],
+        access: Access,
+        settings: GatewaySettings,
+        key_id: str,
+        *,
+        write: bool | None = True,
     ) -> tuple[AdminService, ApiKey]:
-        service, caller, operator = await self._service(request, write=write)
-        key = await request.app.state.runtime.access.admin_store.get_key(check_id("key", key_id))
-        if key is None or (not operator and key.org_id != caller.org_id):
+        service, caller_key, operator = await self._service(request, access, settings, write=write)
+        key = await access.admin_store.get_key(check_id("key", key_id))
+        if key is None or (not operator and key.org_id != caller_key.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
 
     @get("/orgs/{org_id:str}")
     async def get_org(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        admin_store: NamedDependency[AdminStore],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, Permission.READ)
-        org = await rt.access.admin_store.get_org(org_id)
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        org = await admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         return org_view(org)
 
     @put("/orgs/{org_id:str}/cache")
     async def put_org_cache(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """Partial: the fields sent replace the stored ones. The org's own admin key may."""
-        rt = await self._org_scope(request, org_id)
-        service, _, _ = await self._service(request)
-        org = await rt.access.admin_store.get_org(org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
+        service, _, _ = await self._service(request, access, settings)
+        org = await access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
         cache = to_struct({**org.cache.view(), **data}, CacheSettings)
-        await rt.access.admin_store.put_org_cache(org_id, cache)
+        await access.admin_store.put_org_cache(org_id, cache)
         await service.put_section(org_id, "cache", org.cache.view(), cache.view())
         return {"org_id": org_id, "cache": cache.view()}
 
     @put("/orgs/{org_id:str}")
     async def put_org(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        rt = await self._operator(request)
-        service, _, _ = await self._service(request)
+        await self._operator(request, access.authenticator, settings)
+        service, _, _ = await self._service(request, access, settings)
         check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
-        org = seed.org(org_id, await rt.access.admin_store.get_org(org_id))  # keeps its firewall
+        org = seed.org(org_id, await access.admin_store.get_org(org_id))  # keeps its firewall
         await service.put_org(org)
-        stored = await request.app.state.runtime.access.admin_store.get_org(org_id)
+        stored = await access.admin_store.get_org(org_id)
         return org_view(stored or org)
 
     @put("/orgs/{org_id:str}/firewall")
     async def put_firewall(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """The whole ``firewall`` object (fields left out take their defaults); the org's
         own admin key or an operator's. Every worker applies it within ``key_cache_ttl_s``."""
-        rt = await self._org_scope(request, org_id)
-        service, _, _ = await self._service(request)
+        await self._org_scope(request, access.authenticator, settings, org_id)
+        service, _, _ = await self._service(request, access, settings)
         config = to_struct(data, FirewallConfig)
-        current = await rt.access.admin_store.get_org(org_id)
-        if current is None or not await rt.access.admin_store.put_org_firewall(org_id, config):
+        current = await access.admin_store.get_org(org_id)
+        if current is None or not await access.admin_store.put_org_firewall(org_id, config):
             raise NotFoundError(f"no org {org_id!r}")
         after: dict[str, Any] = msgspec.to_builtins(config)
         await service.put_section(org_id, "firewall", msgspec.to_builtins(current.firewall), after)
         return after
 
     @get("/orgs/{org_id:str}/keys")
-    async def list_keys(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+    async def list_keys(  # noqa: PLR0917 - litestar passes them by name
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        admin_store: NamedDependency[AdminStore],
+        usage_counters: NamedDependency[UsageCounters],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, Permission.READ)
-        keys = await rt.access.admin_store.list_keys(org_id)
-        last_used = await rt.access.usage_counters.last_used([k.key_id for k in keys])
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        keys = await admin_store.list_keys(org_id)
+        last_used = await usage_counters.last_used([k.key_id for k in keys])
         return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
 
     @post("/orgs/{org_id:str}/keys", status_code=201)
     async def create_key(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id)
-        service, _, _ = await self._service(request)
-        org = await rt.access.admin_store.get_org(org_id)
+        await self._org_scope(request, access.authenticator, settings, org_id)
+        service, _, _ = await self._service(request, access, settings)
+        org = await access.admin_store.get_org(org_id)
         if org is not None:  # an operator creating a key in an expired org: refused too
             check_plan_access(org, int(time.time() * 1000), write=True)
         new, key = await service.create_key(org_id, to_struct(data, NewKeyBody))
@@ -191,11 +239,16 @@ class AdminApi(Controller):
 
     @patch("/keys/{key_id:str}")
     async def update_key(
-        self, request: Request[Any, Any, Any], key_id: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        key_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """Change a key's name, permissions, limits or switches; every worker follows within
         the key cache TTL."""
-        service, key = await self._key_of_caller_org(request, key_id)
+        service, key = await self._key_of_caller_org(request, access, settings, key_id)
         if key.revoked:
             raise BadRequestError(f"key {key_id!r} is revoked")
         updated = await service.update_key(key, to_struct(data, KeyPatch))
@@ -203,39 +256,56 @@ class AdminApi(Controller):
 
     @delete("/keys/{key_id:str}", status_code=200)
     async def revoke_key(
-        self, request: Request[Any, Any, Any], key_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        key_id: FromPath[str],
     ) -> dict[str, Any]:
-        service, key = await self._key_of_caller_org(request, key_id, write=None)
+        service, key = await self._key_of_caller_org(request, access, settings, key_id, write=None)
         await service.revoke_key(key)
         return {"key_id": key_id, "revoked": True}
 
     @get("/orgs/{org_id:str}/templates")
     async def list_templates(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        templates: NamedDependency[TemplateStore],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, Permission.READ)
-        return {"data": await rt.access.templates.list_ids(org_id)}
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        return {"data": await templates.list_ids(org_id)}
 
     @get("/orgs/{org_id:str}/templates/{template_id:str}")
-    async def template_versions(
-        self, request: Request[Any, Any, Any], org_id: FromPath[str], template_id: FromPath[str]
+    async def template_versions(  # noqa: PLR0917 - litestar passes them by name
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        templates: NamedDependency[TemplateStore],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+        template_id: FromPath[str],
     ) -> dict[str, Any]:
-        rt = await self._org_scope(request, org_id, Permission.READ)
-        versions = await rt.access.templates.versions(org_id, check_template_id(template_id))
+        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        versions = await templates.versions(org_id, check_template_id(template_id))
         if not versions:
             raise NotFoundError(f"no prompt template {template_id!r}")
         return {"data": msgspec.to_builtins(versions)}
 
     @post("/orgs/{org_id:str}/templates/{template_id:str}", status_code=201)
-    async def add_template_version(
+    async def add_template_version(  # noqa: PLR0917 - litestar passes them by name
         self,
         request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
         template_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._org_scope(request, org_id)
-        service, _, _ = await self._service(request)
+        await self._org_scope(request, access.authenticator, settings, org_id)
+        service, _, _ = await self._service(request, access, settings)
         check_template_id(template_id)
         body = to_struct(data, TemplateBody)
         template = await service.add_template_version(org_id, template_id, body.messages)
@@ -243,57 +313,91 @@ class AdminApi(Controller):
         return result
 
     @get("/providers")
-    async def list_providers(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        rt = await self._operator(request)
-        return {"data": await rt.access.routing.providers()}
+    async def list_providers(
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        routing_config: NamedDependency[RoutingConfigStore],
+        settings: NamedDependency[GatewaySettings],
+    ) -> dict[str, Any]:
+        await self._operator(request, key_auth, settings)
+        return {"data": await routing_config.providers()}
 
     @put("/providers/{name:str}")
     async def put_provider(
-        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        name: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        rt = await self._operator(request)
-        service, _, _ = await self._service(request)
-        check_key_env(data, rt.settings.provider_key_env_prefixes)
+        await self._operator(request, access.authenticator, settings)
+        service, _, _ = await self._service(request, access, settings)
+        check_key_env(data, settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
-        return {"data": shown, "note": _followed_note(rt)}
+        return {"data": shown, "note": _followed_note(settings)}
 
     @delete("/providers/{name:str}", status_code=200)
     async def delete_provider(
-        self, request: Request[Any, Any, Any], name: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        name: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request)
-        service, _, _ = await self._service(request)
+        await self._operator(request, access.authenticator, settings)
+        service, _, _ = await self._service(request, access, settings)
         await service.delete_provider(name)
         return {"deleted": name}
 
     @get("/routes")
-    async def list_routes(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        rt = await self._operator(request)
-        return {"data": await rt.access.routing.routes()}
+    async def list_routes(
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        routing_config: NamedDependency[RoutingConfigStore],
+        settings: NamedDependency[GatewaySettings],
+    ) -> dict[str, Any]:
+        await self._operator(request, key_auth, settings)
+        return {"data": await routing_config.routes()}
 
     @put("/routes/{model:path}")
     async def put_route(
-        self, request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[dict[str, Any]]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        model: FromPath[str],
+        data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        rt = await self._operator(request)
-        service, _, _ = await self._service(request)
+        await self._operator(request, access.authenticator, settings)
+        service, _, _ = await self._service(request, access, settings)
         body = to_struct(data, RouteBody)
         await service.put_route(model.lstrip("/"), body.targets)
-        return {"model": model.lstrip("/"), "targets": body.targets, "note": _followed_note(rt)}
+        return {
+            "model": model.lstrip("/"),
+            "targets": body.targets,
+            "note": _followed_note(settings),
+        }
 
     @delete("/routes/{model:path}", status_code=200)
     async def delete_route(
-        self, request: Request[Any, Any, Any], model: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        model: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request)
-        service, _, _ = await self._service(request)
+        await self._operator(request, access.authenticator, settings)
+        service, _, _ = await self._service(request, access, settings)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
 
 
-def _followed_note(rt: Runtime) -> str:
-    return f"every gateway worker follows within about {rt.settings.routing_refresh_s:g} s"
+def _followed_note(settings: GatewaySettings) -> str:
+    return f"every gateway worker follows within about {settings.routing_refresh_s:g} s"
 
 
 def admin_router() -> Router:

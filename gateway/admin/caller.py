@@ -8,9 +8,10 @@ from typing import Any
 
 from litestar import Request
 
+from gateway.clients.key_auth import KeyAuthenticator
 from gateway.pipeline.auth import bearer_token
 from gateway.policy.keys import ApiKey, Org, Permission, check_permission, check_plan_access
-from gateway.runtime import Runtime
+from gateway.settings import GatewaySettings
 from shared.errors import ForbiddenError, InvalidApiKeyError, NotFoundError
 from shared.redis_keys import check_id
 
@@ -19,7 +20,6 @@ __all__ = ["Caller", "caller"]
 
 @dataclass(frozen=True)
 class Caller:
-    rt: Runtime
     key: ApiKey
     org: Org
     operator: bool
@@ -38,18 +38,20 @@ class Caller:
 
 async def caller(
     request: Request[Any, Any, Any],
+    key_auth: KeyAuthenticator,
+    settings: GatewaySettings,
     need: Permission = Permission.ADMIN,
     *,
     write: bool | None = False,
 ) -> Caller:
     """``write``: an expired org reads for a grace period and writes nothing
-    (``check_plan_access``); None skips the check (revoking a key stays allowed)."""
-    rt: Runtime = request.app.state.runtime
+    (``check_plan_access``); None skips the check (revoking a key stays allowed).
+    ``settings``: the worker's own (its ``operator_orgs``)."""
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <admin key>")
-    key, org = await rt.access.authenticator.authenticate(token)
+    key, org = await key_auth.authenticate(token)
     check_permission(key, need)
     if write is not None:
         check_plan_access(org, int(time.time() * 1000), write=write)
-    return Caller(rt, key, org, org.org_id in rt.settings.operator_orgs)
+    return Caller(key, org, org.org_id in settings.operator_orgs)

@@ -101,7 +101,7 @@ def seed(path: Path) -> None:
             parsed,
             admin_store=access.admin_store,
             templates=access.templates,
-            routing=access.routing,
+            routing_config=access.routing_config,
             environ=os.environ,
         )
 
@@ -432,7 +432,7 @@ def provider_put(
 @providers.command("list")
 def provider_list() -> None:
     async def work(access: Access, _: GatewaySettings) -> list[dict[str, Any]]:
-        return await access.routing.providers()
+        return await access.routing_config.providers()
 
     _print(_run(work))
 
@@ -451,7 +451,7 @@ def route_set(model: str, targets: list[str]) -> None:
 @routes.command("list")
 def route_list() -> None:
     async def work(access: Access, _: GatewaySettings) -> dict[str, list[str]]:
-        return await access.routing.routes()
+        return await access.routing_config.routes()
 
     _print(_run(work))
 

@@ -190,7 +190,7 @@ async def apply_seed(
     *,
     admin_store: AdminStore,
     templates: TemplateStore,
-    routing: RoutingConfigStore,
+    routing_config: RoutingConfigStore,
     environ: Mapping[str, str],
     keep_orgs: bool = False,
 ) -> dict[str, int]:
@@ -223,9 +223,9 @@ async def apply_seed(
     for template in seed.templates:
         await templates.put(template.org, template.id, template.messages, only_if_changed=True)
     for provider in seed.providers:
-        await routing.put_provider(provider)
+        await routing_config.put_provider(provider)
     for model, targets in seed.routes.items():
-        await routing.put_route(model, targets)
+        await routing_config.put_route(model, targets)
     return {
         "orgs": len(seed.orgs),
         "keys": len(seed.keys),

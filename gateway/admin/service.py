@@ -222,15 +222,17 @@ class AdminService:
         as a worker builds it; a 400 when it could not be used."""
         if self._check_against is None:
             return
-        routing = self._access.routing
+        routing_config = self._access.routing_config
         check_routing(
             self._check_against,
-            providers if providers is not None else await routing.providers(),
-            routes if routes is not None else await routing.routes(),
+            providers if providers is not None else await routing_config.providers(),
+            routes if routes is not None else await routing_config.routes(),
         )
 
     async def _stored_provider(self, name: str) -> dict[str, Any] | None:
-        return next((p for p in await self._access.routing.providers() if p["name"] == name), None)
+        return next(
+            (p for p in await self._access.routing_config.providers() if p["name"] == name), None
+        )
 
     async def put_provider(self, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Store a provider; a plaintext ``api_key`` is encrypted first. An edit that sends no
@@ -249,9 +251,9 @@ class AdminService:
             for kept in ("api_key_encrypted", "api_key_env"):
                 if before.get(kept):
                     provider[kept] = before[kept]
-        others = [p for p in await self._access.routing.providers() if p.get("name") != name]
+        others = [p for p in await self._access.routing_config.providers() if p.get("name") != name]
         await self._check(providers=[*others, provider])
-        await self._access.routing.put_provider(provider)
+        await self._access.routing_config.put_provider(provider)
         await self._audit(
             "provider.put", f"provider:{name}", [], before, provider, operators_only=True
         )
@@ -259,24 +261,24 @@ class AdminService:
 
     async def delete_provider(self, name: str) -> None:
         before = await self._stored_provider(name)
-        others = [p for p in await self._access.routing.providers() if p.get("name") != name]
+        others = [p for p in await self._access.routing_config.providers() if p.get("name") != name]
         await self._check(providers=others)
-        if not await self._access.routing.delete_provider(name):
+        if not await self._access.routing_config.delete_provider(name):
             raise NotFoundError(f"no stored provider {name!r}")
         await self._audit(
             "provider.delete", f"provider:{name}", [], before, None, operators_only=True
         )
 
     async def put_route(self, model: str, targets: list[str]) -> None:
-        routes = await self._access.routing.routes()
+        routes = await self._access.routing_config.routes()
         before = routes.get(model)
         await self._check(routes={**routes, model: targets})
-        await self._access.routing.put_route(model, targets)
+        await self._access.routing_config.put_route(model, targets)
         await self._audit("route.put", f"route:{model}", [], before, targets, operators_only=True)
 
     async def delete_route(self, model: str) -> None:
-        before = (await self._access.routing.routes()).get(model)
-        if not await self._access.routing.delete_route(model):
+        before = (await self._access.routing_config.routes()).get(model)
+        if not await self._access.routing_config.delete_route(model):
             raise NotFoundError(f"no stored route for {model!r}")
         await self._audit("route.delete", f"route:{model}", [], before, None, operators_only=True)
 

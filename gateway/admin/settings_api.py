@@ -13,14 +13,18 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
+from gateway.access import Access
 from gateway.admin.caller import caller
 from gateway.admin.service import key_view
-from gateway.clients.audit_log import GATEWAY_LOG
+from gateway.clients.audit_log import GATEWAY_LOG, AuditLog
+from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.routing_config import RoutingConfigStore
 from gateway.policy.keys import Permission, month_period
 from gateway.routing_checks import merge_routing
-from gateway.settings import ProviderSettings
+from gateway.settings import GatewaySettings, ProviderSettings
 
 __all__ = ["SettingsApi", "routing_view"]
 
@@ -60,8 +64,13 @@ class SettingsApi(Controller):
     path = "/admin"
 
     @get("/me", summary="The calling key, its org and what it may change")
-    async def me(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who = await caller(request, Permission.READ)
+    async def me(
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        settings: NamedDependency[GatewaySettings],
+    ) -> dict[str, Any]:
+        who = await caller(request, key_auth, settings, Permission.READ)
         admin = Permission.ADMIN in who.key.permissions
         return {
             "key": key_view(who.key),
@@ -71,34 +80,46 @@ class SettingsApi(Controller):
         }
 
     @get("/orgs/{org_id:str}/audit", summary="Settings changes, newest first")
-    async def audit(
+    async def audit(  # noqa: PLR0917 - litestar passes them by name
         self,
         request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        audit_log: NamedDependency[AuditLog],
+        settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        who = await caller(request, Permission.READ)
+        who = await caller(request, key_auth, settings, Permission.READ)
         who.reach(org_id)
-        return {"data": await who.rt.access.audit.entries(org_id, limit)}
+        return {"data": await audit_log.entries(org_id, limit)}
 
     @get("/audit", summary="Gateway-wide changes (providers, routes), newest first; operators")
     async def gateway_audit(
         self,
         request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        audit_log: NamedDependency[AuditLog],
+        settings: NamedDependency[GatewaySettings],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        who = await caller(request)
+        who = await caller(request, key_auth, settings)
         who.require_operator()
-        return {"data": await who.rt.access.audit.entries(GATEWAY_LOG, limit)}
+        return {"data": await audit_log.entries(GATEWAY_LOG, limit)}
 
     @get("/orgs/{org_id:str}/usage", summary="Requests this UTC month and each key's spend")
-    async def usage(self, request: Request[Any, Any, Any], org_id: FromPath[str]) -> dict[str, Any]:
-        who = await caller(request, Permission.READ)
+    async def usage(
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[Access],
+        settings: NamedDependency[GatewaySettings],
+        org_id: FromPath[str],
+    ) -> dict[str, Any]:
+        who = await caller(request, access.authenticator, settings, Permission.READ)
         who.reach(org_id)
-        counters = who.rt.access.usage_counters
+        counters = access.usage_counters
         now_ms = int(time.time() * 1000)
         requests = await counters.requests(org_id, now_ms)
-        keys = await who.rt.access.admin_store.list_keys(org_id)
+        keys = await access.admin_store.list_keys(org_id)
         spend = {
             k.key_id: msgspec.to_builtins(await counters.usage(k.key_id, now_ms, org_id=org_id))
             for k in keys
@@ -106,17 +127,23 @@ class SettingsApi(Controller):
         return {"month": month_period(now_ms), "requests": requests, "keys": spend}
 
     @get("/routing", summary="The providers and routing rules in force (stored over settings)")
-    async def routing(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who = await caller(request, Permission.READ)
+    async def routing(
+        self,
+        request: Request[Any, Any, Any],
+        key_auth: NamedDependency[KeyAuthenticator],
+        routing_config: NamedDependency[RoutingConfigStore],
+        settings: NamedDependency[GatewaySettings],
+    ) -> dict[str, Any]:
+        who = await caller(request, key_auth, settings, Permission.READ)
         operator = who.operator and Permission.ADMIN in who.key.permissions
-        providers = await who.rt.access.routing.providers()
-        routes = await who.rt.access.routing.routes()
+        providers = await routing_config.providers()
+        routes = await routing_config.routes()
         # from the store, not this worker's current generation: a change just made shows at
         # once, and every worker follows it within ``routing_refresh_s``
-        settings = merge_routing(who.rt.watcher.base, providers, routes)
+        merged = merge_routing(settings, providers, routes)
         view = routing_view(
-            settings.provider_list(),
-            settings.routes,
+            merged.provider_list(),
+            merged.routes,
             {p["name"] for p in providers},
             set(routes),
             operator=operator,

@@ -1,6 +1,7 @@
 """The console: the read API (``/console/api``) and the dashboard pages (``/console``), served
-by the gateway app itself. ``Console(clickhouse, authenticator)`` gives the router to mount and a
-lifespan hook that closes the ClickHouse pool."""
+by the gateway app itself. ``Console(clickhouse, authenticator)`` gives the router to mount (its
+handlers are handed the store and the caller) and a lifespan hook that closes the ClickHouse
+pool."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Router
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -37,8 +39,15 @@ def openapi_config() -> OpenAPIConfig:
 
 
 class Console:
+    """``authenticator``: who may read; without one, the app provides its own (the gateway's
+    key store, as the ``authenticator`` dependency)."""
+
     def __init__(
-        self, clickhouse: ClickHouseSettings, authenticator: Authenticator, *, pool_size: int = 4
+        self,
+        clickhouse: ClickHouseSettings,
+        authenticator: Authenticator | None = None,
+        *,
+        pool_size: int = 4,
     ) -> None:
         self._clickhouse = clickhouse
         self._pool_size = pool_size
@@ -52,8 +61,18 @@ class Console:
 
     @property
     def router(self) -> Router:
-        api = ConsoleApi.bound(self._store(), self._authenticator)
-        return Router(path="/", route_handlers=[api, *page_handlers()])
+        store = self._store()
+        dependencies = {"store": Provide(lambda: store, use_cache=True, sync_to_thread=False)}
+        authenticator = self._authenticator
+        if authenticator is not None:
+            dependencies["authenticator"] = Provide(
+                lambda: authenticator, use_cache=True, sync_to_thread=False
+            )
+        return Router(
+            path="/",
+            route_handlers=[ConsoleApi, *page_handlers()],
+            dependencies=dependencies,
+        )
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:

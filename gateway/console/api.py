@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency, Provide
@@ -326,50 +326,52 @@ async def request_filters(  # noqa: PLR0917 - litestar passes query parameters b
     )
 
 
+async def principal(
+    request: Request[Any, Any, Any], authenticator: NamedDependency[Authenticator]
+) -> Principal:
+    """The caller, for every console handler: the key of the ``Authorization`` header."""
+    return await authenticator(bearer(request.headers.get("authorization", "")))
+
+
 class ConsoleApi(Controller):
+    """Every handler is handed the store it reads (``store``) and the caller
+    (``principal``, from the ``authenticator`` the app provides)."""
+
     path = "/console/api"
     tags = ["analytics"]
     security = [{"BearerAuth": []}]
+    dependencies = {"principal": Provide(principal)}
 
-    store: ClassVar[ConsoleStore]
-    authenticator: ClassVar[Authenticator]
-
-    @classmethod
-    def bound(cls, store: ConsoleStore, authenticator: Authenticator) -> type[ConsoleApi]:
-        """A subclass holding the store and the authenticator (litestar instantiates
-        controllers itself, so they travel as class attributes)."""
-        return type("BoundConsoleApi", (cls,), {"store": store, "authenticator": authenticator})
-
-    @property
-    def db(self) -> str:
-        return self.store.database
-
-    async def _principal(self, request: Request[Any, Any, Any]) -> Principal:
-        authenticate = type(self).authenticator
-        return await authenticate(bearer(request.headers.get("authorization", "")))
-
-    async def _rows_of(self, org_id: str, keys: Rows, extra: tuple[str, ...] = ()) -> Rows:
+    async def _rows_of(
+        self, store: ConsoleStore, org_id: str, keys: Rows, extra: tuple[str, ...] = ()
+    ) -> Rows:
         """The list columns of the requests in ``keys`` (ids with times), in the same order."""
         if not keys:
             return []
         times = [int(k["created_at_ms"]) for k in keys]
         ids = [str(k["request_id"]) for k in keys]
-        rows = await self.store.rows(
-            queries.rows_by_id_sql(self.db, org_id, ids, (min(times), max(times)), extra)
+        rows = await store.rows(
+            queries.rows_by_id_sql(store.database, org_id, ids, (min(times), max(times)), extra)
         )
         ordered = _in_order(keys, rows)
         for row in ordered:
             _props(row)
         return ordered
 
-    async def _requests_page(
-        self, org_id: str, tr: TimeRange, f: RequestFilters, limit: int, after: list[Any]
+    async def _requests_page(  # noqa: PLR0917 - private, called with every argument in place
+        self,
+        store: ConsoleStore,
+        org_id: str,
+        tr: TimeRange,
+        f: RequestFilters,
+        limit: int,
+        after: list[Any],
     ) -> dict[str, Any]:
         keys: Rows = []
         for window in _newest_first_windows(tr, f, after):
-            keys = await self.store.rows(
+            keys = await store.rows(
                 queries.requests_sql(
-                    self.db, org_id, window, f=f, page=Page(limit=limit), after=after
+                    store.database, org_id, window, f=f, page=Page(limit=limit), after=after
                 )
             )
             if len(keys) > limit:
@@ -377,7 +379,7 @@ class ConsoleApi(Controller):
         more = len(keys) > limit
         keys = keys[:limit]
         cursor = encode_cursor([keys[-1]["_sort"], keys[-1]["request_id"]]) if more else None
-        return {"data": await self._rows_of(org_id, keys), "next_cursor": cursor}
+        return {"data": await self._rows_of(store, org_id, keys), "next_cursor": cursor}
 
     @get(
         "/requests",
@@ -388,6 +390,8 @@ class ConsoleApi(Controller):
     async def list_requests(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         filters: NamedDependency[RequestFilters],
         *,
         start: Start = None,
@@ -395,12 +399,14 @@ class ConsoleApi(Controller):
         limit: Annotated[int, QueryParameter(description="Rows per page, 1-200")] = 50,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         Page(limit=limit)
         after = decode_cursor(cursor) if cursor else []
         if after and not _is_keyset(after):
             raise BadRequestError("`cursor` is not a cursor this API returned")
-        return await self._requests_page(who.org_id, time_range(start, end), filters, limit, after)
+        return await self._requests_page(
+            store, who.org_id, time_range(start, end), filters, limit, after
+        )
 
     @get(
         "/requests/export",
@@ -412,6 +418,8 @@ class ConsoleApi(Controller):
     async def export_requests(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         filters: NamedDependency[RequestFilters],
         *,
         start: Start = None,
@@ -420,15 +428,15 @@ class ConsoleApi(Controller):
     ) -> Stream:
         """Streamed page by page in the list's order; the first page is read before the answer
         starts, so a bad key or an unreachable ClickHouse is still a JSON error."""
-        who = await self._principal(request)
+        who = principal
         if format not in EXPORT_FORMATS:
             raise BadRequestError("`format` must be csv or jsonl")
         tr = time_range(start, end)
-        first = await self._requests_page(who.org_id, tr, filters, _EXPORT_PAGE, [])
+        first = await self._requests_page(store, who.org_id, tr, filters, _EXPORT_PAGE, [])
         cap = EXPORT_MAX_ROWS
         name = f"floopy-requests-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.{format}"
         return Stream(
-            self._export(who.org_id, tr, filters, format, first, cap),
+            self._export(store, who.org_id, tr, filters, format, first, cap),
             media_type=EXPORT_FORMATS[format],
             headers={
                 "Content-Disposition": f'attachment; filename="{name}"',
@@ -438,6 +446,7 @@ class ConsoleApi(Controller):
 
     async def _export(  # noqa: PLR0917 - a private generator, called once
         self,
+        store: ConsoleStore,
         org_id: str,
         tr: TimeRange,
         f: RequestFilters,
@@ -455,29 +464,31 @@ class ConsoleApi(Controller):
             if not page["next_cursor"] or sent >= cap:
                 return
             after = decode_cursor(page["next_cursor"])
-            page = await self._requests_page(org_id, tr, f, _EXPORT_PAGE, after)
+            page = await self._requests_page(store, org_id, tr, f, _EXPORT_PAGE, after)
 
     @get("/requests/{request_id:str}", responses=NOT_FOUND, summary="One request in full")
     async def one_request(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         request_id: FromPath[str],
         at: QAt = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         rows: Rows = []
         if at is not None:
-            rows = await self.store.rows(
-                queries.request_detail_sql(self.db, who.org_id, request_id, at)
+            rows = await store.rows(
+                queries.request_detail_sql(store.database, who.org_id, request_id, at)
             )
         if not rows:  # no time given, or a wrong one: find it from the id
-            found = await self.store.rows(
-                queries.locate_request_sql(self.db, who.org_id, request_id)
+            found = await store.rows(
+                queries.locate_request_sql(store.database, who.org_id, request_id)
             )
             if found:
                 at = int(found[0]["created_at_ms"])
-                rows = await self.store.rows(
-                    queries.request_detail_sql(self.db, who.org_id, request_id, at)
+                rows = await store.rows(
+                    queries.request_detail_sql(store.database, who.org_id, request_id, at)
                 )
         if not rows:
             raise NotFoundError(f"no request {request_id!r} in your organisation")
@@ -496,8 +507,8 @@ class ConsoleApi(Controller):
             values = record.pop(f"{side}_header_values", None) or []
             record[f"{side}_headers"] = dict(zip(names, values, strict=False))
         created_s = int(record["created_at_ms"]) // 1000
-        spans = await self.store.rows(
-            queries.request_spans_sql(self.db, who.org_id, request_id, created_s)
+        spans = await store.rows(
+            queries.request_spans_sql(store.database, who.org_id, request_id, created_s)
         )
         for span in spans:
             span["attributes"] = dict(
@@ -507,8 +518,8 @@ class ConsoleApi(Controller):
         events: Rows = []
         if providers:
             window = (created_s - 300, created_s + int(record["latency_ms"] / 1000) + 60)
-            events = await self.store.rows(
-                queries.request_breaker_events_sql(self.db, providers, *window)
+            events = await store.rows(
+                queries.request_breaker_events_sql(store.database, providers, *window)
             )
         return {"request": record, "spans": spans, "breaker_events": events}
 
@@ -520,27 +531,29 @@ class ConsoleApi(Controller):
     async def list_sessions(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         *,
         start: Start = None,
         end: End = None,
         limit: FromQuery[int] = 50,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         offset = _offset(cursor)
         tr = time_range(start, end, 7 * DAY)
         latest: Rows = []
         for window in recent_windows(tr):
-            latest = await self.store.rows(
-                queries.sessions_sql(self.db, who.org_id, window, Page(limit), offset)
+            latest = await store.rows(
+                queries.sessions_sql(store.database, who.org_id, window, Page(limit), offset)
             )
             if len(latest) > limit:
                 break
         figures: Rows = []
         if latest:
             ids = [str(r["session_id"]) for r in latest]
-            figures = await self.store.rows(
-                queries.session_figures_sql(self.db, who.org_id, tr, ids)
+            figures = await store.rows(
+                queries.session_figures_sql(store.database, who.org_id, tr, ids)
             )
         by_id = {row["session_id"]: row for row in figures}
         rows = [
@@ -559,13 +572,17 @@ class ConsoleApi(Controller):
         summary="One session as its ordered requests",
     )
     async def one_session(
-        self, request: Request[Any, Any, Any], session_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
+        session_id: FromPath[str],
     ) -> dict[str, Any]:
-        who = await self._principal(request)
-        keys = await self.store.rows(
-            queries.session_requests_sql(self.db, who.org_id, session_id, 1000)
+        who = principal
+        keys = await store.rows(
+            queries.session_requests_sql(store.database, who.org_id, session_id, 1000)
         )
-        rows = await self._rows_of(who.org_id, keys, ("session_name", "session_path"))
+        rows = await self._rows_of(store, who.org_id, keys, ("session_name", "session_path"))
         if not rows:
             raise NotFoundError(f"no session {session_id!r} in your organisation")
         first, last = rows[0], rows[-1]
@@ -594,6 +611,8 @@ class ConsoleApi(Controller):
     async def list_users(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         *,
         start: Start = None,
         end: End = None,
@@ -601,11 +620,13 @@ class ConsoleApi(Controller):
         limit: FromQuery[int] = 50,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         offset = _offset(cursor)
         tr = time_range(start, end, 7 * DAY)
-        rows = await self.store.rows(
-            queries.users_sql(self.db, who.org_id, tr, page=Page(limit), offset=offset, sort=sort)
+        rows = await store.rows(
+            queries.users_sql(
+                store.database, who.org_id, tr, page=Page(limit), offset=offset, sort=sort
+            )
         )
         return _page([_figures(r) for r in rows], limit, lambda _: encode_cursor([offset + limit]))
 
@@ -617,20 +638,24 @@ class ConsoleApi(Controller):
     async def one_user(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         user_id: FromPath[str],
         *,
         start: Start = None,
         end: End = None,
         bucket: Bucket = "1d",
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         tr = time_range(start, end, 7 * DAY)
         step = parse_bucket(bucket, tr.end_s - tr.start_s)
-        series = await self.store.rows(
-            queries.user_timeline_sql(self.db, who.org_id, user_id, tr, step)
+        series = await store.rows(
+            queries.user_timeline_sql(store.database, who.org_id, user_id, tr, step)
         )
         recent = (
-            await self._requests_page(who.org_id, tr, RequestFilters(user_id=user_id), 20, [])
+            await self._requests_page(
+                store, who.org_id, tr, RequestFilters(user_id=user_id), 20, []
+            )
         )["data"]
         if not series and not recent:
             raise NotFoundError(f"no user {user_id!r} in your organisation in this range")
@@ -643,11 +668,17 @@ class ConsoleApi(Controller):
 
     @get("/properties", responses=ERRORS, summary="Property keys seen in the range")
     async def property_keys(
-        self, request: Request[Any, Any, Any], *, start: Start = None, end: End = None
+        self,
+        request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
+        *,
+        start: Start = None,
+        end: End = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         tr = time_range(start, end, 7 * DAY)
-        return {"data": await self.store.rows(queries.property_keys_sql(self.db, who.org_id, tr))}
+        return {"data": await store.rows(queries.property_keys_sql(store.database, who.org_id, tr))}
 
     @get(
         "/properties/{key:str}", responses=ERRORS, summary="Values of a property with their figures"
@@ -655,17 +686,19 @@ class ConsoleApi(Controller):
     async def property_values(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         key: FromPath[str],
         *,
         start: Start = None,
         end: End = None,
         limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         tr = time_range(start, end, 7 * DAY)
         Page(limit)
-        rows = await self.store.rows(
-            queries.property_values_sql(self.db, who.org_id, key, tr, limit)
+        rows = await store.rows(
+            queries.property_values_sql(store.database, who.org_id, key, tr, limit)
         )
         return {"key": key, "data": [_figures(r) for r in rows]}
 
@@ -677,6 +710,8 @@ class ConsoleApi(Controller):
     async def property_series(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         key: FromPath[str],
         *,
         start: Start = None,
@@ -685,20 +720,22 @@ class ConsoleApi(Controller):
         value: Multi = None,
         top: FromQuery[int] = 8,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         tr = time_range(start, end, 7 * DAY)
         step = parse_bucket(bucket, tr.end_s - tr.start_s)
         values = list(value or [])
         if not values:
             Page(top)
-            top_rows = await self.store.rows(
-                queries.property_values_sql(self.db, who.org_id, key, tr, top)
+            top_rows = await store.rows(
+                queries.property_values_sql(store.database, who.org_id, key, tr, top)
             )
             values = [r["property_value"] for r in top_rows]
         if not values:
             return {"key": key, "bucket_s": step, "values": [], "data": []}
-        rows = await self.store.rows(
-            queries.property_series_sql(self.db, who.org_id, key, tr, step=step, values=values)
+        rows = await store.rows(
+            queries.property_series_sql(
+                store.database, who.org_id, key, tr, step=step, values=values
+            )
         )
         return {"key": key, "bucket_s": step, "values": values, "data": [_figures(r) for r in rows]}
 
@@ -706,6 +743,8 @@ class ConsoleApi(Controller):
     async def metrics(
         self,
         request: Request[Any, Any, Any],
+        store: NamedDependency[ConsoleStore],
+        principal: NamedDependency[Principal],
         *,
         start: Start = None,
         end: End = None,
@@ -714,14 +753,14 @@ class ConsoleApi(Controller):
         model: Multi = None,
         provider: Multi = None,
     ) -> dict[str, Any]:
-        who = await self._principal(request)
+        who = principal
         if group_by not in ("", "model", "provider", "status_code"):
             raise BadRequestError("`group_by` must be model, provider or status_code")
         tr = time_range(start, end)
         step = parse_bucket(bucket, tr.end_s - tr.start_s)
-        rows = await self.store.rows(
+        rows = await store.rows(
             queries.metrics_sql(
-                self.db,
+                store.database,
                 who.org_id,
                 tr,
                 step=step,

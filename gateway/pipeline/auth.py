@@ -15,8 +15,8 @@ from gateway.policy.keys import Permission, check_permission, check_plan
 from shared.errors import InvalidApiKeyError, ProviderError
 
 if TYPE_CHECKING:
+    from gateway.clients.key_auth import KeyAuthenticator
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
 
 __all__ = ["bearer_token", "run"]
 
@@ -30,12 +30,12 @@ def bearer_token(authorization: str) -> str | None:
     return token.strip()
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+async def run(ctx: RequestContext, authenticator: KeyAuthenticator) -> None:
     token = bearer_token(ctx.headers.get("authorization", ""))
     if token is None:
         raise InvalidApiKeyError("missing API key: send Authorization: Bearer <your Floopy key>")
     try:
-        key, org = await rt.access.authenticator.authenticate(token)
+        key, org = await authenticator.authenticate(token)
     except (RedisError, OSError) as exc:
         # Known keys are answered from the stale cache; only a key never seen lands here.
         log.warning("key store unreachable while authenticating (%s: %s)", type(exc).__name__, exc)

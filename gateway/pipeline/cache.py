@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,17 +41,27 @@ from gateway.policy.openai_wire import observe_event
 from gateway.policy.sse import SSESplitter
 
 if TYPE_CHECKING:
-    from gateway.clients.response_cache import Lookup
+    from gateway.clients.embeddings import Embedder
+    from gateway.clients.response_cache import Lookup, ResponseCache
     from gateway.context import RequestContext
     from gateway.policy.usage import Settled
-    from gateway.runtime import Runtime
 
-__all__ = ["ReplayStream", "child_span", "plan_ahead", "run", "store_after"]
+__all__ = ["CacheDeps", "ReplayStream", "child_span", "plan_ahead", "run", "store_after"]
 
 log = logging.getLogger(__name__)
 
 CHAT = "/v1/chat/completions"
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDeps:
+    cache: ResponseCache
+    embedder: Embedder
+    embed_max_chars: int
+    """A longer text is not embedded (the model would not read it all): no vector tier."""
+    firewall_model: str
+    """The firewall's default classifier (whether a hit may skip screening)."""
 
 
 def child_span(
@@ -89,22 +100,22 @@ def _plan(ctx: RequestContext) -> PlannedLookup:
     return PlannedLookup(plan, keys)
 
 
-def plan_ahead(ctx: RequestContext, rt: Runtime, *, cluster: bool) -> str:
+def plan_ahead(ctx: RequestContext, cache: ResponseCache, *, cluster: bool) -> str:
     """For the limits stage: the exact tier's Redis key, to be read in the limits script's
     round trip, with the plan and keys kept for this stage; "" when the lookup cannot be known
     yet (a template renders the body after the limits) or must not be made there (no exact
     tier; on a cluster the entry's key is in another slot than the org's limit keys; Redis
     failed a moment ago: the stage notes the skipped tier as it always does)."""
-    if ctx.meta.prompt_id or ctx.chat is None or cluster or rt.cache.redis_down():
+    if ctx.meta.prompt_id or ctx.chat is None or cluster or cache.redis_down():
         return ""
     ahead = _plan(ctx)
     if ahead.keys is None or CacheTier.EXACT not in ahead.plan.tiers:
         return ""
     ctx.cache.ahead = ahead
-    return rt.cache.exact.key(ctx.org_id, ahead.keys.exact)
+    return cache.exact.key(ctx.org_id, ahead.keys.exact)
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
+async def run(ctx: RequestContext, deps: CacheDeps) -> ReplayStream | None:
     """A hit answers (``ctx.answered``): whole, in ``ctx.reply``, or streamed, as the returned
     replay for the caller to relay."""
     outcome = ctx.cache
@@ -118,9 +129,9 @@ async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
     assert chat is not None  # _plan checked it
     outcome.keys = ahead.keys
     for tier in plan.tiers:
-        found = await _look_up(ctx, rt, tier)
+        found = await _look_up(ctx, deps, tier)
         if found is not None:
-            replay = _answer(ctx, rt, found)
+            replay = _answer(ctx, deps, found)
             if ctx.answered:
                 return replay
     if chat.stream:
@@ -128,15 +139,15 @@ async def run(ctx: RequestContext, rt: Runtime) -> ReplayStream | None:
     return None
 
 
-async def _look_up(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup | None:
+async def _look_up(ctx: RequestContext, deps: CacheDeps, tier: CacheTier) -> Lookup | None:
     start = time.perf_counter_ns()
     status, found = "miss", None
     try:
-        found = await _LOOKUPS[tier](ctx, rt)
+        found = await _LOOKUPS[tier](ctx, deps)
         status = "hit" if found is not None else "miss"
-    except rt.cache.fail_open_errors as exc:
+    except deps.cache.fail_open_errors as exc:
         status = "error"
-        rt.cache.count_fail_open(tier, exc)
+        deps.cache.count_fail_open(tier, exc)
         ctx.cache.fail_open(tier, f"{type(exc).__name__}: {exc}"[:200])
     finally:
         ahead = ctx.cache.ahead
@@ -153,28 +164,28 @@ async def _look_up(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup 
     return found
 
 
-async def _exact(ctx: RequestContext, rt: Runtime) -> Lookup | None:
+async def _exact(ctx: RequestContext, deps: CacheDeps) -> Lookup | None:
     plan, keys, ahead = ctx.cache.plan, ctx.cache.keys, ctx.cache.ahead
     assert plan is not None and keys is not None
     if ahead is not None and ahead.fetched:  # read by the limits script
-        return rt.cache.exact_entry(ahead.entry, plan.min_created_at_ms)
-    return await rt.cache.look_up_exact(ctx.org_id, keys.exact, plan.min_created_at_ms)
+        return deps.cache.exact_entry(ahead.entry, plan.min_created_at_ms)
+    return await deps.cache.look_up_exact(ctx.org_id, keys.exact, plan.min_created_at_ms)
 
 
-async def _by_vector(ctx: RequestContext, rt: Runtime, tier: CacheTier) -> Lookup | None:
+async def _by_vector(ctx: RequestContext, deps: CacheDeps, tier: CacheTier) -> Lookup | None:
     """Semantic (the whole prompt's text) or advanced (the last user turn's)."""
     plan, keys = ctx.cache.plan, ctx.cache.keys
     assert plan is not None and keys is not None
     text = keys.prompt_text if tier is CacheTier.SEMANTIC else keys.last_turn
-    if rt.cache.semantic is None or not text or len(text) > rt.settings.embedder.max_chars:
+    if deps.cache.semantic is None or not text or len(text) > deps.embed_max_chars:
         return None  # nothing to embed, or more than the model reads: no vector, no point
-    vector = await _embed(ctx, rt, tier, text)
-    return await rt.cache.look_up_vector(
+    vector = await _embed(ctx, deps, tier, text)
+    return await deps.cache.look_up_vector(
         tier, vector, org_id=ctx.org_id, model=ctx.model_requested, plan=plan, keys=keys
     )
 
 
-async def _embed(ctx: RequestContext, rt: Runtime, tier: CacheTier, text: str) -> list[float]:
+async def _embed(ctx: RequestContext, deps: CacheDeps, tier: CacheTier, text: str) -> list[float]:
     """One embedding per distinct text (a one-message prompt is also its last turn); the
     call is a child span with what it cost."""
     vectors, keys = ctx.cache.vectors, ctx.cache.keys
@@ -185,9 +196,9 @@ async def _embed(ctx: RequestContext, rt: Runtime, tier: CacheTier, text: str) -
             return vector
     start = time.perf_counter_ns()
     try:
-        embedded = await rt.embedder.embed([text])
+        embedded = await deps.embedder.embed([text])
     except BaseException:
-        child_span(ctx, "cache.embed", start, "error", model_ref=rt.embedder.name)
+        child_span(ctx, "cache.embed", start, "error", model_ref=deps.embedder.name)
         raise
     child_span(
         ctx,
@@ -202,28 +213,28 @@ async def _embed(ctx: RequestContext, rt: Runtime, tier: CacheTier, text: str) -
     return embedded.vectors[0]
 
 
-async def _semantic(ctx: RequestContext, rt: Runtime) -> Lookup | None:
-    return await _by_vector(ctx, rt, CacheTier.SEMANTIC)
+async def _semantic(ctx: RequestContext, deps: CacheDeps) -> Lookup | None:
+    return await _by_vector(ctx, deps, CacheTier.SEMANTIC)
 
 
-async def _advanced(ctx: RequestContext, rt: Runtime) -> Lookup | None:
-    return await _by_vector(ctx, rt, CacheTier.ADVANCED)
+async def _advanced(ctx: RequestContext, deps: CacheDeps) -> Lookup | None:
+    return await _by_vector(ctx, deps, CacheTier.ADVANCED)
 
 
-_LOOKUPS: dict[CacheTier, Callable[[RequestContext, Runtime], Awaitable[Lookup | None]]] = {
+_LOOKUPS: dict[CacheTier, Callable[[RequestContext, CacheDeps], Awaitable[Lookup | None]]] = {
     CacheTier.EXACT: _exact,
     CacheTier.SEMANTIC: _semantic,
     CacheTier.ADVANCED: _advanced,
 }
 
 
-def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> ReplayStream | None:
+def _answer(ctx: RequestContext, deps: CacheDeps, found: Lookup) -> ReplayStream | None:
     """Serve a hit (sets ``ctx.answered``; a streamed hit returns its replay). Not served when
     the stored entry cannot be replayed for this request, or when this request must be
     screened and the stored one's score would not let it through."""
     chat, answer = ctx.chat, found.answer
     assert chat is not None
-    if not _screening_allows(ctx, rt, answer):
+    if not _screening_allows(ctx, deps, answer):
         ctx.cache.fail_open(found.tier, "hit not served: this request's firewall settings")
         return None
     usage = TokenUsage(
@@ -255,7 +266,7 @@ def _answer(ctx: RequestContext, rt: Runtime, found: Lookup) -> ReplayStream | N
     return replay
 
 
-def _screening_allows(ctx: RequestContext, rt: Runtime, answer: CachedAnswer) -> bool:
+def _screening_allows(ctx: RequestContext, deps: CacheDeps, answer: CachedAnswer) -> bool:
     """The firewall runs after the cache, so a hit is never screened itself. It may be served
     when this request would not be screened at all, or when the score its stored request got
     passes under this request's thresholds (a key may block lower than the key that stored it);
@@ -264,7 +275,7 @@ def _screening_allows(ctx: RequestContext, rt: Runtime, answer: CachedAnswer) ->
     assert org is not None and key is not None
     plan = plan_screening(
         org.firewall,
-        default_model=rt.settings.firewall.model,
+        default_model=deps.firewall_model,
         key_switch=key.switches.firewall,
         header_enabled=ctx.meta.firewall_enabled,
     )
@@ -305,7 +316,7 @@ class ReplayStream(UpstreamStream):
         self._events = []
 
 
-def store_after(ctx: RequestContext, rt: Runtime, settled: Settled) -> None:
+def store_after(ctx: RequestContext, cache: ResponseCache, settled: Settled) -> None:
     """After a miss's response: schedule the write of its answer to the tiers looked up."""
     outcome = ctx.cache
     plan, keys = outcome.plan, outcome.keys
@@ -327,7 +338,7 @@ def store_after(ctx: RequestContext, rt: Runtime, settled: Settled) -> None:
         created_at_ms=ctx.created_at_ms,
         screened_score=_screened_score(ctx),
     )
-    rt.cache.schedule_write(
+    cache.schedule_write(
         CacheWrite(ctx.org_id, ctx.model_requested, plan, keys, outcome.vectors, answer)
     )
 

@@ -23,7 +23,8 @@ from gateway.policy.usage import settle_usage
 from shared.errors import ClassifierFailedError, ClientError, GatewayTimeoutError
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from gateway.pipeline.dispatch import DispatchDeps
+    from gateway.settings import FirewallSettings
 
 __all__ = ["ClassifierCall", "classify"]
 
@@ -68,18 +69,24 @@ def _failure(sub: RequestContext, exc: ClientError) -> ClassifierFailedError:
     return ClassifierFailedError(f"classifier failed: {exc.code}: {exc.message}")
 
 
-async def classify(call: ClassifierCall, ctx: RequestContext, rt: Runtime, text: str) -> None:
+async def classify(
+    call: ClassifierCall,
+    ctx: RequestContext,
+    settings: FirewallSettings,
+    dispatcher: DispatchDeps,
+    text: str,
+) -> None:
     """Fill ``call`` (``verdict`` on success); raise ``ClassifierFailedError`` otherwise, with
     ``call`` still saying who was tried and for how long."""
-    settings = rt.settings.firewall
+    generation = dispatcher.generation
     sub = _sub_context(
         ctx, classifier_body(call.model_ref, text, settings.max_tokens), call.model_ref
     )
     start = time.perf_counter_ns()
     try:
         async with asyncio.timeout(settings.timeout_s):
-            sub.targets = rt.upstreams.routing.targets(call.model_ref)
-            await dispatch.run(sub, rt)
+            sub.targets = generation.upstreams.routing.targets(call.model_ref)
+            await dispatch.run(sub, dispatcher)
     except TimeoutError:
         raise ClassifierFailedError(
             f"classifier gave no verdict within {settings.timeout_s} s", "timeout"
@@ -92,7 +99,11 @@ async def classify(call: ClassifierCall, ctx: RequestContext, rt: Runtime, text:
         call.providers_tried = tuple(sub.providers_tried)
         call.retries = sub.retries
     settled = settle_usage(
-        sub.reply, sub.chat, rt.upstreams.prices, provider=sub.provider_name, model=sub.model_priced
+        sub.reply,
+        sub.chat,
+        generation.upstreams.prices,
+        provider=sub.provider_name,
+        model=sub.model_priced,
     )
     call.tokens, call.cost_usd = settled.usage.total_tokens, settled.cost_usd
     assert sub.reply is not None  # dispatch answered or raised

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -42,22 +43,32 @@ from shared.errors import ClientError, ProviderError
 if TYPE_CHECKING:
     from gateway.clients.providers.base import ProviderClient, UpstreamStream
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.generation import Generation
+    from gateway.settings import RetrySettings
 
-__all__ = ["ATTEMPT_SPAN", "run"]
+__all__ = ["ATTEMPT_SPAN", "DispatchDeps", "run"]
 
 ATTEMPT_SPAN = "provider_attempt"
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> UpstreamStream | None:
+@dataclass(frozen=True, slots=True)
+class DispatchDeps:
+    generation: Generation
+    retry: RetrySettings
+    breaker_cooldown_s: float
+    """An open breaker's cool-down: the ``Retry-After`` when every breaker is open."""
+
+
+async def run(ctx: RequestContext, deps: DispatchDeps) -> UpstreamStream | None:
     """The open stream of a streamed answer, for the caller to relay and close; None when the
     answer is whole (``ctx.reply``)."""
     if ctx.chat is None or not ctx.targets:
         raise RuntimeError("dispatch runs after intake and routing")
     last: ClientError | None = None
     for target in ctx.targets:
-        admission = await rt.upstreams.breakers.admit(target.provider, ctx.org_id)
-        provider = rt.upstreams.providers.get(target.provider)
+        upstreams = deps.generation.upstreams
+        admission = await upstreams.breakers.admit(target.provider, ctx.org_id)
+        provider = upstreams.providers.get(target.provider)
         if admission is Admission.REJECT or provider is None:  # None: removed since routing
             _span(ctx, target, time.perf_counter_ns(), Outcome.SKIPPED)
             continue
@@ -65,7 +76,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> UpstreamStream | None:
         ctx.providers_tried.append(target.provider)
         try:
             return await _try_target(
-                _TargetRun(ctx, rt, target, provider), probe=admission is Admission.PROBE
+                _TargetRun(ctx, deps, target, provider), probe=admission is Admission.PROBE
             )
         except ClientError as exc:
             if classify_failure(exc) is Outcome.CLIENT_ERROR:
@@ -77,22 +88,23 @@ async def run(ctx: RequestContext, rt: Runtime) -> UpstreamStream | None:
             "every circuit breaker is open",
             details={"targets": [str(t) for t in ctx.targets]},
             # at the latest then, an open breaker lets a probe through
-            headers={"Retry-After": str(math.ceil(rt.settings.breaker.cooldown_s))},
+            headers={"Retry-After": str(math.ceil(deps.breaker_cooldown_s))},
         )
     last.details["providers_tried"] = list(ctx.providers_tried)
     raise last
 
 
 async def _try_target(run: _TargetRun, *, probe: bool) -> UpstreamStream | None:
-    rt, target, org_id = run.rt, run.target, run.ctx.org_id
+    deps, target, org_id = run.deps, run.target, run.ctx.org_id
+    breakers = deps.generation.upstreams.breakers
     try:
-        await run.run(1 if probe else rt.settings.retry.attempts)
+        await run.run(1 if probe else deps.retry.attempts)
     except ClientError as exc:
         if probe and classify_failure(exc) is Outcome.CLIENT_ERROR:
-            await rt.upstreams.breakers.probe_succeeded(target.provider, org_id)  # it is up
+            await breakers.probe_succeeded(target.provider, org_id)  # it is up
         raise
     if probe:
-        await rt.upstreams.breakers.probe_succeeded(target.provider, org_id)
+        await breakers.probe_succeeded(target.provider, org_id)
     return run.stream
 
 
@@ -101,11 +113,11 @@ class _TargetRun:
     decides whether another attempt is worth making."""
 
     def __init__(
-        self, ctx: RequestContext, rt: Runtime, target: Target, provider: ProviderClient
+        self, ctx: RequestContext, deps: DispatchDeps, target: Target, provider: ProviderClient
     ) -> None:
         if ctx.chat is None:
             raise RuntimeError("a target is tried after intake")
-        self.ctx, self.rt, self.target, self.provider = ctx, rt, target, provider
+        self.ctx, self.deps, self.target, self.provider = ctx, deps, target, provider
         self.request = ctx.chat.for_model(target.model)
         self.breaker_open = False
         self.stream: UpstreamStream | None = None
@@ -120,7 +132,7 @@ class _TargetRun:
         except ClientError as exc:
             if counts_against_breaker(classify_failure(exc)):
                 answered = exc.details.get("provider_status") is not None
-                self.breaker_open = await self.rt.upstreams.breakers.failure(
+                self.breaker_open = await self.deps.generation.upstreams.breakers.failure(
                     self.target.provider, self.ctx.org_id, answered=answered
                 )
             raise
@@ -136,7 +148,7 @@ class _TargetRun:
         except ClientError as exc:
             if attempts == 1 or not self.worth_repeating(exc):
                 raise
-        retry = self.rt.settings.retry
+        retry = self.deps.retry
         backoff = Backoff(retry.backoff_s, retry.backoff_max_s)
         await asyncio.sleep(backoff.delay_s(1))
         retrying = AsyncRetrying(

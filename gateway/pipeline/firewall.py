@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -48,14 +49,26 @@ from shared.errors import (
 if TYPE_CHECKING:
     from gateway.clients.verdict_cache import VerdictCache
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.pipeline.dispatch import DispatchDeps
+    from gateway.settings import FirewallSettings
+    from shared.metrics import CounterSet
 
-__all__ = ["CACHE_SPAN", "CLASSIFIER_SPAN", "run"]
+__all__ = ["CACHE_SPAN", "CLASSIFIER_SPAN", "FirewallDeps", "run"]
 
 log = logging.getLogger(__name__)
 
 CACHE_SPAN = "firewall.verdict_cache"
 CLASSIFIER_SPAN = "firewall.classifier"
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallDeps:
+    settings: FirewallSettings
+    verdict_cache: VerdictCache
+    dispatcher: DispatchDeps
+    """The classifier is called through the gateway's own routing and dispatch."""
+    counters: CounterSet
+    """``firewall_classifier`` and ``firewall_verdict_cache`` failures."""
 
 
 class _Messages(msgspec.Struct):
@@ -75,25 +88,25 @@ def _messages(ctx: RequestContext) -> list[Any]:
     return _decode_messages(chat.raw).messages
 
 
-def _plan(ctx: RequestContext, rt: Runtime) -> Screen | SkipReason:
+def _plan(ctx: RequestContext, deps: FirewallDeps) -> Screen | SkipReason:
     if ctx.org is None or ctx.api_key is None:
         raise RuntimeError("the firewall runs after auth")
     return plan_screening(
         ctx.org.firewall,
-        default_model=rt.settings.firewall.model,
+        default_model=deps.settings.model,
         key_switch=ctx.api_key.switches.firewall,
         header_enabled=ctx.meta.firewall_enabled,
     )
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+async def run(ctx: RequestContext, deps: FirewallDeps) -> None:
     outcome = ctx.firewall
-    plan = _plan(ctx, rt)
+    plan = _plan(ctx, deps)
     if isinstance(plan, SkipReason):
         outcome.verdict, outcome.reason = Verdict.SKIPPED, plan.value
         return
     outcome.model_ref, outcome.reason = plan.model_ref, plan.note
-    text = screened_text(_messages(ctx), rt.settings.firewall.max_chars)
+    text = screened_text(_messages(ctx), deps.settings.max_chars)
     if not text:
         outcome.verdict, outcome.reason = Verdict.SKIPPED, "no_text"
         return
@@ -102,17 +115,17 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
     thresholds = thresholds_for(
         ctx.org.firewall, limits.firewall_flag_threshold, limits.firewall_block_threshold
     )
-    cache = rt.verdict_cache if rt.settings.firewall.verdict_cache else None
-    vector = await _cached_verdict(ctx, rt, cache, text, thresholds) if cache else None
+    cache = deps.verdict_cache if deps.settings.verdict_cache else None
+    vector = await _cached_verdict(ctx, deps, cache, text, thresholds) if cache else None
     if outcome.verdict == Verdict.BLOCK:
         raise _blocked(outcome, thresholds)
-    await _classify(ctx, rt, plan.model_ref, text)
+    await _classify(ctx, deps, plan.model_ref, text)
     if outcome.verdict == Verdict.ERROR:
         return
     assert outcome.score is not None
     outcome.verdict = decide(outcome.score, thresholds)
     if cache is not None and vector is not None and outcome.verdict != Verdict.PASS:
-        await _store(ctx, rt, cache, text, vector)
+        await _store(ctx, deps, cache, text, vector)
     if outcome.verdict == Verdict.BLOCK:
         raise _blocked(outcome, thresholds)
 
@@ -145,7 +158,7 @@ def _child_span(
 
 
 async def _cached_verdict(
-    ctx: RequestContext, rt: Runtime, cache: VerdictCache, text: str, thresholds: Thresholds
+    ctx: RequestContext, deps: FirewallDeps, cache: VerdictCache, text: str, thresholds: Thresholds
 ) -> list[float] | None:
     """Look the text up (by its hash, then by similarity); on a hit fill the outcome as a block.
     Returns the text's embedding (to store a new unsafe verdict under), or None when there is
@@ -161,7 +174,7 @@ async def _cached_verdict(
             hit = await cache.lookup(ctx.org_id, vector, min_score=thresholds.block)
             match = "similar" if hit else "none"
     except DependencyError as exc:
-        rt.counters.inc("firewall_verdict_cache")
+        deps.counters.inc("firewall_verdict_cache")
         log.warning("request %s: verdict cache unavailable (%s)", ctx.request_id, exc)
         note = f"verdict cache unavailable: {exc}"
         outcome.reason = f"{outcome.reason}; {note}" if outcome.reason else note
@@ -178,7 +191,7 @@ async def _cached_verdict(
 
 
 async def _store(
-    ctx: RequestContext, rt: Runtime, cache: VerdictCache, text: str, vector: list[float]
+    ctx: RequestContext, deps: FirewallDeps, cache: VerdictCache, text: str, vector: list[float]
 ) -> None:
     outcome = ctx.firewall
     assert outcome.score is not None
@@ -192,20 +205,20 @@ async def _store(
             model_ref=outcome.model_ref,
         )
     except DependencyError as exc:
-        rt.counters.inc("firewall_verdict_cache")
+        deps.counters.inc("firewall_verdict_cache")
         log.warning("request %s: could not store a verdict (%s)", ctx.request_id, exc)
 
 
-async def _classify(ctx: RequestContext, rt: Runtime, model_ref: str, text: str) -> None:
+async def _classify(ctx: RequestContext, deps: FirewallDeps, model_ref: str, text: str) -> None:
     outcome = ctx.firewall
     call = ClassifierCall(model_ref)
     start = time.perf_counter_ns()
     try:
-        await classify(call, ctx, rt, text)
+        await classify(call, ctx, deps.settings, deps.dispatcher, text)
     except ClassifierFailedError as exc:
         _record_call(outcome, call)
         _child_span(ctx, CLASSIFIER_SPAN, start, "error", _call_attributes(call, exc.reason))
-        rt.counters.inc("firewall_classifier")
+        deps.counters.inc("firewall_classifier")
         outcome.verdict, outcome.reason = Verdict.ERROR, exc.reason
         policy = ctx.org.firewall.fail_policy if ctx.org else "open"
         log.warning(

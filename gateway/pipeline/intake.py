@@ -13,14 +13,13 @@ from gateway.policy.headers import parse_floopy_headers
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
 
 __all__ = ["EMBEDDINGS", "run"]
 
 EMBEDDINGS = "/v1/embeddings"
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+async def run(ctx: RequestContext, _: None) -> None:
     ctx.body = await ctx.read_body()
     ctx.meta = parse_floopy_headers(ctx.header_items)
     check_content_type(ctx.headers.get("content-type", ""))

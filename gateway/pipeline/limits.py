@@ -9,6 +9,7 @@ Fail open: when Redis cannot answer, the request runs, the answer carries
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.clients.ratelimiter import Gates
@@ -28,21 +29,33 @@ from gateway.policy.ratelimit import Segment, Unit, bucket_key
 from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
+    from gateway.clients.ratelimiter import RateLimiter
+    from gateway.clients.response_cache import ResponseCache
+    from gateway.clients.usage_counters import UsageCounters
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
 
-__all__ = ["STATUS_HEADER", "run"]
+__all__ = ["STATUS_HEADER", "LimitsDeps", "run"]
 
 STATUS_HEADER = "Floopy-RateLimit-Status"
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
+@dataclass(frozen=True, slots=True)
+class LimitsDeps:
+    usage_counters: UsageCounters
+    limiter: RateLimiter
+    cache: ResponseCache
+    """The exact tier's entry is read in the limits script (``cache.plan_ahead``)."""
+    key_prefix: str
+    segment_cap: int
+
+
+async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
     key, org = ctx.api_key, ctx.org
     if key is None or org is None:
         raise RuntimeError("limits run after auth")
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
-    prefix = rt.settings.redis.key_prefix
-    counters = rt.access.usage_counters
+    prefix = deps.key_prefix
+    counters = deps.usage_counters
     org_name = org_tag(org.org_id, counters.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
@@ -69,7 +82,7 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         usage_day_key=day,
         usage_month_key=month,
         segment_set=counters.keys.rate_limit_segments(org.org_id),
-        segment_cap=rt.settings.rate_limit_segment_cap,
+        segment_cap=deps.segment_cap,
         monthly_quota=quota_gate(org.plan),
         daily_tokens=limits.daily_tokens,
         monthly_tokens=limits.monthly_tokens,
@@ -77,8 +90,8 @@ async def run(ctx: RequestContext, rt: Runtime) -> None:
         monthly_cost_usd=limits.monthly_cost_usd,
     )
     # the exact cache's entry, read in the same script when it can be (one round trip)
-    peek = plan_ahead(ctx, rt, cluster=counters.cluster)
-    admission = await rt.access.limiter.admit(buckets, gates, peek)
+    peek = plan_ahead(ctx, deps.cache, cluster=counters.cluster)
+    admission = await deps.limiter.admit(buckets, gates, peek)
     if peek and admission.admitted and not admission.fail_open and ctx.cache.ahead is not None:
         ctx.cache.ahead.fetched, ctx.cache.ahead.entry = True, admission.peeked
     if admission.fail_open:

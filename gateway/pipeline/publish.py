@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.clients.usage import record_usage
@@ -23,15 +24,35 @@ from shared.codec import encode_record
 from shared.streams import Sink
 
 if TYPE_CHECKING:
+    from gateway.clients.publisher import Publisher
+    from gateway.clients.response_cache import ResponseCache
+    from gateway.clients.usage import UsageRecorder
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.generation import Generation
+    from gateway.services import Background
+    from shared.metrics import CounterSet
 
-__all__ = ["publish", "publish_after_response"]
+__all__ = ["PublishDeps", "publish", "publish_after_response"]
 
 log = logging.getLogger(__name__)
 
 
-def publish(ctx: RequestContext, rt: Runtime) -> None:
+@dataclass(frozen=True, slots=True)
+class PublishDeps:
+    publisher: Publisher
+    usage: UsageRecorder
+    cache: ResponseCache
+    """A miss's answer is written to the cache once its record is built."""
+    generation: Generation
+    """The prices in force."""
+    record_body_max_bytes: int
+    counters: CounterSet
+    """``record_build`` failures."""
+    background: Background
+    """Where a record waiting for a token estimate is built, off the request."""
+
+
+def publish(ctx: RequestContext, deps: PublishDeps) -> None:
     """Publish the record now, or from a task once the estimate is made off the loop."""
     if ctx.published:
         return
@@ -41,53 +62,53 @@ def publish(ctx: RequestContext, rt: Runtime) -> None:
         _stretch_dispatch(ctx, end_ns)
     try:
         if needs_estimate(ctx.answer):
-            rt.spawn(_publish_estimated(ctx, rt, end_ns))
+            deps.background.spawn(_publish_estimated(ctx, deps, end_ns))
             return
-        _send(ctx, rt, end_ns, _settle(ctx, rt))
+        _send(ctx, deps, end_ns, _settle(ctx, deps))
     except Exception:  # the response is gone: log, count, carry on
-        rt.counters.inc("record_build")
+        deps.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
 
 
-async def _publish_estimated(ctx: RequestContext, rt: Runtime, end_ns: int) -> None:
+async def _publish_estimated(ctx: RequestContext, deps: PublishDeps, end_ns: int) -> None:
     try:
-        settled = await asyncio.to_thread(_settle, ctx, rt)
-        _send(ctx, rt, end_ns, settled)
+        settled = await asyncio.to_thread(_settle, ctx, deps)
+        _send(ctx, deps, end_ns, settled)
     except Exception:  # a task of its own: nothing above it would log this
-        rt.counters.inc("record_build")
+        deps.counters.inc("record_build")
         log.exception("could not build the record of request %s", ctx.request_id)
 
 
-def _settle(ctx: RequestContext, rt: Runtime) -> Settled:
+def _settle(ctx: RequestContext, deps: PublishDeps) -> Settled:
     return settle_usage(
         ctx.answer,
         ctx.chat,
-        rt.upstreams.prices,
+        deps.generation.upstreams.prices,
         provider=ctx.provider_name,
         model=ctx.model_priced,
         from_cache=ctx.cache.hit is not None,
     )
 
 
-def _send(ctx: RequestContext, rt: Runtime, end_ns: int, settled: Settled) -> None:
-    record, spans = build_records(ctx, end_ns, rt.settings.record_body_max_bytes, settled)
+def _send(ctx: RequestContext, deps: PublishDeps, end_ns: int, settled: Settled) -> None:
+    record, spans = build_records(ctx, end_ns, deps.record_body_max_bytes, settled)
     observe_request(record, ctx.timings)
-    submit = rt.publisher.submit
+    submit = deps.publisher.submit
     submit(Sink.REQUESTS, encode_record(record), ctx.request_id)
-    record_usage(ctx, record, rt.access.usage)
+    record_usage(ctx, record, deps.usage)
     for span in spans:
         submit(Sink.SPANS, encode_record(span), ctx.request_id)
     try:
-        store_after(ctx, rt, settled)
+        store_after(ctx, deps.cache, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss
-        rt.cache.write_failures.inc("schedule")
+        deps.cache.write_failures.inc("schedule")
         log.exception("could not schedule the cache write of request %s", ctx.request_id)
 
 
-async def publish_after_response(ctx: RequestContext, rt: Runtime) -> None:
+async def publish_after_response(ctx: RequestContext, deps: PublishDeps) -> None:
     """For litestar's ``BackgroundTask``: a coroutine runs on the loop, where a plain function
     would be sent to a thread (a thread hop per request, measured at ≈75 µs of CPU)."""
-    publish(ctx, rt)
+    publish(ctx, deps)
 
 
 def _stretch_dispatch(ctx: RequestContext, end_ns: int) -> None:

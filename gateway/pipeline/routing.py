@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.generation import Generation
 
 __all__ = ["run"]
 
 
-async def run(ctx: RequestContext, rt: Runtime) -> None:
-    ctx.targets = rt.upstreams.routing.targets(ctx.model_requested, ctx.org_id)
+async def run(ctx: RequestContext, generation: Generation) -> None:
+    ctx.targets = generation.upstreams.routing.targets(ctx.model_requested, ctx.org_id)

@@ -5,6 +5,10 @@ after it do not run), or raises a ``ClientError``. A stage that answers with a s
 it (dispatch, a streamed cache hit): an open stream is not data, so it is not on the context,
 and the caller of ``run_stages`` relays and closes it. The timing of every stage
 that ran (even one that failed) becomes a span and a ``stage_latency_ms`` entry.
+
+Each stage is handed only what it uses (``deps``: a store, the routing generation, or a small
+frozen record of its own), bound once per worker when the services are opened; the loop passes
+it along, so binding costs nothing per request.
 """
 
 from __future__ import annotations
@@ -12,52 +16,85 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gateway.domain import StageTiming
 from gateway.pipeline import auth, cache, dispatch, firewall, intake, limits, routing, template
+from gateway.pipeline.cache import CacheDeps
+from gateway.pipeline.dispatch import DispatchDeps
+from gateway.pipeline.firewall import FirewallDeps
+from gateway.pipeline.limits import LimitsDeps
 from shared.errors import ClientError
 
 if TYPE_CHECKING:
     from gateway.clients.providers.base import UpstreamStream
     from gateway.context import RequestContext
-    from gateway.runtime import Runtime
+    from gateway.services import Services
 
-__all__ = ["EMBEDDING_STAGES", "STAGES", "Stage", "run_stages"]
+__all__ = ["Stage", "chat_stages", "dispatcher", "embedding_stages", "run_stages"]
+
+D = TypeVar("D")
 
 
 @dataclass(frozen=True, slots=True)
-class Stage:
+class Stage(Generic[D]):
     name: str
-    run: Callable[[RequestContext, Runtime], Awaitable[UpstreamStream | None]]
+    run: Callable[[RequestContext, D], Awaitable[UpstreamStream | None]]
+    deps: D
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("auth", auth.run),
-    Stage("intake", intake.run),
-    Stage("rate_limit", limits.run),
-    Stage("template", template.run),
-    Stage("cache", cache.run),
-    Stage("firewall", firewall.run),
-    Stage("routing", routing.run),
-    Stage("dispatch", dispatch.run),
-)
-EMBEDDING_STAGES: tuple[Stage, ...] = tuple(
-    s for s in STAGES if s.name not in ("template", "firewall")
-)
-"""``POST /v1/embeddings``: no prompt template, nothing to screen; cached by the exact tier."""
+def dispatcher(services: Services) -> DispatchDeps:
+    settings = services.settings
+    return DispatchDeps(services.generation, settings.retry, settings.breaker.cooldown_s)
 
 
-async def run_stages(
-    ctx: RequestContext, rt: Runtime, stages: Sequence[Stage] = STAGES
-) -> UpstreamStream | None:
+def chat_stages(services: Services) -> tuple[Stage[Any], ...]:
+    """``POST /v1/chat/completions``: the stages in order, each with what it uses."""
+    s, settings, access = services, services.settings, services.access
+    return (
+        Stage("auth", auth.run, access.authenticator),
+        Stage("intake", intake.run, None),
+        Stage(
+            "rate_limit",
+            limits.run,
+            LimitsDeps(
+                access.usage_counters,
+                access.limiter,
+                s.cache,
+                settings.redis.key_prefix,
+                settings.rate_limit_segment_cap,
+            ),
+        ),
+        Stage("template", template.run, access.templates),
+        Stage(
+            "cache",
+            cache.run,
+            CacheDeps(s.cache, s.embedder, settings.embedder.max_chars, settings.firewall.model),
+        ),
+        Stage(
+            "firewall",
+            firewall.run,
+            FirewallDeps(settings.firewall, s.verdict_cache, dispatcher(s), s.counters),
+        ),
+        Stage("routing", routing.run, s.generation),
+        Stage("dispatch", dispatch.run, dispatcher(s)),
+    )
+
+
+def embedding_stages(chat: Sequence[Stage[Any]]) -> tuple[Stage[Any], ...]:
+    """``POST /v1/embeddings``: no prompt template, nothing to screen; cached by the exact
+    tier."""
+    return tuple(s for s in chat if s.name not in ("template", "firewall"))
+
+
+async def run_stages(ctx: RequestContext, stages: Sequence[Stage[Any]]) -> UpstreamStream | None:
     """The open stream of a streamed answer; None when the answer is whole (``ctx.reply``)."""
     stream = None
     for stage in stages:
         start = time.perf_counter_ns()
         status = "error"
         try:
-            stream = await stage.run(ctx, rt)
+            stream = await stage.run(ctx, stage.deps)
             status = "ok"
         except ClientError:
             raise

@@ -106,7 +106,8 @@ def _start_gateway(
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    # a wait, not a measure: two workers loading the embedder on a loaded machine took 65 s
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:

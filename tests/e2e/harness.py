@@ -120,7 +120,8 @@ class Floopy:
             FLOOPY_GATEWAY_PORT=str(port),
             **extra,
         )
-        deadline = time.monotonic() + 60
+        # a wait, not a measure: two workers loading the embedder on a loaded machine took 65 s
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:

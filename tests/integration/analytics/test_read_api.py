@@ -109,7 +109,7 @@ def build_app(ch: ClickHouseSettings, redis_server: RedisServer) -> Litestar:
                 seed_from_api_keys(KEYS),
                 admin_store=AdminStore(redis, prefix=prefix),
                 templates=TemplateStore(redis, prefix=prefix),
-                routing=RoutingConfigStore(redis, prefix=prefix),
+                routing_config=RoutingConfigStore(redis, prefix=prefix),
                 environ={},
                 keep_orgs=True,
             )

@@ -13,7 +13,7 @@ import openai
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from gateway.runtime import Runtime
+from gateway.services import Services
 from gateway.settings import GatewaySettings
 from shared.codec import decode_record
 from shared.records import RequestRecord, SpanRecord
@@ -82,11 +82,12 @@ def sdk(client: AsyncTestClient[Any], key: str = KEY_A) -> openai.AsyncOpenAI:
     )
 
 
-def runtime(client: AsyncTestClient[Any]) -> Runtime:
-    """The app's runtime. It lives on the test client's own event loop (another thread): read
-    its counters, never await its clients from the test."""
-    rt: Runtime = client.app.state.runtime
-    return rt
+def runtime(client: AsyncTestClient[Any]) -> Services:
+    """The app's services, as its ``services`` dependency hands them out. They live on the test
+    client's own event loop (another thread): read their counters, never await their clients
+    from the test."""
+    services: Services = client.app.dependencies["services"].dependency()
+    return services
 
 
 async def settle(client: AsyncTestClient[Any]) -> None:

@@ -291,8 +291,11 @@ async def test_redis_down_fails_open_to_the_provider(
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     runtime(client).cache.exact = ExactCache(dead, settings.redis.key_prefix)
     # the limits script reads the exact entry in its round trip when Redis answers it: down
-    # is down for both (the limits fail open too, and the cache stage looks up on its own)
-    runtime(client).access.limiter = RateLimiter(dead)
+    # is down for both (the limits fail open too, and the cache stage looks up on its own).
+    # The limits stage was handed this limiter at start-up: it is pointed at the dead Redis
+    # in place (its counters kept).
+    limiter = runtime(client).access.limiter
+    vars(limiter).update({k: v for k, v in vars(RateLimiter(dead)).items() if k != "counters"})
     try:
         answers = [await _ask(client) for _ in range(2)]
     finally:

@@ -145,7 +145,7 @@ async def _seed_keeps_the_firewall(settings: GatewaySettings) -> None:
             parse_seed({"orgs": {"acme": {"name": "Acme 3"}}}),
             admin_store=admin_store,
             templates=TemplateStore(redis, prefix=prefix),
-            routing=RoutingConfigStore(redis, prefix=prefix),
+            routing_config=RoutingConfigStore(redis, prefix=prefix),
             environ={},
         )
         org = await admin_store.get_org("acme")

@@ -102,7 +102,7 @@ async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: st
     stores = {
         "admin_store": store,
         "templates": TemplateStore(redis, prefix=prefix),
-        "routing": RoutingConfigStore(redis, prefix=prefix),
+        "routing_config": RoutingConfigStore(redis, prefix=prefix),
     }
     seed = parse_seed(
         {
@@ -123,7 +123,7 @@ async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: st
     with pytest.raises(InvalidApiKeyError, match="revoked"):
         await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     assert [t.version for t in await stores["templates"].versions("acme", "t")] == [1]  # type: ignore[attr-defined]
-    assert await stores["routing"].routes() == {"gpt-4o": ["openai"]}  # type: ignore[attr-defined]
+    assert await stores["routing_config"].routes() == {"gpt-4o": ["openai"]}  # type: ignore[attr-defined]
     # a new secret for the same key id replaces the old hash
     await apply_seed(seed, environ={"KEY_A": "sk-floopy-bbb"}, **stores)  # type: ignore[arg-type]
     with pytest.raises(InvalidApiKeyError):
