@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -135,14 +136,19 @@ def run_wrk(url: str, seconds: float, connections: int, script: Path) -> WrkResu
         check=True,
         timeout=seconds + 30,
     ).stdout
-    percent = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    percent = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.MULTILINE)
+    if "50" not in percent or "99" not in percent:
+        # wrk prints no distribution when no request completed
+        print(f"wrk against {url} printed no latency distribution:\n{out}")
     return WrkResult(
         float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        _ms(percent["50"]),
-        _ms(percent["99"]),
+        _ms(percent["50"]) if "50" in percent else math.nan,
+        _ms(percent["99"]) if "99" in percent else math.nan,
         int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-        errors.group(1) if errors else "0",
+        (errors.group(1) if errors else "0")
+        + (f" (socket errors: {socket_errors.group(1)})" if socket_errors else ""),
     )
 
 

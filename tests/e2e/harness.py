@@ -127,6 +127,8 @@ class Floopy:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)
+        # a fixture that fails here never reaches its teardown: stop what this harness started
+        self.stop_all()
         raise TimeoutError(f"gateway did not become healthy; see {self.root}/{name}.log")
 
     def start_ingester(self, name: str = "ingester", **extra: str) -> None:
