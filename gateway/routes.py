@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,6 +295,7 @@ async def health(
         return liveness
     return {
         **liveness,
+        "worker": {"pid": os.getpid()},  # each worker answers for itself: which one this is
         "publisher": services.publisher.stats(),
         "access": services.access.stats(),
         "cache": services.cache.stats(),

@@ -7,6 +7,7 @@ once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -23,20 +24,15 @@ from gateway.clients.usage_counters import UsageCounters
 from shared.spool.reader import count_lines
 from shared.spool.writer import pending_files
 from shared.streams import Sink
-from tests.e2e.harness import KEY_ID, Floopy
+from tests.e2e.harness import API_KEY, KEY_ID, ORG_ID, Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 REQUESTS = 2_000
 
 
-async def _send(
-    floopy: Floopy, tags: list[str], concurrency: int = 8, *, new_connections: bool = False
-) -> list[str]:
-    """Each tag once through the openai SDK; the tags of the requests answered.
-
-    ``new_connections``: one connection per request, so the requests spread over the gateway's
-    workers (a worker that never saw the key refuses it while Redis is down, by design)."""
+async def _send(floopy: Floopy, tags: list[str], concurrency: int = 8) -> list[str]:
+    """Each tag once through the openai SDK; the tags of the requests answered."""
     answered: list[str] = []
     queue = list(reversed(tags))
 
@@ -48,10 +44,7 @@ async def _send(
                 await client.chat.completions.create(
                     model="gpt-4o-mini",
                     messages=[{"role": "user", "content": tag}],
-                    extra_headers={
-                        "floopy-session-id": tag,
-                        **({"Connection": "close"} if new_connections else {}),
-                    },
+                    extra_headers={"floopy-session-id": tag},
                 )
                 answered.append(tag)
         finally:
@@ -65,6 +58,22 @@ def _health(floopy: Floopy) -> dict[str, Any]:
     """One worker's view (whichever answers)."""
     result: dict[str, Any] = httpx.get(f"{floopy.gateway_url}/health", timeout=5).json()
     return result
+
+
+def _until_every_worker_knows_the_key(floopy: Floopy, workers: int) -> None:
+    """A worker that never saw the key refuses it while Redis is down, by design, and which
+    worker accepts a connection is the kernel's choice: ask /health with the key, one connection
+    each, until every worker has answered it (and so cached the key)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only workers {seen} answered /health"
+        answer = httpx.get(
+            f"{floopy.gateway_url}/health",
+            headers={"Authorization": f"Bearer {API_KEY}", "Connection": "close"},
+            timeout=5,
+        ).json()
+        seen.add(answer["worker"]["pid"])
 
 
 def _on_disk(directory: Path, name: str) -> int:
@@ -95,10 +104,14 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         "FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S": "0.5",
     }
     try:
+        # the key is an operator's admin key too, so /health names the worker that answered
+        floopy.config["keys"][KEY_ID]["permissions"] = ["proxy", "read", "admin"]
+        fast_failure["FLOOPY_GATEWAY_OPERATOR_ORGS"] = json.dumps([ORG_ID])
         floopy.start_provider()
         floopy.start_ingester()
         floopy.start_gateway(workers=2, **fast_failure)
-        warm = await _send(floopy, [f"warm-{i}" for i in range(20)], 1, new_connections=True)
+        _until_every_worker_knows_the_key(floopy, workers=2)
+        warm = await _send(floopy, [f"warm-{i}" for i in range(20)], 1)
         floopy.wait_for(lambda: _rows(floopy, "warm-%")[0] == 20, what="the warm-up rows")
 
         await asyncio.to_thread(redis_server.stop)
