@@ -103,10 +103,10 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         "FLOOPY_GATEWAY_REDIS__SOCKET_TIMEOUT_S": "0.5",
         "FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S": "0.5",
     }
+    # the key is an operator's admin key too, so /health names the worker that answered
+    floopy.config["keys"][KEY_ID]["permissions"] = ["proxy", "read", "admin"]
+    floopy.extra_env["FLOOPY_GATEWAY_OPERATOR_ORGS"] = json.dumps([ORG_ID])
     try:
-        # the key is an operator's admin key too, so /health names the worker that answered
-        floopy.config["keys"][KEY_ID]["permissions"] = ["proxy", "read", "admin"]
-        fast_failure["FLOOPY_GATEWAY_OPERATOR_ORGS"] = json.dumps([ORG_ID])
         floopy.start_provider()
         floopy.start_ingester()
         floopy.start_gateway(workers=2, **fast_failure)
