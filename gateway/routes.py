@@ -300,6 +300,7 @@ async def health(
         "access": services.access.stats(),
         "cache": services.cache.stats(),
         "routing": services.watcher.stats(),
+        "prices": services.generation.upstreams.prices.counters.snapshot(),
         "errors": {
             "unexpected": services.counters.get("unexpected"),
             "record_build": services.counters.get("record_build"),

@@ -34,13 +34,14 @@ from tenacity import (
 from ingester.columns import build_columns, invalid_rows
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.decode import PreparedBatch, Rows, prepare
+from ingester.metrics import delivery_counters
 from ingester.sink import ClickHouseSink
 from shared.backoff import Backoff
 from shared.errors import PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
-__all__ = ["Delivery", "DeliveryReport", "DeliveryStats"]
+__all__ = ["Delivery", "DeliveryReport"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ log = logging.getLogger(__name__)
 class DeliveryReport:
     inserted: int  # rows ClickHouse confirmed
     dead_lettered: int  # payloads set aside as poison (undecodable, or rejected as bad data)
-
-
-@dataclass
-class DeliveryStats:
-    """Totals since the Delivery was made (read by the worker's metrics and logs)."""
-
-    inserted: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    unavailable: int = 0
-    bisections: int = 0
 
 
 class Delivery:
@@ -78,7 +68,9 @@ class Delivery:
         self._sink = ClickHouseSink(clickhouse)
         self._dead_letter_dir = dead_letter_dir
         self._dead_letters = {s: DeadLetterFile(dead_letter_dir, s) for s in Sink}
-        self.stats = DeliveryStats()
+        self.counters = delivery_counters()
+        """Totals since the Delivery was made: inserted, dead_lettered, retries, unavailable,
+        bisections (``ingester.metrics``)."""
         self._retrying = Retrying(
             stop=stop_after_attempt(max(1, attempts)),
             wait=Backoff(backoff_s, max(backoff_s, 0.0) * 16).wait(),
@@ -100,12 +92,12 @@ class Delivery:
         try:
             inserted = self._insert_all(batch, letters)
         except SinkUnavailableError:
-            self.stats.unavailable += 1
+            self.counters.inc("unavailable")
             log.error("clickhouse unavailable sink=%s batch=%d", sink, batch.payloads)
             raise
         self._dead_letters[sink].append(letters)
-        self.stats.inserted += inserted
-        self.stats.dead_lettered += len(letters)
+        self.counters.inc("inserted", inserted)
+        self.counters.inc("dead_lettered", len(letters))
         log.info("delivered sink=%s inserted=%d dead_lettered=%d", sink, inserted, len(letters))
         return DeliveryReport(inserted=inserted, dead_lettered=len(letters))
 
@@ -137,7 +129,7 @@ class Delivery:
             if len(rows) == 1:
                 letters.append(DeadLetter(rows[0][1], str(exc)))
                 return 0
-        self.stats.bisections += 1
+        self.counters.inc("bisections")
         mid = len(rows) // 2
         return self._bisect(sink, rows[:mid], letters) + self._bisect(sink, rows[mid:], letters)
 
@@ -147,6 +139,6 @@ class Delivery:
         return inserted
 
     def _on_retry(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
+        self.counters.inc("retries")
         exc: Any = state.outcome.exception() if state.outcome else None
         log.warning("clickhouse insert retry %d: %s", state.attempt_number, exc)

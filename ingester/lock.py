@@ -46,6 +46,7 @@ from pathlib import Path
 
 import msgspec
 
+from ingester.metrics import ingester_events
 from shared.streams import Sink
 
 __all__ = [
@@ -239,8 +240,9 @@ class ReplayLock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._written = 0
-        self.heartbeat_failures = 0
-        """Heartbeats (the first write included) that could not be written; the lock is kept."""
+        self.counters = ingester_events("lock", "heartbeat_failures")
+        """``heartbeat_failures``: heartbeats (the first write included) that could not be
+        written; the lock is kept."""
 
     @property
     def held(self) -> bool:
@@ -350,12 +352,13 @@ class ReplayLock:
             try:
                 self._write_locked()
             except OSError as exc:
-                self.heartbeat_failures += 1
-                if self.heartbeat_failures == 1 or self.heartbeat_failures % 100 == 0:
+                self.counters.inc("heartbeat_failures")
+                failures = self.counters.get("heartbeat_failures")
+                if failures == 1 or failures % 100 == 0:
                     log.warning(
                         "replay lock %s: state not written (%d failures so far), lock kept: %s",
                         self.path,
-                        self.heartbeat_failures,
+                        failures,
                         exc,
                     )
                 return False

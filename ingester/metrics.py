@@ -26,6 +26,8 @@ __all__ = [
     "STREAM_PENDING",
     "ConsumerCounter",
     "Counters",
+    "delivery_counters",
+    "ingester_events",
 ]
 
 
@@ -72,6 +74,26 @@ SPOOL_DROPPED_RECORDS = Gauge(
 SPOOL_DROPPED_BYTES = Gauge(
     "floopy_spool_dropped_bytes", "Bytes lost to spool rotation, ever.", ("sink",)
 )
+
+
+_INGESTER_EVENTS = Counter(
+    "floopy_ingester_events",
+    "What the ingester's parts did besides moving records: ClickHouse insert retries, batches "
+    "found unavailable, poison bisections (delivery); replay-lock heartbeats that failed (lock); "
+    "arq polls of Redis that failed (worker).",
+    ("component", "event"),
+)
+
+
+def ingester_events(component: str, *events: str) -> CounterSet:
+    """Counters of one part of the ingester (``delivery``, ``lock``, ``worker``)."""
+    return CounterSet({event: _INGESTER_EVENTS.labels(component, event) for event in events})
+
+
+def delivery_counters() -> CounterSet:
+    return ingester_events(
+        "delivery", "inserted", "dead_lettered", "retries", "unavailable", "bisections"
+    )
 
 
 def _sink_counters(sink: Sink) -> CounterSet:

@@ -35,7 +35,7 @@ from ingester import cron, factory
 from ingester.consume import StreamConsumer
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
-from ingester.metrics import ConsumerCounter, Counters
+from ingester.metrics import ConsumerCounter, Counters, ingester_events
 from ingester.observe import observe_forever
 from ingester.replay import ReplayStatus, pending_files
 from ingester.schema import migrate
@@ -221,24 +221,28 @@ class ResilientWorker(Worker):
     ``close`` would let the error escape and end the process.
     """
 
-    poll_errors = 0
-    """Failed job polls since start (one log line each, at most one per backoff)."""
+    counters = ingester_events("worker", "poll_errors")
+    """``poll_errors``: failed job polls since start (one log line each, at most one per
+    backoff)."""
+    _failing = 0
+    """Failed polls in a row: the backoff's step, back to 0 after a poll that worked."""
 
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
         except REDIS_ERRORS as exc:
-            ResilientWorker.poll_errors += 1
-            delay = POLL_BACKOFF.delay_s(ResilientWorker.poll_errors)
+            self.counters.inc("poll_errors")
+            self._failing += 1
+            delay = POLL_BACKOFF.delay_s(self._failing)
             log.warning(
                 "arq poll failed (%d so far): %s; retrying in %.1fs",
-                ResilientWorker.poll_errors,
+                self.counters.get("poll_errors"),
                 exc,
                 delay,
             )
             await asyncio.sleep(delay)
             return
-        ResilientWorker.poll_errors = 0
+        self._failing = 0
 
     async def close(self) -> None:
         """As arq's, but a Redis error while deleting the health key must not skip

@@ -44,14 +44,22 @@ class CounterSet:
     """Named counters of one component instance, each mirrored to a Prometheus counter (a
     metric, or a metric's child with its labels already bound)."""
 
-    def __init__(self, metrics: Mapping[str, PromCounter]) -> None:
+    def __init__(self, metrics: Mapping[str, PromCounter | None]) -> None:
         self._metrics = dict(metrics)
         self._tally: Tally[str] = Tally()
 
+    @classmethod
+    def local(cls, *names: str) -> CounterSet:
+        """A tally mirrored to no Prometheus series: for a pure object built without its
+        process's metrics (unit tests, a policy used on its own)."""
+        return cls(dict.fromkeys(names))
+
     def inc(self, name: str, n: float = 1) -> None:
         if n:
+            metric = self._metrics[name]  # a name never declared is a bug: KeyError
             self._tally[name] += int(n)
-            self._metrics[name].inc(n)
+            if metric is not None:
+                metric.inc(n)
 
     def get(self, name: str) -> int:
         return self._tally[name]

@@ -21,6 +21,7 @@ from gateway.clients.breaker_store import BreakerStore
 from gateway.clients.breakers import Breakers
 from gateway.clients.providers.base import ProviderClient
 from gateway.clients.providers.registry import make_provider
+from gateway.metrics import access_counters
 from gateway.policy.breaker import BreakerConfig
 from gateway.policy.prices import ModelPrice, PriceBook
 from gateway.policy.routing import ProviderModels, RoutingTable
@@ -43,7 +44,10 @@ def routing_table(settings: GatewaySettings) -> RoutingTable:
 
 
 def price_book(settings: GatewaySettings) -> PriceBook:
-    return PriceBook({k: ModelPrice(**v.model_dump()) for k, v in settings.prices.items()})
+    return PriceBook(
+        {k: ModelPrice(**v.model_dump()) for k, v in settings.prices.items()},
+        counters=access_counters("prices", "unknown_models"),
+    )
 
 
 @dataclass

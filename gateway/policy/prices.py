@@ -21,6 +21,8 @@ import msgspec
 from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice as LibraryPrice
 
+from shared.metrics import CounterSet, counted
+
 __all__ = ["ModelPrice", "PriceBook"]
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,19 @@ class PriceBook:
     providers the library does not know (a self-hosted vLLM) it matches on the model alone.
     """
 
-    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+    unknown_models = counted("unknown_models")
+    """Costs asked for a model without a price (each time, not once per model)."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, ModelPrice] | None = None,
+        *,
+        counters: CounterSet | None = None,
+    ) -> None:
         self._overrides = dict(overrides or {})
         self._reported: set[tuple[str, str]] = set()
         self._resolved: dict[tuple[str, str], tuple[float, ModelPrice | LibraryPrice | None]] = {}
-        self.unknown_models = 0
+        self.counters = counters or CounterSet.local("unknown_models")
 
     def cost_usd(
         self,
@@ -124,7 +134,7 @@ class PriceBook:
         return found
 
     def _unknown(self, provider: str, model: str) -> None:
-        self.unknown_models += 1
+        self.counters.inc("unknown_models")
         if (provider, model) not in self._reported:
             self._reported.add((provider, model))
             log.warning(

@@ -70,7 +70,7 @@ def test_the_lock_is_held_on_a_full_disk_and_its_state_written_once_space_frees(
     filler = fill_disk(spool)
     lock = ReplayLock(spool, SINK, owner="me:1:x", stale_after_s=30)
     assert lock.acquire(), "a full disk must not stop the replay that would free it"
-    assert lock.heartbeat_failures == 1
+    assert lock.counters.get("heartbeat_failures") == 1
     view = inspect_lock(spool, SINK)
     assert view is not None and view.state is None and view.held
     assert "held by a live process" in view.describe(0, 30)
