@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import CounterSet
+from shared.metrics import CounterSet, add, observe
 
 if TYPE_CHECKING:
     from gateway.domain import StageTiming
@@ -106,7 +106,8 @@ _stage_children: dict[str, Any] = {}
 
 def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:
     """Once per request: each series' child is looked up once per process (``labels`` takes
-    a lock and builds its key on every call), up to ``_CHILDREN_MAX`` of them."""
+    a lock and builds its key on every call), up to ``_CHILDREN_MAX`` of them; the increments
+    wait for the worker's next flush (``shared.metrics``)."""
     labels = (
         str(record.status_code),
         record.model_used or "-",
@@ -118,12 +119,12 @@ def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:
         children = REQUESTS.labels(*labels), REQUEST_SECONDS.labels(*labels)
         if len(_request_children) < _CHILDREN_MAX:
             _request_children[labels] = children
-    children[0].inc()
-    children[1].observe(record.latency_ms / 1000)
+    add(children[0])
+    observe(children[1], record.latency_ms / 1000)
     for timing in timings:
         stage = _stage_children.get(timing.name)
         if stage is None:
             stage = STAGE_SECONDS.labels(timing.name)
             if len(_stage_children) < _CHILDREN_MAX:
                 _stage_children[timing.name] = stage
-        stage.observe(timing.duration_ms / 1000)
+        observe(stage, timing.duration_ms / 1000)

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -41,7 +42,7 @@ from gateway.metrics import error_counters
 from gateway.routing_watch import RoutingWatcher
 from gateway.settings import GatewaySettings
 from shared.codec import encode_record
-from shared.metrics import CounterSet
+from shared.metrics import CounterSet, flush_every
 from shared.redis_client import open_redis
 from shared.streams import Sink
 
@@ -107,6 +108,8 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """``environ``: where the config seed reads ``secret_env`` keys."""
     async with AsyncExitStack() as stack:
+        flusher = asyncio.get_running_loop().create_task(flush_every(), name="floopy-metrics")
+        stack.push_async_callback(_cancel, flusher)  # last out: its final flush counts shutdown
         spool = _open_spool(settings)
         access = await Access.open(settings, environ, spool)
         stack.push_async_callback(access.close)
@@ -168,6 +171,12 @@ async def open_services(
             watcher=watcher,
             background=background,
         )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _open_cache(

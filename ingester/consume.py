@@ -47,6 +47,7 @@ from ingester.settings import IngesterSettings
 from ingester.sinks import BatchSink
 from ingester.stream_policy import Batch, FlushPolicy
 from shared.errors import SinkUnavailableError
+from shared.metrics import observe
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
 __all__ = ["StreamConsumer", "ensure_group"]
@@ -251,12 +252,12 @@ class StreamConsumer:
         try:
             report = await asyncio.to_thread(self._delivery.append, prepared)
         except SinkUnavailableError as exc:
-            INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
+            observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
             if not await self._spool_batch(payloads, exc):
                 self._reread_own = True  # retried from our pending entries after the backoff
                 return
         else:
-            INSERT_SECONDS.labels(self.sink.value).observe(time.perf_counter() - started)
+            observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
             self._counters.inc(self.sink, C.INSERTED, report.inserted)
             self._counters.inc(self.sink, C.DEAD_LETTERED, report.dead_lettered)
             log.debug(

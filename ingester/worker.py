@@ -41,6 +41,7 @@ from ingester.replay import ReplayStatus, pending_files
 from ingester.schema import migrate
 from ingester.settings import IngesterSettings
 from shared.backoff import Backoff
+from shared.metrics import flush_every
 from shared.redis_keys import RedisKeys
 from shared.streams import Sink
 
@@ -119,6 +120,8 @@ class IngesterRuntime:
             start_http_server(s.metrics_port, addr=s.metrics_host)
             observer = observe_forever(self.redis, s, self.counters, self._stopping)
             self._tasks.append(asyncio.create_task(observer, name="observe"))
+            flusher = flush_every(stopping=self._stopping)
+            self._tasks.append(asyncio.create_task(flusher, name="metrics-flush"))
             log.info("metrics on %s:%d/metrics", s.metrics_host, s.metrics_port)
         log.info(
             "ingester %s started: %d sinks, shards %s", s.consumer_name, len(sinks), s.my_shards

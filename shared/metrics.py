@@ -12,11 +12,20 @@ Invariants:
   an emptied directory before any worker imports prometheus-client, so each worker writes its
   series to files there and ``render`` adds them up. Without it (tests, one process) the
   default registry is read.
+- Series move in batches: an increment or observation made through this module is added up in
+  memory and reaches prometheus-client at the next ``flush`` (``render`` flushes first; a gateway
+  worker flushes every ``FLUSH_EVERY_S`` and at shutdown). In multiprocess mode each
+  prometheus-client increment is a lock and an mmap write (≈3 µs, about 25 per request); a
+  flush writes each moved series once. A scrape may miss another worker's last second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import os
+import threading
 from collections import Counter as Tally
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,20 +33,72 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import Counter as PromCounter
+    from prometheus_client import Histogram as PromHistogram
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
+    "FLUSH_EVERY_S",
     "MULTIPROC_ENV",
     "CounterSet",
+    "add",
     "counted",
+    "flush",
+    "flush_every",
+    "observe",
     "prepare_multiprocess",
     "render",
 ]
+
+FLUSH_EVERY_S = 1.0
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's own switch, read by it when first imported: this module imports it
 lazily so ``prepare_multiprocess`` can run first in the process that starts the workers."""
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
+
+_lock = threading.Lock()  # increments come from the loop and from worker threads (delivery)
+_pending: dict[Any, float] = {}
+"""prometheus-client value → amount to add: a counter's child, or a histogram child's sum and
+bucket values (each has ``inc``)."""
+
+
+def add(counter: PromCounter, amount: float = 1) -> None:
+    """``counter.inc(amount)`` (a counter, or a labelled child), deferred to the next ``flush``."""
+    with _lock:
+        _pending[counter] = _pending.get(counter, 0.0) + amount
+
+
+def observe(child: PromHistogram, amount: float) -> None:
+    """``child.observe(amount)``, deferred to the next ``flush``: the same sum and bucket (the
+    first upper bound at or above the amount, as prometheus-client's ``observe`` picks it)."""
+    bucket = child._buckets[bisect.bisect_left(child._upper_bounds, amount)]
+    with _lock:
+        _pending[child._sum] = _pending.get(child._sum, 0.0) + amount
+        _pending[bucket] = _pending.get(bucket, 0.0) + 1
+
+
+def flush() -> None:
+    """Hand every deferred increment to prometheus-client."""
+    global _pending
+    with _lock:
+        moved, _pending = _pending, {}
+    for value, amount in moved.items():
+        value.inc(amount)
+
+
+async def flush_every(
+    seconds: float = FLUSH_EVERY_S, stopping: asyncio.Event | None = None
+) -> None:
+    """A process's flusher task: runs until cancelled or ``stopping`` is set, then flushes once
+    more."""
+    stopping = stopping or asyncio.Event()
+    try:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+            flush()
+    finally:
+        flush()
 
 
 class CounterSet:
@@ -59,7 +120,7 @@ class CounterSet:
             metric = self._metrics[name]  # a name never declared is a bug: KeyError
             self._tally[name] += int(n)
             if metric is not None:
-                metric.inc(n)
+                add(metric, n)
 
     def get(self, name: str) -> int:
         return self._tally[name]
@@ -101,6 +162,7 @@ def render() -> bytes:
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    flush()
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return generate_latest(REGISTRY)
