@@ -82,9 +82,12 @@ def publisher_counters() -> CounterSet:
     return CounterSet(_PUBLISHER)
 
 
-def access_counters(component: str, *events: str) -> CounterSet:
-    """Counters of one access component (``key_cache``, ``rate_limiter``, ``usage``, ...)."""
-    return CounterSet({event: _EVENTS.labels(component, event) for event in events})
+def access_counters(component: str, *events: str, **renamed: str) -> CounterSet:
+    """Counters of one access component (``key_cache``, ``rate_limiter``, ``usage``, ...).
+    ``renamed``: a counter whose name its user fixes (a ``Drain`` counts ``dropped``) exported
+    as the component's own event (the response cache's ``writes_dropped``)."""
+    names = {event: event for event in events} | renamed
+    return CounterSet({name: _EVENTS.labels(component, event) for name, event in names.items()})
 
 
 def error_counters() -> CounterSet:

@@ -185,6 +185,7 @@ async def _open_cache(
     semantic = SemanticCache(vectors)
     await semantic.open(embedder.dimensions)
     cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
+    cache.start()
     if vectors.is_local:
         cache.start_pruning()
         if settings.workers > 1:

@@ -1,7 +1,7 @@
 """One drain: a bounded in-memory buffer that one background task empties in batches, so a
-request never awaits the store behind it. Records (``gateway.clients.publisher``) and usage
-(``gateway.clients.usage``) leave the gateway through two of these, differing only in what a
-failed batch becomes: the ``Policy``.
+request never awaits the store behind it. Records (``gateway.clients.publisher``), usage
+(``gateway.clients.usage``) and the exact cache tier's writes (``gateway.clients.response_cache``)
+leave the gateway through these, differing only in what a failed batch becomes: the ``Policy``.
 
 Invariants:
 - ``submit`` is synchronous and O(1). Beyond ``capacity`` a new item is refused, counted

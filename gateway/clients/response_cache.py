@@ -2,15 +2,30 @@
 (Qdrant), and the writes that run after a miss's response.
 
 Invariants:
-- Writes never hold up a response: ``schedule_write`` starts a task and returns. At most
-  ``max_pending_writes`` run at once; beyond that a write is dropped, logged and counted (a
-  dropped write is a later miss, never a wrong answer).
+- Writes never hold up a response: ``schedule_write`` only queues the write in a ``DROP`` drain
+  (``gateway.clients.drain``), one per worker, whose one task sends the exact entries in
+  batches (``WRITE_BATCH`` at most, after ``WRITE_LINGER_S``), one Redis pipeline each: a miss
+  costs the worker no task and no round trip of its own (``write_batches`` counts the
+  pipelines, so ``/health`` shows what batching gains). The drain holds at most
+  ``max_pending_writes`` writes (answers in memory: the same bound as when each write was a
+  task), far more than a worker's misses during one round trip; beyond it a write is dropped
+  and counted (``writes_dropped``: a dropped write is a later miss, never a wrong answer).
+- A write's embedding-tier points are written only once its exact entry is stored (a point
+  without its answer would only ever miss): after the batch's pipeline succeeded, one task per
+  write with vectors, at most ``max_pending_writes`` of them at once (beyond: dropped, counted),
+  so a slow Qdrant never holds up the exact tier's batches.
+- ``writes_pending`` is what is not finished yet: writes queued in the drain (a batch leaves it
+  only once sent) plus the embedding-tier tasks, which start before their batch leaves.
 - Every failure is counted here (``shared.metrics``: ``stats()`` → ``GET /health``, the same
   counters → ``GET /metrics``) and logged (one line per kind
   per second at most); lookups fail open (the stage turns the error into a miss), writes are
-  best effort. After a Redis failure the exact tier leaves Redis alone for a second
-  (``REDIS_COOLDOWN_S``), so an outage costs a request no connection attempt for the cache.
-- ``close`` waits a moment for writes in flight, so a clean shutdown keeps the last answers.
+  best effort: a batch Redis refused is counted (``write_failures``, per write) and dropped.
+  After a Redis failure the exact tier leaves Redis alone for a second (``REDIS_COOLDOWN_S``),
+  so an outage costs a request no connection attempt for the cache, and the writes of that
+  second are counted as failed without being queued.
+- ``close`` sends what is queued within ``STOP_DEADLINE_S`` (what is left is counted dropped and
+  logged) and waits a moment for the embedding tiers, so a clean shutdown keeps the last
+  answers.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
 from gateway.metrics import access_counters
@@ -39,6 +55,11 @@ __all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_o
 log = logging.getLogger(__name__)
 
 REDIS_COOLDOWN_S = 1.0
+WRITE_BATCH = 256
+WRITE_LINGER_S = 0.002
+"""An answer may reach Redis this much later (the client already has it); under load it turns
+one round trip per miss into one per batch."""
+STOP_DEADLINE_S = 1.0
 FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
     OSError,
@@ -76,16 +97,25 @@ def scope_of(
     return {"org_id": org_id, "model": model, "seed": seed, field: value}
 
 
+def _cooldown_error() -> RedisError:
+    return RedisError("Redis failed less than a second ago; exact tier skipped")
+
+
 def _exact_lookup(answer: CachedAnswer | None, oldest_ms: int) -> Lookup | None:
     if answer is None or answer.created_at_ms < oldest_ms:
         return None
     return Lookup(CacheTier.EXACT, answer)
 
 
-class ResponseCache:
+class ResponseCache(Outlet[CacheWrite]):
+    """Also the outlet of its exact-tier writes' drain."""
+
     writes = counted("writes")
-    writes_dropped = counted("writes_dropped")
+    write_batches = counted("write_batches")
+    writes_dropped = counted("dropped")
     verifier_rejections = counted("verifier_rejections")
+
+    expected_errors = (RedisError, OSError)
 
     def __init__(
         self,
@@ -99,7 +129,9 @@ class ResponseCache:
         self.fail_open_errors = FAIL_OPEN_ERRORS
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
-        self.counters = access_counters("cache", "writes", "writes_dropped", "verifier_rejections")
+        self.counters = access_counters(
+            "cache", "writes", "write_batches", "verifier_rejections", dropped="writes_dropped"
+        )
         tiers = [tier.value for tier in CacheTier]
         self.fail_open = access_counters("cache_fail_open", *tiers)
         """Lookups that failed open, per tier."""
@@ -109,6 +141,19 @@ class ResponseCache:
         self._pruner: asyncio.Task[None] | None = None
         self._redis_down_until = 0.0
         self._logged_at: dict[str, float] = {}
+        self._writes: Drain[CacheWrite] = Drain(
+            self,
+            self.counters,
+            name="cache writes",
+            policy=Policy.DROP,
+            capacity=max_pending_writes,
+            batch_items=WRITE_BATCH,
+            linger_s=WRITE_LINGER_S,
+        )
+
+    def start(self) -> None:
+        """Start the writes' drain (on the worker's loop): until then writes only queue."""
+        self._writes.start()
 
     def count_fail_open(self, tier: CacheTier, exc: BaseException) -> None:
         self.fail_open.inc(tier.value)
@@ -131,7 +176,7 @@ class ResponseCache:
         """After a Redis failure the exact tier skips Redis for ``REDIS_COOLDOWN_S``: during an
         outage a request pays no connection attempt for the cache, only the note."""
         if time.monotonic() < self._redis_down_until:
-            raise RedisError("Redis failed less than a second ago; exact tier skipped")
+            raise _cooldown_error()
 
     def redis_down(self) -> bool:
         return time.monotonic() < self._redis_down_until
@@ -186,62 +231,97 @@ class ResponseCache:
         return None
 
     def schedule_write(self, write: CacheWrite) -> None:
-        if len(self._pending) >= self._max_pending:
-            self.counters.inc("writes_dropped")
-            log.warning("cache write dropped: %d writes already in flight", len(self._pending))
+        if time.monotonic() < self._redis_down_until:
+            self._count_exact_failures(1, _cooldown_error())
+        elif self._writes.stopping:
+            self._count_dropped(1, "the cache is closed")
+        else:
+            self._writes.submit(write)
+
+    async def send(self, batch: list[CacheWrite]) -> Undelivered[CacheWrite] | None:
+        """The batch's answers to Redis in one pipeline whatever the tiers (the embedding
+        tiers' points name them), then the points of the writes that have vectors."""
+        if time.monotonic() < self._redis_down_until:  # queued before the failure
+            return Undelivered(batch, _cooldown_error())
+        try:
+            await self.exact.put_many(
+                (w.org_id, w.keys.exact, w.answer, w.plan.ttl_s) for w in batch
+            )
+        except (RedisError, OSError) as exc:
+            self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
+            return Undelivered(batch, exc)
+        self.counters.inc("writes", len(batch))
+        self.counters.inc("write_batches")
+        if self.semantic is not None:
+            for write in batch:
+                if write.vectors:
+                    self._schedule_vectors(write)
+        return None
+
+    async def on_failure(self, failure: Undelivered[CacheWrite]) -> None:
+        if failure.items:  # none: a send cut short at stop, its writes are still queued
+            self._count_exact_failures(len(failure.items), failure.error)
+
+    async def left_at_stop(self, drain: Drain[CacheWrite]) -> None:
+        self._count_dropped(len(drain), "still queued when the cache closed")
+
+    def hold_at_stop(self) -> bool:
+        return self.redis_down()
+
+    def _count_exact_failures(self, n: int, exc: BaseException) -> None:
+        self.write_failures.inc(CacheTier.EXACT.value, n)
+        self._log_failure("exact write", self.write_failures.get(CacheTier.EXACT.value), exc)
+
+    def _count_dropped(self, n: int, why: str) -> None:
+        self.counters.inc("dropped", n)
+        now = time.monotonic()
+        if now - self._logged_at.get("dropped", -1e9) >= 1.0:
+            self._logged_at["dropped"] = now
+            log.warning("%d cache writes dropped (%s); %d so far", n, why, self.writes_dropped)
+
+    def _schedule_vectors(self, write: CacheWrite) -> None:
+        tiers: list[CacheTier] = [
+            t for t in write.plan.tiers if t in write.vectors and t is not CacheTier.EXACT
+        ]
+        if not tiers:
             return
-        task = asyncio.get_running_loop().create_task(self._write(write))
+        if len(self._pending) >= self._max_pending:
+            self._count_dropped(1, f"{len(self._pending)} embedding-tier writes in flight")
+            return
+        task = asyncio.get_running_loop().create_task(self._write_vectors(write, tiers))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _write(self, write: CacheWrite) -> None:
-        """The answer goes to Redis whatever the tiers (the embedding tiers' points name it),
-        then one point per embedding tier that has its vector."""
-        tiers = [CacheTier.EXACT, *(t for t in write.plan.tiers if t in write.vectors)]
+    async def _write_vectors(self, write: CacheWrite, tiers: list[CacheTier]) -> None:
+        """One point per embedding tier, each tier on its own (one failing spares the other)."""
+        assert self.semantic is not None
+        plan, keys, answer = write.plan, write.keys, write.answer
         for tier in tiers:
             try:
-                await self._write_tier(tier, write)
+                await self.semantic.put(
+                    tier,
+                    write.vectors[tier],
+                    scope=scope_of(tier, write.org_id, write.model, plan.seed, keys),
+                    key_hash=keys.exact,
+                    created_at_ms=answer.created_at_ms,
+                    expires_at_ms=answer.created_at_ms + plan.ttl_s * 1000,
+                    text=keys.last_turn if tier is CacheTier.ADVANCED else "",
+                )
                 self.counters.inc("writes")
             except Exception as exc:  # noqa: BLE001 - best effort, counted and logged
                 self.write_failures.inc(tier.value)
                 self._log_failure(f"{tier.value} write", self.write_failures.get(tier.value), exc)
-                if tier is CacheTier.EXACT:
-                    if isinstance(exc, RedisError | OSError):
-                        self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
-                    return  # a point without its answer would only ever miss
-
-    async def _write_tier(self, tier: CacheTier, write: CacheWrite) -> None:
-        plan, keys, answer = write.plan, write.keys, write.answer
-        if tier is CacheTier.EXACT:
-            self._redis_available()
-            await self.exact.put(write.org_id, keys.exact, answer, plan.ttl_s)
-            return
-        if self.semantic is None:
-            return
-        await self.semantic.put(
-            tier,
-            write.vectors[tier],
-            scope=scope_of(tier, write.org_id, write.model, plan.seed, keys),
-            key_hash=keys.exact,
-            created_at_ms=answer.created_at_ms,
-            expires_at_ms=answer.created_at_ms + plan.ttl_s * 1000,
-            text=keys.last_turn if tier is CacheTier.ADVANCED else "",
-        )
 
     def stats(self) -> dict[str, object]:
         return {
             "fail_open": self.fail_open.snapshot(nonzero=True),
             "writes": self.writes,
+            "write_batches": self.write_batches,
             "write_failures": self.write_failures.snapshot(nonzero=True),
             "writes_dropped": self.writes_dropped,
-            "writes_pending": len(self._pending),
+            "writes_pending": len(self._writes) + len(self._pending),
             "verifier_rejections": self.verifier_rejections,
         }
-
-    async def drain(self, timeout_s: float = 2.0) -> None:
-        """Wait (at most ``timeout_s``) for the writes in flight."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout_s)
 
     def start_pruning(self, every_s: float = 3600.0) -> None:
         """Local mode only: no other process can reach this worker's vectors, so it deletes its
@@ -259,7 +339,9 @@ class ResponseCache:
                 self.write_failures.inc("prune")
                 self._log_failure("prune", self.write_failures.get("prune"), exc)
 
-    async def close(self) -> None:
+    async def close(self, vectors_timeout_s: float = 2.0) -> None:
         if self._pruner is not None:
             self._pruner.cancel()
-        await self.drain()
+        await self._writes.stop(STOP_DEADLINE_S)
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=vectors_timeout_s)
