@@ -105,7 +105,10 @@ async def test_provider_embedder_is_routed_priced_and_a_span(
             )
             await settle(client)
         assert fake.served["embeddings"] - served == 2  # one per request: lookup, reused to write
-    miss, hit = await records(settings, 2)
+    found = await records(settings, 2)
+    # a third record was seen once under a loaded full run: say what it was if it comes back
+    assert len(found) == 2, [(r.request_id, r.endpoint, r.status_code, r.error_code) for r in found]
+    miss, hit = found
     assert miss.cache_status == "miss"
     assert (hit.cache_status, hit.cache_tier) == ("hit", "semantic")
     assert hit.cache_similarity == pytest.approx(1.0, abs=1e-4)
