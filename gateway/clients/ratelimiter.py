@@ -7,7 +7,8 @@ Invariants:
 - The clock is Redis's ``TIME`` read inside the script: all gateway processes share one clock,
   whatever their hosts' clocks say.
 - The script is sent by EVALSHA; after a Redis restart or ``SCRIPT FLUSH`` (NOSCRIPT) it is
-  loaded again once, by redis-py's ``Script``.
+  loaded again once, by redis-py's ``Script``. On one Redis node the limits script's calls of
+  concurrent requests share one pipelined round trip (``gateway.clients.script_batch``).
 - A bucket key expires when its debt is paid off (the bucket is full again), so idle buckets cost
   no memory.
 - Per-segment buckets (``s=user``, ``s=property:…``) are capped per org: a sorted set of the
@@ -21,17 +22,19 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.script_batch import ScriptBatch
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
 from shared.metrics import counted
+from shared.redis_client import is_cluster
 from shared.redis_keys import segments_beside
 
 __all__ = [
@@ -256,7 +259,10 @@ class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
-        self._limits = redis.register_script(LIMITS_LUA)
+        limits = redis.register_script(LIMITS_LUA)
+        self._limits: Callable[..., Awaitable[Any]] = (
+            limits if is_cluster(redis) else ScriptBatch(redis, limits)
+        )
         self.counters = access_counters("rate_limiter", "fail_open")
 
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
