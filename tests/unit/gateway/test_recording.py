@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import uuid
 
 from gateway.context import RequestContext
@@ -164,3 +165,12 @@ def test_span_ids_are_the_uuid5_of_the_request_and_the_span() -> None:
         _, spans = build_records(ctx, 2_000_000_000, 1000)
         assert [s.span_id for s in spans] == expected
     assert span_id(b"\0" * 16, "é€") == str(uuid.uuid5(uuid.UUID(int=0), "é€"))
+
+
+def test_span_id_is_uuid5_for_any_namespace_and_name() -> None:
+    """The version and variant digits are set in the text: every first digit of clock_seq."""
+    rng = random.Random(13)
+    for i in range(2000):
+        namespace = rng.randbytes(16)
+        name = f"stage-{i}#{rng.randrange(10)}é"
+        assert span_id(namespace, name) == str(uuid.uuid5(uuid.UUID(bytes=namespace), name))
