@@ -133,6 +133,25 @@ def test_slow_bodies_do_not_stall_health_or_other_orgs(stack: Floopy) -> None:
     )  # the held ones were let go, not kept until the client quits
 
 
+def test_a_client_gone_mid_body_is_recorded_as_a_bad_request(stack: Floopy) -> None:
+    """Half a body, then the socket closes: the request still has its one record, a 400 (the
+    client's doing), not an unexpected error of ours."""
+    before = set(records(stack))
+    head = _head("/v1/chat/completions", 10_000, KEY_ACME)
+    with socket.create_connection(("127.0.0.1", stack.gateway_port), timeout=5) as sock:
+        sock.sendall(head + b"\r\n" + b'{"model": ')
+        time.sleep(0.3)
+
+    def new_records() -> list[Any]:
+        return [r for rid, r in records(stack).items() if rid not in before]
+
+    stack.wait_for(lambda: bool(new_records()), timeout_s=30, what="the request's record")
+    time.sleep(0.5)  # a second record would come with the first
+    (record,) = new_records()
+    assert (record.status_code, record.error_code) == (400, "BAD_REQUEST")
+    assert "disconnected" in record.error_message
+
+
 # -- 3. token estimation: capped, off the loop ------------------------------------------------
 
 
