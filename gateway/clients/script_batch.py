@@ -15,8 +15,8 @@ Invariants:
 - A script Redis does not have (a restart, ``SCRIPT FLUSH``: NOSCRIPT) is loaded by redis-py's
   ``Script`` on that call's retry, as it would be without batching.
 - A lone call goes straight through the ``Script``: a pipeline of one costs more than it saves.
-- Single Redis node only: on a cluster each call keeps its own round trip (its keys choose the
-  node).
+- Single Redis node only: on a cluster each call keeps its own round trip (redis-py's cluster
+  pipeline refuses EVALSHA).
 - A caller cancelled while waiting does not cancel the batch: its script still ran, as it would
   have if the caller had been cancelled after sending.
 """
