@@ -28,7 +28,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from gateway.access import Access
-from gateway.admin.caller import caller
+from gateway.admin.caller import Caller, caller
 from gateway.admin.seed import OrgSeed
 from gateway.admin.service import (
     Actor,
@@ -52,7 +52,6 @@ from gateway.routing_checks import check_key_env
 from gateway.settings import GatewaySettings
 from shared.errors import (
     BadRequestError,
-    ForbiddenError,
     NotFoundError,
 )
 from shared.redis_keys import check_id
@@ -80,41 +79,32 @@ class AdminApi(Controller):
 
     path = "/admin"
 
-    async def _org_scope(
-        self,
-        request: Request[Any, Any, Any],
-        key_auth: KeyAuthenticator,
-        settings: GatewaySettings,
-        org_id: str,
-        need: Permission = Permission.ADMIN,
-    ) -> None:
-        who = await caller(request, key_auth, settings, need)
-        check_id("org", org_id)
-        if not who.operator and who.key.org_id != org_id:
-            raise NotFoundError(f"no org {org_id!r}")
-
-    async def _operator(
-        self, request: Request[Any, Any, Any], key_auth: KeyAuthenticator, settings: GatewaySettings
-    ) -> None:
-        who = await caller(request, key_auth, settings)
-        if not who.operator:
-            raise ForbiddenError("only an operator org's admin key may do this")
-
-    async def _service(
+    async def _acting(
         self,
         request: Request[Any, Any, Any],
         access: Access,
         settings: GatewaySettings,
         *,
+        org_id: str | None = None,
+        operator: bool = False,
         write: bool | None = True,
-    ) -> tuple[AdminService, ApiKey, bool]:
-        """An admin key's service (who acts is recorded in the audit log); its provider and
-        route writes are checked against the worker's own settings (``check_routing``)."""
-        who = await caller(request, access.authenticator, settings, write=write)
+    ) -> tuple[AdminService, Caller]:
+        """An admin key's service (who acts is recorded in the audit log), the caller
+        authenticated once: the org it reaches (``org_id``), operators only (``operator``),
+        then whether its plan lets it write (``write``; None: no plan check, revoking stays
+        allowed). Provider and route writes are checked against the worker's own settings."""
+        who = await caller(
+            request, access.authenticator, settings, write=None if write is None else False
+        )
+        if operator:
+            who.require_operator()
+        if org_id is not None:
+            who.reach(org_id)
+        if write:
+            check_plan_access(who.org, int(time.time() * 1000), write=True)
         key = who.key
         actor = Actor("key", key.key_id, key.org_id, key.name)
-        service = AdminService(access, settings, actor, check_against=settings)
-        return service, key, who.operator
+        return AdminService(access, settings, actor, check_against=settings), who
 
     async def _key_of_caller_org(
         self,
@@ -125,9 +115,9 @@ class AdminApi(Controller):
         *,
         write: bool | None = True,
     ) -> tuple[AdminService, ApiKey]:
-        service, caller_key, operator = await self._service(request, access, settings, write=write)
+        service, who = await self._acting(request, access, settings, write=write)
         key = await access.admin_store.get_key(check_id("key", key_id))
-        if key is None or (not operator and key.org_id != caller_key.org_id):
+        if key is None or (not who.operator and key.org_id != who.key.org_id):
             raise NotFoundError(f"no key {key_id!r}")
         return service, key
 
@@ -140,7 +130,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        (await caller(request, key_auth, settings, Permission.READ)).reach(org_id)
         org = await admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
@@ -156,8 +146,7 @@ class AdminApi(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         """Partial: the fields sent replace the stored ones. The org's own admin key may."""
-        await self._org_scope(request, access.authenticator, settings, org_id)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, org_id=org_id)
         org = await access.admin_store.get_org(org_id)
         if org is None:
             raise NotFoundError(f"no org {org_id!r}")
@@ -175,8 +164,7 @@ class AdminApi(Controller):
         org_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._operator(request, access.authenticator, settings)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, operator=True)
         check_id("org", org_id)
         seed = to_struct(data, OrgSeed)
         org = seed.org(org_id, await access.admin_store.get_org(org_id))  # keeps its firewall
@@ -195,8 +183,7 @@ class AdminApi(Controller):
     ) -> dict[str, Any]:
         """The whole ``firewall`` object (fields left out take their defaults); the org's
         own admin key or an operator's. Every worker applies it within ``key_cache_ttl_s``."""
-        await self._org_scope(request, access.authenticator, settings, org_id)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, org_id=org_id)
         config = to_struct(data, FirewallConfig)
         current = await access.admin_store.get_org(org_id)
         if current is None or not await access.admin_store.put_org_firewall(org_id, config):
@@ -215,7 +202,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        (await caller(request, key_auth, settings, Permission.READ)).reach(org_id)
         keys = await admin_store.list_keys(org_id)
         last_used = await usage_counters.last_used([k.key_id for k in keys])
         return {"data": [{**key_view(k), "last_used_ms": last_used.get(k.key_id)} for k in keys]}
@@ -229,8 +216,7 @@ class AdminApi(Controller):
         org_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._org_scope(request, access.authenticator, settings, org_id)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, org_id=org_id)
         org = await access.admin_store.get_org(org_id)
         if org is not None:  # an operator creating a key in an expired org: refused too
             check_plan_access(org, int(time.time() * 1000), write=True)
@@ -275,7 +261,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         org_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        (await caller(request, key_auth, settings, Permission.READ)).reach(org_id)
         return {"data": await templates.list_ids(org_id)}
 
     @get("/orgs/{org_id:str}/templates/{template_id:str}")
@@ -288,7 +274,7 @@ class AdminApi(Controller):
         org_id: FromPath[str],
         template_id: FromPath[str],
     ) -> dict[str, Any]:
-        await self._org_scope(request, key_auth, settings, org_id, Permission.READ)
+        (await caller(request, key_auth, settings, Permission.READ)).reach(org_id)
         versions = await templates.versions(org_id, check_template_id(template_id))
         if not versions:
             raise NotFoundError(f"no prompt template {template_id!r}")
@@ -304,8 +290,7 @@ class AdminApi(Controller):
         template_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._org_scope(request, access.authenticator, settings, org_id)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, org_id=org_id)
         check_template_id(template_id)
         body = to_struct(data, TemplateBody)
         template = await service.add_template_version(org_id, template_id, body.messages)
@@ -320,7 +305,7 @@ class AdminApi(Controller):
         routing_config: NamedDependency[RoutingConfigStore],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        await self._operator(request, key_auth, settings)
+        (await caller(request, key_auth, settings)).require_operator()
         return {"data": await routing_config.providers()}
 
     @put("/providers/{name:str}")
@@ -332,8 +317,7 @@ class AdminApi(Controller):
         name: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._operator(request, access.authenticator, settings)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, operator=True)
         check_key_env(data, settings.provider_key_env_prefixes)
         provider = await service.put_provider(name, data)
         shown = {k: v for k, v in provider.items() if k != "api_key_encrypted"}
@@ -347,8 +331,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         name: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request, access.authenticator, settings)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, operator=True)
         await service.delete_provider(name)
         return {"deleted": name}
 
@@ -360,7 +343,7 @@ class AdminApi(Controller):
         routing_config: NamedDependency[RoutingConfigStore],
         settings: NamedDependency[GatewaySettings],
     ) -> dict[str, Any]:
-        await self._operator(request, key_auth, settings)
+        (await caller(request, key_auth, settings)).require_operator()
         return {"data": await routing_config.routes()}
 
     @put("/routes/{model:path}")
@@ -372,8 +355,7 @@ class AdminApi(Controller):
         model: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
-        await self._operator(request, access.authenticator, settings)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, operator=True)
         body = to_struct(data, RouteBody)
         await service.put_route(model.lstrip("/"), body.targets)
         return {
@@ -390,8 +372,7 @@ class AdminApi(Controller):
         settings: NamedDependency[GatewaySettings],
         model: FromPath[str],
     ) -> dict[str, Any]:
-        await self._operator(request, access.authenticator, settings)
-        service, _, _ = await self._service(request, access, settings)
+        service, _ = await self._acting(request, access, settings, operator=True)
         await service.delete_route(model.lstrip("/"))
         return {"deleted": model.lstrip("/")}
 
