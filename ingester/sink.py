@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from clickhouse_driver import errors as ch_errors
 
 from ingester.native import BulkInsertClient
 from ingester.schema.ddl import insert_statement
-from shared.clickhouse_client import clickhouse_client
+from shared.clickhouse_client import TRANSPORT_ERRORS, clickhouse_client
 from shared.errors import PipelineError, PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
@@ -64,17 +63,6 @@ _POISON_TYPES: tuple[type[BaseException], ...] = (
     OverflowError,
     struct.error,
 )
-_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    ch_errors.NetworkError,
-    ch_errors.SocketTimeoutError,
-    ch_errors.UnexpectedPacketFromServerError,
-    ch_errors.UnknownPacketFromServerError,
-    ch_errors.ChecksumDoesntMatchError,
-    ch_errors.PartiallyConsumedQueryError,
-    EOFError,
-    OSError,  # connection refused/reset, socket.timeout
-    socket.timeout,
-)
 
 
 def classify(exc: BaseException) -> type[PipelineError] | None:
@@ -85,7 +73,7 @@ def classify(exc: BaseException) -> type[PipelineError] | None:
     if isinstance(exc, ch_errors.Error):
         code = getattr(exc, "code", None)
         return PoisonBatchError if code in POISON_CODES else SinkUnavailableError
-    if isinstance(exc, _TRANSIENT_TYPES):
+    if isinstance(exc, TRANSPORT_ERRORS):
         return SinkUnavailableError
     if isinstance(exc, _POISON_TYPES):
         return PoisonBatchError

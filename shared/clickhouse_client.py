@@ -17,10 +17,43 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
 
 from shared.settings import ClickHouseSettings
 
-__all__ = ["clickhouse_client"]
+__all__ = ["TRANSPORT_ERRORS", "clickhouse_client", "lost_connection"]
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    ch_errors.NetworkError,
+    ch_errors.SocketTimeoutError,
+    ch_errors.UnexpectedPacketFromServerError,
+    ch_errors.UnknownPacketFromServerError,
+    ch_errors.ChecksumDoesntMatchError,
+    ch_errors.PartiallyConsumedQueryError,
+    EOFError,
+    OSError,  # connection refused/reset, socket timeouts
+)
+"""The driver's own connection to the server broke; the server's answer, if any, is lost."""
+
+_LINK_CODES = frozenset(
+    {
+        # UNEXPECTED_PACKET_FROM_CLIENT: a Distributed read with LIMIT cancelled its shard
+        # query mid-send (a server race up to ClickHouse 20.x, ClickHouse#17254)
+        101,
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        279,  # ALL_CONNECTION_TRIES_FAILED
+    }
+)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether a query failed because a connection broke — ours to the server, or one between
+    the servers of a cluster (a ``Distributed`` read forwards to every shard) — rather than
+    because of the query. Such a read can be sent again as is."""
+    if isinstance(exc, ch_errors.ServerException):
+        return exc.code in _LINK_CODES
+    return isinstance(exc, TRANSPORT_ERRORS)
 
 
 def clickhouse_client(
