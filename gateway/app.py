@@ -1,4 +1,9 @@
-"""The litestar application. ``create_app(settings)`` builds it; nothing is built at import.
+"""The ASGI application. ``create_app(settings)`` builds it; nothing is built at import.
+
+Every HTTP request meets the guard first (``gateway.guard``); then ``POST`` to a proxied path
+goes straight to its plain ASGI endpoint (``gateway.routes.proxy_endpoints``), everything else
+(models, health, metrics, the admin API, the console) to the Litestar app, which also runs the
+lifespan.
 
 Per worker, the lifespan opens the services (``gateway.services.open_services``) on the
 worker's own event loop and closes them at shutdown in reverse order. What each route,
@@ -18,23 +23,46 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import admin_router
 from gateway.console import Console, openapi_config
 from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.guard import GuardDeps, guard_middleware
+from gateway.guard import Guard, GuardDeps
 from gateway.provider_health import provider_health
-from gateway.routes import Proxy, health, metrics, models, proxy_routes
+from gateway.routes import Proxy, health, metrics, models, proxy_endpoints
 from gateway.services import Opened, Services, open_services
 from gateway.settings import GatewaySettings
 
-__all__ = ["app_factory", "configure_logging", "create_app"]
+__all__ = ["GatewayApp", "app_factory", "configure_logging", "create_app"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> Litestar:
+class GatewayApp:
+    """What granian serves: the guard, then the proxied endpoints or Litestar."""
+
+    def __init__(
+        self, litestar: Litestar, proxied: Mapping[str, ASGIApp], guard: Opened[GuardDeps]
+    ) -> None:
+        self.litestar = litestar
+        self._proxied = proxied
+        self._guarded = Guard(self._route, guard)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await self._guarded(scope, receive, send)
+        else:  # lifespan, websocket
+            await self.litestar(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._proxied.get(scope["path"]) if scope.get("method") == "POST" else None
+        await (endpoint or self.litestar)(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> GatewayApp:
     """``environ``: where the config seed reads ``secret_env`` keys (the process environment when
     served by ``app_factory``)."""
     services: Opened[Services] = Opened()
@@ -66,9 +94,8 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
                 proxy.set(None)
                 services.set(None)
 
-    return Litestar(
+    litestar = Litestar(
         route_handlers=[
-            *proxy_routes(proxy),
             models,
             health,
             provider_health,
@@ -79,7 +106,6 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         lifespan=[lifespan, console.lifespan],
         dependencies=_dependencies(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[guard_middleware(guard)],
         openapi_config=openapi_config(),
         # every route but chat (its own cap, max_body_bytes) takes small JSON; the guard
         # enforces both before a byte is read, this is litestar's own second line
@@ -87,6 +113,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
         logging_config=None,
         debug=False,
     )
+    return GatewayApp(litestar, proxy_endpoints(proxy), guard)
 
 
 def _dependencies(opened: Opened[Services]) -> dict[str, Provide]:
@@ -121,7 +148,7 @@ def configure_logging(settings: GatewaySettings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def app_factory() -> Litestar:
+def app_factory() -> GatewayApp:
     """For ``granian --factory gateway.app:app_factory``: settings from the environment."""
     settings = GatewaySettings()
     configure_logging(settings)

@@ -1,7 +1,9 @@
 """Every error a caller sees is ``{"error": {"code", "message", ...}}`` (docs/architecture.md §5).
 
-``render_error`` is the one renderer; the handlers below catch what escapes a route (litestar's
-own 404/405, anything unexpected) so that nothing a client sends produces a 500 or a traceback.
+``render_error`` is the one renderer of a Litestar response and ``send_error`` of a plain ASGI
+one (the guard's refusals; the proxied endpoints' last resort); the handlers below catch what
+escapes a Litestar route (its own 404/405, anything unexpected) so that nothing a client sends
+produces a 500 or a traceback.
 The unexpected becomes a logged 502 PROVIDER_ERROR: the caller could not have caused it, and
 "upstream of you failed, retry" is the honest advice.
 """
@@ -14,7 +16,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Send
 
 from shared.errors import (
     BadRequestError,
@@ -25,7 +27,7 @@ from shared.errors import (
     ProviderError,
 )
 
-__all__ = ["EXCEPTION_HANDLERS", "error_body", "render_error", "unexpected_error"]
+__all__ = ["EXCEPTION_HANDLERS", "error_body", "render_error", "send_error", "unexpected_error"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,17 @@ def error_body(exc: ClientError, request_id: str = "") -> bytes:
     if request_id:
         body["error"]["request_id"] = request_id
     return msgspec.json.encode(body)
+
+
+async def send_error(send: Send, exc: ClientError, request_id: str = "") -> None:
+    body = error_body(exc, request_id)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def render_error(

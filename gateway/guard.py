@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from litestar.enums import ScopeType
 from redis.exceptions import RedisError
 
-from gateway.errors import error_body
+from gateway.errors import send_error
 from gateway.pipeline.auth import bearer_token
 from gateway.policy.keys import looks_like_key
 from shared.errors import (
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
     from shared.metrics import CounterSet
 
-__all__ = ["FINISH", "GuardDeps", "guard_middleware", "route_class"]
+__all__ = ["FINISH", "Guard", "GuardDeps", "route_class"]
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ class _BodyGate:
         return max(0.0, self._deadline - time.monotonic())
 
 
-class _Guard:
-    """Litestar builds one per route handler; the in-flight counts live in ``GuardDeps``
-    (one per worker), so they are per worker, across routes."""
+class Guard:
+    """In front of the whole app (the proxied routes and Litestar's), so it meets every HTTP
+    request, routed or not; the in-flight counts live in ``GuardDeps`` (one per worker)."""
 
     def __init__(self, app: ASGIApp, opened: Opened[GuardDeps]) -> None:
         self._app = app
@@ -173,7 +173,7 @@ class _Guard:
             if kind in ("admin", "console_api"):
                 await _authenticate(deps.authenticator, token)
         except ClientError as exc:
-            await _answer(send, exc)
+            await send_error(send, exc)
             return
         deps.in_flight[client] += 1
         try:
@@ -202,24 +202,3 @@ def _finish(scope: Scope) -> None:
     finish: Callable[[], None] | None = state.pop(FINISH, None)
     if finish is not None:
         finish()
-
-
-async def _answer(send: Send, exc: ClientError) -> None:
-    body = error_body(exc)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def guard_middleware(opened: Opened[GuardDeps]) -> Callable[[ASGIApp], ASGIApp]:
-    """For ``Litestar(middleware=[guard_middleware(opened)])``: the guards of one app (one
-    worker) share what its lifespan opened."""
-
-    def wrap(app: ASGIApp) -> ASGIApp:
-        return _Guard(app, opened)
-
-    return wrap

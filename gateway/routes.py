@@ -19,18 +19,18 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
-from litestar.handlers import HTTPRouteHandler
-from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
 from redis.exceptions import RedisError
 
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.model_catalog import ModelCatalog
 from gateway.clients.providers.base import UpstreamStream
 from gateway.context import RequestContext
-from gateway.errors import render_error, unexpected_error
+from gateway.errors import error_body, send_error, unexpected_error
 from gateway.generation import Generation
 from gateway.guard import FINISH
 from gateway.metrics import BREAKER_STATE, BREAKER_STATE_VALUES
@@ -48,10 +48,12 @@ from shared.errors import BadRequestError, ClientError, ForbiddenError, PayloadT
 from shared.metrics import CONTENT_TYPE_LATEST, render
 
 if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
     from gateway.services import Opened
     from shared.metrics import CounterSet
 
-__all__ = ["Proxy", "health", "metrics", "models", "proxy_routes"]
+__all__ = ["Proxy", "health", "metrics", "models", "proxy_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +92,11 @@ class Proxy:
         )
 
 
-def _body_reader(request: Request[Any, Any, Any], limit: int) -> Any:
-    """Straight from ASGI ``receive`` (through the guard's gate, which keeps the read deadline):
-    Litestar's ``Request.stream`` checks again what the guard and this cap already check."""
-    receive = request.receive
+def _body_reader(receive: Receive, declared: str, limit: int) -> Any:
+    """Straight from ASGI ``receive`` (the guard's gate, which keeps the read deadline and
+    counts the bytes against the cap as well)."""
 
     async def read() -> bytes:
-        declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
         chunks: list[bytes] = []
@@ -116,17 +116,20 @@ def _body_reader(request: Request[Any, Any, Any], limit: int) -> Any:
     return read
 
 
-def _context(request: Request[Any, Any, Any], max_body_bytes: int) -> RequestContext:
-    floopy = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in request.scope["headers"]
-        if name[:7].lower() == b"floopy-"
-    ]
+def _context(scope: Scope, receive: Receive, max_body_bytes: int) -> RequestContext:
+    raw = scope["headers"]
+    headers: dict[str, str] = {}
+    floopy: list[tuple[str, str]] = []
+    for name, value in raw:
+        text = name.decode("latin-1").lower()
+        headers.setdefault(text, value.decode("latin-1"))
+        if text[:7] == "floopy-":
+            floopy.append((text, value.decode("latin-1")))
     return RequestContext(
-        headers=request.headers,
+        headers=headers,
         header_items=floopy,
-        read_body=_body_reader(request, max_body_bytes),
-        raw_headers=request.scope["headers"],
+        read_body=_body_reader(receive, headers.get("content-length", ""), max_body_bytes),
+        raw_headers=raw,
     )
 
 
@@ -145,12 +148,12 @@ def _failed_stage(ctx: RequestContext) -> str:
     return failed[-1] if failed else ""
 
 
-def _error_response(ctx: RequestContext, proxy: Proxy, exc: ClientError) -> Response[bytes]:
+def _error_response(ctx: RequestContext, proxy: Proxy, exc: ClientError) -> ASGIApp:
     ctx.error = exc
     ctx.status_code = exc.status_code
-    response = render_error(exc, ctx.request_id, _headers(ctx))
-    ctx.response_body = response.content
-    ctx.sent_headers = {**response.headers, "content-type": "application/json"}
+    headers = {**exc.headers, **_headers(ctx)}
+    ctx.response_body = error_body(exc, ctx.request_id)
+    ctx.sent_headers = {**headers, "content-type": "application/json"}
     level = logging.WARNING if exc.status_code >= 500 else logging.DEBUG
     log.log(
         level,
@@ -161,8 +164,13 @@ def _error_response(ctx: RequestContext, proxy: Proxy, exc: ClientError) -> Resp
         _failed_stage(ctx),
         exc.message,
     )
-    response.background = BackgroundTask(publish_after_response, ctx, proxy.publish)
-    return response
+    return ASGIResponse(
+        body=ctx.response_body,
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers=headers,
+        background=BackgroundTask(publish_after_response, ctx, proxy.publish),
+    )
 
 
 def _finish(ctx: RequestContext, proxy: Proxy) -> None:
@@ -176,33 +184,60 @@ def _finish(ctx: RequestContext, proxy: Proxy) -> None:
     publish(ctx, proxy.publish)
 
 
-def proxy_routes(opened: Opened[Proxy]) -> list[HTTPRouteHandler]:
-    """The proxied routes of one app; ``opened`` is set by its lifespan."""
+def proxy_endpoints(opened: Opened[Proxy]) -> dict[str, ASGIApp]:
+    """The proxied routes of one app (``opened`` is set by its lifespan), as plain ASGI apps
+    by path for ``POST``: they take no arguments a framework would resolve, and Litestar's
+    routing, handler and response layers cost ≈0.19 ms of CPU per request (measured on the
+    bare forwarder), a fifth of the gateway's whole cost. The guard is in front of them as of
+    every route; the body caps are its and the intake stage's (``max_body_bytes``)."""
 
-    @post("/v1/chat/completions", status_code=200, request_max_body_size=None)
-    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-        """The body cap is the guard's and the intake stage's (``max_body_bytes``)."""
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         proxy = opened.value
-        return await _proxy(request, proxy, proxy.chat)
+        await _respond(scope, receive, send, proxy, proxy.chat)
 
-    @post("/v1/embeddings", status_code=200)
-    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    async def embeddings(scope: Scope, receive: Receive, send: Send) -> None:
         proxy = opened.value
-        return await _proxy(request, proxy, proxy.embeddings, EMBEDDINGS)
+        await _respond(scope, receive, send, proxy, proxy.embeddings, EMBEDDINGS)
 
-    return [chat_completions, embeddings]
+    return {"/v1/chat/completions": chat_completions, "/v1/embeddings": embeddings}
 
 
-async def _proxy(
-    request: Request[Any, Any, Any],
+async def _respond(  # noqa: PLR0917 - the ASGI triple and what the endpoint binds
+    scope: Scope,
+    receive: Receive,
+    send: Send,
     proxy: Proxy,
     stages: Sequence[Stage[Any]],
     endpoint: str = "",
-) -> Response[Any]:
-    ctx = _context(request, proxy.max_body_bytes)
+) -> None:
+    """The stages, then the answer. What fails past the stages (building the response, sending
+    it) is no caller's doing: a 502 if nothing was sent yet, else a log line; the record goes
+    out through the guard's after-response hook either way."""
+    try:
+        response = await _proxy(scope, receive, proxy, stages, endpoint)
+    except Exception:
+        proxy.counters.inc("unexpected")
+        log.exception("building the response of a proxied request failed")
+        await send_error(send, unexpected_error())
+        return
+    try:
+        await response(scope, receive, send)
+    except Exception:
+        proxy.counters.inc("unexpected")
+        log.exception("sending the response of a proxied request failed")
+
+
+async def _proxy(
+    scope: Scope,
+    receive: Receive,
+    proxy: Proxy,
+    stages: Sequence[Stage[Any]],
+    endpoint: str = "",
+) -> ASGIApp:
+    ctx = _context(scope, receive, proxy.max_body_bytes)
     if endpoint:
         ctx.endpoint = endpoint
-    request.scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
+    scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
     try:
         stream = await run_stages(ctx, stages)
     except ClientError as exc:
@@ -216,8 +251,8 @@ async def _proxy(
     if stream is not None:
         headers = {**_headers(ctx), "Cache-Control": "no-cache"}
         ctx.sent_headers = {**headers, "content-type": "text/event-stream"}
-        return Stream(
-            _relay(ctx, proxy, stream),
+        return ASGIStreamingResponse(
+            iterator=_relay(ctx, proxy, stream),
             status_code=stream.status_code,
             media_type="text/event-stream",
             headers=headers,
@@ -226,8 +261,8 @@ async def _proxy(
     assert reply is not None  # dispatch sets reply or stream, or raised
     headers = _headers(ctx)
     ctx.sent_headers = {**headers, "content-type": reply.content_type}
-    return Response(
-        content=reply.body,
+    return ASGIResponse(
+        body=reply.body,
         status_code=reply.status_code,
         media_type=reply.content_type,
         headers=headers,

@@ -25,6 +25,8 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from gateway.app import create_app
+from gateway.routes import proxy_endpoints
+from gateway.services import Opened
 from gateway.settings import GatewaySettings
 from ingester.settings import IngesterSettings
 
@@ -98,7 +100,8 @@ def build_settings(
 
 
 def gateway_paths() -> set[str]:
-    return {route.path for route in create_app(GatewaySettings()).routes}
+    litestar = {route.path for route in create_app(GatewaySettings()).litestar.routes}
+    return litestar | set(proxy_endpoints(Opened()))
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------
