@@ -16,6 +16,7 @@ ClickHouse path can be added as another such function next to ``measure_delivery
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import string
@@ -113,6 +114,7 @@ class BenchEnv:
     scratch: Path
     server_pid: int = 0
     http_port: int = 0
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,19 @@ class Measurement:
         return cpu_s / self.records * 1e6 if self.records else 0.0
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads it starts later inherit it): ``--pin``
+    gives ClickHouse and Redis one core and the ingesting process the other, so the
+    ingester's records/s is its own and not a share of a core it fights the server for."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+INGESTER_CPUS, SERVER_CPUS = {0}, {1}
+PIN_HELP = "ClickHouse and Redis on CPU 1, the ingesting process (and its threads) on CPU 0"
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (all threads), from ``/proc``; 0 if it is gone."""
     try:
@@ -143,7 +158,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def bench_env() -> Iterator[BenchEnv]:
+def bench_env(*, pinned: bool = False) -> Iterator[BenchEnv]:
+    """``pinned``: ClickHouse on ``SERVER_CPUS``, this process on ``INGESTER_CPUS``."""
     with tempfile.TemporaryDirectory(prefix="floopy-bench-") as tmp:
         server = ClickHouseServer(Path(tmp) / "clickhouse")
         server.start()
@@ -151,7 +167,10 @@ def bench_env() -> Iterator[BenchEnv]:
             settings = ClickHouseSettings(port=server.port, database="bench")
             migrate(settings)
             pid = server.process.pid if server.process else 0
-            yield BenchEnv(settings, Path(tmp), pid, server.http_port)
+            if pinned:
+                pin(pid, SERVER_CPUS)
+                pin(os.getpid(), INGESTER_CPUS)
+            yield BenchEnv(settings, Path(tmp), pid, server.http_port, pinned)
         finally:
             server.kill()
 
@@ -242,6 +261,8 @@ def measure_stream(
     database = env.clickhouse.database
     server = RedisServer(env.scratch / f"redis-{database}")
     server.start()
+    if env.pinned and server.process:
+        pin(server.process.pid, SERVER_CPUS)
     prefix = f"bench{batch_size}"
     r = redis.Redis.from_url(server.url)
     for i in range(0, len(payloads), 2000):
@@ -264,6 +285,8 @@ def measure_stream(
     client = Client(host="127.0.0.1", port=env.clickhouse.port, database=database)
     worker_bin = str(Path(sys.executable).parent / "floopy-ingester")
     proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
+    if env.pinned:
+        pin(proc.pid, INGESTER_CPUS)
     done = first = 0
     started = time.perf_counter()
     worker_cpu = 0.0
@@ -417,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the collector as before batches were frozen out of it (to measure the change)",
     )
+    parser.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
     tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the worker does
 
@@ -428,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         f"min {sizes[0]}, max {sizes[-1]}",
         flush=True,
     )
-    with bench_env() as env:
+    with bench_env(pinned=args.pin) as env:
         runs = product(args.paths.split(","), args.batch_sizes.split(","), args.writers.split(","))
         for path, batch_size, writer in runs:
             deadline = time.monotonic() + args.max_seconds

@@ -20,7 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench.ingest import BenchEnv, bench_env, cpu_seconds, make_record, rows_hash, wait_for_merges
+from bench.ingest import (
+    PIN_HELP,
+    BenchEnv,
+    bench_env,
+    cpu_seconds,
+    make_record,
+    rows_hash,
+    wait_for_merges,
+)
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.replay import Replayer, pending_files
@@ -83,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the collector as before batches were frozen out of it (to measure the change)",
     )
+    parser.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
     tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the CLI does
 
-    with bench_env() as env:
+    with bench_env(pinned=args.pin) as env:
         spool = env.scratch / "spool"
         size = write_spool(spool, args.records, args.batch_records)
         files = len(pending_files(spool, Sink.REQUESTS))

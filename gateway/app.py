@@ -29,12 +29,13 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from gateway.admin.api import admin_router
 from gateway.console import Console, openapi_config
 from gateway.console.auth import reader_keys
-from gateway.errors import EXCEPTION_HANDLERS
+from gateway.errors import EXCEPTION_HANDLERS, send_error
 from gateway.guard import Guard, GuardDeps
 from gateway.provider_health import provider_health
 from gateway.routes import Proxy, health, metrics, models, proxy_endpoints
 from gateway.services import Opened, Services, open_services
 from gateway.settings import GatewaySettings
+from shared.errors import MethodNotAllowedError
 
 __all__ = ["GatewayApp", "app_factory", "configure_logging", "create_app"]
 
@@ -58,8 +59,14 @@ class GatewayApp:
             await self.litestar(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._proxied.get(scope["path"]) if scope.get("method") == "POST" else None
-        await (endpoint or self.litestar)(scope, receive, send)
+        endpoint = self._proxied.get(scope["path"])
+        if endpoint is None:
+            await self.litestar(scope, receive, send)
+        elif scope.get("method") == "POST":
+            await endpoint(scope, receive, send)
+        else:
+            said = f"method {scope.get('method')} is not allowed here; use POST"
+            await send_error(send, MethodNotAllowedError(said, headers={"Allow": "POST"}))
 
 
 def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> GatewayApp:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.integration.cache.harness import settings_for
+from tests.integration.cache.harness import GatewayClient, settings_for
 
 
 @pytest.fixture
@@ -33,6 +30,6 @@ def settings(redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path) 
 
 
 @pytest.fixture
-async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+async def client(settings: GatewaySettings) -> AsyncIterator[GatewayClient]:
+    async with GatewayClient(settings) as test_client:
         yield test_client

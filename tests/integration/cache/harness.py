@@ -13,6 +13,7 @@ import openai
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from gateway.app import create_app
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from shared.codec import decode_record
@@ -82,15 +83,24 @@ def sdk(client: AsyncTestClient[Any], key: str = KEY_A) -> openai.AsyncOpenAI:
     )
 
 
-def runtime(client: AsyncTestClient[Any]) -> Services:
+class GatewayClient(AsyncTestClient[Any]):
+    """A test client of the whole gateway app (``create_app``), which keeps the app at hand to
+    reach its services."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.gateway = create_app(settings)
+        super().__init__(app=self.gateway)
+
+
+def runtime(client: GatewayClient) -> Services:
     """The app's services, as its ``services`` dependency hands them out. They live on the test
     client's own event loop (another thread): read their counters, never await their clients
     from the test."""
-    services: Services = client.app.dependencies["services"].dependency()
+    services: Services = client.gateway.litestar.dependencies["services"].dependency()
     return services
 
 
-async def settle(client: AsyncTestClient[Any]) -> None:
+async def settle(client: GatewayClient) -> None:
     """Wait until the cache writes scheduled by the requests so far are done."""
     cache = runtime(client).cache
     async with asyncio.timeout(5):

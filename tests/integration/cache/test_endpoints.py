@@ -4,19 +4,17 @@ and the org cache settings' admin route, in-process against the fake provider an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
-from litestar.testing import AsyncTestClient
 
 from devstack.fake_openai import FakeOpenAIThread
 from devstack.servers import RedisServer
-from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
+    GatewayClient,
     records,
     sdk,
     settings_for,
@@ -30,7 +28,7 @@ ADMIN = {"Authorization": f"Bearer {KEY_A}"}
 
 
 async def test_embeddings_are_routed_priced_recorded_and_cached(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     served = fake.served["embeddings"]
     answers = []
@@ -52,14 +50,14 @@ async def test_embeddings_are_routed_priced_recorded_and_cached(
     assert hit.cost_saved_usd == miss.cost_usd and list(hit.cache_lookup_ms) == ["exact"]
 
 
-async def test_embeddings_refuse_a_bad_body(client: AsyncTestClient[Any]) -> None:
+async def test_embeddings_refuse_a_bad_body(client: GatewayClient) -> None:
     with pytest.raises(openai.BadRequestError):
         await sdk(client).embeddings.create(model="text-embedding-3-small", input=[])
     response = await client.post("/v1/embeddings", json={"input": "x"}, headers=ADMIN)
     assert response.status_code == 400 and response.json()["error"]["code"] == "BAD_REQUEST"
 
 
-async def test_models_lists_what_the_key_can_reach(client: AsyncTestClient[Any]) -> None:
+async def test_models_lists_what_the_key_can_reach(client: GatewayClient) -> None:
     listed = await sdk(client).models.list()
     ids = {m.id for m in listed.data}
     assert {"gpt-4o-mini", "text-embedding-3-small"} <= ids
@@ -68,7 +66,7 @@ async def test_models_lists_what_the_key_can_reach(client: AsyncTestClient[Any])
         await sdk(client, "sk-floopy-nobody").models.list()
 
 
-async def test_org_cache_settings_through_the_admin_api(client: AsyncTestClient[Any]) -> None:
+async def test_org_cache_settings_through_the_admin_api(client: GatewayClient) -> None:
     org = (await client.get("/admin/orgs/org-a", headers=ADMIN)).json()
     assert org["cache"]["tiers"] == ["exact", "semantic", "advanced"]
     assert org["cache"]["ttl_s"] == 7 * 86_400
@@ -97,7 +95,7 @@ async def test_provider_embedder_is_routed_priced_and_a_span(
     settings = settings_for(
         redis_server.url, fake.base_url, tmp_path, ("semantic",), embedder={"kind": "provider"}
     )
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with GatewayClient(settings) as client:
         served = fake.served["embeddings"]
         for _ in range(2):
             await sdk(client, KEY_B).chat.completions.create(

@@ -10,12 +10,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from devstack.fake_openai import REPLY_TEXT, FakeOpenAIThread
 from devstack.servers import RedisServer, free_port
-from gateway.app import create_app
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.settings import GatewaySettings
@@ -24,6 +22,7 @@ from tests.integration.cache.harness import (
     KEY_B,
     KEY_OFF,
     KEY_OPS,
+    GatewayClient,
     records,
     runtime,
     sdk,
@@ -38,7 +37,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of Franc
 
 
 async def _ask(
-    client: AsyncTestClient[Any],
+    client: GatewayClient,
     key: str = KEY_A,
     headers: dict[str, str] | None = None,
     **body: Any,
@@ -53,7 +52,7 @@ async def _ask(
 
 
 async def test_identical_request_is_an_exact_hit(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     first = await _ask(client)
     second = await _ask(client)
@@ -85,7 +84,7 @@ async def test_identical_request_is_an_exact_hit(
 
 
 async def test_the_exact_entry_comes_with_the_limits_script(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     """One round trip to Redis before the provider call: the limits script reads the entry (the
     lookup's span says so), for a miss and for a hit."""
@@ -103,7 +102,7 @@ async def test_concurrent_misses_are_all_stored(
 ) -> None:
     """An org of the exact tier alone: misses written concurrently all land."""
     settings = settings_for(redis_server.url, fake.base_url, tmp_path, tiers_b=("exact",))
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with GatewayClient(settings) as client:
 
         def ask(i: int) -> Any:
             messages = [{"role": "user", "content": f"question {i}"}]
@@ -122,7 +121,7 @@ async def test_concurrent_misses_are_all_stored(
 
 
 async def test_streamed_hit_replays_what_the_sdk_assembles(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     async def streamed(**extra: Any) -> tuple[str, list[Any], httpx.Headers]:
         response = await sdk(client).chat.completions.with_raw_response.create(
@@ -154,7 +153,7 @@ async def test_a_cut_stream_is_never_stored(
 ) -> None:
     settings = settings_for(redis_server.url, fake.base_url, tmp_path)
     settings.provider.timeout_s = 0.3  # fake-stall sends one chunk, then nothing
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with GatewayClient(settings) as client:
         for _ in range(2):
             stream = await sdk(client).chat.completions.create(
                 model="fake-stall", messages=MESSAGES, stream=True
@@ -180,7 +179,7 @@ async def test_a_cut_stream_is_never_stored(
     ],
 )
 async def test_any_change_is_a_miss(
-    client: AsyncTestClient[Any],
+    client: GatewayClient,
     fake: FakeOpenAIThread,
     change: dict[str, Any],
     headers: dict[str, str],
@@ -194,7 +193,7 @@ async def test_any_change_is_a_miss(
 
 
 async def test_integral_floats_and_key_order_are_the_same_request(
-    client: AsyncTestClient[Any], fake: FakeOpenAIThread
+    client: GatewayClient, fake: FakeOpenAIThread
 ) -> None:
     await _ask(client, temperature=1.0, top_p=1)
     again = await _ask(client, top_p=1.0, temperature=1)
@@ -202,7 +201,7 @@ async def test_integral_floats_and_key_order_are_the_same_request(
 
 
 async def test_orgs_never_share_an_entry(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     await _ask(client, KEY_A)
     other = await _ask(client, KEY_B)
@@ -213,7 +212,7 @@ async def test_orgs_never_share_an_entry(
 
 
 async def test_bypass_header_and_key_switch_neither_read_nor_write(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     bypass = {"Floopy-Cache-Enabled": "false"}
     first = await _ask(client, headers=bypass)
@@ -235,7 +234,7 @@ async def test_bypass_header_and_key_switch_neither_read_nor_write(
 
 
 async def test_max_age_older_than_the_entry_is_a_miss(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     await _ask(client)
     young = await _ask(client, headers={"Floopy-Cache-Max-Age": "3600"})
@@ -276,7 +275,7 @@ async def _age_entries(redis: Redis, prefix: str, by_ms: int) -> None:
     ],
 )
 async def test_bad_cache_headers_are_a_400_naming_the_header(
-    client: AsyncTestClient[Any], header: str, value: str
+    client: GatewayClient, header: str, value: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         await _ask(client, headers={header: value})
@@ -286,7 +285,7 @@ async def test_bad_cache_headers_are_a_400_naming_the_header(
 
 
 async def test_redis_down_fails_open_to_the_provider(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     runtime(client).cache.exact = ExactCache(dead, settings.redis.key_prefix)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from devstack.fake_openai import FakeOpenAIThread
 from gateway.settings import GatewaySettings
@@ -15,6 +14,7 @@ from tests.integration.cache.harness import (
     KEY_A,
     KEY_B,
     KEY_C,
+    GatewayClient,
     records,
     runtime,
     sdk,
@@ -30,7 +30,7 @@ SPAIN = "What is the capital of Spain?"  # ≈ 0.89: a different question
 
 
 async def _ask(
-    client: AsyncTestClient[Any],
+    client: GatewayClient,
     messages: list[dict[str, str]] | str,
     key: str = KEY_A,
     headers: dict[str, str] | None = None,
@@ -49,7 +49,7 @@ def _status(raw: Any) -> tuple[str, str]:
 
 
 async def test_paraphrase_above_threshold_hits_below_misses(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     served = fake.served["chat"]
     await _ask(client, FRANCE)
@@ -73,7 +73,7 @@ async def test_paraphrase_above_threshold_hits_below_misses(
     assert embed.attributes["model_ref"].startswith("local/multilingual-e5-small")
 
 
-async def test_threshold_header_raises_but_never_lowers(client: AsyncTestClient[Any]) -> None:
+async def test_threshold_header_raises_but_never_lowers(client: GatewayClient) -> None:
     await _ask(client, FRANCE)
     strict = await _ask(client, FRANCE_AGAIN, headers={"Floopy-Cache-Semantic-Threshold": "0.9999"})
     assert _status(strict) == ("MISS", "")
@@ -84,7 +84,7 @@ async def test_threshold_header_raises_but_never_lowers(client: AsyncTestClient[
 
 
 async def test_org_b_never_receives_org_a_semantic_entry(
-    client: AsyncTestClient[Any], fake: FakeOpenAIThread
+    client: GatewayClient, fake: FakeOpenAIThread
 ) -> None:
     served = fake.served["chat"]
     await _ask(client, FRANCE, KEY_A)
@@ -95,7 +95,7 @@ async def test_org_b_never_receives_org_a_semantic_entry(
 
 
 async def test_advanced_tier_needs_the_same_conversation_before_the_last_turn(
-    client: AsyncTestClient[Any], settings: GatewaySettings
+    client: GatewayClient, settings: GatewaySettings
 ) -> None:
     pirate = {"role": "system", "content": "You are a pirate. Answer like a pirate."}
     lawyer = {"role": "system", "content": "You are a formal lawyer. Answer precisely."}
@@ -113,7 +113,7 @@ async def test_advanced_tier_needs_the_same_conversation_before_the_last_turn(
 
 
 async def test_embedder_down_fails_open(
-    client: AsyncTestClient[Any], settings: GatewaySettings, fake: FakeOpenAIThread
+    client: GatewayClient, settings: GatewaySettings, fake: FakeOpenAIThread
 ) -> None:
     served = fake.served["chat"]
     await runtime(client).embedder.aclose()  # its thread pool is gone: every call fails
