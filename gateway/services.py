@@ -213,10 +213,9 @@ T = TypeVar("T")
 
 
 class Opened(Generic[T]):
-    """What the lifespan opened, for the parts Litestar builds before it runs: the guard
-    middleware (out of reach of dependency injection) and the proxied routes (where injection
-    would cost ≈15 µs of CPU per request, measured). Set at start-up, cleared at shutdown; read
-    before or after that, it raises."""
+    """What the lifespan opened, for the parts of the app outside Litestar's dependency
+    injection: the guard and the proxied endpoints (``gateway.app.GatewayApp``). Set at
+    start-up, cleared at shutdown; read before or after that, it raises."""
 
     __slots__ = ("_value",)
 
