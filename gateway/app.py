@@ -42,6 +42,9 @@ __all__ = ["GatewayApp", "app_factory", "configure_logging", "create_app"]
 log = logging.getLogger(__name__)
 
 
+_ALLOW = (b"allow", b"OPTIONS, POST")
+
+
 class GatewayApp:
     """What granian serves: the guard, then the proxied endpoints or Litestar."""
 
@@ -62,11 +65,14 @@ class GatewayApp:
         endpoint = self._proxied.get(scope["path"])
         if endpoint is None:
             await self.litestar(scope, receive, send)
-        elif scope.get("method") == "POST":
+        elif (method := scope.get("method")) == "POST":
             await endpoint(scope, receive, send)
+        elif method == "OPTIONS":  # as Litestar answers it for its own routes
+            await send({"type": "http.response.start", "status": 204, "headers": [_ALLOW]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
-            said = f"method {scope.get('method')} is not allowed here; use POST"
-            await send_error(send, MethodNotAllowedError(said, headers={"Allow": "POST"}))
+            said = f"method {method} is not allowed here; use POST"
+            await send_error(send, MethodNotAllowedError(said, headers={"Allow": "OPTIONS, POST"}))
 
 
 def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> GatewayApp:

@@ -344,8 +344,16 @@ def test_unknown_routes_and_methods_have_their_codes(stack: Floopy) -> None:
     with http(stack) as client:
         missing = client.get("/v2/nothing")
         wrong = client.get("/v1/chat/completions")
+        also_wrong = client.put("/v1/embeddings", json={})
+        options = client.options("/v1/chat/completions")
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "NOT_FOUND")
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+    assert (also_wrong.status_code, also_wrong.json()["error"]["code"]) == (
+        405,
+        "METHOD_NOT_ALLOWED",
+    )
+    assert wrong.headers["allow"] == "OPTIONS, POST"
+    assert (options.status_code, options.headers["allow"]) == (204, "OPTIONS, POST")
 
 
 # -- 8. providers and routes are checked on write; provider allow-lists --------------------
