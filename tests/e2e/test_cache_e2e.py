@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -123,21 +124,30 @@ def test_the_node_sdk_consumes_a_replayed_stream(floopy: Floopy) -> None:
     """The official openai Node SDK (installed by bootstrap.sh from package-lock.json) reads a
     streamed hit exactly as it read the provider's stream: same text, a usage chunk."""
     assert (NODE_SDK / "node_modules" / "openai").is_dir(), "run deploy/local/bootstrap.sh"
-    done = subprocess.run(
-        ["node", str(NODE_SDK / "stream_hit.mjs")],
-        env={
-            **os.environ,
-            "FLOOPY_BASE_URL": f"{floopy.gateway_url}/v1",
-            "FLOOPY_API_KEY": API_KEY,
-            "FLOOPY_PROMPT": "Node asks: what is the capital of France?",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    first, second = json.loads(done.stdout)
+
+    def ask() -> dict[str, Any]:
+        done = subprocess.run(
+            ["node", str(NODE_SDK / "stream_hit.mjs")],
+            env={
+                **os.environ,
+                "FLOOPY_BASE_URL": f"{floopy.gateway_url}/v1",
+                "FLOOPY_API_KEY": API_KEY,
+                "FLOOPY_PROMPT": "Node asks: what is the capital of France?",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, Any] = json.loads(done.stdout)
+        return answer
+
+    stored = _stored(floopy)
+    first = ask()
+    # the answer is written to the cache after the response (a batch of writes, ~2 ms later)
+    floopy.wait_for(lambda: _stored(floopy) > stored, 10, "the cache write")
+    second = ask()
     assert (first["cache"], second["cache"]) == ("MISS", "HIT")
     assert second["tier"] == "exact"
     assert first["text"].startswith("Hello from the fake provider")

@@ -1,6 +1,6 @@
-// The same streamed request twice through the official openai Node SDK: the first is a cache
-// MISS answered by the provider, the second a HIT replayed from the cache. Prints what the SDK
-// assembled, for tests/e2e/test_cache_e2e.py to compare.
+// One streamed request through the official openai Node SDK. Prints what the SDK assembled;
+// tests/e2e/test_cache_e2e.py runs it twice (a cache MISS answered by the provider, then, once
+// the answer's cache write has landed, a HIT replayed from the cache) and compares the two.
 import OpenAI from "openai";
 
 const client = new OpenAI({
@@ -35,6 +35,4 @@ async function ask() {
   };
 }
 
-const first = await ask();
-const second = await ask();
-console.log(JSON.stringify([first, second]));
+console.log(JSON.stringify(await ask()));
