@@ -21,6 +21,7 @@ can tell a transient outage (retry, then spool) from poison data (set aside, nev
     │   ├── MonthlyLimitExceededError    429 MONTHLY_LIMIT_EXCEEDED
     │   ├── ProviderError                502 PROVIDER_ERROR
     │   ├── FirewallUnavailableError     503 FIREWALL_UNAVAILABLE (the org fails closed)
+    │   ├── AnalyticsUnavailableError    503 ANALYTICS_UNAVAILABLE (read API: ClickHouse)
     │   └── GatewayTimeoutError          504 GATEWAY_TIMEOUT
     ├── PipelineError                    (internal; never rendered)
     │   ├── RecordDecodeError            an entry that is not a record of a known schema version
@@ -43,6 +44,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AnalyticsUnavailableError",
     "BadRequestError",
     "ClassifierFailedError",
     "ClientError",
@@ -174,6 +176,13 @@ class FirewallUnavailableError(ClientError):
 
     status_code = 503
     code = "FIREWALL_UNAVAILABLE"
+
+
+class AnalyticsUnavailableError(ClientError):
+    """The read API's storage (ClickHouse) did not answer; the proxy itself is unaffected."""
+
+    status_code = 503
+    code = "ANALYTICS_UNAVAILABLE"
 
 
 class GatewayTimeoutError(ClientError):

@@ -9,7 +9,7 @@ Invariants:
 - A read that failed because a connection broke (ours, or a cluster server's link to a shard)
   is sent once more on a fresh connection: reads are idempotent, and a restarted server or one
   stale pooled link should not show a dashboard an error. Any other failure is not retried.
-- Driver failures become ``ConsoleUnavailableError`` (a 503-style client error), never a 500.
+- Driver failures become ``AnalyticsUnavailableError`` (a 503-style client error), never a 500.
 """
 
 from __future__ import annotations
@@ -27,22 +27,15 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from gateway.metrics import access_counters
 from shared.backoff import Backoff
 from shared.clickhouse_client import clickhouse_client, lost_connection
-from shared.errors import ClientError
+from shared.errors import AnalyticsUnavailableError
 from shared.metrics import counted
 from shared.settings import ClickHouseSettings
 
-__all__ = ["ConsoleStore", "ConsoleUnavailableError", "Rows"]
+__all__ = ["ConsoleStore", "Rows"]
 
 log = logging.getLogger(__name__)
 
 Rows = list[dict[str, Any]]
-
-
-class ConsoleUnavailableError(ClientError):
-    """Analytics storage did not answer; the proxy itself is unaffected."""
-
-    status_code = 503
-    code = "ANALYTICS_UNAVAILABLE"
 
 
 def _plain(value: Any) -> Any:
@@ -92,7 +85,7 @@ class ConsoleStore:
             self.counters.inc("failures")
             log.warning("console query failed: %s: %s", type(exc).__name__, exc)
             client.disconnect()
-            raise ConsoleUnavailableError("analytics storage did not answer; retry") from exc
+            raise AnalyticsUnavailableError("analytics storage did not answer; retry") from exc
         finally:
             self._pool.put(client)
         names = [name for name, _ in columns]

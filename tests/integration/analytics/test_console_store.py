@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.servers import ClickHouseServer
-from gateway.console.store import ConsoleStore, ConsoleUnavailableError
+from gateway.console.store import ConsoleStore
+from shared.errors import AnalyticsUnavailableError
 from tests.integration.ingester.clickhouse_helpers import unique_settings
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ async def test_a_read_cut_mid_query_is_sent_again_and_answers(
 
 
 async def test_a_query_the_server_refuses_is_not_sent_again(store: ConsoleStore) -> None:
-    with pytest.raises(ConsoleUnavailableError):
+    with pytest.raises(AnalyticsUnavailableError):
         await store.rows(("SELECT no_such_column FROM system.one", {}))
     assert store.counters.get("resent") == 0
     assert store.counters.get("failures") == 1
@@ -120,7 +121,7 @@ async def test_a_connection_cut_twice_is_a_503_once(
     assert await store.rows(("SELECT 1 AS one", {})) == [{"one": 1}]
     # the resend reconnects (hello, write 1) and sends the query (write 2): cut that too
     relay.arm(2, times=2)
-    with pytest.raises(ConsoleUnavailableError):
+    with pytest.raises(AnalyticsUnavailableError):
         await store.rows(("SELECT 2 AS two", {}))
     assert relay.cuts == 2
     assert store.counters.get("resent") == 1
