@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-gateway-ab bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall
 
 VENV := .venv/bin
 
@@ -28,6 +28,11 @@ unit: bootstrap
 
 bench-gateway: bench-bootstrap
 	$(VENV)/python -m bench.gateway_overhead --seconds 10
+
+# same-run A/B of a revision against the working tree: make bench-gateway-ab BEFORE=<rev>
+BEFORE ?= HEAD~1
+bench-gateway-ab: bench-bootstrap
+	$(VENV)/python -m bench.gateway_ab --before $(BEFORE) --rounds 3 --seconds 15
 
 bench-ingest: bench-bootstrap
 	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,json-http,stream-worker

@@ -127,7 +127,7 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, seconds: float, connections: int, script: Path) -> WrkResult:
-    # the nonce keeps each run's bodies apart from every other run's (``_wrk_script``)
+    # the nonce keeps each run's bodies apart from every other run's (``wrk_script``)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script)]
     out = subprocess.run(
         [*argv, url, "--", uuid.uuid4().hex[:12]],
@@ -167,7 +167,7 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _wrk_script(directory: Path) -> Path:
+def wrk_script(directory: Path) -> Path:
     """A distinct body per request (the run's nonce and a counter in the prompt, like
     ``distinct_body``): every request a cache miss, proxied upstream."""
     script = directory / "post.lua"
@@ -262,7 +262,7 @@ def bench(  # noqa: PLR0917 - one call site
         for process in (gateway, bare, *([litellm] if litellm else [])):
             process.start(timeout_s=120)
             started.append(process)
-        script = _wrk_script(directory)
+        script = wrk_script(directory)
         figures = {
             "direct": measure(
                 f"{fake.base_url}/chat/completions", None, rate, seconds, connections, script

@@ -31,6 +31,9 @@ class ChildProcess:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.cwd: Path | None = None
+        """Where the child runs: ``python -m`` puts it first on ``sys.path``, so a checkout of
+        another commit runs that commit's code (``bench.gateway_ab``)."""
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -51,6 +54,7 @@ class ChildProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.cwd,
             )
         self.wait_healthy(timeout_s)
 
