@@ -27,6 +27,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin.api import admin_router
+from gateway.asgi import send_whole
 from gateway.console import Console, openapi_config
 from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS, send_error
@@ -68,8 +69,7 @@ class GatewayApp:
         elif (method := scope.get("method")) == "POST":
             await endpoint(scope, receive, send)
         elif method == "OPTIONS":  # as Litestar answers it for its own routes
-            await send({"type": "http.response.start", "status": 204, "headers": [_ALLOW]})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send_whole(send, 204, [_ALLOW], b"")
         else:
             said = f"method {method} is not allowed here; use POST"
             await send_error(send, MethodNotAllowedError(said, headers={"Allow": "OPTIONS, POST"}))

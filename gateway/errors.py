@@ -18,6 +18,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap, Send
 
+from gateway.asgi import send_whole, whole_headers
 from shared.errors import (
     BadRequestError,
     ClientError,
@@ -41,13 +42,8 @@ def error_body(exc: ClientError, request_id: str = "") -> bytes:
 
 async def send_error(send: Send, exc: ClientError, request_id: str = "") -> None:
     body = error_body(exc, request_id)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    headers = whole_headers("application/json", body, exc.headers)
+    await send_whole(send, exc.status_code, headers, body)
 
 
 def render_error(

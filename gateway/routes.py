@@ -24,6 +24,7 @@ from litestar.di import NamedDependency
 from litestar.response.streaming import ASGIStreamingResponse
 from redis.exceptions import RedisError
 
+from gateway.asgi import send_whole, whole_headers
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.model_catalog import ModelCatalog
 from gateway.clients.providers.base import UpstreamStream
@@ -91,23 +92,19 @@ class Proxy:
 
 
 def _body_reader(receive: Receive, declared: str, limit: int) -> Any:
-    """Straight from ASGI ``receive`` (the guard's gate, which keeps the read deadline and
-    counts the bytes against the cap as well)."""
+    """Straight from ASGI ``receive``: the guard's gate, which keeps the read deadline and cuts
+    a body that grows past the cap (413). A declared length over the cap is refused here, after
+    auth, so that 413 has its record."""
 
     async def read() -> bytes:
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
         chunks: list[bytes] = []
-        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 raise BadRequestError("the client disconnected before the request body ended")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -183,17 +180,10 @@ class _Whole:
         headers: dict[str, str],
     ) -> None:
         self._ctx, self._proxy, self._status, self._body = ctx, proxy, status, body
-        self._headers = [
-            (b"content-type", content_type.encode("latin-1")),
-            (b"content-length", str(len(body)).encode()),
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-        ]
+        self._headers = whole_headers(content_type, body, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self._status, "headers": self._headers}
-        )
-        await send({"type": "http.response.body", "body": self._body, "more_body": False})
+        await send_whole(send, self._status, self._headers, self._body)
         publish(self._ctx, self._proxy.publish)
 
 
@@ -238,7 +228,11 @@ async def _respond(  # noqa: PLR0917 - the ASGI triple and what the endpoint bin
     it) is no caller's doing: a 502 if nothing was sent yet, else a log line; the record goes
     out through the guard's after-response hook either way."""
     try:
-        response = await _proxy(scope, receive, proxy, stages, endpoint)
+        ctx = _context(scope, receive, proxy.max_body_bytes)
+        if endpoint:
+            ctx.endpoint = endpoint
+        scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
+        response = await _proxy(ctx, proxy, stages)
     except Exception:
         proxy.counters.inc("unexpected")
         log.exception("building the response of a proxied request failed")
@@ -251,17 +245,8 @@ async def _respond(  # noqa: PLR0917 - the ASGI triple and what the endpoint bin
         log.exception("sending the response of a proxied request failed")
 
 
-async def _proxy(
-    scope: Scope,
-    receive: Receive,
-    proxy: Proxy,
-    stages: Sequence[Stage[Any]],
-    endpoint: str = "",
-) -> ASGIApp:
-    ctx = _context(scope, receive, proxy.max_body_bytes)
-    if endpoint:
-        ctx.endpoint = endpoint
-    scope.setdefault("state", {})[FINISH] = lambda: _finish(ctx, proxy)
+async def _proxy(ctx: RequestContext, proxy: Proxy, stages: Sequence[Stage[Any]]) -> ASGIApp:
+    """The stages of one request, and its answer as an ASGI app (whole, error or stream)."""
     try:
         stream = await run_stages(ctx, stages)
     except ClientError as exc:

@@ -20,13 +20,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisClusterException
+from redis.exceptions import RedisClusterException
 
 if TYPE_CHECKING:
     from shared.settings import RedisSettings
@@ -43,19 +43,16 @@ test; both mean "this command did not reach Redis"."""
 
 
 class _HiredisPacked(Connection):
-    """redis-py 5 packs a command of its asyncio client in Python, byte by byte (its sync client
-    uses hiredis): ~4% of the gateway's CPU per request. hiredis' packer gives the same bytes
-    (argument types it refuses are redis-py's ``DataError`` as before)."""
+    """redis-py 5 packs a command of its asyncio client in Python (its sync client packs with
+    hiredis, through ``HiredisRespSerializer``): this connection uses that serializer, the same
+    bytes for ≈15 µs less CPU per gateway request (a limits call 8.9 → 2.0 µs, ``timeit``)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        elif b" " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from exc
+        packed: list[bytes] = _PACKER.pack(*args)
+        return packed
+
+
+_PACKER = HiredisRespSerializer()
 
 
 def _connection_class(url: str) -> dict[str, Any]:
