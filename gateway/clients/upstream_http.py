@@ -1,32 +1,42 @@
-"""The one way the gateway talks HTTP to providers: an ``httpx.AsyncClient`` per provider over
-``httpx_aiohttp.AiohttpTransport``.
+"""The one way the gateway talks HTTP to providers: httpx requests sent through an
+``httpx_aiohttp.AiohttpTransport`` per provider.
 
 Why httpx over the aiohttp transport: the product's design fixes httpx as the upstream client, and
 httpx's default transport collapses under concurrency on our machines while the aiohttp transport
 holds up (docs/architecture.md §8). Adapters (``gateway.clients.providers``) use ``UpstreamHTTP``
 only, so a transport change stays in this file.
 
+Why no ``httpx.AsyncClient``: requests go straight to the transport (httpx's transport API).
+Everything the client adds on top was either unused (redirects, auth flows, event hooks, base
+URLs) or unwanted (a cookie jar shared by every caller), and its per-request merging of
+headers, cookies and URLs, auth generator and stream wrapper cost ≈30% of the CPU of an
+upstream call (``python -m bench.upstream_call``: 628-712 against 454-500 µs per call). What
+it did that we need is done here once: the default headers (those of an ``httpx.AsyncClient``,
+then the provider's key) and the timeouts (the request's ``timeout`` extension, which the
+transport reads).
+
 Invariants:
-- The client is created in ``open`` (on the worker's event loop, at start-up) and closed in
+- The transport is created in ``open`` (on the worker's event loop, at start-up) and closed in
   ``aclose``; one per provider, so each has its own connection limit and timeouts.
 - Timeouts: connect and pool waits use ``connect_timeout_s``; each read uses ``timeout_s`` (a
   stream that keeps sending is never cut); a whole non-streamed answer must arrive within
   ``timeout_s`` as well (``asyncio.timeout``).
+- A response is closed on every path that does not hand it to the caller (its connection goes
+  back to the pool, or is dropped when its body was not read to the end).
 - Every failure leaves as a ``shared.errors.UpstreamError`` (internal: dispatch decides on it
   and makes the caller's error once): a timeout marked ``timed_out``, anything else (refused,
   reset, dropped) without a status, an error status through ``upstream_error`` with the
   provider's own error kept. The transport maps aiohttp's
   exceptions onto httpx's, and maps a dropped connection onto ``ConnectTimeout``; ``is_timeout``
   looks at the original exception so a drop is not reported as a timeout.
-- The provider's key travels in the client's default headers only: never in a URL, an
-  exception message or a log line. httpx's per-request INFO log line is switched off.
+- The provider's key travels in this object's headers only: never in a URL, an exception
+  message or a log line. Upstream cookies are never kept: one transport serves every caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
@@ -39,40 +49,28 @@ from shared.errors import UpstreamError
 __all__ = ["UpstreamHTTP", "is_timeout"]
 
 _KEEPALIVE_S = 60.0
+_CLIENT_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "connection": "keep-alive",
+    "user-agent": f"python-httpx/{httpx.__version__}",
+}
+"""What an ``httpx.AsyncClient`` would send by default (with Debian's httpx: no brotli, no
+zstd); the provider's own headers go on top."""
 _TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError)
 """What a call can raise: httpx's errors, the few aiohttp errors the transport does not map,
 and socket errors (``TimeoutError`` among them)."""
 
 
-class _NoCookies(httpx.Cookies):
-    """Upstream cookies are never kept: one client serves every caller, so a cookie set in an
-    answer to one caller must not ride along on another's request. (Parsing ``Set-Cookie`` on
-    every answer also cost ≈3% of a worker's CPU.)"""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class _Client(httpx.AsyncClient):
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        """httpx's constructor sets an empty jar; nothing else may."""
-
-
-_NO_COOKIES = _NoCookies()
 _SPENT = httpx.ByteStream(b"")
 
 
 def _spend(response: httpx.Response) -> None:
-    """Drop the response's link to its spent body stream. httpx's response and its stream
-    point at each other, and the aiohttp response hangs off that cycle: ≈40 objects per
-    request left to the cyclic GC, whose full collections then stalled a worker for 100-200 ms
-    (p99 at 200 req/s went from ≈20 ms to ≈100-250 ms). Without the cycle, all of it is freed
-    by reference counting when the request ends."""
+    """Drop the response's link to its spent body stream (and the aiohttp response behind it).
+    Through ``httpx.AsyncClient`` the two pointed at each other, and the ≈40 objects hanging off
+    that cycle were left to the cyclic GC, whose full collections stalled a worker for 100-200
+    ms (p99 at 200 req/s went from ≈20 ms to ≈100-250 ms); letting go of the stream keeps
+    everything a request made freeable by reference counting."""
     response.stream = _SPENT
 
 
@@ -93,41 +91,34 @@ class UpstreamHTTP:
     def __init__(self, settings: ProviderSettings, headers: Mapping[str, str]) -> None:
         self.name = settings.name
         self.settings = settings
-        self._headers = dict(headers)
-        self._client: httpx.AsyncClient | None = None
+        self._headers = {**_CLIENT_HEADERS, **_lower(headers)}
+        self._timeouts = httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.timeout_s,
+            write=settings.timeout_s,
+            pool=settings.connect_timeout_s,
+        ).as_dict()
+        self._transport: AiohttpTransport | None = None
 
     async def open(self) -> None:
         s = self.settings
-        # httpx logs every request at INFO: a log line per proxied request on the hot path.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         limits = httpx.Limits(
             max_connections=s.max_connections,
             max_keepalive_connections=s.max_connections,
             keepalive_expiry=_KEEPALIVE_S,
         )
-        self._client = _Client(
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            headers=self._headers,
-            timeout=httpx.Timeout(
-                connect=s.connect_timeout_s,
-                read=s.timeout_s,
-                write=s.timeout_s,
-                pool=s.connect_timeout_s,
-            ),
-            trust_env=False,
-            follow_redirects=False,
-        )
+        self._transport = AiohttpTransport(limits=limits, trust_env=False)
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def transport(self) -> AiohttpTransport:
+        if self._transport is None:
             raise RuntimeError(f"provider {self.name}: open() was not awaited at start-up")
-        return self._client
+        return self._transport
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
 
     def timeout_error(self) -> UpstreamError:
         return UpstreamError(
@@ -148,19 +139,39 @@ class UpstreamHTTP:
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:
         """A whole answer with a success status (its body read), or an ``UpstreamError``."""
-        return await self._whole(self.client.post(url, content=content, headers=headers))
+        return await self._whole(self._request("POST", url, content, headers))
 
     async def get(self, url: httpx.URL) -> httpx.Response:
         """A GET with a success status (its body read), or an ``UpstreamError``."""
-        return await self._whole(self.client.get(url))
+        return await self._whole(self._request("GET", url))
 
-    async def _whole(self, sending: Awaitable[httpx.Response]) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        url: httpx.URL,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        return httpx.Request(
+            method,
+            url,
+            content=content,
+            headers={**self._headers, **_lower(headers)} if headers else self._headers,
+            extensions={"timeout": self._timeouts},
+        )
+
+    async def _whole(self, request: httpx.Request) -> httpx.Response:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                response = await sending
+                response = await self.transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                except BaseException:
+                    await self.release(response)
+                    raise
+                _spend(response)
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
-        _spend(response)
         if response.status_code >= 400:
             raise upstream_error(self.name, response.status_code, response.content)
         return response
@@ -169,10 +180,11 @@ class UpstreamHTTP:
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:
         """The status line of a streamed answer; an error status is read whole and raised.
-        The caller must ``aclose`` the response it gets."""
-        request = self.client.build_request("POST", url, content=content, headers=headers)
+        The caller must ``release`` the response it gets."""
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(
+                self._request("POST", url, content, headers)
+            )
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
         if response.status_code >= 400:
@@ -200,3 +212,8 @@ class UpstreamHTTP:
                 yield data
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    """Header names in lower case, so the provider's and the call's replace the defaults."""
+    return {name.lower(): value for name, value in headers.items()}
