@@ -6,7 +6,8 @@ Invariants:
 - ``prepare`` is pure (no connection, no file), CPU only and safe in any thread, so the next
   batch is prepared while the one before it waits on ClickHouse; that overlap is where one
   process gets its throughput (the insert is mostly waiting on the server).
-- Every payload is accounted for: ``len(rows) + len(letters) == payloads``.
+- Every payload is accounted for: it becomes its rows (one record, or on the spans sink the
+  spans of one request: ``shared.codec.decode_records``), or one dead letter.
 - Once ``tune_gc_for_batches`` ran, a prepared batch's objects are frozen out of the cyclic
   garbage collector (they are freed by reference counting as usual), and the collector runs a
   full collection of everything at most every ``FULL_COLLECTION_EVERY_S``, so garbage cycles
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from ingester.columns import Columns, build_columns
 from ingester.dead_letter import DeadLetter
-from shared.codec import AnyRecord, decode_record
+from shared.codec import AnyRecord, decode_records, encode_record
 from shared.errors import RecordDecodeError
 from shared.streams import Sink
 
@@ -33,10 +34,13 @@ __all__ = [
     "PreparedBatch",
     "Rows",
     "prepare",
+    "row_payload",
     "tune_gc_for_batches",
 ]
 
-Rows = list[tuple[AnyRecord, bytes]]
+Rows = list[tuple[AnyRecord, bytes | None]]
+"""Each record with the payload it came from, or None when that payload held several records
+(a request's spans): a row set aside alone is then re-encoded (``row_payload``)."""
 
 
 @dataclass(frozen=True)
@@ -126,12 +130,23 @@ def prepare(sink: Sink, payloads: Sequence[bytes]) -> PreparedBatch:
     return PreparedBatch(sink, rows, letters, columns, len(payloads))
 
 
+def row_payload(row: tuple[AnyRecord, bytes | None]) -> bytes:
+    """The bytes a row is set aside (dead-lettered) with: its own record, decodable alone."""
+    record, payload = row
+    return payload if payload is not None else encode_record(record)
+
+
 def _decode(sink: Sink, payloads: Sequence[bytes]) -> tuple[Rows, list[DeadLetter]]:
     rows: Rows = []
     letters: list[DeadLetter] = []
     for payload in payloads:
         try:
-            rows.append((decode_record(sink, payload), payload))
+            records = decode_records(sink, payload)
         except RecordDecodeError as exc:
             letters.append(DeadLetter(bytes(payload), f"RecordDecodeError: {exc}"))
+            continue
+        if len(records) == 1:
+            rows.append((records[0], payload))
+        else:
+            rows.extend((record, None) for record in records)
     return rows, letters

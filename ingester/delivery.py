@@ -4,10 +4,12 @@ retries, set poison aside.
 Invariants:
 - Blocking, and not thread-safe: one ``Delivery`` (one ClickHouse connection) per owner,
   called from one thread at a time (``asyncio.to_thread``).
-- ``deliver`` either returns a report in which every payload is accounted for
-  (``inserted + dead_lettered == len(payloads)``), or raises ``SinkUnavailableError`` and then
-  nothing may be assumed inserted: the caller spools or keeps the whole batch. Re-inserting is
-  safe because the tables deduplicate by record identity (read with FINAL).
+- ``deliver`` either returns a report in which every payload is accounted for (its rows
+  inserted or dead-lettered: ``inserted + dead_lettered == len(payloads)`` where each payload
+  holds one record; a spans payload holds a request's spans, one row each), or raises
+  ``SinkUnavailableError`` and then nothing may be assumed inserted: the caller spools or keeps
+  the whole batch. Re-inserting is safe because the tables deduplicate by record identity
+  (read with FINAL).
 - Dead letters are written (fsynced) only when ``deliver`` returns, so a batch that is spooled
   and replayed later is not dead-lettered twice.
 - Only ``SinkUnavailableError`` is retried. A rejected batch is never retried as a whole: the
@@ -33,7 +35,7 @@ from tenacity import (
 
 from ingester.columns import build_columns, invalid_rows
 from ingester.dead_letter import DeadLetter, DeadLetterFile
-from ingester.decode import PreparedBatch, Rows, prepare
+from ingester.decode import PreparedBatch, Rows, prepare, row_payload
 from ingester.metrics import delivery_counters
 from ingester.sink import ClickHouseSink
 from shared.backoff import Backoff
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DeliveryReport:
     inserted: int  # rows ClickHouse confirmed
-    dead_lettered: int  # payloads set aside as poison (undecodable, or rejected as bad data)
+    dead_lettered: int  # payloads (or rows) set aside as poison: undecodable, or rejected
 
 
 class Delivery:
@@ -118,7 +120,9 @@ class Delivery:
         except PoisonBatchError as exc:
             log.warning("poison in batch sink=%s rows=%d: %s", sink, len(rows), exc)
         bad = invalid_rows(sink, [record for record, _ in rows])
-        letters.extend(DeadLetter(rows[i][1], reason) for i, reason in sorted(bad.items()))
+        letters.extend(
+            DeadLetter(row_payload(rows[i]), reason) for i, reason in sorted(bad.items())
+        )
         good = [row for i, row in enumerate(rows) if i not in bad]
         return self._bisect(sink, good, letters) if good else 0
 
@@ -127,7 +131,7 @@ class Delivery:
             return self._insert(sink, rows)
         except PoisonBatchError as exc:
             if len(rows) == 1:
-                letters.append(DeadLetter(rows[0][1], str(exc)))
+                letters.append(DeadLetter(row_payload(rows[0]), str(exc)))
                 return 0
         self.counters.inc("bisections")
         mid = len(rows) // 2

@@ -1,5 +1,8 @@
 """After the response (or the last chunk of a stream): the record and spans go to the publisher.
 
+The record is one entry of the requests stream and its spans one entry of the spans stream (a
+JSON array: ``shared.codec.encode_spans``).
+
 Invariants: a request's record is published once (``ctx.published`` is claimed first, so the
 route's background task, the relay's ``finally`` and the guard's after-response hook never
 double it). Never raises: a failure to build a record is logged and counted, the response
@@ -20,7 +23,7 @@ from gateway.metrics import observe_request
 from gateway.pipeline.cache import store_after
 from gateway.pipeline.record import build_records
 from gateway.policy.usage import Settled, needs_estimate, settle_usage
-from shared.codec import encode_record
+from shared.codec import encode_record, encode_spans
 from shared.streams import Sink
 
 if TYPE_CHECKING:
@@ -96,8 +99,8 @@ def _send(ctx: RequestContext, deps: PublishDeps, end_ns: int, settled: Settled)
     submit = deps.publisher.submit
     submit(Sink.REQUESTS, encode_record(record), ctx.request_id)
     record_usage(ctx, record, deps.usage)
-    for span in spans:
-        submit(Sink.SPANS, encode_record(span), ctx.request_id)
+    if spans:
+        submit(Sink.SPANS, encode_spans(spans), ctx.request_id)
     try:
         store_after(ctx, deps.cache, settled)
     except Exception:  # a cache write is best effort: the next identical request is a miss

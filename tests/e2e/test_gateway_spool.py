@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from devstack.servers import ClickHouseServer, RedisServer
 from gateway.clients.outage_spool import USAGE
 from gateway.clients.usage_counters import UsageCounters
-from shared.spool.reader import count_lines
+from shared.codec import decode_records
+from shared.spool.reader import count_lines, read_batches
 from shared.spool.writer import pending_files
 from shared.streams import Sink
 from tests.e2e.harness import API_KEY, KEY_ID, ORG_ID, Floopy
@@ -81,6 +82,17 @@ def _on_disk(directory: Path, name: str) -> int:
     return sum(count_lines(p) for p in pending_files(directory, name) if p.exists())
 
 
+def _spans_on_disk(directory: Path) -> int:
+    """Span records in the spool's spans entries (each a request's spans)."""
+    return sum(
+        len(decode_records(Sink.SPANS, payload))
+        for path in pending_files(directory, "spans")
+        if path.exists()
+        for batch in read_batches(path, 1_000)
+        for payload in batch.payloads
+    )
+
+
 def _rows(floopy: Floopy, pattern: str) -> tuple[int, int, int]:
     """(raw rows, distinct sessions, sessions with more than one raw row) for ``pattern``."""
     rows = floopy.query(
@@ -131,7 +143,8 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         assert health["redis"]["reachable"] is False
         # the counters are shown to an operator key only (issue 10); liveness is enough here
         print(f"before SIGKILL, one worker: {health}")
-        assert _on_disk(spool_dir, "spans") >= 2 * REQUESTS
+        assert _on_disk(spool_dir, "spans") == REQUESTS  # one entry holds a request's spans
+        assert _spans_on_disk(spool_dir) >= 2 * REQUESTS
 
         floopy.stop("gateway", sig=signal.SIGKILL)
         await asyncio.to_thread(redis_server.start)

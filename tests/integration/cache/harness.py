@@ -7,7 +7,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 from litestar.testing import AsyncTestClient
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from gateway.app import create_app
 from gateway.services import Services
 from gateway.settings import GatewaySettings
-from shared.codec import decode_record
+from shared.codec import decode_record, decode_records
 from shared.records import RequestRecord, SpanRecord
 from shared.streams import RECORD_FIELD, Sink, stream_key
 
@@ -127,5 +127,5 @@ async def spans(settings: GatewaySettings, request_id: str) -> list[SpanRecord]:
         entries = await redis.xrange(stream_key(Sink.SPANS, settings.redis.key_prefix))
     finally:
         await redis.aclose()
-    found = [decode_record(Sink.SPANS, fields[RECORD_FIELD]) for _, fields in entries]
-    return [s for s in found if s.request_id == request_id]
+    found = [s for _, f in entries for s in decode_records(Sink.SPANS, f[RECORD_FIELD])]
+    return [cast(SpanRecord, s) for s in found if s.request_id == request_id]

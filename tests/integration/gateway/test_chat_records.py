@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -19,7 +19,7 @@ from gateway.app import create_app
 from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Permission
 from gateway.settings import GatewaySettings
-from shared.codec import decode_record
+from shared.codec import decode_record, decode_records
 from shared.records import RequestRecord, SpanRecord
 from shared.streams import RECORD_FIELD, Sink, stream_key
 
@@ -65,7 +65,11 @@ async def _spans(settings: GatewaySettings) -> list[SpanRecord]:
         entries = await redis.xrange(stream_key(Sink.SPANS, settings.redis.key_prefix))
     finally:
         await redis.aclose()
-    return [decode_record(Sink.SPANS, fields[RECORD_FIELD]) for _, fields in entries]
+    return [
+        cast(SpanRecord, span)
+        for _, fields in entries
+        for span in decode_records(Sink.SPANS, fields[RECORD_FIELD])
+    ]
 
 
 async def test_completion_record(client: AsyncTestClient[Any], settings: GatewaySettings) -> None:

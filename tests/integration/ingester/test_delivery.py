@@ -9,7 +9,7 @@ from devstack.servers import ClickHouseServer
 from ingester.dead_letter import DeadLetterFile
 from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
-from shared.codec import decode_record, encode_record
+from shared.codec import decode_record, encode_record, encode_spans
 from shared.errors import SinkUnavailableError
 from shared.records import SpanRecord
 from shared.settings import ClickHouseSettings
@@ -67,6 +67,42 @@ def test_spans_sink(delivery: Delivery, settings: ClickHouseSettings) -> None:
     assert delivery.deliver(Sink.SPANS, [encode_record(span)]).inserted == 1
     rows = query(settings, "SELECT name, attribute_keys, attribute_values FROM {db}.spans FINAL")
     assert rows == [("cache", ["tier"], ["exact"])]
+
+
+def _span(request_id: str, name: str, created_at_ms: int = 1_790_000_000_000) -> SpanRecord:
+    return SpanRecord(
+        span_id=f"{request_id}-{name}",
+        request_id=request_id,
+        org_id="o1",
+        name=name,
+        created_at_ms=created_at_ms,
+        start_offset_ms=0.5,
+        duration_ms=1.5,
+    )
+
+
+def test_a_requests_spans_in_one_payload_become_rows_and_a_bad_one_is_set_aside_alone(
+    delivery: Delivery, settings: ClickHouseSettings, tmp_path: Path
+) -> None:
+    bad = _span("a", "cache", created_at_ms=-1)
+    payloads = [
+        encode_spans([_span("a", "auth"), bad, _span("a", "dispatch")]),
+        encode_record(_span("b", "auth")),  # one span per entry: gateways before one array
+        encode_spans([_span("c", "auth"), _span("c", "dispatch")]),
+    ]
+    report = delivery.deliver(Sink.SPANS, payloads)
+    assert (report.inserted, report.dead_lettered) == (5, 1)
+    rows = query(settings, "SELECT request_id, name FROM {db}.spans FINAL ORDER BY span_id")
+    assert rows == [
+        ("a", "auth"),
+        ("a", "dispatch"),
+        ("b", "auth"),
+        ("c", "auth"),
+        ("c", "dispatch"),
+    ]
+    (letter,) = DeadLetterFile(tmp_path / "dead", Sink.SPANS).read()
+    assert decode_record(Sink.SPANS, letter.payload) == bad  # replayable alone
+    assert "created_at" in letter.error
 
 
 def test_poison_in_the_middle_is_set_aside_and_the_rest_inserted(

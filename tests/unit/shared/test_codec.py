@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from shared.codec import decode_record, encode_record
+from shared.codec import decode_record, decode_records, encode_record, encode_spans
 from shared.errors import RecordDecodeError
 from shared.records import SCHEMA_VERSION, RequestRecord, SpanRecord
 from shared.streams import Sink
@@ -72,3 +72,48 @@ def test_spans_decode_with_their_own_type() -> None:
         duration_ms=0.2,
     )
     assert decode_record(Sink.SPANS, encode_record(span)) == span
+
+
+def _span(name: str, **fields: object) -> SpanRecord:
+    return SpanRecord(
+        span_id=f"s-{name}",
+        request_id="r",
+        org_id="o",
+        name=name,
+        created_at_ms=1,
+        start_offset_ms=0.0,
+        duration_ms=0.2,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_a_requests_spans_are_one_entry_and_decode_in_order() -> None:
+    spans = [_span("auth"), _span("dispatch", attributes={"attempt": "1"})]
+    assert decode_records(Sink.SPANS, encode_spans(spans)) == spans
+
+
+def test_a_single_span_entry_from_an_older_gateway_still_decodes() -> None:
+    assert decode_records(Sink.SPANS, encode_record(_span("auth"))) == [_span("auth")]
+
+
+def test_spans_of_the_previous_schema_version_are_upgraded_inside_an_array() -> None:
+    old = msgspec.json.decode(encode_spans([_span("auth"), _span("cache")]))
+    for raw in old:
+        raw["schema_version"] = SCHEMA_VERSION - 1
+    decoded = decode_records(Sink.SPANS, msgspec.json.encode(old))
+    assert [s.name for s in decoded] == ["auth", "cache"]
+    assert all(s.schema_version == SCHEMA_VERSION for s in decoded)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[]", b"[1, 2]", b'[{"name": "auth"}]', b"[not json", b'[{"schema_version": 99}]'],
+)
+def test_a_bad_spans_array_is_one_decode_error(data: bytes) -> None:
+    with pytest.raises(RecordDecodeError):
+        decode_records(Sink.SPANS, data)
+
+
+def test_an_array_is_not_a_record_of_the_other_sinks() -> None:
+    with pytest.raises(RecordDecodeError):
+        decode_records(Sink.REQUESTS, encode_spans([_span("auth")]))
