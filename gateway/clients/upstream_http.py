@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 
 import aiohttp
 import httpx
@@ -107,7 +108,9 @@ class UpstreamHTTP:
             max_keepalive_connections=s.max_connections,
             keepalive_expiry=_KEEPALIVE_S,
         )
-        self._transport = AiohttpTransport(limits=limits, trust_env=False)
+        self._transport = AiohttpTransport(
+            limits=limits, trust_env=False, client=partial(_session, limits)
+        )
 
     @property
     def transport(self) -> AiohttpTransport:
@@ -212,6 +215,18 @@ class UpstreamHTTP:
                 yield data
         except _TRANSPORT_ERRORS as exc:
             raise self.translate(exc) from exc
+
+
+def _session(limits: httpx.Limits) -> aiohttp.ClientSession:
+    """The transport's aiohttp session, as ``httpx_aiohttp`` builds it but without a cookie
+    jar: aiohttp's default jar would keep a provider's ``Set-Cookie`` (for a host name) and
+    send it on every later caller's request."""
+    connector = aiohttp.TCPConnector(
+        limit=limits.max_connections or 0,
+        keepalive_timeout=limits.keepalive_expiry,
+        ssl=httpx.create_ssl_context(trust_env=False),
+    )
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
