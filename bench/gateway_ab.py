@@ -5,7 +5,9 @@ Each round starts a gateway (1 worker, the load of ``bench.gateway_overhead``: a
 usage, records and spans, every request a cache miss) from each build in turn, warms it with
 ``wrk``, then measures ``--seconds`` of ``wrk`` at ``--connections`` and the worker's CPU per
 request. Builds alternate so that drift of a shared machine lands on both; the figures of every
-round are printed, then the range of each build. The "before" build runs from a git worktree of
+round are printed, then each build's range and median, and in how many rounds (each a "before"
+then an "after") the working tree used less CPU per request: on a noisy machine the median and
+that count carry over where a single round does not. The "before" build runs from a git worktree of
 the revision (``python -m gateway.serve`` puts its working directory first on ``sys.path``).
 
     python -m bench.gateway_ab --before HEAD~1 --rounds 3 --seconds 15
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -119,10 +122,16 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"RESULT gateway_ab build={build} revision="
                 f"{args.before if build == 'before' else 'working-tree'} "
-                f"rps_min={min(rps):.0f} rps_max={max(rps):.0f} "
-                f"cpu_ms_min={min(cpu):.3f} cpu_ms_max={max(cpu):.3f}",
+                f"rps_min={min(rps):.0f} rps_median={statistics.median(rps):.0f} "
+                f"rps_max={max(rps):.0f} cpu_ms_min={min(cpu):.3f} "
+                f"cpu_ms_median={statistics.median(cpu):.3f} cpu_ms_max={max(cpu):.3f}",
                 flush=True,
             )
+        wins = sum(
+            after.cpu_ms_per_request < before.cpu_ms_per_request
+            for before, after in zip(rounds[::2], rounds[1::2], strict=True)
+        )
+        print(f"RESULT gateway_ab after_used_less_cpu_in={wins}/{args.rounds} rounds", flush=True)
 
 
 if __name__ == "__main__":
