@@ -8,9 +8,10 @@ shared with other work, CPU per record compares paths where records/s alone does
 
     python -m bench.ingest --records 50000
 
-Structure for later stages: ``generate_payloads`` makes the bytes a gateway would XADD, and each
-path to measure is a function ``(env, payloads, batch_size) -> Measurement``; the stream →
-ClickHouse path can be added as another such function next to ``measure_delivery``.
+Structure: ``generate_payloads`` makes the bytes a gateway would XADD, and each path to measure
+is a function ``(env, payloads, batch_size, deadline) -> Measurement``. The two ``spans-*``
+paths move the spans of as many requests (ten each) through the stream worker, one stream entry
+per span against one per request (``shared.codec.encode_spans``); their figures are per span.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from devstack.servers import ClickHouseServer
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
-from shared.codec import encode_record
-from shared.records import RequestRecord
+from shared.codec import encode_record, encode_spans
+from shared.records import RequestRecord, SpanRecord
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
@@ -248,6 +249,84 @@ def measure_stream(
     """The whole ingest path: the payloads preloaded into a real Redis stream, then one
     ``floopy-ingester worker`` process (the real consumer) until ClickHouse holds them all.
     Counts the records after the first batch, timed from that batch's arrival."""
+    return _stream_worker(
+        env, "stream-worker", Sink.REQUESTS, payloads, len(payloads), batch_size, deadline
+    )
+
+
+_SPAN_NAMES = (
+    "auth",
+    "intake",
+    "rate_limit",
+    "template",
+    "cache",
+    "cache.exact",
+    "firewall",
+    "routing",
+    "dispatch",
+    "provider_attempt",
+)
+
+
+def _request_spans(n_requests: int) -> list[list[SpanRecord]]:
+    """Ten spans per request, as a chat request's are (the stages, a child span, an attempt)."""
+    now_ms = int(time.time() * 1000)
+    return [
+        [
+            SpanRecord(
+                span_id=f"{i:08d}-{j}",
+                request_id=f"{i:08d}-0000-4000-8000-{_RUN_TAG}",
+                org_id="org-bench",
+                name=name,
+                created_at_ms=now_ms + i,
+                start_offset_ms=0.1 * j,
+                duration_ms=0.05 + 0.01 * j,
+                attributes={"attempt": "1", "provider": "openai"} if j == 9 else {},
+            )
+            for j, name in enumerate(_SPAN_NAMES)
+        ]
+        for i in range(n_requests)
+    ]
+
+
+_RUN_TAG = uuid.uuid4().hex[:12]
+
+
+def measure_spans_per_span(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """The stream path for the spans of ``len(payloads)`` requests, one stream entry per span
+    (as gateways sent them before ``shared.codec.encode_spans``); figures per span."""
+    spans = _request_spans(len(payloads))
+    entries = [encode_record(span) for request in spans for span in request]
+    path = "spans-one-per-entry"
+    return _stream_worker(env, path, Sink.SPANS, entries, len(entries), batch_size, deadline)
+
+
+def measure_spans_per_request(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """The same spans, one stream entry per request (a JSON array, as the gateway sends them
+    now); figures per span."""
+    spans = _request_spans(len(payloads))
+    entries = [encode_spans(request) for request in spans]
+    rows = sum(map(len, spans))
+    path = "spans-array-per-request"
+    return _stream_worker(env, path, Sink.SPANS, entries, rows, batch_size, deadline)
+
+
+def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its callers
+    env: BenchEnv,
+    path: str,
+    sink: Sink,
+    entries: list[bytes],
+    rows: int,
+    batch_size: int,
+    deadline: float,
+) -> Measurement:
+    """``entries`` preloaded into ``sink``'s stream, then one ``floopy-ingester worker``
+    process until ClickHouse holds ``rows`` rows of the sink's table; counted after the first
+    batch, timed from its arrival, with the worker process's CPU over that time."""
     import os
     import signal
     import subprocess
@@ -257,6 +336,7 @@ def measure_stream(
 
     from devstack.servers import RedisServer
     from shared.streams import RECORD_FIELD, stream_key
+    from shared.tables import RAW_TABLES
 
     database = env.clickhouse.database
     server = RedisServer(env.scratch / f"redis-{database}")
@@ -265,10 +345,10 @@ def measure_stream(
         pin(server.process.pid, SERVER_CPUS)
     prefix = f"bench{batch_size}"
     r = redis.Redis.from_url(server.url)
-    for i in range(0, len(payloads), 2000):
+    for i in range(0, len(entries), 2000):
         pipe = r.pipeline(transaction=False)
-        for payload in payloads[i : i + 2000]:
-            pipe.xadd(stream_key(Sink.REQUESTS, prefix), {RECORD_FIELD: payload})
+        for entry in entries[i : i + 2000]:
+            pipe.xadd(stream_key(sink, prefix), {RECORD_FIELD: entry})
         pipe.execute()
     env_vars = {
         **os.environ,
@@ -292,9 +372,9 @@ def measure_stream(
     worker_cpu = 0.0
     try:
         # timed from the first batch seen to the last, so the worker's start-up is not counted
-        while done < len(payloads) and time.monotonic() < deadline:
+        while done < rows and time.monotonic() < deadline:
             time.sleep(0.02)
-            done = int(client.execute("SELECT count() FROM requests")[0][0])
+            done = int(client.execute(f"SELECT count() FROM {RAW_TABLES[sink]}")[0][0])
             if not first and done:
                 first, started = done, time.perf_counter()
                 worker_cpu = -cpu_seconds(proc.pid)
@@ -307,7 +387,7 @@ def measure_stream(
         client.disconnect()
         r.close()
         server.kill()
-    return Measurement("stream-worker", batch_size, done, seconds, client_cpu_s=worker_cpu)
+    return Measurement(path, batch_size, done, seconds, client_cpu_s=worker_cpu)
 
 
 def measure_json_http(
@@ -356,6 +436,8 @@ PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
     "delivery": measure_delivery,
     "delivery-2-threads": measure_delivery_threads,
     "stream-worker": measure_stream,
+    "spans-one-per-entry": measure_spans_per_span,
+    "spans-array-per-request": measure_spans_per_request,
     "json-http": measure_json_http,
     "phases": measure_phases,
 }
