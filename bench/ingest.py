@@ -254,6 +254,7 @@ def measure_stream(
     )
 
 
+_RUN_TAG = uuid.uuid4().hex[:12]
 _SPAN_NAMES = (
     "auth",
     "intake",
@@ -287,9 +288,6 @@ def _request_spans(n_requests: int) -> list[list[SpanRecord]]:
         ]
         for i in range(n_requests)
     ]
-
-
-_RUN_TAG = uuid.uuid4().hex[:12]
 
 
 def measure_spans_per_span(

@@ -40,6 +40,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
 
@@ -100,8 +101,9 @@ class UpstreamHTTP:
             max_keepalive_connections=s.max_connections,
             keepalive_expiry=_KEEPALIVE_S,
         )
+        tls = httpx.create_ssl_context(trust_env=False)
         self._transport = AiohttpTransport(
-            limits=limits, trust_env=False, client=partial(_session, limits)
+            verify=tls, trust_env=False, client=partial(_session, limits, tls)
         )
 
     @property
@@ -205,14 +207,13 @@ class UpstreamHTTP:
             raise self.translate(exc) from exc
 
 
-def _session(limits: httpx.Limits) -> aiohttp.ClientSession:
+def _session(limits: httpx.Limits, tls: ssl.SSLContext) -> aiohttp.ClientSession:
     """The transport's aiohttp session, as ``httpx_aiohttp`` builds it but without a cookie
     jar: aiohttp's default jar would keep a provider's ``Set-Cookie`` (for a host name) and
-    send it on every later caller's request."""
+    send it on every later caller's request. Called by the transport on its first request, on
+    the worker's loop."""
     connector = aiohttp.TCPConnector(
-        limit=limits.max_connections or 0,
-        keepalive_timeout=limits.keepalive_expiry,
-        ssl=httpx.create_ssl_context(trust_env=False),
+        limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=tls
     )
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
