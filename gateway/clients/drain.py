@@ -21,6 +21,9 @@ Invariants:
 - ``stop`` ends the task (waiting at most the deadline for it), sends what it can within the
   deadline, then gives what is left to the outlet's ``left_at_stop`` (spool it, or count and log
   it as lost): nothing is let go silently.
+- ``stop`` never cancels a send in flight: the store may have taken the batch already, and a
+  cancelled send leaves it buffered, so the flush would send it a second time. A task waiting
+  (idle, lingering, backing off) is cancelled; a task sending is let finish, up to the deadline.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ class Drain(Generic[T]):
         self._buffer: deque[T] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sending = False
         self._stopping = False
         self._last_drop_log = 0.0
 
@@ -195,15 +199,21 @@ class Drain(Generic[T]):
             if self._gauge is not None:
                 self._gauge.set(len(self._buffer))  # once per batch, not per item
             await self._next_work()
+            self._sending = True
             try:
                 await self.send_batch()
                 await self._outlet.send_backlog()
             except Exception as exc:  # noqa: BLE001 - the task outlives any client error (logged, counted)
+                self._sending = False
                 self._log_unexpected(exc)
                 await self._outlet.on_failure(Undelivered([], exc))
+                if self._stopping:
+                    return
                 failures += 1
                 await self._outlet.wait_out(self._backoff.delay_s(failures), self)
                 continue
+            finally:
+                self._sending = False
             if failures:
                 self._outlet.recovered()
                 failures = 0
@@ -255,11 +265,13 @@ class Drain(Generic[T]):
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
+            if not self._sending:
+                self._task.cancel()
             # bounded: shutdown must not hang on a task that does not take its cancellation
             # (seen under litestar's test client: stuck "cancelling" on its Event's waiter)
             done, _ = await asyncio.wait({self._task}, timeout=deadline_s)
             if not done:
+                self._task.cancel()  # a send that outlived the deadline: at least once from here
                 log.error(
                     "%s did not stop within %.1f s; flushing without it", self._name, deadline_s
                 )

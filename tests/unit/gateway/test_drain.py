@@ -120,3 +120,34 @@ async def test_stop_with_the_store_known_down_hands_everything_over() -> None:
     await drain.stop(1.0)
     assert outlet.taken == [] and outlet.left == [0, 1, 2, 3, 4]
     assert len(drain) == 0
+
+
+class _SlowReplyOutlet(_ListOutlet):
+    """The store takes a batch at once, but its answer waits for ``reply``: a send in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply = asyncio.Event()
+        self.in_flight = asyncio.Event()
+
+    async def send(self, batch: list[int]) -> Undelivered[int] | None:
+        self.taken += batch
+        self.in_flight.set()
+        await self.reply.wait()
+        return None
+
+
+async def test_stop_lets_a_send_in_flight_finish_rather_than_send_it_twice() -> None:
+    """A cancelled send leaves its batch buffered though the store may have it: stopping
+    mid-send must not flush that batch a second time (seen as a doubled record in CI)."""
+    outlet = _SlowReplyOutlet()
+    drain = _drain(outlet, Policy.KEEP)
+    for i in range(5):
+        drain.submit(i)
+    drain.start()
+    await outlet.in_flight.wait()
+    stopping = asyncio.create_task(drain.stop(1.0))
+    await asyncio.sleep(0.05)
+    outlet.reply.set()
+    await stopping
+    assert outlet.taken == [0, 1, 2, 3, 4] and outlet.left == []
