@@ -33,6 +33,7 @@ from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS, send_error
 from gateway.guard import Guard, GuardDeps
 from gateway.provider_health import provider_health
+from gateway.proxy_spec import document
 from gateway.routes import Proxy, health, metrics, models, proxy_endpoints
 from gateway.services import Opened, Services, open_services
 from gateway.settings import GatewaySettings
@@ -117,6 +118,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
             admin_router(),
         ],
         lifespan=[lifespan, console.lifespan],
+        on_startup=[document],
         dependencies=_dependencies(services),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),

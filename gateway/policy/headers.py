@@ -18,6 +18,7 @@ from gateway.policy.cache import CacheControls, parse_max_age, parse_seed, parse
 from shared.errors import BadRequestError
 
 __all__ = [
+    "HEADER_NAMES",
     "MAX_ID_CHARS",
     "MAX_PROPERTIES",
     "MAX_TEXT_CHARS",
@@ -152,3 +153,6 @@ _PARSERS = {
     "floopy-omit-request": ("omit_request", _switch),
     "floopy-omit-response": ("omit_response", _switch),
 }
+
+HEADER_NAMES = tuple(_PARSERS)
+"""The ``floopy-*`` headers read besides ``floopy-property-*`` (documented in the API spec)."""

@@ -214,3 +214,26 @@ async def test_a_response_that_fails_after_dispatch_still_leaves_its_record(
     [record] = await _records(settings, 1)
     assert record.model_used == "fake-模型" and record.total_tokens > 0
     assert record.status_code == 502
+
+
+async def test_the_api_spec_lists_the_proxied_routes(client: AsyncTestClient[Any]) -> None:
+    """They are plain ASGI endpoints in front of Litestar, so its own spec misses them."""
+    from gateway.routes import proxy_endpoints
+    from gateway.services import Opened
+
+    spec = (await client.get("/schema/openapi.json")).json()
+    proxied = set(proxy_endpoints(Opened()))
+    assert proxied <= set(spec["paths"])
+    assert "/console/api/requests" in spec["paths"]  # Litestar's own routes are still there
+    for path in proxied:
+        operation = spec["paths"][path]["post"]
+        assert operation["security"] == [{"BearerAuth": []}]
+        assert {"400", "401", "429", "502"} <= set(operation["responses"])
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert "floopy-user-id" in headers
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "model",
+        "messages",
+    ]

@@ -77,3 +77,10 @@ def test_omit_switches() -> None:
     assert not parse_floopy_headers([]).omit_request
     with pytest.raises(BadRequestError, match="floopy-omit-response"):
         parse_floopy_headers([("floopy-omit-response", "yes")])
+
+
+def test_every_header_read_is_described_in_the_api_spec() -> None:
+    from gateway.policy.headers import HEADER_NAMES
+    from gateway.proxy_spec import REQUEST_HEADERS
+
+    assert set(REQUEST_HEADERS) == set(HEADER_NAMES)
