@@ -30,6 +30,7 @@ from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.lock import inspect_lock
 from ingester.replay import ReplayReport, ReplayStatus, pending_files
+from ingester.requeue import requeue, survey
 from ingester.rollup_cli import rollups_app
 from ingester.settings import IngesterSettings
 from shared.spool.reader import count_lines
@@ -309,6 +310,45 @@ def _replay_sink(
             progress.update(task, completed=done, total=total)
 
         return replayer.replay(progress=advance)
+
+
+dead_letters_app = typer.Typer(help="Dead letters: what was set aside, and sending it back.")
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("requeue")
+def requeue_command(
+    ctx: typer.Context,
+    sink: Annotated[Sink | None, typer.Option(help="Only this sink (default: all).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Count the letters and their reasons only.")
+    ] = False,
+) -> None:
+    """Send dead letters back to their stream, once their cause is fixed (an upgraded
+    ingester, a migrated schema); what is still poison is set aside again."""
+    settings: IngesterSettings = ctx.obj
+    directory = settings.dead_letter_dir
+    sinks = [sink] if sink is not None else list(Sink)
+    client = None if dry_run else _sync_client(settings, settings.redis.socket_timeout_s)
+    try:
+        for s in sinks:
+            if client is None:
+                found = survey(directory, s)
+            else:
+                found = requeue(client, directory, s, settings.redis.key_prefix)
+            verb = "would requeue" if dry_run else "requeued"
+            out.print(f"{s.value}: {verb} {found.letters} letters from {len(found.files)} files")
+            for reason, count in found.reasons.most_common(10):
+                out.print(f"  {count:>8}  {reason}", markup=False, highlight=False)
+    except (redis.RedisError, OSError) as exc:
+        err.print(
+            f"[red]requeue stopped[/red]: {type(exc).__name__}: {exc}; the file being sent "
+            "stays claimed and is sent whole next time"
+        )
+        raise typer.Exit(1) from None
+    finally:
+        if client is not None:
+            client.close()
 
 
 @app.command("migrate")

@@ -222,3 +222,58 @@ def test_status_backlog_is_what_is_undelivered_after_a_redis_restart(
     assert table["stream length"][0] == "35"
     assert table["group pending"][0] == "10"
     assert table["backlog (undelivered)"][0] == "25"  # 50 - 30 read, + 5 after the restart
+
+
+def _stream(env: dict[str, str], sink: Sink = Sink.REQUESTS) -> list[bytes]:
+    client = redis.Redis.from_url(env["FLOOPY_INGESTER_REDIS__URL"])
+    try:
+        key = stream_key(sink, env["FLOOPY_INGESTER_REDIS__KEY_PREFIX"])
+        return [fields[RECORD_FIELD] for _, fields in client.xrange(key)]
+    finally:
+        client.close()
+
+
+def test_dead_letters_requeue_dry_run_then_for_real(env: dict[str, str], tmp_path: Path) -> None:
+    sent = payloads(3)
+    letters = DeadLetterFile(tmp_path / "dead", Sink.REQUESTS)
+    letters.append([DeadLetter(p, "RecordDecodeError: schema version 9") for p in sent])
+    letters.append([DeadLetter(b"\x80junk", "RecordDecodeError: not UTF-8")])
+
+    dry = runner.invoke(app, ["dead-letters", "requeue", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "requests: would requeue 4 letters from 1 files" in dry.output
+    assert "3  RecordDecodeError: schema version 9" in dry.output
+    assert _stream(env) == [] and len(list(letters.read())) == 4
+
+    done = runner.invoke(app, ["dead-letters", "requeue"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "requests: requeued 4 letters from 1 files" in done.output
+    assert "spans: requeued 0 letters" in done.output
+    assert _stream(env) == [*sent, b"\x80junk"]  # as set aside, bytes that are not UTF-8 too
+    assert not letters.path.exists()
+    assert len(list((tmp_path / "dead").glob("requests.dead.requeued-*.jsonl"))) == 1
+    status = runner.invoke(app, ["status"], env=env)
+    assert "dead letters" in status.output
+
+    again = runner.invoke(app, ["dead-letters", "requeue"], env=env)
+    assert "requests: requeued 0 letters from 0 files" in again.output
+    assert len(_stream(env)) == 4  # nothing sent twice
+
+
+def test_dead_letters_requeue_with_redis_down_keeps_the_claim_for_next_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    sent = payloads(2)
+    letters = DeadLetterFile(tmp_path / "dead", Sink.REQUESTS)
+    letters.append([DeadLetter(sent[0], "old")])
+    down = {**env, "FLOOPY_INGESTER_REDIS__URL": f"redis://127.0.0.1:{free_port()}"}
+    failed = runner.invoke(app, ["dead-letters", "requeue", "--sink", "requests"], env=down)
+    assert failed.exit_code == 1
+    assert "requeue stopped" in failed.output and "Traceback" not in failed.output
+    assert len(list((tmp_path / "dead").glob("requests.dead.requeue-*.jsonl"))) == 1
+    letters.append([DeadLetter(sent[1], "old")])  # set aside meanwhile: a new live file
+
+    done = runner.invoke(app, ["dead-letters", "requeue", "--sink", "requests"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "requeued 2 letters from 2 files" in done.output
+    assert _stream(env) == sent  # the claimed file first, then the newer one

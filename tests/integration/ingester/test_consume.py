@@ -322,3 +322,40 @@ async def test_stop_flushes_and_acks_the_batch_in_hand(
     assert counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == 9
     assert counts(settings) == (9, 9)
     assert (await redis.xpending(key, CONSUMER_GROUP))["pending"] == 0
+
+
+async def test_requeued_dead_letters_become_rows_and_poison_comes_back(
+    redis: Redis, settings: IngesterSettings
+) -> None:
+    """What an older ingester set aside (here: good records, as if it could not read them)
+    goes back through the stream once requeued; what is still poison is set aside again."""
+    import redis as sync_redis
+
+    from ingester.dead_letter import DeadLetter
+    from ingester.requeue import requeue
+
+    good = [record_payload() for _ in range(7)]
+    letters = DeadLetterFile(settings.dead_letter_dir, Sink.REQUESTS)
+    letters.append([DeadLetter(p, "RecordDecodeError: unknown shape") for p in good])
+    letters.append([DeadLetter(b"{still poison", "RecordDecodeError: not JSON")])
+    client = sync_redis.Redis.from_url(settings.redis.url)
+    try:
+        done = requeue(client, settings.dead_letter_dir, Sink.REQUESTS, settings.redis.key_prefix)
+    finally:
+        client.close()
+    assert done.letters == 8
+    assert not letters.path.exists()  # moved aside: only the consumer's new letters land there
+
+    counters = Counters()
+    consumer, task, delivery = await run_consumer(redis, settings, counters)
+
+    async def settled() -> bool:
+        return counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == 8
+
+    await eventually(settled)
+    consumer.stop()
+    await task
+    delivery.close()
+    assert counts(settings) == (7, 7)
+    assert [letter.payload for letter in letters.read()] == [b"{still poison"]
+    assert [p.name.split(".dead.")[1][:9] for p in done.files] == ["requeued-"]

@@ -33,3 +33,32 @@ def test_nothing_to_append_creates_no_file(tmp_path: Path) -> None:
     dead.append([])
     assert not dead.path.exists()
     assert list(dead.read()) == []
+
+
+def test_a_line_torn_by_a_crash_is_skipped_not_fatal(tmp_path: Path) -> None:
+    dead = DeadLetterFile(tmp_path, Sink.REQUESTS)
+    dead.append([DeadLetter(b"one", "e")])
+    with dead.path.open("ab") as f:
+        f.write(b'{"sink":"requests","err')  # the crash; the next append closes the line
+    dead.append([DeadLetter(b"two", "e")])
+    assert [letter.payload for letter in dead.read()] == [b"one", b"two"]
+
+
+def test_a_claim_moves_the_file_aside_and_later_letters_start_a_new_one(tmp_path: Path) -> None:
+    from ingester.dead_letter import claim_for_requeue, mark_requeued, read_letters
+
+    dead = DeadLetterFile(tmp_path, Sink.REQUESTS)
+    dead.append([DeadLetter(b"old", "e")])
+    [claimed] = claim_for_requeue(tmp_path, Sink.REQUESTS, 1000)
+    dead.append([DeadLetter(b"new", "e")])
+    assert [letter.payload for letter in read_letters(claimed)] == [b"old"]
+    assert [letter.payload for letter in dead.read()] == [b"new"]
+    # a second claim in the same millisecond must not overwrite the first
+    second = claim_for_requeue(tmp_path, Sink.REQUESTS, 1000)
+    assert [p.name for p in second] == [
+        "requests.dead.requeue-1000.jsonl",
+        "requests.dead.requeue-1001.jsonl",
+    ]
+    done = mark_requeued(claimed)
+    assert done.name == "requests.dead.requeued-1000.jsonl" and done.exists()
+    assert claim_for_requeue(tmp_path, Sink.REQUESTS, 2000)[0].name.endswith("-1001.jsonl")
