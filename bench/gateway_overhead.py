@@ -13,7 +13,12 @@ exists, the LiteLLM proxy (``bench.peer``), all on loopback; then for each targe
 
 and prints the gateway worker's CPU time per request and RSS. Bounded by ``--seconds``.
 
+``--rounds N`` then runs ``wrk`` N more times against the bare forwarder and the gateway, in
+alternating order, and prints each round's ratios and their medians: on a shared machine one
+pass of each swings by 10-20%, so a ratio from one pass says little.
+
     python -m bench.gateway_overhead --rate 200 --seconds 10
+    python -m bench.gateway_overhead --seconds 6 --rounds 7 --no-peer
 """
 
 from __future__ import annotations
@@ -223,14 +228,70 @@ def measure(  # noqa: PLR0917 - one call site
     fixed = asyncio.run(fixed_rate(url, rate, seconds))
     if process is None:
         return Figures(fixed, run_wrk(url, seconds, connections, script))
-    cpu_before = cpu_seconds(process.pids)
-    loaded = run_wrk(url, seconds, connections, script)
-    cpu_ms = (cpu_seconds(process.pids) - cpu_before) / max(loaded.requests, 1) * 1000
+    loaded, cpu_ms = loaded_cpu(url, process, seconds, connections, script)
     return Figures(fixed, loaded, cpu_ms, max(rss_mib(pid) for pid in process.pids))
 
 
+def loaded_cpu(
+    url: str, process: ChildProcess, seconds: float, connections: int, script: Path
+) -> tuple[WrkResult, float]:
+    """One ``wrk`` run through ``process``, and the process's CPU ms per request."""
+    cpu_before = cpu_seconds(process.pids)
+    loaded = run_wrk(url, seconds, connections, script)
+    cpu_ms = (cpu_seconds(process.pids) - cpu_before) / max(loaded.requests, 1) * 1000
+    return loaded, cpu_ms
+
+
+def rounds_report(  # noqa: PLR0917 - one call site
+    bare: tuple[str, ChildProcess],
+    gateway: tuple[str, ChildProcess],
+    rounds: int,
+    seconds: float,
+    connections: int,
+    script: Path,
+) -> None:
+    """Alternating wrk runs of the bare forwarder and the gateway: each round's ratios, then
+    the medians (the bare forwarder goes first in even rounds, second in odd ones)."""
+    print(f"\n{rounds} rounds of wrk at {connections} connections, {seconds:g} s each")
+    print(
+        f"{'round':>5}{'bare req/s':>12}{'gw req/s':>10}{'ratio':>7}{'bare CPU':>10}{'gw CPU':>8}"
+        f"{'CPU ratio':>10}"
+    )
+    rps_ratios, cpu_ratios, rows = [], [], []
+    for i in range(rounds):
+        order = [bare, gateway] if i % 2 == 0 else [gateway, bare]
+        got = {url: loaded_cpu(url, proc, seconds, connections, script) for url, proc in order}
+        (b_run, b_cpu), (g_run, g_cpu) = got[bare[0]], got[gateway[0]]
+        b_rps, g_rps = b_run.requests_per_s, g_run.requests_per_s
+        rps_ratios.append(g_rps / b_rps)
+        cpu_ratios.append(g_cpu / b_cpu)
+        rows.append((b_rps, g_rps, b_cpu, g_cpu))
+        print(
+            f"{i + 1:>5}{b_rps:12.0f}{g_rps:10.0f}{rps_ratios[-1]:7.2f}{b_cpu:10.3f}{g_cpu:8.3f}"
+            f"{cpu_ratios[-1]:10.2f}"
+        )
+    med = [statistics.median(column) for column in zip(*rows, strict=True)]
+    print(
+        f"{'med':>5}{med[0]:12.0f}{med[1]:10.0f}{statistics.median(rps_ratios):7.2f}"
+        f"{med[2]:10.3f}{med[3]:8.3f}{statistics.median(cpu_ratios):10.2f}"
+    )
+    print(
+        f"RESULT gateway_overhead_rounds rounds={rounds} "
+        f"rps_ratio_median={statistics.median(rps_ratios):.3f} "
+        f"rps_ratio_min={min(rps_ratios):.3f} rps_ratio_max={max(rps_ratios):.3f} "
+        f"cpu_ratio_median={statistics.median(cpu_ratios):.3f} "
+        f"gateway_cpu_ms_median={med[3]:.3f} bare_cpu_ms_median={med[2]:.3f}"
+    )
+
+
 def bench(  # noqa: PLR0917 - one call site
-    directory: Path, rate: float, seconds: float, connections: int, peer_rate: float, peer: bool
+    directory: Path,
+    rate: float,
+    seconds: float,
+    connections: int,
+    peer_rate: float,
+    peer: bool,
+    rounds: int = 0,
 ) -> None:
     redis = RedisServer(directory / "redis")
     redis.start()
@@ -294,6 +355,15 @@ def bench(  # noqa: PLR0917 - one call site
         elif peer:
             print("LiteLLM not compared: no venv (run ../shared/peer-bench/run_bench.sh once)")
         report(figures, rate, peer_rate, connections)
+        if rounds:
+            rounds_report(
+                (f"{bare.base_url}/chat/completions", bare),
+                (f"{gateway.base_url}/chat/completions", gateway),
+                rounds,
+                seconds,
+                connections,
+                script,
+            )
     finally:
         for process in reversed(started):
             process.stop()
@@ -358,6 +428,9 @@ def main(argv: list[str] | None = None) -> None:
         "--peer-rate", type=float, default=50.0, help="fixed rate for LiteLLM (it tops out ~110)"
     )
     parser.add_argument("--no-peer", action="store_true", help="skip LiteLLM even if installed")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="then N alternating wrk rounds, bare vs gateway"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
@@ -369,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             args.connections,
             args.peer_rate,
             peer=not args.no_peer,
+            rounds=args.rounds,
         )
 
 
