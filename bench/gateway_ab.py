@@ -40,7 +40,8 @@ class Round:
     errors: str
 
 
-def _worktree(revision: str, directory: Path) -> Path:
+def worktree(revision: str, directory: Path) -> Path:
+    """A detached git worktree of ``revision`` under ``directory`` (remove it when done)."""
     path = directory / "before"
     subprocess.run(
         ["git", "-C", str(_ROOT), "worktree", "add", "--detach", str(path), revision],
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="floopy-ab-") as tmp:
         directory = Path(tmp)
-        before = _worktree(args.before, directory)
+        before = worktree(args.before, directory)
         redis = RedisServer(directory / "redis")
         redis.start()
         fake = FakeProviderProcess(directory)
