@@ -107,11 +107,11 @@ class CallgrindTarget(ChildProcess):
             time.sleep(0.2)
         dump = max(new, key=lambda p: p.stat().st_mtime)
         for _ in range(50):  # written by the target process: wait until it is whole
-            match = re.search(rb"^totals: (\d+)", dump.read_bytes(), re.MULTILINE)
+            match = re.search(rb"^summary: (\d+)", dump.read_bytes(), re.MULTILINE)
             if match:
                 return int(match.group(1))
             time.sleep(0.2)
-        raise RuntimeError(f"no totals line in {dump}")
+        raise RuntimeError(f"no summary line in {dump}")
 
 
 async def _load(url: str, requests: int, concurrency: int) -> int:
