@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-gateway-ab bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-gateway-ab bench-instructions bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall
 
 VENV := .venv/bin
 
@@ -33,6 +33,10 @@ bench-gateway: bench-bootstrap
 BEFORE ?= HEAD~1
 bench-gateway-ab: bench-bootstrap
 	$(VENV)/python -m bench.gateway_ab --before $(BEFORE) --rounds 3 --seconds 15
+
+# instructions per request under callgrind (needs valgrind): make bench-instructions BEFORE=<rev>
+bench-instructions: bench-bootstrap
+	$(VENV)/python -m bench.instructions --requests 200 --warmup 50 --before $(BEFORE)
 
 bench-ingest: bench-bootstrap
 	$(VENV)/python -m bench.ingest --records 60000 --batch-sizes 5000,20000 --paths delivery,json-http,stream-worker

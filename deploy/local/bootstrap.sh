@@ -17,8 +17,12 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # Node.js for the official openai Node SDK test (tests/node)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
-# `bootstrap.sh bench`: also the load generator the benchmarks drive
-if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null 2>&1 || need+=(wrk); fi
+# `bootstrap.sh bench`: also the load generator the benchmarks drive, and valgrind (callgrind
+# counts instructions per request: bench/instructions.py)
+if [ "${1:-}" = "bench" ]; then
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   echo "bootstrap: installing ${need[*]} from Debian's packages"
