@@ -183,7 +183,7 @@ class PublisherSettings(BaseModel):
     """The in-memory buffer between requests and Redis streams, per worker."""
 
     buffer_records: int = Field(default=200_000, ge=1)
-    """Records (a request record or a span each) held while Redis is slow or down; beyond
+    """Entries (a request record, or a request's spans) held while Redis is slow or down; beyond
     that new records are dropped and counted."""
     batch_records: int = Field(default=1_000, ge=1)
     linger_s: float = Field(default=0.002, ge=0)
