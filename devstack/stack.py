@@ -263,7 +263,8 @@ class Stack:
                 "On-call CLI against this stack:",
                 f"  export FLOOPY_INGESTER_REDIS__URL={self.redis.url} "
                 f"FLOOPY_INGESTER_CLICKHOUSE__PORT={self.clickhouse.port} "
-                f"FLOOPY_INGESTER_SPOOL_DIR={self.root / 'spool'}",
+                f"FLOOPY_INGESTER_SPOOL_DIR={self.root / 'spool'} "
+                f"FLOOPY_INGESTER_DEAD_LETTER_DIR={self.root / 'dead-letter'}",
                 "  .venv/bin/floopy-ingester status",
                 "A child that dies is restarted. Ctrl-C (or SIGTERM, SIGHUP) stops the stack; "
                 f"data stays in {self.root}.",
