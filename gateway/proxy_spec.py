@@ -51,6 +51,9 @@ _RESPONSE_HEADERS = {
     "Floopy-Provider": "The provider that answered",
     "Floopy-Model": "The model that answered",
     "Floopy-Cache": "HIT or MISS, when the cache was consulted",
+    "Floopy-Cache-Tier": "On a hit: the tier that answered (exact, semantic, advanced)",
+    "Floopy-Cache-Similarity": "On a semantic hit: how close the cached prompt was (0-1)",
+    "Floopy-RateLimit-Status": "unavailable: the limits could not be checked; let through",
     "RateLimit": "The caller's remaining requests in the tightest window (IETF draft)",
     "RateLimit-Policy": "The rate limit policies applied to the caller (IETF draft)",
 }
