@@ -207,6 +207,17 @@ def bench_config() -> dict[str, object]:
     }
 
 
+def start_servers(directory: Path) -> tuple[RedisServer, FakeProviderProcess, Path]:
+    """Redis, the fake provider and the config seed of ``bench_config`` (stop the two after)."""
+    redis = RedisServer(directory / "redis")
+    redis.start()
+    fake = FakeProviderProcess(directory)
+    fake.start()
+    config = directory / "floopy.json"
+    config.write_text(json.dumps(bench_config()))
+    return redis, fake, config
+
+
 @dataclass
 class Figures:
     """One target's figures: the fixed-rate run, the wrk run, and (for a proxy) its cost."""
@@ -293,12 +304,7 @@ def bench(  # noqa: PLR0917 - one call site
     peer: bool,
     rounds: int = 0,
 ) -> None:
-    redis = RedisServer(directory / "redis")
-    redis.start()
-    fake = FakeProviderProcess(directory)
-    fake.start()
-    config = directory / "floopy.json"
-    config.write_text(json.dumps(bench_config()))
+    redis, fake, config = start_servers(directory)
     gateway = GatewayProcess(
         directory,
         redis_url=redis.url,

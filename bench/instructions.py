@@ -37,9 +37,8 @@ from pathlib import Path
 import aiohttp
 
 from bench.gateway_ab import worktree as make_worktree
-from bench.gateway_overhead import _PROMPT, BODY, KEY, bench_config
-from devstack.gateway_process import ChildProcess, FakeProviderProcess
-from devstack.servers import RedisServer
+from bench.gateway_overhead import _PROMPT, BODY, KEY, start_servers
+from devstack.gateway_process import ChildProcess
 
 __all__ = ["main"]
 
@@ -177,12 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def count(directory: Path, args: argparse.Namespace) -> None:
-    redis = RedisServer(directory / "redis")
-    redis.start()
-    fake = FakeProviderProcess(directory)
-    fake.start()
-    config = directory / "floopy.json"
-    config.write_text(json.dumps(bench_config()))
+    redis, fake, config = start_servers(directory)
     gateway_env = {
         "FLOOPY_GATEWAY_REDIS__URL": redis.url,
         "FLOOPY_GATEWAY_PROVIDER__BASE_URL": fake.base_url,

@@ -125,6 +125,21 @@ async def run_consumer(
     return consumer, asyncio.create_task(consumer.run()), delivery
 
 
+async def consume_until_acked(redis: Redis, settings: IngesterSettings, acked: int) -> Counters:
+    """Run a consumer until it acknowledged ``acked`` entries, then stop it; its counters."""
+    counters = Counters()
+    consumer, task, delivery = await run_consumer(redis, settings, counters)
+
+    async def settled() -> bool:
+        return counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == acked
+
+    await eventually(settled)
+    consumer.stop()
+    await task
+    delivery.close()
+    return counters
+
+
 async def test_records_become_rows_acked_and_trimmed(
     redis: Redis, settings: IngesterSettings
 ) -> None:
@@ -211,16 +226,7 @@ async def test_restarted_consumer_resumes_its_own_pending_entries(
     await publish(redis, key, 12)
     # a previous life of this consumer read them and died before acking
     await redis.xreadgroup(CONSUMER_GROUP, settings.consumer_name, {key: ">"}, count=100)
-    counters = Counters()
-    consumer, task, delivery = await run_consumer(redis, settings, counters)
-
-    async def resumed() -> bool:
-        return counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == 12
-
-    await eventually(resumed)
-    consumer.stop()
-    await task
-    delivery.close()
+    counters = await consume_until_acked(redis, settings, 12)
     assert counters.get(Sink.REQUESTS, ConsumerCounter.CLAIMED) == 0  # resumed, not claimed
     assert counts(settings) == (12, 12)
 
@@ -346,16 +352,7 @@ async def test_requeued_dead_letters_become_rows_and_poison_comes_back(
     assert done.letters == 8
     assert not letters.path.exists()  # moved aside: only the consumer's new letters land there
 
-    counters = Counters()
-    consumer, task, delivery = await run_consumer(redis, settings, counters)
-
-    async def settled() -> bool:
-        return counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == 8
-
-    await eventually(settled)
-    consumer.stop()
-    await task
-    delivery.close()
+    await consume_until_acked(redis, settings, 8)
     assert counts(settings) == (7, 7)
     assert [letter.payload for letter in letters.read()] == [b"{still poison"]
     assert [p.name.split(".dead.")[1][:9] for p in done.files] == ["requeued-"]
