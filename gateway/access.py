@@ -135,6 +135,7 @@ class Access:
                 "stale_answers": self.authenticator.stale_answers,
             },
             "rate_limit_fail_open": self.limiter.fail_open_count,
+            "rate_limit_cooldown": self.limiter.cooldown_count,
             "usage": self.usage.stats(),
             "seed_failures": self.seed_failures,
         }

@@ -16,7 +16,10 @@ Invariants:
   script; a request that would start a bucket beyond ``segment_cap`` is refused (gate 3, 429)
   and spends nothing. The set expires with its last bucket.
 - Fail open: if Redis cannot answer, the request is allowed and the decision says
-  ``fail_open=True`` (the caller sets a header); each such decision is logged and counted.
+  ``fail_open=True`` (the caller sets a header); each such decision is counted, and each
+  failure of Redis logged. For ``REDIS_COOLDOWN_S`` after a failure ``admit`` does not ask
+  Redis at all (fail open at once, counted ``cooldown``): a Redis that hangs costs requests one
+  socket timeout per cooldown, not one each.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.cooldown import REDIS_COOLDOWN_S, Cooldown
 from gateway.clients.script_batch import ScriptBatch
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
@@ -255,6 +259,8 @@ class RateLimiter:
     """Takes units from GCRA buckets in Redis. One instance per process; coroutine-safe."""
 
     fail_open_count = counted("fail_open")
+    cooldown_count = counted("cooldown")
+    """Of ``fail_open``: requests let through without asking Redis, in a cooldown."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -263,7 +269,8 @@ class RateLimiter:
         self._limits: Callable[..., Awaitable[Any]] = (
             limits if is_cluster(redis) else ScriptBatch(redis, limits)
         )
-        self.counters = access_counters("rate_limiter", "fail_open")
+        self.counters = access_counters("rate_limiter", "fail_open", "cooldown")
+        self.redis_cooldown = Cooldown(REDIS_COOLDOWN_S)
 
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
@@ -274,7 +281,8 @@ class RateLimiter:
         try:
             raw: Any = await self._script(keys=[b.key for b in buckets], args=_bucket_args(buckets))
         except (RedisError, OSError) as exc:
-            return self._fail_open(buckets, exc)
+            self._log_failure(buckets, exc)
+            return self._fail_open(buckets)
         return _decisions(buckets, raw, 1, int(raw[0]))
 
     async def admit(self, buckets: Sequence[Bucket], gates: Gates, peek: str = "") -> Admission:
@@ -286,6 +294,9 @@ class RateLimiter:
         response cache's entry), read in the same script so the request makes one round trip
         to Redis instead of two; it must hash to the same slot as the other keys on a cluster.
         """
+        if self.redis_cooldown.active:
+            self.counters.inc("cooldown")
+            return Admission(self._fail_open(buckets), fail_open=True)
         keys = [b.key for b in buckets]
         segment_set = gates.segment_set or segments_beside(gates.request_counter)
         keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
@@ -297,7 +308,9 @@ class RateLimiter:
         try:
             raw: Any = await self._limits(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            return Admission(self._fail_open(buckets, exc), fail_open=True)
+            self.redis_cooldown.trip()
+            self._log_failure(buckets, exc)
+            return Admission(self._fail_open(buckets), fail_open=True)
         usage = (
             int(raw[3]),
             float(raw[5]),
@@ -312,14 +325,17 @@ class RateLimiter:
             peeked=raw[7 + 4 * len(buckets)] if peek else None,
         )
 
-    def _fail_open(self, buckets: Sequence[Bucket], exc: Exception) -> list[RateLimitDecision]:
-        self.counters.inc("fail_open")
+    @staticmethod
+    def _log_failure(buckets: Sequence[Bucket], exc: Exception) -> None:
         log.warning(
             "rate limiter failing open: redis unavailable (%s: %s)",
             type(exc).__name__,
             exc,
             extra={"keys": [b.key for b in buckets]},
         )
+
+    def _fail_open(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
+        self.counters.inc("fail_open")
         return [
             RateLimitDecision(
                 allowed=True, remaining=b.policy.quota, reset_ms=0, retry_after_ms=0, fail_open=True

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from gateway.clients.cooldown import REDIS_COOLDOWN_S, Cooldown
 from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
@@ -54,7 +55,6 @@ __all__ = ["FAIL_OPEN_ERRORS", "CacheWrite", "Lookup", "ResponseCache", "scope_o
 
 log = logging.getLogger(__name__)
 
-REDIS_COOLDOWN_S = 1.0
 WRITE_BATCH = 256
 WRITE_LINGER_S = 0.002
 """An answer may reach Redis this much later (the client already has it); under load it turns
@@ -139,7 +139,7 @@ class ResponseCache(Outlet[CacheWrite]):
         """Writes that failed, per tier; ``schedule``: a write that could not even start;
         ``prune``: local mode's hourly deletion of expired points."""
         self._pruner: asyncio.Task[None] | None = None
-        self._redis_down_until = 0.0
+        self._redis_cooldown = Cooldown(REDIS_COOLDOWN_S)
         self._logged_at: dict[str, float] = {}
         self._writes: Drain[CacheWrite] = Drain(
             self,
@@ -175,18 +175,18 @@ class ResponseCache(Outlet[CacheWrite]):
     def _redis_available(self) -> None:
         """After a Redis failure the exact tier skips Redis for ``REDIS_COOLDOWN_S``: during an
         outage a request pays no connection attempt for the cache, only the note."""
-        if time.monotonic() < self._redis_down_until:
+        if self._redis_cooldown.active:
             raise _cooldown_error()
 
     def redis_down(self) -> bool:
-        return time.monotonic() < self._redis_down_until
+        return self._redis_cooldown.active
 
     async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
         self._redis_available()
         try:
             answer = await self.exact.get(org_id, key_hash)
         except (RedisError, OSError):
-            self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
+            self._redis_cooldown.trip()
             raise
         return _exact_lookup(answer, oldest_ms)
 
@@ -231,7 +231,7 @@ class ResponseCache(Outlet[CacheWrite]):
         return None
 
     def schedule_write(self, write: CacheWrite) -> None:
-        if time.monotonic() < self._redis_down_until:
+        if self._redis_cooldown.active:
             self._count_exact_failures(1, _cooldown_error())
         elif self._writes.stopping:
             self._count_dropped(1, "the cache is closed")
@@ -241,14 +241,14 @@ class ResponseCache(Outlet[CacheWrite]):
     async def send(self, batch: list[CacheWrite]) -> Undelivered[CacheWrite] | None:
         """The batch's answers to Redis in one pipeline whatever the tiers (the embedding
         tiers' points name them), then the points of the writes that have vectors."""
-        if time.monotonic() < self._redis_down_until:  # queued before the failure
+        if self._redis_cooldown.active:  # queued before the failure
             return Undelivered(batch, _cooldown_error())
         try:
             await self.exact.put_many(
                 (w.org_id, w.keys.exact, w.answer, w.plan.ttl_s) for w in batch
             )
         except (RedisError, OSError) as exc:
-            self._redis_down_until = time.monotonic() + REDIS_COOLDOWN_S
+            self._redis_cooldown.trip()
             return Undelivered(batch, exc)
         self.counters.inc("writes", len(batch))
         self.counters.inc("write_batches")

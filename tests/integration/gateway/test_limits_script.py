@@ -130,3 +130,38 @@ async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: st
         await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     stored = await redis.hgetall(f"{prefix}:key:{key.key_hash}")
     assert not stored
+
+
+async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_once(
+    redis_factory: Any,
+) -> None:
+    """SIGSTOP: the connection stays open and nothing answers. The first request waits out the
+    socket timeout and fails open; the next, within the cooldown, fails open without asking."""
+    import os
+    import signal
+
+    from gateway.clients.cooldown import Cooldown
+
+    server = redis_factory()
+    redis = Redis.from_url(server.url, socket_timeout=0.3)
+    store, limiter = UsageCounters(redis, prefix="hung"), RateLimiter(redis)
+    limiter.redis_cooldown = Cooldown(600)  # no test machine is that slow
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    bucket = Bucket("hung:b", parse_policy("100;w=60"))
+    try:
+        assert (await limiter.admit([bucket], gates(store, now))).admitted
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            first = await limiter.admit([bucket], gates(store, now))
+            assert first.fail_open and first.admitted
+            assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 0)
+            second = await limiter.admit([bucket], gates(store, now))
+            assert second.fail_open and second.admitted
+            assert (limiter.fail_open_count, limiter.cooldown_count) == (2, 1)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        limiter.redis_cooldown = Cooldown(0)
+        after = await limiter.admit([bucket], gates(store, now))
+        assert not after.fail_open and after.admitted
+    finally:
+        await redis.aclose()
