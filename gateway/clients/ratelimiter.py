@@ -17,9 +17,9 @@ Invariants:
   and spends nothing. The set expires with its last bucket.
 - Fail open: if Redis cannot answer, the request is allowed and the decision says
   ``fail_open=True`` (the caller sets a header); each such decision is counted, and each
-  failure of Redis logged. For ``REDIS_COOLDOWN_S`` after a failure ``admit`` does not ask
-  Redis at all (fail open at once, counted ``cooldown``): a Redis that hangs costs requests one
-  socket timeout per cooldown, not one each.
+  failure of Redis logged. For ``REDIS_COOLDOWN_S`` after Redis was unreachable or timed out
+  ``admit`` does not ask it at all (fail open at once, counted ``cooldown``): a Redis that hangs
+  costs requests one socket timeout per cooldown, not one each.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.clients.cooldown import REDIS_COOLDOWN_S, Cooldown
 from gateway.clients.script_batch import ScriptBatch
@@ -308,7 +310,8 @@ class RateLimiter:
         try:
             raw: Any = await self._limits(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            self.redis_cooldown.trip()
+            if isinstance(exc, _UNREACHABLE):  # not an error a request could provoke
+                self.redis_cooldown.trip()
             self._log_failure(buckets, exc)
             return Admission(self._fail_open(buckets), fail_open=True)
         usage = (
@@ -342,6 +345,12 @@ class RateLimiter:
             )
             for b in buckets
         ]
+
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What trips the cooldown: Redis down or hung. An error in answer to one call (a script
+error) fails that request open only, or one tenant's requests could switch every tenant's
+limits off."""
 
 
 def _bucket_args(buckets: Sequence[Bucket]) -> list[int]:

@@ -165,3 +165,18 @@ async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_on
         assert not after.fail_open and after.admitted
     finally:
         await redis.aclose()
+
+
+async def test_a_script_error_fails_that_request_open_without_a_cooldown(
+    redis: Redis, prefix: str
+) -> None:
+    """Only Redis down or hung trips the cooldown: an error one request's keys provoke must not
+    switch every tenant's limits off for a second."""
+    store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    broken = Bucket(f"{prefix}:broken", parse_policy("5;w=60"))
+    await redis.rpush(broken.key, "not a bucket")  # HMGET on a list: WRONGTYPE in the script
+    refused = await limiter.admit([broken], gates(store, now))
+    assert refused.fail_open and not limiter.redis_cooldown.active
+    fine = Bucket(f"{prefix}:fine", parse_policy("5;w=60"))
+    assert not (await limiter.admit([fine], gates(store, now))).fail_open
