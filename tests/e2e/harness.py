@@ -4,6 +4,7 @@ prefix and database, so tests never see each other's records."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -200,3 +201,26 @@ class Floopy:
         """(rows read with FINAL, distinct request ids) in the requests table."""
         rows = self.query("SELECT count(), uniqExact(request_id) FROM requests FINAL")
         return int(rows[0][0]), int(rows[0][1])
+
+    def tokens_recorded_and_counted(self, redis_url: str) -> tuple[int, int]:
+        """The e2e key's tokens today: in ClickHouse (deduplicated) and in its usage counters."""
+        from gateway.clients.usage_counters import UsageCounters
+
+        recorded = self.query(
+            "SELECT sum(total_tokens) FROM requests FINAL WHERE api_key_id = %(k)s",
+            {"k": KEY_ID},
+        )[0][0]
+
+        async def counted() -> int:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(redis_url)
+            try:
+                usage = await UsageCounters(redis, prefix=self.tag).usage(
+                    KEY_ID, int(time.time() * 1000)
+                )
+            finally:
+                await redis.aclose()
+            return usage.day_tokens
+
+        return int(recorded), asyncio.run(counted())

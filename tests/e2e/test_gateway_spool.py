@@ -16,11 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from devstack.servers import ClickHouseServer, RedisServer
 from gateway.clients.outage_spool import USAGE
-from gateway.clients.usage_counters import UsageCounters
 from shared.codec import decode_records
 from shared.spool.reader import count_lines, read_batches
 from shared.spool.writer import pending_files
@@ -160,18 +158,10 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         assert _rows(floopy, "warm-%") == (20, 20, 0)
         assert not any(pending_files(spool_dir, name) for name in (*Sink, USAGE))
 
-        tokens = floopy.query(
-            "SELECT sum(total_tokens) FROM requests FINAL WHERE api_key_id = %(k)s",
-            {"k": KEY_ID},
-        )[0][0]
-        redis = Redis.from_url(redis_server.url)
-        try:
-            counted = await UsageCounters(redis, prefix=floopy.tag).usage(
-                KEY_ID, int(time.time() * 1000)
-            )
-        finally:
-            await redis.aclose()
-        assert counted.day_tokens == tokens, "each request's usage counted exactly once"
+        tokens, counted = await asyncio.to_thread(
+            floopy.tokens_recorded_and_counted, redis_server.url
+        )
+        assert counted == tokens, "each request's usage counted exactly once"
         assert len(warm) == 20
     finally:
         floopy.stop_all()
