@@ -131,12 +131,13 @@ def claim_for_requeue(directory: Path, sink: Sink, now_ms: int) -> list[Path]:
     """The sink's files to requeue, oldest first: any a requeue left unfinished, then the live
     file, renamed under the sink's lock (a later letter starts a new file)."""
     live = dead_letter_path(directory, sink)
-    if live.exists():
+    if live.exists():  # else nothing to take the lock for (nor a directory to make)
         with exclusive_flock(_lock_path(directory, sink)):
-            while (claimed := directory / f"{sink.value}{_REQUEUE}{now_ms}.jsonl").exists():
-                now_ms += 1  # a rename onto a file replaces it
-            live.rename(claimed)
-            fsync_directory(directory)
+            if live.exists():  # a concurrent requeue may have claimed it meanwhile
+                while (claimed := directory / f"{sink.value}{_REQUEUE}{now_ms}.jsonl").exists():
+                    now_ms += 1  # a rename onto a file replaces it
+                live.rename(claimed)
+                fsync_directory(directory)
     return claimed_files(directory, sink)
 
 

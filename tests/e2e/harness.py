@@ -224,3 +224,38 @@ class Floopy:
             return usage.day_tokens
 
         return int(recorded), asyncio.run(counted())
+
+    async def send_sessions(self, tags: list[str], concurrency: int = 8) -> list[str]:
+        """Each tag once through the openai SDK, as the prompt and the session id; the tags
+        of the requests answered."""
+        answered: list[str] = []
+        queue = list(reversed(tags))
+
+        async def worker() -> None:
+            client = self.async_sdk(max_retries=0, timeout=20)
+            try:
+                while queue:
+                    tag = queue.pop()
+                    await client.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=[{"role": "user", "content": tag}],
+                        extra_headers={"floopy-session-id": tag},
+                    )
+                    answered.append(tag)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return answered
+
+    def session_rows(self, pattern: str) -> tuple[int, int, int]:
+        """(raw rows, distinct sessions, sessions with more than one raw row) for sessions
+        matching the LIKE ``pattern``."""
+        rows = self.query(
+            "SELECT count(), uniqExact(session_id), countIf(n > 1) FROM "
+            "(SELECT session_id, count() AS n FROM requests WHERE session_id LIKE %(p)s "
+            "GROUP BY session_id)",
+            {"p": pattern},
+        )
+        raw = self.query("SELECT count() FROM requests WHERE session_id LIKE %(p)s", {"p": pattern})
+        return int(raw[0][0]), int(rows[0][1]), int(rows[0][2])

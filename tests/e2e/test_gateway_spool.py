@@ -30,29 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 REQUESTS = 2_000
 
 
-async def _send(floopy: Floopy, tags: list[str], concurrency: int = 8) -> list[str]:
-    """Each tag once through the openai SDK; the tags of the requests answered."""
-    answered: list[str] = []
-    queue = list(reversed(tags))
-
-    async def worker() -> None:
-        client = floopy.async_sdk(max_retries=0, timeout=20)
-        try:
-            while queue:
-                tag = queue.pop()
-                await client.chat.completions.create(
-                    model="gpt-4o-mini",
-                    messages=[{"role": "user", "content": tag}],
-                    extra_headers={"floopy-session-id": tag},
-                )
-                answered.append(tag)
-        finally:
-            await client.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return answered
-
-
 def _health(floopy: Floopy) -> dict[str, Any]:
     """One worker's view (whichever answers)."""
     result: dict[str, Any] = httpx.get(f"{floopy.gateway_url}/health", timeout=5).json()
@@ -91,18 +68,6 @@ def _spans_on_disk(directory: Path) -> int:
     )
 
 
-def _rows(floopy: Floopy, pattern: str) -> tuple[int, int, int]:
-    """(raw rows, distinct sessions, sessions with more than one raw row) for ``pattern``."""
-    rows = floopy.query(
-        "SELECT count(), uniqExact(session_id), countIf(n > 1) FROM "
-        "(SELECT session_id, count() AS n FROM requests WHERE session_id LIKE %(p)s "
-        "GROUP BY session_id)",
-        {"p": pattern},
-    )
-    raw = floopy.query("SELECT count() FROM requests WHERE session_id LIKE %(p)s", {"p": pattern})
-    return int(raw[0][0]), int(rows[0][1]), int(rows[0][2])
-
-
 async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
     tmp_path: Path, redis_factory: Callable[[], RedisServer], clickhouse_server: ClickHouseServer
 ) -> None:
@@ -121,12 +86,12 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         floopy.start_ingester()
         floopy.start_gateway(workers=2, **fast_failure)
         _until_every_worker_knows_the_key(floopy, workers=2)
-        warm = await _send(floopy, [f"warm-{i}" for i in range(20)], 1)
-        floopy.wait_for(lambda: _rows(floopy, "warm-%")[0] == 20, what="the warm-up rows")
+        warm = await floopy.send_sessions([f"warm-{i}" for i in range(20)], 1)
+        floopy.wait_for(lambda: floopy.session_rows("warm-%")[0] == 20, what="the warm-up rows")
 
         await asyncio.to_thread(redis_server.stop)
         started = time.monotonic()
-        answered = await _send(floopy, [f"out-{i}" for i in range(REQUESTS)])
+        answered = await floopy.send_sessions([f"out-{i}" for i in range(REQUESTS)])
         print(f"{len(answered)} requests answered in {time.monotonic() - started:.1f}s")
         assert len(answered) == REQUESTS
         spool_dir = tmp_path / "gateway-spool"
@@ -149,13 +114,13 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
         floopy.start_gateway(workers=2, **fast_failure)
 
         floopy.wait_for(
-            lambda: _rows(floopy, "out-%")[1] == REQUESTS,
+            lambda: floopy.session_rows("out-%")[1] == REQUESTS,
             timeout_s=90,
-            what=f"{REQUESTS} outage sessions in ClickHouse (have {_rows(floopy, 'out-%')})",
+            what=f"{REQUESTS} outage sessions in ClickHouse (have {floopy.session_rows('out-%')})",
         )
         await asyncio.sleep(1)  # a duplicate would arrive in the same drain; give it time
-        assert _rows(floopy, "out-%") == (REQUESTS, REQUESTS, 0)
-        assert _rows(floopy, "warm-%") == (20, 20, 0)
+        assert floopy.session_rows("out-%") == (REQUESTS, REQUESTS, 0)
+        assert floopy.session_rows("warm-%") == (20, 20, 0)
         assert not any(pending_files(spool_dir, name) for name in (*Sink, USAGE))
 
         tokens, counted = await asyncio.to_thread(

@@ -22,7 +22,6 @@ import pytest
 
 from devstack.servers import ClickHouseServer, RedisServer
 from tests.e2e.harness import Floopy
-from tests.e2e.test_gateway_spool import _rows, _send
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -43,8 +42,8 @@ async def test_a_hung_redis_neither_stops_answers_nor_loses_records_or_usage(
             FLOOPY_GATEWAY_REDIS__SOCKET_TIMEOUT_S="0.5",
             FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S="0.5",
         )
-        warm = await _send(floopy, [f"warm-{i}" for i in range(20)], 1)
-        floopy.wait_for(lambda: _rows(floopy, "warm-%")[1] == 20, what="the warm-up rows")
+        warm = await floopy.send_sessions([f"warm-{i}" for i in range(20)], 1)
+        floopy.wait_for(lambda: floopy.session_rows("warm-%")[1] == 20, what="the warm-up rows")
 
         async def hang_for(seconds: float) -> None:
             os.kill(redis_server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
@@ -54,7 +53,7 @@ async def test_a_hung_redis_neither_stops_answers_nor_loses_records_or_usage(
                 os.kill(redis_server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
         started = time.monotonic()
-        sending = asyncio.create_task(_send(floopy, [f"hung-{i}" for i in range(REQUESTS)]))
+        sending = asyncio.create_task(floopy.send_sessions([f"hung-{i}" for i in range(REQUESTS)]))
         await asyncio.sleep(0.5)  # some requests before the hang, some during, some after
         await hang_for(4)
         answered = await sending
@@ -62,9 +61,9 @@ async def test_a_hung_redis_neither_stops_answers_nor_loses_records_or_usage(
         assert len(answered) == REQUESTS
 
         floopy.wait_for(
-            lambda: _rows(floopy, "hung-%")[1] == REQUESTS,
+            lambda: floopy.session_rows("hung-%")[1] == REQUESTS,
             timeout_s=90,
-            what=f"{REQUESTS} sessions in ClickHouse (have {_rows(floopy, 'hung-%')})",
+            what=f"{REQUESTS} sessions in ClickHouse (have {floopy.session_rows('hung-%')})",
         )
         await asyncio.sleep(1)  # a late duplicate would come with the same drain
         # a batch Redis ran after its answer was lost may be in the stream twice (at least
