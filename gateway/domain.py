@@ -27,6 +27,7 @@ __all__ = [
     "StreamObservation",
     "TokenUsage",
     "UpstreamReply",
+    "UsageEntry",
 ]
 
 
@@ -114,3 +115,22 @@ class Bucket:
     force: bool = False
     segmented: bool = False
     """One of many buckets of a policy split by user or property value (capped per org)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """What one finished request spent, on its way to the key's usage counters (after the
+    response), and the token- or cost-unit buckets it is charged to."""
+
+    key_id: str
+    tokens: int
+    cost_usd: float | None
+    now_ms: int
+    charges: tuple[Bucket, ...] = ()
+    org_id: str = ""
+    """Needed on a Redis Cluster (the usage keys carry the org's hash tag)."""
+    origin: str = ""
+    seq: int = -1
+    """With ``origin`` (the gateway process), the entry's identity: the ``seq``-th entry of
+    that process for this org. Redis counts an entry once whatever sends it (the live batch,
+    its spooled copy); -1: no identity (spool lines of an older gateway), counted as sent."""

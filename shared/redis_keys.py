@@ -133,6 +133,12 @@ class RedisKeys:
             return f"{self.prefix}:usage:key:{self._slot_org(org_id)}:{key_id}:{period}"
         return f"{self.prefix}:usage:key:{key_id}:{period}"
 
+    def usage_seen(self, org_id: str, origin: str, block: int) -> str:
+        """A bitmap of the usage entries of one gateway process (``origin``) for one org that
+        Redis has counted, one bit per entry number, a block of entry numbers per key: so a
+        batch sent twice (its answer lost, then spooled) is counted once."""
+        return f"{self.prefix}:usage:seen:{self._slot_org(org_id)}:{origin}:{block}"
+
     def template(self, org_id: str, template_id: str) -> str:
         return f"{self.prefix}:tpl:{org_id}:{template_id}"
 

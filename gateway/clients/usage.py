@@ -4,21 +4,25 @@ rate-limit buckets are charged.
 Invariants:
 - Never on the request's path: ``submit`` only appends to a bounded in-memory queue, a ``DROP``
   drain (``gateway.clients.drain``); one background task per worker drains it, many requests
-  per Redis round trip (a pipeline of
-  ``HINCRBY``/``HINCRBYFLOAT``/``EXPIREAT``, plus one forced GCRA call for every charge).
-- Usage that cannot be written (Redis down) is counted (``failed``) and, with an outage spool,
-  appended to its ``usage`` file at once (fsynced); the publisher's drain replays it when Redis
-  answers: the counter increments and the file offset in one MULTI/EXEC, so each spooled
-  request is counted exactly once, in the day and month it happened. Without a spool it is
+  per Redis round trip (``UsageCounters.add``: one script call, plus one forced GCRA call for
+  every charge).
+- Every entry has an identity (this process's random ``origin`` and a number counting up per
+  org), kept by its spooled line: Redis counts an entry once however often it is sent
+  (``UsageCounters.add``), so a batch whose answer was lost, or a spool file drained again, is
+  not counted twice.
+- Usage that cannot be written (Redis down or not answering) is counted (``failed``) and, with
+  an outage spool, appended to its ``usage`` file at once (fsynced); the publisher's drain
+  replays it when Redis answers, each request counted exactly once, in the day and month it
+  happened (``deduplicated`` counts entries Redis had counted already). Without a spool it is
   lost (logged). Token and cost *charges* of rate-limit buckets are not replayed: a bucket's
   window is over by then; they are counted (``charges_failed``) and logged. What does not fit
   in the queue is counted (``dropped``); what is still queued when ``stop``'s deadline passes
   is spooled or counted lost like a failed batch. Until the replay, usage limits are enforced on the
   usage that reached Redis: they under-count during an outage, they never refuse wrongly.
 - Redis Cluster: usage keys carry the org's hash tag, so entries (and spooled lines) keep the
-  org; charges go in one limiter call per org (a script's keys share one slot). A replayed batch
-  and its file offset cannot be one MULTI there (other slots): a drainer that dies between the
-  increments and the offset counts that batch twice.
+  org; usage and charges go in one script call per org (a script's keys share one slot). A
+  replayed batch and its file offset cannot be one MULTI there (other slots); a drainer that
+  dies between the two sends the batch again, and the entries' identities make that a no-op.
 - Counters (``shared.metrics``): what ``stats`` shows is what ``/metrics`` exports.
 """
 
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -37,7 +41,7 @@ from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.outage_spool import OFFSET_TTL_S, USAGE, OutageSpool
 from gateway.clients.ratelimiter import RateLimiter
 from gateway.clients.usage_counters import UsageCounters
-from gateway.domain import Bucket
+from gateway.domain import Bucket, UsageEntry
 from gateway.metrics import access_counters
 from gateway.policy.limits import after_response_cost
 from shared.metrics import counted
@@ -46,7 +50,7 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from shared.records import RequestRecord
 
-__all__ = ["SpooledUsage", "UsageEntry", "UsageRecorder", "merge_usage", "record_usage"]
+__all__ = ["SpooledUsage", "UsageRecorder", "record_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -54,44 +58,6 @@ _BATCH = 500
 _LINGER_S = 0.02
 """Usage may reach Redis this much later; usage limits are daily and monthly, so 20 ms of lag
 costs nothing, and it turns one round trip per request into one per batch under load."""
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEntry:
-    key_id: str
-    tokens: int
-    cost_usd: float | None
-    now_ms: int
-    charges: tuple[Bucket, ...] = ()
-    org_id: str = ""
-    """Needed on a Redis Cluster (the usage keys carry the org's hash tag)."""
-
-
-def merge_usage(batch: list[UsageEntry]) -> list[UsageEntry]:
-    """The batch's spend added up per key and UTC day, charges left out (they are charged
-    apart): the counters end up the same, and a batch of one busy key costs one set of
-    increments instead of one per request (redis-py packs every command in Python, ≈15 µs of
-    the worker's CPU each, six per request before)."""
-    merged: dict[tuple[str, str, int], UsageEntry] = {}
-    for entry in batch:
-        group = (entry.key_id, entry.org_id, entry.now_ms // 86_400_000)
-        seen = merged.get(group)
-        if seen is None:
-            merged[group] = UsageEntry(
-                entry.key_id, entry.tokens, entry.cost_usd, entry.now_ms, org_id=entry.org_id
-            )
-            continue
-        cost = seen.cost_usd
-        if entry.cost_usd is not None:
-            cost = entry.cost_usd if cost is None else cost + entry.cost_usd
-        merged[group] = UsageEntry(
-            entry.key_id,
-            seen.tokens + entry.tokens,
-            cost,
-            max(seen.now_ms, entry.now_ms),
-            org_id=entry.org_id,
-        )
-    return list(merged.values())
 
 
 class SpooledUsage(msgspec.Struct, frozen=True):
@@ -102,6 +68,8 @@ class SpooledUsage(msgspec.Struct, frozen=True):
     cost_usd: float | None
     now_ms: int
     org_id: str = ""
+    origin: str = ""
+    seq: int = -1
 
 
 _spooled_encoder = msgspec.json.Encoder()
@@ -113,6 +81,7 @@ class UsageRecorder(Outlet[UsageEntry]):
     (or counted lost), never retried from memory."""
 
     written = counted("written")
+    deduplicated = counted("deduplicated")
     failed = counted("failed")
     dropped = counted("dropped")
     spooled = counted("spooled")
@@ -136,8 +105,18 @@ class UsageRecorder(Outlet[UsageEntry]):
         self._limiter = limiter
         self.spool = spool
         self.counters = access_counters(
-            "usage", "written", "failed", "dropped", "spooled", "replayed", "lost", "charges_failed"
+            "usage",
+            "written",
+            "failed",
+            "dropped",
+            "spooled",
+            "replayed",
+            "deduplicated",
+            "lost",
+            "charges_failed",
         )
+        self._origin = uuid.uuid4().hex[:16]
+        self._next_seq: dict[str, int] = {}
         self._drain: Drain[UsageEntry] = Drain(
             self,
             self.counters,
@@ -148,8 +127,22 @@ class UsageRecorder(Outlet[UsageEntry]):
             linger_s=_LINGER_S,
         )
 
-    def submit(self, entry: UsageEntry) -> None:
-        self._drain.submit(entry)
+    def submit(
+        self,
+        key_id: str,
+        tokens: int,
+        cost_usd: float | None,
+        now_ms: int,
+        *,
+        charges: tuple[Bucket, ...] = (),
+        org_id: str = "",
+    ) -> None:
+        """Queue one request's spend, numbered (its identity, see the invariants)."""
+        seq = self._next_seq.get(org_id, 0)
+        self._next_seq[org_id] = seq + 1
+        self._drain.submit(
+            UsageEntry(key_id, tokens, cost_usd, now_ms, charges, org_id, self._origin, seq)
+        )
 
     def start(self) -> None:
         self._drain.start()
@@ -164,6 +157,7 @@ class UsageRecorder(Outlet[UsageEntry]):
             "failed": self.failed,
             "spooled": self.spooled,
             "replayed": self.replayed,
+            "deduplicated": self.deduplicated,
             "lost": self.lost,
             "charges_failed": self.charges_failed,
             "dropped": self.dropped,
@@ -205,7 +199,9 @@ class UsageRecorder(Outlet[UsageEntry]):
         if self.spool is not None:
             lines = [
                 _spooled_encoder.encode(
-                    SpooledUsage(e.key_id, e.tokens, e.cost_usd, e.now_ms, e.org_id)
+                    SpooledUsage(
+                        e.key_id, e.tokens, e.cost_usd, e.now_ms, e.org_id, e.origin, e.seq
+                    )
                 )
                 for e in batch
             ]
@@ -231,38 +227,32 @@ class UsageRecorder(Outlet[UsageEntry]):
 
     async def _write(self, batch: list[UsageEntry]) -> None:
         last_used: dict[str, int] = {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in merge_usage(batch):
-                self._usage_counters.queue_usage(
-                    pipe,
-                    entry.key_id,
-                    entry.tokens,
-                    entry.cost_usd,
-                    entry.now_ms,
-                    org_id=entry.org_id,
-                )
-                last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
-            self._usage_counters.queue_last_used(pipe, last_used)
-            await pipe.execute()
+        for entry in batch:
+            last_used[entry.key_id] = max(entry.now_ms, last_used.get(entry.key_id, 0))
+        await self._usage_counters.add(batch, last_used_ms=last_used)
 
     async def replay(self, payloads: list[bytes], offset_key: str, end_offset: int) -> None:
-        """Deliver spooled usage (the drain's ``Deliver``): every increment and the file's new
-        offset in one MULTI/EXEC, so a batch counts once even if the drainer dies."""
-        entries: list[SpooledUsage] = []
+        """Deliver spooled usage (the drain's ``Deliver``): the entries and the file's new
+        offset together; an entry Redis counted already (its live batch got there after all,
+        or this batch was sent before a drainer died) is not counted again."""
+        entries: list[UsageEntry] = []
         for payload in payloads:
             try:
-                entries.append(_spooled_decoder.decode(payload))
+                e = _spooled_decoder.decode(payload)
             except msgspec.DecodeError as exc:  # a line torn by a crash: nothing to count
                 self.counters.inc("lost")
                 log.error("unreadable usage line skipped (%s): %.80r", exc, payload)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for e in entries:
-                self._usage_counters.queue_usage(
-                    pipe, e.key_id, e.tokens, e.cost_usd, e.now_ms, org_id=e.org_id
-                )
-            pipe.set(offset_key, end_offset, ex=OFFSET_TTL_S)
-            await pipe.execute()
+                continue
+            entries.append(
+                UsageEntry(e.key_id, e.tokens, e.cost_usd, e.now_ms, (), e.org_id, e.origin, e.seq)
+            )
+        added = await self._usage_counters.add(
+            entries, offset=(offset_key, end_offset, OFFSET_TTL_S)
+        )
         self.counters.inc("replayed", len(entries))
+        if added < len(entries):
+            self.counters.inc("deduplicated", len(entries) - added)
+            log.info("%d spooled usage entries were counted already", len(entries) - added)
 
 
 def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageRecorder) -> None:
@@ -276,12 +266,10 @@ def record_usage(ctx: RequestContext, record: RequestRecord, recorder: UsageReco
     )
     if record.total_tokens or record.cost_usd or charges:
         recorder.submit(
-            UsageEntry(
-                ctx.api_key.key_id,
-                record.total_tokens,
-                record.cost_usd,
-                record.created_at_ms,
-                charges,
-                org_id=ctx.api_key.org_id,
-            )
+            ctx.api_key.key_id,
+            record.total_tokens,
+            record.cost_usd,
+            record.created_at_ms,
+            charges=charges,
+            org_id=ctx.api_key.org_id,
         )

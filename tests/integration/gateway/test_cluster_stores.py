@@ -21,7 +21,7 @@ from gateway.clients.ratelimiter import Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
-from gateway.domain import Bucket
+from gateway.domain import Bucket, UsageEntry
 from gateway.policy.breaker import BreakerConfig, BreakerState
 from gateway.policy.keys import Org
 from gateway.policy.ratelimit import bucket_key, parse_policy
@@ -56,9 +56,9 @@ async def test_keys_orgs_and_usage_on_a_cluster(redis: Redis) -> None:
     assert stored is not None and stored.name == "Acme"
     counters = UsageCounters(redis, prefix="c1")
     now = int(time.time() * 1000)
-    async with redis.pipeline(transaction=False) as pipe:  # as the usage recorder writes
-        counters.queue_usage(pipe, key.key_id, 40, 0.25, now, org_id="acme")
-        await pipe.execute()
+    entry = UsageEntry(key.key_id, 40, 0.25, now, org_id="acme", origin="gw1", seq=0)
+    assert await counters.add([entry], last_used_ms={key.key_id: now}) == 1
+    assert await counters.add([entry]) == 0, "an entry is counted once, on a cluster too"
     usage = await counters.usage(key.key_id, now, org_id="acme")
     assert (usage.day_tokens, usage.month_cost_usd) == (40, 0.25)
     assert await store.revoke_key(key.key_id)

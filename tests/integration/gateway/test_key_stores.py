@@ -13,6 +13,7 @@ from gateway.clients.admin_store import AdminStore
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.ratelimiter import Gates, RateLimiter
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
+from gateway.domain import UsageEntry
 from gateway.policy.keys import KeyLimits, KeySwitches, Org, Permission, Plan, Usage, generate_key
 from shared.errors import InvalidApiKeyError
 
@@ -22,10 +23,8 @@ pytestmark = pytest.mark.integration
 async def record_usage(
     redis: Redis, counters: UsageCounters, key_id: str, tokens: int, cost: float | None, *, now: int
 ) -> None:
-    """What the usage recorder does with each entry of a batch (``queue_usage`` on its pipeline)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        counters.queue_usage(pipe, key_id, tokens, cost, now)
-        await pipe.execute()
+    """What the usage recorder does with a batch (``UsageCounters.add``), here of one entry."""
+    await counters.add([UsageEntry(key_id, tokens, cost, now)])
 
 
 async def count_request(

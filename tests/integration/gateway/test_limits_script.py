@@ -16,7 +16,7 @@ from gateway.clients.ratelimiter import Gate, Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
-from gateway.domain import Bucket
+from gateway.domain import Bucket, UsageEntry
 from gateway.policy.ratelimit import parse_policy
 from gateway.policy.templates import TemplateMessage
 from shared.errors import BadRequestError, InvalidApiKeyError
@@ -55,9 +55,7 @@ async def test_quota_gate_counts_admitted_requests_only(redis: Redis, prefix: st
 async def test_usage_gate_reads_the_usage_recorded(redis: Redis, prefix: str) -> None:
     store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
     now = int(datetime.now(UTC).timestamp() * 1000)
-    async with redis.pipeline(transaction=False) as pipe:  # as the usage recorder writes
-        store.queue_usage(pipe, "k1", 120, 0.25, now)
-        await pipe.execute()
+    await store.add([UsageEntry("k1", 120, 0.25, now)])  # as the usage recorder writes
     bucket = Bucket(f"{prefix}:b", parse_policy("100;w=60"))
     ok = await limiter.admit([bucket], gates(store, now, daily_tokens=121, monthly_cost_usd=0.3))
     assert ok.admitted and ok.usage == (120, 0.25, 120, 0.25)

@@ -1,10 +1,13 @@
 """The gateway's outage spool against real Redis: records past the grace go to disk, a later
 publisher on the same directory drains them exactly once, a drain that dies resumes after the
-batches Redis took, one drainer per directory at a time, and spooled usage counts once."""
+batches Redis took, one drainer per directory at a time, and spooled usage counts once, even when
+Redis ran the batch the gateway gave up on."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +20,7 @@ from devstack.servers import RedisServer
 from gateway.clients.outage_spool import USAGE, OutageSpool
 from gateway.clients.publisher import Publisher
 from gateway.clients.ratelimiter import RateLimiter
-from gateway.clients.usage import UsageEntry, UsageRecorder
+from gateway.clients.usage import UsageRecorder
 from gateway.clients.usage_counters import UsageCounters
 from gateway.settings import PublisherSettings, SpoolSettings
 from shared.codec import decode_record, encode_record
@@ -167,11 +170,11 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
     recorder.start()
     now_ms = int(time.time() * 1000)  # the counters expire at the end of now_ms's day
     try:
-        recorder.submit(UsageEntry("key-1", 10, 0.5, now_ms))
+        recorder.submit("key-1", 10, 0.5, now_ms)
         await _wait_for(lambda: recorder.written == 1)
         await asyncio.to_thread(server.stop)
         for _ in range(40):
-            recorder.submit(UsageEntry("key-1", 7, 0.25, now_ms))
+            recorder.submit("key-1", 7, 0.25, now_ms)
         await _wait_for(lambda: recorder.spooled == 40)
         assert recorder.lost == 0
         await asyncio.to_thread(server.start)
@@ -179,6 +182,39 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
         publisher.drains[USAGE] = recorder.replay
         assert await spool.drain(redis, publisher.drains) == 40
         assert await spool.drain(redis, publisher.drains) == 0, "nothing is replayed twice"
+        usage = await counters.usage("key-1", now_ms)
+        assert usage.day_tokens == 10 + 40 * 7
+        assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
+    finally:
+        await recorder.stop()
+
+
+async def test_usage_redis_ran_after_the_gateway_gave_up_is_not_counted_again(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+) -> None:
+    """Redis hangs (SIGSTOP) with a usage batch in its socket: the recorder times out and spools
+    the batch, then Redis resumes and runs it. The replay of the spooled copy adds nothing."""
+    server, redis, prefix = stoppable
+    assert server.process is not None
+    spool = _spool(tmp_path, prefix)
+    counters = UsageCounters(redis, prefix=prefix)
+    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
+    recorder.start()
+    now_ms = int(time.time() * 1000)
+    try:
+        recorder.submit("key-1", 10, 0.5, now_ms)
+        await _wait_for(lambda: recorder.written == 1)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(40):
+                recorder.submit("key-1", 7, 0.25, now_ms)
+            await _wait_for(lambda: recorder.spooled == 40)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
+        publisher.drains[USAGE] = recorder.replay
+        assert await spool.drain(redis, publisher.drains) == 40
+        assert (recorder.replayed, recorder.deduplicated) == (40, 40), "Redis had run the batch"
         usage = await counters.usage("key-1", now_ms)
         assert usage.day_tokens == 10 + 40 * 7
         assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
