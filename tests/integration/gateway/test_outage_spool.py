@@ -220,3 +220,24 @@ async def test_usage_redis_ran_after_the_gateway_gave_up_is_not_counted_again(
         assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
     finally:
         await recorder.stop()
+
+
+async def test_usage_spooled_by_an_older_gateway_is_replayed_as_it_was(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+) -> None:
+    """Lines without an identity (spooled before entries had one) are counted as sent, once
+    each: the file's offset is set with them in one transaction."""
+    _, redis, prefix = stoppable
+    spool = _spool(tmp_path, prefix)
+    now_ms = int(time.time() * 1000)
+    old = f'{{"key_id":"key-1","tokens":5,"cost_usd":0.125,"now_ms":{now_ms},"org_id":""}}'
+    spool.append(USAGE, [old.encode()] * 3)
+    counters = UsageCounters(redis, prefix=prefix)
+    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
+    publisher.drains[USAGE] = recorder.replay
+    assert await spool.drain(redis, publisher.drains) == 3
+    assert await spool.drain(redis, publisher.drains) == 0
+    usage = await counters.usage("key-1", now_ms)
+    assert (usage.day_tokens, usage.day_cost_usd) == (15, 0.375)
+    assert (recorder.replayed, recorder.deduplicated) == (3, 0)
