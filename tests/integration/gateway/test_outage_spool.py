@@ -160,10 +160,15 @@ async def test_one_drainer_per_directory_at_a_time(
     assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(10)]
 
 
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
 async def test_spooled_usage_is_counted_once_when_redis_answers(
-    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path, outage: str
 ) -> None:
+    """Redis stopped: the batch never reached it. Redis hung (SIGSTOP): the batch waits in its
+    socket, the recorder times out and spools it, then Redis resumes and runs it, so the
+    replay of the spooled copy must add nothing."""
     server, redis, prefix = stoppable
+    assert server.process is not None
     spool = _spool(tmp_path, prefix)
     counters = UsageCounters(redis, prefix=prefix)
     recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
@@ -172,49 +177,26 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
     try:
         recorder.submit("key-1", 10, 0.5, now_ms)
         await _wait_for(lambda: recorder.written == 1)
-        await asyncio.to_thread(server.stop)
-        for _ in range(40):
-            recorder.submit("key-1", 7, 0.25, now_ms)
-        await _wait_for(lambda: recorder.spooled == 40)
-        assert recorder.lost == 0
-        await asyncio.to_thread(server.start)
-        publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
-        publisher.drains[USAGE] = recorder.replay
-        assert await spool.drain(redis, publisher.drains) == 40
-        assert await spool.drain(redis, publisher.drains) == 0, "nothing is replayed twice"
-        usage = await counters.usage("key-1", now_ms)
-        assert usage.day_tokens == 10 + 40 * 7
-        assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
-    finally:
-        await recorder.stop()
-
-
-async def test_usage_redis_ran_after_the_gateway_gave_up_is_not_counted_again(
-    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path
-) -> None:
-    """Redis hangs (SIGSTOP) with a usage batch in its socket: the recorder times out and spools
-    the batch, then Redis resumes and runs it. The replay of the spooled copy adds nothing."""
-    server, redis, prefix = stoppable
-    assert server.process is not None
-    spool = _spool(tmp_path, prefix)
-    counters = UsageCounters(redis, prefix=prefix)
-    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
-    recorder.start()
-    now_ms = int(time.time() * 1000)
-    try:
-        recorder.submit("key-1", 10, 0.5, now_ms)
-        await _wait_for(lambda: recorder.written == 1)
-        os.kill(server.process.pid, signal.SIGSTOP)
+        if outage == "stopped":
+            await asyncio.to_thread(server.stop)
+        else:
+            os.kill(server.process.pid, signal.SIGSTOP)
         try:
             for _ in range(40):
                 recorder.submit("key-1", 7, 0.25, now_ms)
             await _wait_for(lambda: recorder.spooled == 40)
+            assert recorder.lost == 0
         finally:
-            os.kill(server.process.pid, signal.SIGCONT)
+            if outage == "stopped":
+                await asyncio.to_thread(server.start)
+            else:
+                os.kill(server.process.pid, signal.SIGCONT)
         publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
         publisher.drains[USAGE] = recorder.replay
         assert await spool.drain(redis, publisher.drains) == 40
-        assert (recorder.replayed, recorder.deduplicated) == (40, 40), "Redis had run the batch"
+        assert await spool.drain(redis, publisher.drains) == 0, "nothing is replayed twice"
+        ran_by_redis = 40 if outage == "hung" else 0
+        assert (recorder.replayed, recorder.deduplicated) == (40, ran_by_redis)
         usage = await counters.usage("key-1", now_ms)
         assert usage.day_tokens == 10 + 40 * 7
         assert usage.month_cost_usd == pytest.approx(0.5 + 40 * 0.25)
