@@ -13,12 +13,17 @@ exists, the LiteLLM proxy (``bench.peer``), all on loopback; then for each targe
 
 and prints the gateway worker's CPU time per request and RSS. Bounded by ``--seconds``.
 
+``--pin`` gives each proxy (its granian processes and their threads) CPU 0, and Redis, the fake
+provider, ``wrk`` and this program CPU 1: on two cores an unpinned proxy competes with its own
+load generator and upstream, and its req/s is a share of what they leave it.
+
 ``--rounds N`` then runs ``wrk`` N more times against the bare forwarder and the gateway, in
 alternating order, and prints each round's ratios and their medians: on a shared machine one
 pass of each swings by 10-20%, so a ratio from one pass says little.
 
     python -m bench.gateway_overhead --rate 200 --seconds 10
     python -m bench.gateway_overhead --seconds 6 --rounds 7 --no-peer
+    python -m bench.gateway_overhead --seconds 6 --rounds 7 --pin
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.cpus import MEASURED_CPUS, SERVER_CPUS, pin
 from bench.load import open_loop
 from bench.peer import BareForwarderProcess, LiteLLMProcess, litellm_venv
 from devstack.gateway_process import ChildProcess, FakeProviderProcess, GatewayProcess
@@ -303,7 +309,10 @@ def bench(  # noqa: PLR0917 - one call site
     peer_rate: float,
     peer: bool,
     rounds: int = 0,
+    pinned: bool = False,
 ) -> None:
+    if pinned:  # what starts from here inherits it; each proxy is moved to its own core below
+        os.sched_setaffinity(0, SERVER_CPUS)
     redis, fake, config = start_servers(directory)
     gateway = GatewayProcess(
         directory,
@@ -329,6 +338,8 @@ def bench(  # noqa: PLR0917 - one call site
         for process in (gateway, bare, *([litellm] if litellm else [])):
             process.start(timeout_s=120)
             started.append(process)
+            for pid in process.pids if pinned else ():
+                pin(pid, MEASURED_CPUS)
         script = wrk_script(directory)
         figures = {
             "direct": measure(
@@ -437,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=0, help="then N alternating wrk rounds, bare vs gateway"
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="each proxy on CPU 0; Redis, upstream and wrk on CPU 1"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
@@ -449,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
             args.peer_rate,
             peer=not args.no_peer,
             rounds=args.rounds,
+            pinned=args.pin,
         )
 
 

@@ -17,7 +17,6 @@ per span against one per request (``shared.codec.encode_spans``); their figures 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import string
@@ -32,6 +31,7 @@ from dataclasses import dataclass, replace
 from itertools import count, product
 from pathlib import Path
 
+from bench.cpus import MEASURED_CPUS, SERVER_CPUS, pin
 from devstack.servers import ClickHouseServer
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
@@ -136,16 +136,7 @@ class Measurement:
         return cpu_s / self.records * 1e6 if self.records else 0.0
 
 
-def pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` onto ``cpus`` (threads it starts later inherit it): ``--pin``
-    gives ClickHouse and Redis one core and the ingesting process the other, so the
-    ingester's records/s is its own and not a share of a core it fights the server for."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), cpus)
-
-
-INGESTER_CPUS, SERVER_CPUS = {0}, {1}
+INGESTER_CPUS = MEASURED_CPUS
 PIN_HELP = "ClickHouse and Redis on CPU 1, the ingesting process (and its threads) on CPU 0"
 
 
