@@ -10,19 +10,25 @@ then an "after") the working tree used less CPU per request: on a noisy machine 
 that count carry over where a single round does not. The "before" build runs from a git worktree of
 the revision (``python -m gateway.serve`` puts its working directory first on ``sys.path``).
 
+``--pin`` runs each gateway on CPU 0 and Redis, the fake provider and ``wrk`` on CPU 1
+(``bench.cpus``): steadier figures, so smaller differences show.
+
     python -m bench.gateway_ab --before HEAD~1 --rounds 3 --seconds 15
+    python -m bench.gateway_ab --before HEAD~1 --rounds 6 --seconds 8 --pin
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpus import MEASURED_CPUS, SERVER_CPUS, pin
 from bench.gateway_overhead import bench_config, cpu_seconds, run_wrk, wrk_script
 from devstack.gateway_process import FakeProviderProcess, GatewayProcess
 from devstack.servers import RedisServer
@@ -59,6 +65,7 @@ def _measure(  # noqa: PLR0917 - one call site
     fake: FakeProviderProcess,
     seconds: float,
     connections: int,
+    pinned: bool,
 ) -> Round:
     config = directory / "floopy.json"
     config.write_text(json.dumps(bench_config()))
@@ -71,6 +78,8 @@ def _measure(  # noqa: PLR0917 - one call site
     )
     gateway.cwd = cwd
     gateway.start(timeout_s=120)
+    for pid in gateway.pids if pinned else ():
+        pin(pid, MEASURED_CPUS)
     try:
         url = f"{gateway.base_url}/chat/completions"
         script = wrk_script(directory)
@@ -89,7 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--pin", action="store_true", help="gateways on CPU 0; Redis, upstream and wrk on CPU 1"
+    )
     args = parser.parse_args(argv)
+    if args.pin:  # what starts from here inherits it; each gateway is moved to CPU 0
+        os.sched_setaffinity(0, SERVER_CPUS)
     with tempfile.TemporaryDirectory(prefix="floopy-ab-") as tmp:
         directory = Path(tmp)
         before = worktree(args.before, directory)
@@ -101,7 +115,16 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for n in range(args.rounds):
                 for build, cwd in (("before", before), ("after", _ROOT)):
-                    r = _measure(build, cwd, directory, redis, fake, args.seconds, args.connections)
+                    r = _measure(
+                        build,
+                        cwd,
+                        directory,
+                        redis,
+                        fake,
+                        args.seconds,
+                        args.connections,
+                        args.pin,
+                    )
                     rounds.append(r)
                     print(
                         f"round {n + 1} {build:6} {r.requests_per_s:8.0f} req/s "
