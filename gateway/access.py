@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from gateway.admin.seed import apply_seed, load_seed, seed_from_api_keys
 from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
+from gateway.clients.cooldown import Cooldown
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.outage_spool import OutageSpool
 from gateway.clients.ratelimiter import RateLimiter
@@ -59,12 +60,18 @@ class Access:
         return self.counters.get("failures")
 
     @classmethod
-    def build(cls, settings: GatewaySettings, spool: OutageSpool | None = None) -> Access:
+    def build(
+        cls,
+        settings: GatewaySettings,
+        spool: OutageSpool | None = None,
+        redis_cooldown: Cooldown | None = None,
+    ) -> Access:
+        """``redis_cooldown``: Redis's, shared with the exact cache (``open_services``)."""
         redis = open_redis(settings.redis)
         prefix, ttl = settings.redis.key_prefix, settings.key_cache_ttl_s
         authenticator = KeyAuthenticator(redis, prefix=prefix, cache_ttl_s=ttl)
         usage_counters = UsageCounters(redis, prefix=prefix)
-        limiter = RateLimiter(redis)
+        limiter = RateLimiter(redis, cooldown=redis_cooldown)
         return cls(
             redis=redis,
             authenticator=authenticator,
@@ -83,8 +90,9 @@ class Access:
         settings: GatewaySettings,
         environ: Mapping[str, str],
         spool: OutageSpool | None = None,
+        redis_cooldown: Cooldown | None = None,
     ) -> Access:
-        access = cls.build(settings, spool)
+        access = cls.build(settings, spool, redis_cooldown)
         await access.seed(settings, environ)
         access.usage.start()
         return access

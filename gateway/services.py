@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 from redis.asyncio import Redis
 
 from gateway.access import Access
+from gateway.clients.cooldown import Cooldown, redis_cooldown
 from gateway.clients.embeddings import Embedder, ProviderEmbedder, open_embedder
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.model_catalog import ModelCatalog
@@ -111,7 +112,8 @@ async def open_services(
         flusher = asyncio.get_running_loop().create_task(flush_every(), name="floopy-metrics")
         stack.push_async_callback(_cancel, flusher)  # last out: its final flush counts shutdown
         spool = _open_spool(settings)
-        access = await Access.open(settings, environ, spool)
+        cooldown = redis_cooldown()  # one per Redis: a timeout one caller saw spares the others
+        access = await Access.open(settings, environ, spool, cooldown)
         stack.push_async_callback(access.close)
         version = await access.routing_version()  # before reading: a write in between reloads
         merged = await access.merged_settings(settings)
@@ -144,7 +146,7 @@ async def open_services(
         stack.push_async_callback(embedder.aclose)
         vectors = VectorStore.open(settings.qdrant)
         stack.push_async_callback(vectors.aclose)
-        cache = await _open_cache(settings, redis, vectors, embedder)
+        cache = await _open_cache(settings, redis, vectors, embedder, cooldown)
         stack.push_async_callback(cache.close)
         background = Background()
         stack.push_async_callback(background.drain)
@@ -180,11 +182,15 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def _open_cache(
-    settings: GatewaySettings, redis: Redis, vectors: VectorStore, embedder: Embedder
+    settings: GatewaySettings,
+    redis: Redis,
+    vectors: VectorStore,
+    embedder: Embedder,
+    cooldown: Cooldown,
 ) -> ResponseCache:
     semantic = SemanticCache(vectors)
     await semantic.open(embedder.dimensions)
-    cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic)
+    cache = ResponseCache(ExactCache(redis, settings.redis.key_prefix), semantic, cooldown=cooldown)
     cache.start()
     if vectors.is_local:
         cache.start_pruning()

@@ -17,9 +17,10 @@ Invariants:
   and spends nothing. The set expires with its last bucket.
 - Fail open: if Redis cannot answer, the request is allowed and the decision says
   ``fail_open=True`` (the caller sets a header); each such decision is counted, and each
-  failure of Redis logged. For ``REDIS_COOLDOWN_S`` after Redis was unreachable or timed out
-  ``admit`` does not ask it at all (fail open at once, counted ``cooldown``): a Redis that hangs
-  costs requests one socket timeout per cooldown, not one each.
+  failure of Redis logged. For ``REDIS_COOLDOWN_S`` after Redis was unreachable or timed out,
+  for this limiter or another caller sharing its cooldown (the exact cache), ``admit`` does not
+  ask it at all (fail open at once, counted ``cooldown``): a Redis that hangs costs requests one
+  socket timeout per cooldown, not one each.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.clients.cooldown import REDIS_COOLDOWN_S, Cooldown
+from gateway.clients.cooldown import Cooldown, redis_cooldown
 from gateway.clients.script_batch import ScriptBatch
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
@@ -264,7 +263,8 @@ class RateLimiter:
     cooldown_count = counted("cooldown")
     """Of ``fail_open``: requests let through without asking Redis, in a cooldown."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, cooldown: Cooldown | None = None) -> None:
+        """``cooldown``: Redis's, shared with its other callers (``redis_cooldown``)."""
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
         limits = redis.register_script(LIMITS_LUA)
@@ -272,7 +272,7 @@ class RateLimiter:
             limits if is_cluster(redis) else ScriptBatch(redis, limits)
         )
         self.counters = access_counters("rate_limiter", "fail_open", "cooldown")
-        self.redis_cooldown = Cooldown(REDIS_COOLDOWN_S)
+        self.redis_cooldown = cooldown or redis_cooldown()
 
     async def acquire_many(self, buckets: Sequence[Bucket]) -> list[RateLimitDecision]:
         """All the limits of one request (org, key, per-request policy) in one round trip, all
@@ -310,8 +310,7 @@ class RateLimiter:
         try:
             raw: Any = await self._limits(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            if isinstance(exc, _UNREACHABLE):  # not an error a request could provoke
-                self.redis_cooldown.trip()
+            self.redis_cooldown.failed(exc)  # Redis down or hung, not an error a request made
             self._log_failure(buckets, exc)
             return Admission(self._fail_open(buckets), fail_open=True)
         usage = (
@@ -345,12 +344,6 @@ class RateLimiter:
             )
             for b in buckets
         ]
-
-
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What trips the cooldown: Redis down or hung. An error in answer to one call (a script
-error) fails that request open only, or one tenant's requests could switch every tenant's
-limits off."""
 
 
 def _bucket_args(buckets: Sequence[Bucket]) -> list[int]:

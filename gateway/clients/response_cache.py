@@ -20,7 +20,8 @@ Invariants:
   counters → ``GET /metrics``) and logged (one line per kind
   per second at most); lookups fail open (the stage turns the error into a miss), writes are
   best effort: a batch Redis refused is counted (``write_failures``, per write) and dropped.
-  After a Redis failure the exact tier leaves Redis alone for a second (``REDIS_COOLDOWN_S``),
+  After Redis was unreachable or timed out, for the cache or another caller sharing its
+  cooldown (the limits), the exact tier leaves Redis alone for a second (``REDIS_COOLDOWN_S``),
   so an outage costs a request no connection attempt for the cache, and the writes of that
   second are counted as failed without being queued.
 - ``close`` sends what is queued within ``STOP_DEADLINE_S`` (what is left is counted dropped and
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from gateway.clients.cooldown import REDIS_COOLDOWN_S, Cooldown
+from gateway.clients.cooldown import Cooldown, redis_cooldown
 from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.semantic_cache import COLLECTIONS, SemanticCache
@@ -123,7 +124,9 @@ class ResponseCache(Outlet[CacheWrite]):
         semantic: SemanticCache | None = None,
         *,
         max_pending_writes: int = 1000,
+        cooldown: Cooldown | None = None,
     ) -> None:
+        """``cooldown``: Redis's, shared with its other callers (``redis_cooldown``)."""
         self.exact = exact
         self.semantic = semantic
         self.fail_open_errors = FAIL_OPEN_ERRORS
@@ -139,7 +142,7 @@ class ResponseCache(Outlet[CacheWrite]):
         """Writes that failed, per tier; ``schedule``: a write that could not even start;
         ``prune``: local mode's hourly deletion of expired points."""
         self._pruner: asyncio.Task[None] | None = None
-        self._redis_cooldown = Cooldown(REDIS_COOLDOWN_S)
+        self.redis_cooldown = cooldown or redis_cooldown()
         self._logged_at: dict[str, float] = {}
         self._writes: Drain[CacheWrite] = Drain(
             self,
@@ -175,18 +178,18 @@ class ResponseCache(Outlet[CacheWrite]):
     def _redis_available(self) -> None:
         """After a Redis failure the exact tier skips Redis for ``REDIS_COOLDOWN_S``: during an
         outage a request pays no connection attempt for the cache, only the note."""
-        if self._redis_cooldown.active:
+        if self.redis_cooldown.active:
             raise _cooldown_error()
 
     def redis_down(self) -> bool:
-        return self._redis_cooldown.active
+        return self.redis_cooldown.active
 
     async def look_up_exact(self, org_id: str, key_hash: str, oldest_ms: int) -> Lookup | None:
         self._redis_available()
         try:
             answer = await self.exact.get(org_id, key_hash)
-        except (RedisError, OSError):
-            self._redis_cooldown.trip()
+        except (RedisError, OSError) as exc:
+            self.redis_cooldown.failed(exc)
             raise
         return _exact_lookup(answer, oldest_ms)
 
@@ -231,7 +234,7 @@ class ResponseCache(Outlet[CacheWrite]):
         return None
 
     def schedule_write(self, write: CacheWrite) -> None:
-        if self._redis_cooldown.active:
+        if self.redis_cooldown.active:
             self._count_exact_failures(1, _cooldown_error())
         elif self._writes.stopping:
             self._count_dropped(1, "the cache is closed")
@@ -241,14 +244,14 @@ class ResponseCache(Outlet[CacheWrite]):
     async def send(self, batch: list[CacheWrite]) -> Undelivered[CacheWrite] | None:
         """The batch's answers to Redis in one pipeline whatever the tiers (the embedding
         tiers' points name them), then the points of the writes that have vectors."""
-        if self._redis_cooldown.active:  # queued before the failure
+        if self.redis_cooldown.active:  # queued before the failure
             return Undelivered(batch, _cooldown_error())
         try:
             await self.exact.put_many(
                 (w.org_id, w.keys.exact, w.answer, w.plan.ttl_s) for w in batch
             )
         except (RedisError, OSError) as exc:
-            self._redis_cooldown.trip()
+            self.redis_cooldown.failed(exc)
             return Undelivered(batch, exc)
         self.counters.inc("writes", len(batch))
         self.counters.inc("write_batches")

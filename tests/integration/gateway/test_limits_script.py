@@ -3,16 +3,22 @@ real Redis: quota and usage gates, all-or-nothing charging, templates, seeding, 
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.admin.seed import apply_seed, parse_seed
 from gateway.clients.admin_store import AdminStore
+from gateway.clients.cooldown import redis_cooldown
+from gateway.clients.exact_cache import ExactCache
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.ratelimiter import Gate, Gates, RateLimiter
+from gateway.clients.response_cache import ResponseCache
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
@@ -135,15 +141,10 @@ async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_on
 ) -> None:
     """SIGSTOP: the connection stays open and nothing answers. The first request waits out the
     socket timeout and fails open; the next, within the cooldown, fails open without asking."""
-    import os
-    import signal
-
-    from gateway.clients.cooldown import Cooldown
-
     server = redis_factory()
     redis = Redis.from_url(server.url, socket_timeout=0.3)
-    store, limiter = UsageCounters(redis, prefix="hung"), RateLimiter(redis)
-    limiter.redis_cooldown = Cooldown(600)  # no test machine is that slow
+    store = UsageCounters(redis, prefix="hung")
+    limiter = RateLimiter(redis, cooldown=redis_cooldown(600))  # no test machine is that slow
     now = int(datetime.now(UTC).timestamp() * 1000)
     bucket = Bucket("hung:b", parse_policy("100;w=60"))
     try:
@@ -158,9 +159,37 @@ async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_on
             assert (limiter.fail_open_count, limiter.cooldown_count) == (2, 1)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
-        limiter.redis_cooldown = Cooldown(0)
+        limiter.redis_cooldown = redis_cooldown(0)
         after = await limiter.admit([bucket], gates(store, now))
         assert not after.fail_open and after.admitted
+    finally:
+        await redis.aclose()
+
+
+async def test_a_timeout_the_exact_cache_saw_spares_the_limits_their_own(
+    redis_factory: Any,
+) -> None:
+    """The limits and the exact cache share Redis's cooldown (``open_services``): after the
+    cache's lookup timed out on a hung Redis, the next request's limits fail open at once."""
+    server = redis_factory()
+    redis = Redis.from_url(server.url, socket_timeout=0.3)
+    cooldown = redis_cooldown(600)
+    cache = ResponseCache(ExactCache(redis, "shared"), cooldown=cooldown)
+    store = UsageCounters(redis, prefix="shared")
+    limiter = RateLimiter(redis, cooldown=cooldown)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    bucket = Bucket("shared:b", parse_policy("100;w=60"))
+    try:
+        assert (await limiter.admit([bucket], gates(store, now))).admitted
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await cache.look_up_exact("org", "0" * 64, 0)
+            admitted = await limiter.admit([bucket], gates(store, now))
+            assert admitted.fail_open and admitted.admitted
+            assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 1), "without asking"
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
     finally:
         await redis.aclose()
 
