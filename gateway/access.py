@@ -80,7 +80,7 @@ class Access:
             limiter=limiter,
             templates=TemplateStore(redis, prefix=prefix, cache_ttl_s=ttl),
             routing_config=RoutingConfigStore(redis, prefix=prefix),
-            usage=UsageRecorder(redis, usage_counters, limiter, spool=spool),
+            usage=UsageRecorder(usage_counters, limiter, spool=spool),
             audit=AuditLog(redis, prefix=prefix),
         )
 

@@ -34,7 +34,6 @@ import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.clients.drain import Drain, Outlet, Policy, Undelivered
@@ -93,14 +92,12 @@ class UsageRecorder(Outlet[UsageEntry]):
 
     def __init__(
         self,
-        redis: Redis,
         counters: UsageCounters,
         limiter: RateLimiter,
         capacity: int = 100_000,
         *,
         spool: OutageSpool | None = None,
     ) -> None:
-        self._redis = redis
         self._usage_counters = counters
         self._limiter = limiter
         self.spool = spool

@@ -65,6 +65,9 @@ SEEN_BLOCK = 1 << 16
 """Entry numbers per ``usage_seen`` bitmap (8 KiB when full)."""
 
 SEEN_TTL_S = 86_400
+"""A bitmap lives this long after its last use: a spooled copy is replayed within seconds of
+Redis answering again while a gateway runs on its volume; a day covers a volume whose gateways
+were all down meanwhile."""
 
 ADD_LUA = """
 -- KEYS: the usage_seen bitmaps, then the counters, a (day, month) pair per key and day, then

@@ -171,7 +171,7 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
     assert server.process is not None
     spool = _spool(tmp_path, prefix)
     counters = UsageCounters(redis, prefix=prefix)
-    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
+    recorder = UsageRecorder(counters, RateLimiter(redis), spool=spool)
     recorder.start()
     now_ms = int(time.time() * 1000)  # the counters expire at the end of now_ms's day
     try:
@@ -215,7 +215,7 @@ async def test_usage_spooled_by_an_older_gateway_is_replayed_as_it_was(
     old = f'{{"key_id":"key-1","tokens":5,"cost_usd":0.125,"now_ms":{now_ms},"org_id":""}}'
     spool.append(USAGE, [old.encode()] * 3)
     counters = UsageCounters(redis, prefix=prefix)
-    recorder = UsageRecorder(redis, counters, RateLimiter(redis), spool=spool)
+    recorder = UsageRecorder(counters, RateLimiter(redis), spool=spool)
     publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
     publisher.drains[USAGE] = recorder.replay
     assert await spool.drain(redis, publisher.drains) == 3
