@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import Connection
@@ -50,6 +51,19 @@ class _HiredisPacked(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = _PACKER.pack(*args)
         return packed
+
+    async def can_read_destructive(self) -> bool:
+        """Whether a connection the pool hands out holds unread data (the pool then reconnects
+        it). redis-py polls the socket under a zero timeout to find out on every command, ≈7 µs
+        of a pooled call's 13 (measured apart): a cancelled poll raising through the loop.
+        What the loop has received is in the stream's buffer; when that and the parser's are
+        empty there is nothing to read, and the poll is kept for every other case."""
+        stream = self._reader
+        buffered = getattr(stream, "_buffer", None)
+        parser = getattr(self._parser, "_reader", None)
+        if stream is None or buffered is None or parser is None or buffered or stream.at_eof():
+            return bool(await super().can_read_destructive())  # type: ignore[no-untyped-call]
+        return parser.gets() is not NOT_ENOUGH_DATA
 
 
 _PACKER = HiredisRespSerializer()

@@ -97,3 +97,20 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers(
         f"v{i}".encode() for i in range(10) if i != 4
     ]
     assert await redis.get("c4") == b"1"  # its script ran: it had been queued
+
+
+async def test_a_pooled_connection_with_unread_data_is_not_handed_out(
+    node: tuple[RedisServer, Redis],
+) -> None:
+    """The pool's check for unread data (``_HiredisPacked.can_read_destructive``: a buffer
+    look, not redis-py's socket poll) still finds a reply nobody read: the connection is
+    replaced, and the next command gets its own answer, not the stale one."""
+    _, redis = node
+    await redis.set("right", "answer")
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    await connection.send_command("GET", "missing")  # its reply (nil) is never read
+    await asyncio.sleep(0.1)  # received: in the connection's stream buffer
+    await pool.release(connection)
+    assert await redis.get("right") == b"answer"
+    assert await redis.get("missing") is None
