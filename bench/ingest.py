@@ -136,7 +136,6 @@ class Measurement:
         return cpu_s / self.records * 1e6 if self.records else 0.0
 
 
-INGESTER_CPUS = MEASURED_CPUS
 PIN_HELP = "ClickHouse and Redis on CPU 1, the ingesting process (and its threads) on CPU 0"
 
 
@@ -151,7 +150,7 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def bench_env(*, pinned: bool = False) -> Iterator[BenchEnv]:
-    """``pinned``: ClickHouse on ``SERVER_CPUS``, this process on ``INGESTER_CPUS``."""
+    """``pinned``: ClickHouse on ``SERVER_CPUS``, this process on ``MEASURED_CPUS``."""
     with tempfile.TemporaryDirectory(prefix="floopy-bench-") as tmp:
         server = ClickHouseServer(Path(tmp) / "clickhouse")
         server.start()
@@ -161,7 +160,7 @@ def bench_env(*, pinned: bool = False) -> Iterator[BenchEnv]:
             pid = server.process.pid if server.process else 0
             if pinned:
                 pin(pid, SERVER_CPUS)
-                pin(os.getpid(), INGESTER_CPUS)
+                pin(os.getpid(), MEASURED_CPUS)
             yield BenchEnv(settings, Path(tmp), pid, server.http_port, pinned)
         finally:
             server.kill()
@@ -355,7 +354,7 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
     worker_bin = str(Path(sys.executable).parent / "floopy-ingester")
     proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
     if env.pinned:
-        pin(proc.pid, INGESTER_CPUS)
+        pin(proc.pid, MEASURED_CPUS)
     done = first = 0
     started = time.perf_counter()
     worker_cpu = 0.0

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -124,6 +124,19 @@ class ManagedServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP) for the block: its kernel still accepts connections and
+        buffers what clients send, nothing answers; it resumes (SIGCONT) and runs what it was
+        sent, whatever the block raised."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     @property
     def running(self) -> bool:

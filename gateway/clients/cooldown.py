@@ -35,21 +35,16 @@ REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (
 
 
 class Cooldown:
-    def __init__(
-        self, seconds: float, trips_on: tuple[type[BaseException], ...] = (Exception,)
-    ) -> None:
+    def __init__(self, seconds: float, trips_on: tuple[type[BaseException], ...]) -> None:
         self.seconds = seconds
         self._trips_on = trips_on
         self._until = 0.0
 
-    def trip(self) -> None:
-        """The store failed just now."""
-        self._until = time.monotonic() + self.seconds
-
     def failed(self, exc: BaseException) -> None:
-        """A call failed with ``exc``: trip if it says the store is down or hung."""
+        """A call failed with ``exc``: if that says the store is down or hung, leave it alone
+        for ``seconds`` from now."""
         if isinstance(exc, self._trips_on):
-            self.trip()
+            self._until = time.monotonic() + self.seconds
 
     @property
     def active(self) -> bool:

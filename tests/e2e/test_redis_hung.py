@@ -9,8 +9,6 @@ entries' identities keep the replay from counting it again (``UsageCounters.add`
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +27,6 @@ async def test_a_hung_redis_neither_stops_answers_nor_loses_records_or_usage(
     tmp_path: Path, redis_factory: Callable[[], RedisServer], clickhouse_server: ClickHouseServer
 ) -> None:
     redis_server = redis_factory()
-    assert redis_server.process is not None
     floopy = Floopy(tmp_path, redis_server, clickhouse_server)
     try:
         floopy.start_provider()
@@ -42,17 +39,11 @@ async def test_a_hung_redis_neither_stops_answers_nor_loses_records_or_usage(
         warm = await floopy.send_sessions([f"warm-{i}" for i in range(20)], 1)
         floopy.wait_for(lambda: floopy.session_rows("warm-%")[1] == 20, what="the warm-up rows")
 
-        async def hang_for(seconds: float) -> None:
-            os.kill(redis_server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-            try:
-                await asyncio.sleep(seconds)
-            finally:
-                os.kill(redis_server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
-
         started = time.monotonic()
         sending = asyncio.create_task(floopy.send_sessions([f"hung-{i}" for i in range(REQUESTS)]))
         await asyncio.sleep(0.5)  # some requests before the hang, some during, some after
-        await hang_for(4)
+        with redis_server.hung():
+            await asyncio.sleep(4)
         answered = await sending
         print(f"{len(answered)} requests answered in {time.monotonic() - started:.1f}s")
         assert len(answered) == REQUESTS

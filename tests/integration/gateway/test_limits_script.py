@@ -3,8 +3,6 @@ real Redis: quota and usage gates, all-or-nothing charging, templates, seeding, 
 
 from __future__ import annotations
 
-import os
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,16 +147,13 @@ async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_on
     bucket = Bucket("hung:b", parse_policy("100;w=60"))
     try:
         assert (await limiter.admit([bucket], gates(store, now))).admitted
-        os.kill(server.process.pid, signal.SIGSTOP)
-        try:
+        with server.hung():
             first = await limiter.admit([bucket], gates(store, now))
             assert first.fail_open and first.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 0)
             second = await limiter.admit([bucket], gates(store, now))
             assert second.fail_open and second.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (2, 1)
-        finally:
-            os.kill(server.process.pid, signal.SIGCONT)
         limiter.redis_cooldown = redis_cooldown(0)
         after = await limiter.admit([bucket], gates(store, now))
         assert not after.fail_open and after.admitted
@@ -181,15 +176,12 @@ async def test_a_timeout_the_exact_cache_saw_spares_the_limits_their_own(
     bucket = Bucket("shared:b", parse_policy("100;w=60"))
     try:
         assert (await limiter.admit([bucket], gates(store, now))).admitted
-        os.kill(server.process.pid, signal.SIGSTOP)
-        try:
+        with server.hung():
             with pytest.raises(RedisTimeoutError):
                 await cache.look_up_exact("org", "0" * 64, 0)
             admitted = await limiter.admit([bucket], gates(store, now))
             assert admitted.fail_open and admitted.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 1), "without asking"
-        finally:
-            os.kill(server.process.pid, signal.SIGCONT)
     finally:
         await redis.aclose()
 

@@ -6,11 +6,10 @@ Redis ran the batch the gateway gave up on."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +68,15 @@ async def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> N
 async def _request_ids(redis: Redis, prefix: str) -> list[str]:
     entries = await redis.xrange(stream_key(Sink.REQUESTS, prefix))
     return [decode_record(Sink.REQUESTS, f[RECORD_FIELD]).request_id for _, f in entries]
+
+
+@contextlib.contextmanager
+def _stopped(server: RedisServer) -> Iterator[None]:
+    server.stop()
+    try:
+        yield
+    finally:
+        server.start()
 
 
 @pytest.fixture
@@ -168,7 +176,6 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
     socket, the recorder times out and spools it, then Redis resumes and runs it, so the
     replay of the spooled copy must add nothing."""
     server, redis, prefix = stoppable
-    assert server.process is not None
     spool = _spool(tmp_path, prefix)
     counters = UsageCounters(redis, prefix=prefix)
     recorder = UsageRecorder(counters, RateLimiter(redis), spool=spool)
@@ -177,20 +184,11 @@ async def test_spooled_usage_is_counted_once_when_redis_answers(
     try:
         recorder.submit("key-1", 10, 0.5, now_ms)
         await _wait_for(lambda: recorder.written == 1)
-        if outage == "stopped":
-            await asyncio.to_thread(server.stop)
-        else:
-            os.kill(server.process.pid, signal.SIGSTOP)
-        try:
+        with server.hung() if outage == "hung" else _stopped(server):
             for _ in range(40):
                 recorder.submit("key-1", 7, 0.25, now_ms)
             await _wait_for(lambda: recorder.spooled == 40)
             assert recorder.lost == 0
-        finally:
-            if outage == "stopped":
-                await asyncio.to_thread(server.start)
-            else:
-                os.kill(server.process.pid, signal.SIGCONT)
         publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
         publisher.drains[USAGE] = recorder.replay
         assert await spool.drain(redis, publisher.drains) == 40
