@@ -11,10 +11,12 @@ that count carry over where a single round does not. The "before" build runs fro
 the revision (``python -m gateway.serve`` puts its working directory first on ``sys.path``).
 
 ``--pin`` runs each gateway on CPU 0 and Redis, the fake provider and ``wrk`` on CPU 1
-(``bench.cpus``): steadier figures, so smaller differences show.
+(``bench.cpus``): steadier figures, so smaller differences show. ``--redis-cluster`` puts the
+gateways on a 3-master Redis Cluster instead of one Redis.
 
     python -m bench.gateway_ab --before HEAD~1 --rounds 3 --seconds 15
     python -m bench.gateway_ab --before HEAD~1 --rounds 6 --seconds 8 --pin
+    python -m bench.gateway_ab --before HEAD~1 --rounds 4 --seconds 8 --pin --redis-cluster
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from bench.cpus import MEASURED_CPUS, SERVER_CPUS, pin
 from bench.gateway_overhead import bench_config, cpu_seconds, run_wrk, wrk_script
 from devstack.gateway_process import FakeProviderProcess, GatewayProcess
-from devstack.servers import RedisServer
+from devstack.servers import RedisCluster, RedisServer
 
 __all__ = ["main"]
 
@@ -61,7 +63,7 @@ def _measure(  # noqa: PLR0917 - one call site
     build: str,
     cwd: Path,
     directory: Path,
-    redis: RedisServer,
+    redis: RedisServer | RedisCluster,
     fake: FakeProviderProcess,
     seconds: float,
     connections: int,
@@ -74,7 +76,11 @@ def _measure(  # noqa: PLR0917 - one call site
         redis_url=redis.url,
         provider_url=fake.base_url,
         config_file=config,
-        extra_env={"FLOOPY_GATEWAY_LOG_LEVEL": "info", "FLOOPY_GATEWAY_ACCESS_LOG": "false"},
+        extra_env={
+            "FLOOPY_GATEWAY_LOG_LEVEL": "info",
+            "FLOOPY_GATEWAY_ACCESS_LOG": "false",
+            "FLOOPY_GATEWAY_REDIS__CLUSTER": str(isinstance(redis, RedisCluster)).lower(),
+        },
     )
     gateway.cwd = cwd
     gateway.start(timeout_s=120)
@@ -101,13 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pin", action="store_true", help="gateways on CPU 0; Redis, upstream and wrk on CPU 1"
     )
+    parser.add_argument("--redis-cluster", action="store_true", help="a 3-master Redis Cluster")
     args = parser.parse_args(argv)
     if args.pin:  # what starts from here inherits it; each gateway is moved to CPU 0
         os.sched_setaffinity(0, SERVER_CPUS)
     with tempfile.TemporaryDirectory(prefix="floopy-ab-") as tmp:
         directory = Path(tmp)
         before = worktree(args.before, directory)
-        redis = RedisServer(directory / "redis")
+        redis = (
+            RedisCluster(directory / "cluster")
+            if args.redis_cluster
+            else RedisServer(directory / "redis")
+        )
         redis.start()
         fake = FakeProviderProcess(directory)
         fake.start()

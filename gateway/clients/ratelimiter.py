@@ -7,8 +7,8 @@ Invariants:
 - The clock is Redis's ``TIME`` read inside the script: all gateway processes share one clock,
   whatever their hosts' clocks say.
 - The script is sent by EVALSHA; after a Redis restart or ``SCRIPT FLUSH`` (NOSCRIPT) it is
-  loaded again once, by redis-py's ``Script``. On one Redis node the limits script's calls of
-  concurrent requests share one pipelined round trip (``gateway.clients.script_batch``).
+  loaded again once, by redis-py's ``Script``. The limits script's calls of concurrent requests
+  share one pipelined round trip, one per node on a cluster (``gateway.clients.script_batch``).
 - A bucket key expires when its debt is paid off (the bucket is full again), so idle buckets cost
   no memory.
 - Per-segment buckets (``s=user``, ``s=property:…``) are capped per org: a sorted set of the
@@ -26,7 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,6 @@ from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
 from shared.metrics import counted
-from shared.redis_client import is_cluster
 from shared.redis_keys import segments_beside
 
 __all__ = [
@@ -267,10 +266,7 @@ class RateLimiter:
         """``cooldown``: Redis's, shared with its other callers (``redis_cooldown``)."""
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
-        limits = redis.register_script(LIMITS_LUA)
-        self._limits: Callable[..., Awaitable[Any]] = (
-            limits if is_cluster(redis) else ScriptBatch(redis, limits)
-        )
+        self._limits = ScriptBatch(redis, redis.register_script(LIMITS_LUA))
         self.counters = access_counters("rate_limiter", "fail_open", "cooldown")
         self.redis_cooldown = cooldown or redis_cooldown()
 
