@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio import RedisCluster as ClusterClient
+from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 
 from devstack.servers import RedisCluster
@@ -180,3 +181,18 @@ async def test_a_dead_master_fails_only_its_own_script_calls(
         cluster.wait_ok()
     results = await asyncio.gather(*(batch([k], [k]) for k in keys), return_exceptions=True)
     assert results == [k.encode() for k in keys]
+
+
+async def test_every_node_packs_commands_with_hiredis(redis: Redis) -> None:
+    """The cluster's connections are ours (``shared.redis_client._Cluster``), found nodes and
+    the seed alike, and what they pack is what redis-py packs."""
+    await asyncio.gather(*(redis.set(f"{{pack-{i}}}", i) for i in range(30)))
+    assert isinstance(redis, ClusterClient)
+    connections = [c for node in redis.get_nodes() for c in node._connections]
+    assert len({c.port for c in connections}) == 3
+    assert all(type(c).__name__ == "_HiredisPacked" for c in connections)
+    args = ("EVALSHA", "abc", 2, "{o}:k", b"\x00v", 1.5)
+    assert b"".join(connections[0].pack_command(*args)) == b"".join(
+        Connection().pack_command(*args)
+    )
+    assert await redis.get("{pack-7}") == b"7"
