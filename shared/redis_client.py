@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
 if TYPE_CHECKING:
     from shared.settings import RedisSettings
@@ -68,6 +69,72 @@ class _HiredisPacked(Connection):
         if stream is None or buffered is None or parser is None or buffered or stream.at_eof():
             return bool(await super().can_read_destructive())  # type: ignore[no-untyped-call]
         return parser.gets() is not NOT_ENOUGH_DATA
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        """redis-py sends every command under ``asyncio.wait_for`` (a task and a timer per
+        send) for a write that only waits when the socket's buffer is full. When the transport
+        is open and not paused for writing, the bytes go to it at once, as redis-py's own
+        untimed branch does; anything else (not connected, paused, a health check due) takes
+        redis-py's path."""
+        writer = self._writer
+        if (
+            writer is None
+            or self.health_check_interval
+            or not isinstance(command, list)
+            or writer.transport.is_closing()
+            or getattr(getattr(writer, "_protocol", None), "_paused", True)  # flow control
+        ):
+            await super().send_packed_command(command, check_health)
+            return
+        try:
+            writer.writelines(command)
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        """A reply already in the parser's buffer (the second and later replies of a
+        pipeline) is returned without redis-py's read timeout around it (a timer per reply);
+        it is checked as redis-py checks it. Otherwise redis-py's path."""
+        parser = self._parser
+        reader = getattr(parser, "_reader", None)
+        if reader is None or self.health_check_interval or not getattr(parser, "_connected", False):
+            return await super().read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        response = reader.gets(False) if disable_decoding else reader.gets()
+        if response is NOT_ENOUGH_DATA:
+            return await super().read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        failed = response
+        if isinstance(response, list) and response:
+            failed = response[0]
+        if isinstance(failed, RedisConnectionError):
+            if disconnect_on_error:
+                await self.disconnect(nowait=True)
+            raise failed
+        if isinstance(response, ResponseError):
+            raise response from None
+        return response
 
 
 _PACKER = HiredisRespSerializer()

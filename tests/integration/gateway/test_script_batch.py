@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from devstack.servers import RedisServer
 from gateway.clients.script_batch import ScriptBatch
@@ -114,3 +115,63 @@ async def test_a_pooled_connection_with_unread_data_is_not_handed_out(
     await pool.release(connection)
     assert await redis.get("right") == b"answer"
     assert await redis.get("missing") is None
+
+
+async def test_replies_already_read_are_checked_like_redis_pys(
+    node: tuple[RedisServer, Redis],
+) -> None:
+    """A pipeline's later replies come from the parser's buffer (``_HiredisPacked.read_response``
+    skips the read timeout for them): each is still the right answer in order, an error reply
+    is that command's error, and the connection stays usable."""
+    _, redis = node
+    await redis.set("text", "v")
+    for _ in range(3):
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, *args in (
+                ("get", "text"),
+                ("incr", "text"),
+                ("get", "missing"),
+                ("set", "n", 1),
+                ("incr", "n"),
+                ("lrange", "text", 0, 1),
+            ):
+                getattr(pipe, name)(*args)
+            results = await pipe.execute(raise_on_error=False)
+        assert results[0] == b"v" and results[2] is None and results[3] is True
+        assert results[4] == 2
+        assert isinstance(results[1], ResponseError) and "not an integer" in str(results[1])
+        assert isinstance(results[5], ResponseError) and "WRONGTYPE" in str(results[5])
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get("text")
+        pipe.incr("text")
+        with pytest.raises(ResponseError, match="not an integer"):
+            await pipe.execute()
+    assert await redis.get("text") == b"v"
+    # a connection's own reads: the second and third replies are in the buffer by then
+    connection = await redis.connection_pool.get_connection()
+    try:
+        for command in (("GET", "text"), ("INCR", "text"), ("SET", "text", "w")):
+            await connection.send_command(*command)
+        await asyncio.sleep(0.1)
+        assert await connection.read_response() == b"v"
+        with pytest.raises(ResponseError, match="not an integer"):
+            await connection.read_response()
+        assert await connection.read_response() == b"OK"
+    finally:
+        await redis.connection_pool.release(connection)
+
+
+async def test_a_write_to_a_hung_redis_still_times_out(
+    node: tuple[RedisServer, Redis],
+) -> None:
+    """Writes go straight to the transport (``_HiredisPacked.send_packed_command``) unless it
+    is paused: a hung Redis with more sent than the socket buffers holds still ends in the
+    socket timeout, not a wait without end, and the client works once Redis is back."""
+    server, redis = node
+    big = b"x" * (8 << 20)
+    with server.hung():
+        for _ in range(2):  # the second write finds the transport paused: redis-py's timed path
+            with pytest.raises(RedisTimeoutError):
+                await redis.set("big", big)
+    assert await redis.set("after", "1")
+    assert await redis.get("after") == b"1"
