@@ -10,8 +10,8 @@ Invariants:
 - No call waits for a timer: the batch leaves at the next turn of the loop (``call_soon``), so
   a call alone costs one loop turn more than before, never a linger.
 - Each call gets its own answer or its own error (``raise_on_error=False``); on one node, a
-  failure of the whole round trip is every call's error. The callers' handling (the limiter fails open) is
-  unchanged.
+  failure of the whole round trip is every call's error. The callers' handling (the limiter
+  fails open) is unchanged.
 - A script Redis does not have (a restart, ``SCRIPT FLUSH``: NOSCRIPT) is loaded by redis-py's
   ``Script`` on that call's retry, as it would be without batching.
 - A lone call goes straight through the ``Script``: a pipeline of one costs more than it saves.
