@@ -8,7 +8,7 @@ Invariants:
   whatever their hosts' clocks say.
 - The script is sent by EVALSHA; after a Redis restart or ``SCRIPT FLUSH`` (NOSCRIPT) it is
   loaded again once, by redis-py's ``Script``. The limits script's calls of concurrent requests
-  share one pipelined round trip, one per node on a cluster (``gateway.clients.script_batch``).
+  share one pipelined round trip, one per node on a cluster (``gateway.clients.command_batch``).
 - A bucket key expires when its debt is paid off (the bucket is full again), so idle buckets cost
   no memory.
 - Per-segment buckets (``s=user``, ``s=property:…``) are capped per org: a sorted set of the
@@ -33,8 +33,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.clients.command_batch import script_batch
 from gateway.clients.cooldown import Cooldown, redis_cooldown
-from gateway.clients.script_batch import ScriptBatch
 from gateway.domain import Bucket
 from gateway.metrics import access_counters
 from gateway.policy.limits import GATE_MONTHLY, GATE_NONE, GATE_SEGMENTS, GATE_USAGE
@@ -266,7 +266,7 @@ class RateLimiter:
         """``cooldown``: Redis's, shared with its other callers (``redis_cooldown``)."""
         self._redis = redis
         self._script = redis.register_script(GCRA_LUA)
-        self._limits = ScriptBatch(redis, redis.register_script(LIMITS_LUA))
+        self._limits = script_batch(redis, redis.register_script(LIMITS_LUA))
         self.counters = access_counters("rate_limiter", "fail_open", "cooldown")
         self.redis_cooldown = cooldown or redis_cooldown()
 

@@ -193,6 +193,26 @@ class ResponseCache(Outlet[CacheWrite]):
             raise
         return _exact_lookup(answer, oldest_ms)
 
+    def prefetch_exact(self, key: str) -> asyncio.Future[bytes | None]:
+        """Start reading the exact tier's entry under ``key`` now, for ``prefetched`` to take
+        later: the limits stage on a Redis Cluster, whose script cannot read it (another slot),
+        sends it beside its own call. A request the limits refuse never takes it: its error, if
+        any, is retrieved here so asyncio does not report it."""
+        future = self.exact.submit_get(key)
+        future.add_done_callback(_retrieve)
+        return future
+
+    async def prefetched(self, future: asyncio.Future[bytes | None]) -> tuple[bool, bytes | None]:
+        """``(True, entry)`` once read; ``(False, None)`` when the read failed: then the cache
+        stage looks the entry up itself (and notes the failure as it does for its own), unless
+        this failure started the Redis cooldown."""
+        try:
+            return True, await future
+        except (RedisError, OSError) as exc:
+            self.redis_cooldown.failed(exc)
+            log.debug("prefetch of an exact cache entry failed: %s: %s", type(exc).__name__, exc)
+            return False, None
+
     def exact_entry(self, raw: bytes | None, oldest_ms: int) -> Lookup | None:
         """The exact tier's lookup of an entry already read (by the limits script)."""
         return _exact_lookup(decode_answer(raw) if raw is not None else None, oldest_ms)
@@ -348,3 +368,8 @@ class ResponseCache(Outlet[CacheWrite]):
         await self._writes.stop(STOP_DEADLINE_S)
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=vectors_timeout_s)
+
+
+def _retrieve(future: asyncio.Future[bytes | None]) -> None:
+    if not future.cancelled():
+        future.exception()

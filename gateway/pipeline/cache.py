@@ -100,13 +100,13 @@ def _plan(ctx: RequestContext) -> PlannedLookup:
     return PlannedLookup(plan, keys)
 
 
-def plan_ahead(ctx: RequestContext, cache: ResponseCache, *, cluster: bool) -> str:
-    """For the limits stage: the exact tier's Redis key, to be read in the limits script's
-    round trip, with the plan and keys kept for this stage; "" when the lookup cannot be known
-    yet (a template renders the body after the limits) or must not be made there (no exact
-    tier; on a cluster the entry's key is in another slot than the org's limit keys; Redis
+def plan_ahead(ctx: RequestContext, cache: ResponseCache) -> str:
+    """For the limits stage: the exact tier's Redis key, to be read during the limits' round
+    trip (in their script on one node; beside it on a cluster, where the key is in another
+    slot), with the plan and keys kept for this stage; "" when the lookup cannot be known yet (a
+    template renders the body after the limits) or must not be made there (no exact tier; Redis
     failed a moment ago: the stage notes the skipped tier as it always does)."""
-    if ctx.meta.prompt_id or ctx.chat is None or cluster or cache.redis_down():
+    if ctx.meta.prompt_id or ctx.chat is None or cache.redis_down():
         return ""
     ahead = _plan(ctx)
     if ahead.keys is None or CacheTier.EXACT not in ahead.plan.tiers:

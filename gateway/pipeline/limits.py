@@ -1,6 +1,8 @@
 """Stage: rate limits, the org's monthly quota and the key's usage limits, in one Redis call;
 the same call reads the exact response cache's entry when its key is known already (no
-template), so a request makes one round trip to Redis before its provider call.
+template), so a request makes one round trip to Redis before its provider call. On a Redis
+Cluster the entry's key is in another slot than the org's: its ``GET`` leaves beside the
+limits call, in the same turn of the event loop, and is taken once the request is admitted.
 
 Fail open: when Redis cannot answer, the request runs, the answer carries
 ``Floopy-RateLimit-Status: unavailable``, and the limiter logs and counts it
@@ -44,7 +46,7 @@ class LimitsDeps:
     usage_counters: UsageCounters
     limiter: RateLimiter
     cache: ResponseCache
-    """The exact tier's entry is read in the limits script (``cache.plan_ahead``)."""
+    """The exact tier's entry is read during this stage (``cache.plan_ahead``)."""
     key_prefix: str
     segment_cap: int
 
@@ -89,11 +91,16 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
         daily_cost_usd=limits.daily_cost_usd,
         monthly_cost_usd=limits.monthly_cost_usd,
     )
-    # the exact cache's entry, read in the same script when it can be (one round trip)
-    peek = plan_ahead(ctx, deps.cache, cluster=counters.cluster)
-    admission = await deps.limiter.admit(buckets, gates, peek)
-    if peek and admission.admitted and not admission.fail_open and ctx.cache.ahead is not None:
-        ctx.cache.ahead.fetched, ctx.cache.ahead.entry = True, admission.peeked
+    # the exact cache's entry, read in the same script (one node) or beside it (a cluster)
+    peek = plan_ahead(ctx, deps.cache)
+    prefetch = deps.cache.prefetch_exact(peek) if peek and counters.cluster else None
+    admission = await deps.limiter.admit(buckets, gates, "" if prefetch else peek)
+    ahead = ctx.cache.ahead
+    if peek and admission.admitted and not admission.fail_open and ahead is not None:
+        if prefetch is None:
+            ahead.fetched, ahead.entry = True, admission.peeked
+        else:
+            ahead.fetched, ahead.entry = await deps.cache.prefetched(prefetch)
     if admission.fail_open:
         ctx.response_headers[STATUS_HEADER] = "unavailable"
         return

@@ -55,7 +55,11 @@ def floopy_on_cluster(
 
 
 async def _load(
-    floopy: Floopy, answered: list[str], failures: list[str], stop: asyncio.Event
+    floopy: Floopy,
+    answered: list[str],
+    failures: list[str],
+    stop: asyncio.Event,
+    hits: list[str] | None = None,
 ) -> None:
     client = floopy.async_sdk(max_retries=0, timeout=20)
     try:
@@ -65,6 +69,8 @@ async def _load(
                     model="gpt-4o-mini", messages=[{"role": "user", "content": "cluster"}]
                 )
                 answered.append(raw.headers["floopy-request-id"])
+                if hits is not None and raw.headers.get("floopy-cache") == "HIT":
+                    hits.append(raw.headers["floopy-request-id"])
             except Exception as exc:  # every failure is recorded and fails the test
                 failures.append(repr(exc))
     finally:
@@ -77,8 +83,9 @@ async def test_master_killed_under_load_loses_and_doubles_nothing(
     floopy = floopy_on_cluster
     answered: list[str] = []
     failures: list[str] = []
+    hits: list[str] = []
     stop = asyncio.Event()
-    workers = [asyncio.create_task(_load(floopy, answered, failures, stop)) for _ in range(4)]
+    workers = [asyncio.create_task(_load(floopy, answered, failures, stop, hits)) for _ in range(4)]
     await asyncio.sleep(2)
     before_kill = len(answered)
     victim = cluster.nodes[1]
@@ -117,6 +124,14 @@ async def test_master_killed_under_load_loses_and_doubles_nothing(
     floopy.wait_for(
         lambda: with_spans() >= ids, timeout_s=90, what="the spans of every answered request"
     )
+    # one prompt throughout: after the first answer, exact cache hits whose entry was read
+    # beside the limits call (another slot than the org's limit keys) rather than after it
+    assert hits, "no answer came from the exact cache"
+    read_ahead = floopy.query(
+        "SELECT DISTINCT request_id FROM spans WHERE name = 'cache.exact' AND "
+        "attribute_values[indexOf(attribute_keys, 'read_by')] = 'rate_limit'"
+    )
+    assert {row[0] for row in read_ahead} & set(hits)
 
     status = await asyncio.to_thread(
         subprocess.run,

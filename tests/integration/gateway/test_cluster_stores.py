@@ -20,10 +20,10 @@ from devstack.servers import RedisCluster
 from gateway.clients.admin_store import AdminStore
 from gateway.clients.audit_log import AuditLog
 from gateway.clients.breaker_store import BreakerStore
+from gateway.clients.command_batch import script_batch
 from gateway.clients.key_auth import KeyAuthenticator
 from gateway.clients.ratelimiter import Gates, RateLimiter
 from gateway.clients.routing_config import RoutingConfigStore
-from gateway.clients.script_batch import ScriptBatch
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
 from gateway.domain import Bucket, UsageEntry
@@ -124,7 +124,7 @@ async def test_concurrent_script_calls_share_one_round_trip_per_node(
 ) -> None:
     """The limits script's batching on a cluster: each node gets one pipeline of the calls whose
     keys it serves; each call its own answer or error, a flushed script loaded again."""
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     await batch(["warm"], ["x"])  # a lone call: straight through the Script, which loads it
     tags = [f"org-{i}" for i in range(200)]
     nodes = [Redis.from_url(node.url) for node in cluster.nodes]
@@ -156,7 +156,7 @@ async def test_a_dead_master_fails_only_its_own_script_calls(
     """Batched calls on a cluster with one master down: the calls its slots hold fail (the
     limiter fails open on them), the other calls get their answers, batch after batch; once the
     master is back, all do."""
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     await batch(["warm"], ["x"])
     assert isinstance(redis, ClusterClient)
     dead = cluster.nodes[2]

@@ -1,4 +1,4 @@
-"""Concurrent calls of one Lua script, sent to Redis together.
+"""Concurrent calls of one Redis command (a Lua script, a ``GET``), sent to Redis together.
 
 A worker under load has many requests in the same stage at once; each used to make its own
 round trip for the limits script, and redis-py's path for one command (the pool, a timeout, the
@@ -9,54 +9,74 @@ are queued, and the next turn of the loop sends them as one pipeline.
 Invariants:
 - No call waits for a timer: the batch leaves at the next turn of the loop (``call_soon``), so
   a call alone costs one loop turn more than before, never a linger.
+- A lone call goes straight through the command's own path (``alone``): a pipeline of one
+  costs more than it saves.
 - Each call gets its own answer or its own error (``raise_on_error=False``); on one node, a
   failure of the whole round trip is every call's error. The callers' handling (the limiter
-  fails open) is unchanged.
-- A script Redis does not have (a restart, ``SCRIPT FLUSH``: NOSCRIPT) is loaded by redis-py's
-  ``Script`` on that call's retry, as it would be without batching.
-- A lone call goes straight through the ``Script``: a pipeline of one costs more than it saves.
+  fails open, the cache misses) is unchanged.
+- A reply that is an error of the command itself (a script's error, a wrong type: exactly
+  redis-py's ``ResponseError``) is that call's error. Any other error reply is about where or
+  how the call was sent (NOSCRIPT after a restart or ``SCRIPT FLUSH``, MOVED or ASK after a
+  resharding, TRYAGAIN, LOADING): the call is sent again alone, through ``alone``, which
+  handles it as it did before batching (redis-py's ``Script`` loads the script; the cluster
+  client refreshes its slot map).
 - On a Redis Cluster the batch is one pipeline per node (the node serving the slot of each
-  call's first key), sent to the nodes at once. Anything but an answer or a script's own error
-  (MOVED or ASK after a resharding, a node that cannot be reached, a slot map not yet read) sends
-  the calls concerned again alone, through the cluster client's own path (it refreshes the slot
-  map, retries and raises as it did before batching): batching changes the cost of a call,
-  never how a failure is handled. (redis-py's cluster pipeline is not used: on a connection
-  error it closes every node's connections and retries the whole pipeline after sleeps of
-  0.25 s, ≈ 0.8 s of every call's time with one master down, against milliseconds alone.)
-  Its node-level pipeline (``ClusterNode.execute_pipeline``) is redis-py 5's, like the pool
-  check in ``shared.redis_client``.
-- A caller cancelled while waiting does not cancel the batch: its script still ran, as it would
-  have if the caller had been cancelled after sending.
+  call's first key), sent to the nodes at once; a node that fails the round trip, or a slot map
+  not yet read, sends its calls again alone. Batching changes the cost of a call, never how a
+  failure is handled. (redis-py's cluster pipeline is not used: on a connection error it closes
+  every node's connections and retries the whole pipeline after sleeps of 0.25 s, ≈ 0.8 s of
+  every call's time with one master down, against milliseconds alone.) Its node-level pipeline
+  (``ClusterNode.execute_pipeline``) is redis-py 5's, like the connection class in
+  ``shared.redis_client``.
+- A caller cancelled while waiting does not cancel the batch: its command still ran, as it
+  would have if the caller had been cancelled after sending. ``submit`` hands out the future
+  itself, for a caller that sends a call now and waits for its answer later.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["ScriptBatch"]
+__all__ = ["CommandBatch", "get_batch", "script_batch"]
 
-_Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+Keys = Sequence[Any]
+Args = Sequence[Any]
+_Call = tuple[Keys, Args, "asyncio.Future[Any]"]
 
 
-class ScriptBatch:
+class CommandBatch:
+    """``command(keys, args)``: the call as one Redis command (its first key routes it on a
+    cluster); ``alone(keys, args)``: the call on its own, the path it took before batching."""
+
     def __init__(
-        self, redis: Redis | RedisCluster, script: AsyncScript, *, max_batch: int = 256
+        self,
+        redis: Redis | RedisCluster,
+        command: Callable[[Keys, Args], tuple[Any, ...]],
+        alone: Callable[[Keys, Args], Awaitable[Any]],
+        *,
+        max_batch: int = 256,
     ) -> None:
         self._redis = redis
-        self._script = script
+        self._command = command
+        self._alone = alone
         self._max_batch = max_batch
         self._queue: list[_Call] = []
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def __call__(self, keys: Keys, args: Args = ()) -> Any:
+        return await self.submit(keys, args)
+
+    def submit(self, keys: Keys, args: Args = ()) -> asyncio.Future[Any]:
+        """Queue the call; its answer (or error) is the future's. Whoever takes the future
+        must await it (or retrieve its exception), as with any future."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((keys, args, future))
@@ -65,7 +85,7 @@ class ScriptBatch:
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -78,8 +98,7 @@ class ScriptBatch:
 
     async def _send(self, batch: list[_Call]) -> None:
         if len(batch) == 1:
-            keys, args, future = batch[0]
-            await self._one(keys, args, future)
+            await self._one(*batch[0])
         elif isinstance(self._redis, RedisCluster):
             await self._by_node(self._redis, batch)
         else:
@@ -89,22 +108,14 @@ class ScriptBatch:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args, _ in batch:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                    pipe.execute_command(*self._command(keys, args))
                 results = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - each caller gets the round trip's error
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (keys, args, future), result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):
-                await self._one(keys, args, future)
-            elif future.done():
-                continue
-            elif isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        await self._answer(batch, results)
 
     async def _by_node(self, redis: RedisCluster, batch: list[_Call]) -> None:
         nodes: dict[str, tuple[ClusterNode, list[_Call]]] = {}
@@ -125,9 +136,8 @@ class ScriptBatch:
         )
 
     async def _on_node(self, node: ClusterNode, calls: list[_Call]) -> None:
-        sha = self._script.sha
         commands = [
-            PipelineCommand(i, "EVALSHA", sha, len(keys), *keys, *args)
+            PipelineCommand(i, *self._command(keys, args))
             for i, (keys, args, _) in enumerate(calls)
         ]
         try:
@@ -135,10 +145,13 @@ class ScriptBatch:
         except Exception:  # noqa: BLE001 - the node failed the round trip: each call alone
             await asyncio.gather(*(self._one(*call) for call in calls))
             return
+        await self._answer(calls, [command.result for command in commands])
+
+    async def _answer(self, calls: list[_Call], results: Sequence[Any]) -> None:
         again: list[_Call] = []
-        for command, call in zip(commands, calls, strict=True):
-            result, future = command.result, call[2]
-            if isinstance(result, RedisError) and not _script_error(result):
+        for call, result in zip(calls, results, strict=True):
+            future = call[2]
+            if isinstance(result, RedisError) and type(result) is not ResponseError:
                 again.append(call)  # NOSCRIPT, MOVED, ASK, TRYAGAIN, a dropped connection
             elif future.done():
                 continue
@@ -148,11 +161,9 @@ class ScriptBatch:
                 future.set_result(result)
         await asyncio.gather(*(self._one(*call) for call in again))
 
-    async def _one(
-        self, keys: Sequence[Any], args: Sequence[Any], future: asyncio.Future[Any]
-    ) -> None:
+    async def _one(self, keys: Keys, args: Args, future: asyncio.Future[Any]) -> None:
         try:
-            result = await self._script(keys=keys, args=args)
+            result = await self._alone(keys, args)
         except Exception as exc:  # noqa: BLE001 - the caller's error, raised where it waits
             if not future.done():
                 future.set_exception(exc)
@@ -161,7 +172,25 @@ class ScriptBatch:
             future.set_result(result)
 
 
-def _script_error(exc: RedisError) -> bool:
-    """An error the script itself returned or raised: the call's own answer, not a failure of
-    where or how it was sent."""
-    return type(exc) is ResponseError
+def script_batch(redis: Redis | RedisCluster, script: AsyncScript) -> CommandBatch:
+    """Calls of a Lua script (``EVALSHA``; alone, redis-py's ``Script``, which loads it)."""
+
+    def command(keys: Keys, args: Args) -> tuple[Any, ...]:
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def alone(keys: Keys, args: Args) -> Awaitable[Any]:
+        return script(keys=keys, args=args)
+
+    return CommandBatch(redis, command, alone)
+
+
+def get_batch(redis: Redis | RedisCluster) -> CommandBatch:
+    """``GET``s, one key per call."""
+
+    def command(keys: Keys, _: Args) -> tuple[Any, ...]:
+        return ("GET", keys[0])
+
+    def alone(keys: Keys, _: Args) -> Awaitable[Any]:
+        return redis.get(keys[0])
+
+    return CommandBatch(redis, command, alone)

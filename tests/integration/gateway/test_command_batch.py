@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from devstack.servers import RedisServer
-from gateway.clients.script_batch import ScriptBatch
+from gateway.clients.command_batch import script_batch
 from shared.redis_client import open_redis
 from shared.settings import RedisSettings
 
@@ -46,7 +46,7 @@ async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
     node: tuple[RedisServer, Redis],
 ) -> None:
     _, redis = node
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     await batch(["warm"], ["x"])  # a lone call: straight through the Script, which loads it
     before = await _reads(redis)
     calls = [batch([f"k{i}"], ["boom" if i % 10 == 3 else f"v{i}"]) for i in range(200)]
@@ -64,7 +64,7 @@ async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
 
 async def test_a_flushed_script_is_loaded_again(node: tuple[RedisServer, Redis]) -> None:
     _, redis = node
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     assert await batch(["a"], ["1"]) == b"1"
     await redis.script_flush()
     results = await asyncio.gather(*(batch([f"n{i}"], [str(i)]) for i in range(20)))
@@ -73,7 +73,7 @@ async def test_a_flushed_script_is_loaded_again(node: tuple[RedisServer, Redis])
 
 async def test_a_dead_redis_is_every_callers_error(node: tuple[RedisServer, Redis]) -> None:
     server, redis = node
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     assert await batch(["a"], ["1"]) == b"1"
     server.kill()
     results = await asyncio.gather(
@@ -88,7 +88,7 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers(
     node: tuple[RedisServer, Redis],
 ) -> None:
     _, redis = node
-    batch = ScriptBatch(redis, redis.register_script(ECHO))
+    batch = script_batch(redis, redis.register_script(ECHO))
     tasks = [asyncio.create_task(batch([f"c{i}"], [f"v{i}"])) for i in range(10)]
     await asyncio.sleep(0)  # queued, not yet sent
     tasks[4].cancel()
