@@ -5,12 +5,15 @@ the ``redis_factory`` / ``clickhouse_factory`` fixtures so the shared ones stay 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from devstack.servers import ClickHouseServer, RedisServer
+from shared.redis_client import open_redis
+from shared.settings import RedisSettings
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +45,18 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+async def redis_node(
+    redis_factory: Callable[[], RedisServer],
+) -> AsyncIterator[tuple[RedisServer, Redis]]:
+    """A Redis of the test's own (its INFO counters move only for it; it may be killed or
+    hung) and a client of ours on it, which gives up after 2 s."""
+    server = redis_factory()
+    client = open_redis(RedisSettings(url=server.url, socket_timeout_s=2, connect_timeout_s=1))
+    yield server, client
+    await client.aclose()
 
 
 @pytest.fixture

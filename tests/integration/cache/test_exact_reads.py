@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ from shared.redis_client import open_redis
 from shared.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def node(
-    redis_factory: Callable[[], RedisServer],
-) -> AsyncIterator[tuple[RedisServer, Redis]]:
-    server = redis_factory()
-    client = open_redis(RedisSettings(url=server.url, socket_timeout_s=2, connect_timeout_s=1))
-    yield server, client
-    await client.aclose()
 
 
 def _answer(i: int) -> CachedAnswer:
@@ -49,8 +38,8 @@ async def _reads(redis: Redis) -> int:
     return int((await redis.info("stats"))["total_reads_processed"])
 
 
-async def test_concurrent_lookups_share_a_round_trip(node: tuple[RedisServer, Redis]) -> None:
-    _, redis = node
+async def test_concurrent_lookups_share_a_round_trip(redis_node: tuple[RedisServer, Redis]) -> None:
+    _, redis = redis_node
     cache = ExactCache(redis, f"t{uuid.uuid4().hex[:8]}")
     await _fill(cache, redis, 200)
     await redis.rpush(cache.key("org-0", "a-list"), "x")  # type: ignore[misc]  # WRONGTYPE
@@ -90,9 +79,9 @@ async def test_lookups_across_the_masters_of_a_cluster(tmp_path: Path) -> None:
 
 
 async def test_a_prefetch_gives_the_entry_or_says_it_failed(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
-    server, redis = node
+    server, redis = redis_node
     cache = ExactCache(redis, f"t{uuid.uuid4().hex[:8]}")
     answers = ResponseCache(cache)
     await _fill(cache, redis, 3)

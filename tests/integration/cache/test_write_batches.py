@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,17 +42,6 @@ async def _settle(cache: ResponseCache) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-async def node(
-    redis_factory: Callable[[], RedisServer],
-) -> AsyncIterator[tuple[RedisServer, Redis]]:
-    """A Redis of its own: its INFO counters move only for this test."""
-    server = redis_factory()
-    client = open_redis(RedisSettings(url=server.url))
-    yield server, client
-    await client.aclose()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     with RedisCluster(Path(tmp_path_factory.mktemp("cluster"))) as made:
@@ -67,9 +56,9 @@ async def _stored(cache: ResponseCache, redis: Redis, writes: list[CacheWrite]) 
 
 
 async def test_writes_scheduled_together_go_in_a_few_round_trips(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
-    _, redis = node
+    _, redis = redis_node
     cache = ResponseCache(ExactCache(redis, f"t{uuid.uuid4().hex[:8]}"))
     cache.start()
     writes = [_write(i) for i in range(600)]
@@ -110,9 +99,9 @@ async def test_writes_in_many_slots_of_a_cluster(cluster: RedisCluster) -> None:
 
 
 async def test_a_refused_batch_is_counted_and_the_drain_carries_on(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
-    server, redis = node
+    server, redis = redis_node
     cache = ResponseCache(ExactCache(redis, f"t{uuid.uuid4().hex[:8]}"))
     cache.start()
     cache.schedule_write(_write(0))

@@ -5,7 +5,6 @@ caller's error; the limiter built on one node uses it and still decides like bef
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -15,8 +14,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from devstack.servers import RedisServer
 from gateway.clients.command_batch import script_batch
-from shared.redis_client import open_redis
-from shared.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -27,25 +24,14 @@ return ARGV[1]
 """
 
 
-@pytest.fixture
-async def node(
-    redis_factory: Callable[[], RedisServer],
-) -> AsyncIterator[tuple[RedisServer, Redis]]:
-    """A Redis of its own: its INFO counters move only for this test."""
-    server = redis_factory()
-    client = open_redis(RedisSettings(url=server.url, socket_timeout_s=2, connect_timeout_s=1))
-    yield server, client
-    await client.aclose()
-
-
 async def _reads(redis: Redis) -> int:
     return int((await redis.info("stats"))["total_reads_processed"])
 
 
 async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
-    _, redis = node
+    _, redis = redis_node
     batch = script_batch(redis, redis.register_script(ECHO))
     await batch(["warm"], ["x"])  # a lone call: straight through the Script, which loads it
     before = await _reads(redis)
@@ -62,8 +48,8 @@ async def test_concurrent_calls_share_a_round_trip_and_get_their_own_answers(
     assert reads <= 10, reads
 
 
-async def test_a_flushed_script_is_loaded_again(node: tuple[RedisServer, Redis]) -> None:
-    _, redis = node
+async def test_a_flushed_script_is_loaded_again(redis_node: tuple[RedisServer, Redis]) -> None:
+    _, redis = redis_node
     batch = script_batch(redis, redis.register_script(ECHO))
     assert await batch(["a"], ["1"]) == b"1"
     await redis.script_flush()
@@ -71,8 +57,8 @@ async def test_a_flushed_script_is_loaded_again(node: tuple[RedisServer, Redis])
     assert results == [str(i).encode() for i in range(20)]
 
 
-async def test_a_dead_redis_is_every_callers_error(node: tuple[RedisServer, Redis]) -> None:
-    server, redis = node
+async def test_a_dead_redis_is_every_callers_error(redis_node: tuple[RedisServer, Redis]) -> None:
+    server, redis = redis_node
     batch = script_batch(redis, redis.register_script(ECHO))
     assert await batch(["a"], ["1"]) == b"1"
     server.kill()
@@ -85,9 +71,9 @@ async def test_a_dead_redis_is_every_callers_error(node: tuple[RedisServer, Redi
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_answers(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
-    _, redis = node
+    _, redis = redis_node
     batch = script_batch(redis, redis.register_script(ECHO))
     tasks = [asyncio.create_task(batch([f"c{i}"], [f"v{i}"])) for i in range(10)]
     await asyncio.sleep(0)  # queued, not yet sent
@@ -101,12 +87,12 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers(
 
 
 async def test_a_pooled_connection_with_unread_data_is_not_handed_out(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
     """The pool's check for unread data (``_HiredisPacked.can_read_destructive``: a buffer
     look, not redis-py's socket poll) still finds a reply nobody read: the connection is
     replaced, and the next command gets its own answer, not the stale one."""
-    _, redis = node
+    _, redis = redis_node
     await redis.set("right", "answer")
     pool = redis.connection_pool
     connection = await pool.get_connection()
@@ -118,12 +104,12 @@ async def test_a_pooled_connection_with_unread_data_is_not_handed_out(
 
 
 async def test_replies_already_read_are_checked_like_redis_pys(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
     """A pipeline's later replies come from the parser's buffer (``_HiredisPacked.read_response``
     skips the read timeout for them): each is still the right answer in order, an error reply
     is that command's error, and the connection stays usable."""
-    _, redis = node
+    _, redis = redis_node
     await redis.set("text", "v")
     for _ in range(3):
         async with redis.pipeline(transaction=False) as pipe:
@@ -162,12 +148,12 @@ async def test_replies_already_read_are_checked_like_redis_pys(
 
 
 async def test_a_write_to_a_hung_redis_still_times_out(
-    node: tuple[RedisServer, Redis],
+    redis_node: tuple[RedisServer, Redis],
 ) -> None:
     """Writes go straight to the transport (``_HiredisPacked.send_packed_command``) unless it
     is paused: a hung Redis with more sent than the socket buffers holds still ends in the
     socket timeout, not a wait without end, and the client works once Redis is back."""
-    server, redis = node
+    server, redis = redis_node
     big = b"x" * (8 << 20)
     with server.hung():
         for _ in range(2):  # the second write finds the transport paused: redis-py's timed path
