@@ -94,7 +94,7 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
     # the exact cache's entry, read in the same script (one node) or beside it (a cluster)
     peek = plan_ahead(ctx, deps.cache)
     prefetch = deps.cache.prefetch_exact(peek) if peek and counters.cluster else None
-    admission = await deps.limiter.admit(buckets, gates, "" if prefetch else peek)
+    admission = await deps.limiter.admit(buckets, gates, peek if prefetch is None else "")
     ahead = ctx.cache.ahead
     if peek and admission.admitted and not admission.fail_open and ahead is not None:
         if prefetch is None:
