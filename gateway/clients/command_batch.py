@@ -28,6 +28,8 @@ Invariants:
   every call's time with one master down, against milliseconds alone.) Its node-level pipeline
   (``ClusterNode.execute_pipeline``) is redis-py 5's, like the connection class in
   ``shared.redis_client``.
+- Every call gets an answer or an error, whatever happens: a failure nobody foresaw (here or
+  in redis-py) is logged and is every unanswered call's error, never a caller left waiting.
 - A caller cancelled while waiting does not cancel the batch: its command still ran, as it
   would have if the caller had been cancelled after sending. ``submit`` hands out the future
   itself, for a caller that sends a call now and waits for its answer later.
@@ -36,15 +38,18 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 __all__ = ["CommandBatch", "get_batch", "script_batch"]
+
+log = logging.getLogger(__name__)
 
 Keys = Sequence[Any]
 Args = Sequence[Any]
@@ -97,12 +102,18 @@ class CommandBatch:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Call]) -> None:
-        if len(batch) == 1:
-            await self._one(*batch[0])
-        elif isinstance(self._redis, RedisCluster):
-            await self._by_node(self._redis, batch)
-        else:
-            await self._pipelined(batch)
+        try:
+            if len(batch) == 1:
+                await self._one(*batch[0])
+            elif isinstance(self._redis, RedisCluster):
+                await self._by_node(self._redis, batch)
+            else:
+                await self._pipelined(batch)
+        except Exception as exc:  # a bug here or in redis-py: no caller may wait forever
+            log.exception("a batch of %d Redis calls failed unexpectedly", len(batch))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
 
     async def _pipelined(self, batch: list[_Call]) -> None:
         try:
@@ -123,7 +134,7 @@ class CommandBatch:
         for call in batch:
             try:
                 node = redis.get_node_from_key(call[0][0])
-            except (RedisError, IndexError):  # no slot map yet, a slot not covered, no key
+            except (RedisError, RedisClusterException, IndexError):  # no slot map yet, no key
                 alone.append(call)
                 continue
             if node is None:  # redis-py's signature; not for a primary

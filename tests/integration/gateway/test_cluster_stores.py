@@ -196,3 +196,21 @@ async def test_every_node_packs_commands_with_hiredis(redis: Redis) -> None:
         Connection().pack_command(*args)
     )
     assert await redis.get("{pack-7}") == b"7"
+
+
+async def test_a_batch_on_a_client_that_has_not_read_the_slot_map_yet(
+    cluster: RedisCluster,
+) -> None:
+    """The first use of a new cluster client is a batch (a worker's first requests arrive
+    together): the slot map is not read yet, so every call goes alone (which reads it), and
+    every caller gets its answer. It used to leave them all waiting."""
+    fresh = open_redis(RedisSettings(url=cluster.url, cluster=True))
+    try:
+        batch = script_batch(fresh, fresh.register_script(ECHO))
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(
+                *(batch([f"{{first-{i}}}"], [str(i)]) for i in range(30))
+            )
+        assert results == [str(i).encode() for i in range(30)]
+    finally:
+        await fresh.aclose()
