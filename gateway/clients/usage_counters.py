@@ -7,8 +7,9 @@ Invariants:
   reads carry the org as a hash tag, so a key's usage keys need its org there.
 - Counters are per UTC period and expire a while after it ends (``usage_expiry_s``). One script
   call adds a batch of entries (``ADD_LUA``: ``HINCRBY``/``HINCRBYFLOAT`` + ``EXPIREAT`` per
-  key, day and month), one per org on a cluster (a script's keys share one slot); one pipelined
-  round trip reads them.
+  key, day and month), one per org on a cluster (a script's keys share one slot; the orgs' calls
+  go as one pipeline per master, ``gateway.clients.command_batch``); one pipelined round trip
+  reads them.
 - Each entry is counted once, however often it is sent: the script sets the entry's bit in its
   ``usage_seen`` bitmap (its gateway process, org, and block of ``SEEN_BLOCK`` entry numbers)
   and adds only entries whose bit was clear. A batch whose answer was lost (Redis hung, then
@@ -25,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -32,6 +34,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from gateway.clients.command_batch import script_batch
 from gateway.clients.stored_fields import aw
 from gateway.domain import UsageEntry
 from gateway.policy.keys import Usage, day_period, month_period
@@ -156,13 +159,15 @@ def add_usage_call(
 
 
 class UsageCounters:
-    """Names, writes (on the caller's pipeline) and reads of the usage counters."""
+    """Names, writes and reads of the usage counters."""
 
     def __init__(self, redis: Redis, *, prefix: str = "floopy") -> None:
         self._redis = redis
         self.cluster = is_cluster(redis)
         self._k = RedisKeys(prefix, cluster=self.cluster)
         self._add = redis.register_script(ADD_LUA)
+        self._batch = script_batch(redis, self._add)
+        """On a cluster, the calls of a batch's orgs: one pipeline per master."""
 
     @property
     def keys(self) -> RedisKeys:
@@ -196,10 +201,8 @@ class UsageCounters:
             by_org: dict[str, list[UsageEntry]] = {}
             for e in entries:
                 by_org.setdefault(e.org_id, []).append(e)
-            added = 0
-            for group in by_org.values():
-                keys, args = add_usage_call(self._k, group)
-                added += int(await self._add(keys=keys, args=args))
+            calls = [add_usage_call(self._k, group) for group in by_org.values()]
+            added = sum(int(n) for n in await asyncio.gather(*(self._batch(*c) for c in calls)))
             if last_used_ms or offset:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     if last_used_ms:
