@@ -9,9 +9,11 @@ shared with other work, CPU per record compares paths where records/s alone does
     python -m bench.ingest --records 50000
 
 Structure: ``generate_payloads`` makes the bytes a gateway would XADD, and each path to measure
-is a function ``(env, payloads, batch_size, deadline) -> Measurement``. The two ``spans-*``
-paths move the spans of as many requests (ten each) through the stream worker, one stream entry
-per span against one per request (``shared.codec.encode_spans``); their figures are per span.
+is a function ``(env, payloads, batch_size, deadline) -> Measurement``. The three ``spans-*``
+paths move the spans of as many requests (ten each) through the stream worker: one stream entry
+per span record, one array of span records per request (what older gateways sent), and one
+``RequestSpans`` entry per request (``shared.codec.encode_spans``: the ingester makes the
+records); their figures are per span.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from dataclasses import dataclass, replace
 from itertools import count, product
 from pathlib import Path
 
+import msgspec
+
 from bench.cpus import MEASURED_CPUS, SERVER_CPUS, pin
 from devstack.servers import ClickHouseServer
 from ingester.decode import tune_gc_for_batches
 from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
 from shared.codec import encode_record, encode_spans
-from shared.records import RequestRecord, SpanRecord
+from shared.records import RequestRecord, RequestSpans, StageTiming, span_records
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
@@ -259,23 +263,24 @@ _SPAN_NAMES = (
 )
 
 
-def _request_spans(n_requests: int) -> list[list[SpanRecord]]:
+def _request_spans(n_requests: int) -> list[RequestSpans]:
     """Ten spans per request, as a chat request's are (the stages, a child span, an attempt)."""
     now_ms = int(time.time() * 1000)
     return [
-        [
-            SpanRecord(
-                span_id=f"{i:08d}-{j}",
-                request_id=f"{i:08d}-0000-4000-8000-{_RUN_TAG}",
-                org_id="org-bench",
-                name=name,
-                created_at_ms=now_ms + i,
-                start_offset_ms=0.1 * j,
-                duration_ms=0.05 + 0.01 * j,
-                attributes={"attempt": "1", "provider": "openai"} if j == 9 else {},
-            )
-            for j, name in enumerate(_SPAN_NAMES)
-        ]
+        RequestSpans(
+            request_id=f"{i:08d}-0000-4000-8000-{_RUN_TAG}",
+            org_id="org-bench",
+            created_at_ms=now_ms + i,
+            spans=[
+                StageTiming(
+                    name,
+                    0.1 * j,
+                    0.05 + 0.01 * j,
+                    attributes={"attempt": "1", "provider": "openai"} if j == 9 else {},
+                )
+                for j, name in enumerate(_SPAN_NAMES)
+            ],
+        )
         for i in range(n_requests)
     ]
 
@@ -284,22 +289,34 @@ def measure_spans_per_span(
     env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
 ) -> Measurement:
     """The stream path for the spans of ``len(payloads)`` requests, one stream entry per span
-    (as gateways sent them before ``shared.codec.encode_spans``); figures per span."""
-    spans = _request_spans(len(payloads))
-    entries = [encode_record(span) for request in spans for span in request]
+    record (as the oldest gateways sent them); figures per span."""
+    records = [span for entry in _request_spans(len(payloads)) for span in span_records(entry)]
+    entries = [encode_record(span) for span in records]
     path = "spans-one-per-entry"
     return _stream_worker(env, path, Sink.SPANS, entries, len(entries), batch_size, deadline)
+
+
+def measure_spans_array_per_request(
+    env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
+) -> Measurement:
+    """The same spans, one stream entry per request holding its span records (a JSON array, as
+    the previous gateways sent them); figures per span."""
+    arrays = [span_records(entry) for entry in _request_spans(len(payloads))]
+    entries = [msgspec.json.encode(records) for records in arrays]
+    rows = sum(map(len, arrays))
+    path = "spans-array-per-request"
+    return _stream_worker(env, path, Sink.SPANS, entries, rows, batch_size, deadline)
 
 
 def measure_spans_per_request(
     env: BenchEnv, payloads: list[bytes], batch_size: int, deadline: float
 ) -> Measurement:
-    """The same spans, one stream entry per request (a JSON array, as the gateway sends them
-    now); figures per span."""
-    spans = _request_spans(len(payloads))
-    entries = [encode_spans(request) for request in spans]
-    rows = sum(map(len, spans))
-    path = "spans-array-per-request"
+    """The same spans as the gateway sends them now: one ``RequestSpans`` entry per request,
+    the ingester making the span records (their ids too); figures per span."""
+    requests = _request_spans(len(payloads))
+    entries = [encode_spans(entry) for entry in requests]
+    rows = sum(len(entry.spans) for entry in requests)
+    path = "spans-per-request"
     return _stream_worker(env, path, Sink.SPANS, entries, rows, batch_size, deadline)
 
 
@@ -425,7 +442,8 @@ PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
     "delivery-2-threads": measure_delivery_threads,
     "stream-worker": measure_stream,
     "spans-one-per-entry": measure_spans_per_span,
-    "spans-array-per-request": measure_spans_per_request,
+    "spans-array-per-request": measure_spans_array_per_request,
+    "spans-per-request": measure_spans_per_request,
     "json-http": measure_json_http,
     "phases": measure_phases,
 }

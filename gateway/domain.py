@@ -7,7 +7,8 @@ without a socket, and a provider adapter speaks the same types the record is bui
 
 Nothing here does I/O or holds an open resource: an open upstream stream is a client object
 (``gateway.clients.providers.base.UpstreamStream``); what was seen of it while it was read is
-a ``StreamObservation``, which is what the context and the record keep.
+a ``StreamObservation``, which is what the context and the record keep. ``StageTiming`` is the
+record contract's own (``shared.records``): the gateway's timings are sent as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+from shared.records import StageTiming
 
 if TYPE_CHECKING:
     from gateway.policy.ratelimit import RateLimitPolicy
@@ -92,17 +95,6 @@ class StreamObservation:
     """The upstream ended the stream properly (``data: [DONE]``, or Anthropic's stop)."""
     content_parts: list[str] = field(default_factory=list)
     finish_reason: str = ""
-
-
-@dataclass(slots=True)
-class StageTiming:
-    """One span of a request: a stage, a span inside a stage, or an upstream attempt."""
-
-    name: str
-    start_offset_ms: float
-    duration_ms: float
-    status: str = "ok"
-    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ with the same decoder that reads the stream, and an on-call engineer can read ei
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -17,7 +16,9 @@ from shared.records import (
     SCHEMA_VERSION,
     BreakerEventRecord,
     RequestRecord,
+    RequestSpans,
     SpanRecord,
+    span_records,
 )
 from shared.streams import Sink
 
@@ -46,6 +47,7 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
 }
 _raw_decoder = msgspec.json.Decoder(dict[str, Any])
 _spans_decoder = msgspec.json.Decoder(list[SpanRecord])
+_request_spans_decoder = msgspec.json.Decoder(RequestSpans)
 _raw_list_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 
 
@@ -53,19 +55,25 @@ def encode_record(record: AnyRecord) -> bytes:
     return _encoder.encode(record)
 
 
-def encode_spans(spans: Sequence[SpanRecord]) -> bytes:
-    """A request's spans as one entry of the spans sink: a JSON array of span records. One
-    entry per request rather than one per span (about ten): one encode, one buffered entry
-    and one ``XADD`` where there were ten, on the gateway's hot path and in Redis."""
+def encode_spans(spans: RequestSpans) -> bytes:
+    """A request's spans as one entry of the spans sink: the request's identity once, then
+    its timings (``RequestSpans``). One entry per request rather than one per span (about
+    ten): one encode, one buffered entry and one ``XADD`` where there were ten, on the
+    gateway's hot path and in Redis."""
     return _encoder.encode(spans)
 
 
 def decode_records(sink: Sink, data: bytes | str) -> list[AnyRecord]:
-    """The records of one entry (stream entry, spool or dead-letter line): one record, or a
-    JSON array of span records on the spans sink (``encode_spans``; single span records, as
-    gateways before it sent them, still decode). Raises RecordDecodeError for anything else,
-    an empty array included."""
-    if sink is not Sink.SPANS or data[:1] not in (b"[", "["):
+    """The records of one entry (stream entry, spool or dead-letter line): one record, or on
+    the spans sink the span records of a request's ``RequestSpans``. What older gateways sent
+    there still decodes: a JSON array of span records, or a single one. Raises
+    RecordDecodeError for anything else, an entry without spans included."""
+    if sink is not Sink.SPANS:
+        return [decode_record(sink, data)]
+    first = data[:1]
+    if first in (b"{", "{"):
+        return _request_spans(data)
+    if first not in (b"[", "["):
         return [decode_record(sink, data)]
     try:
         spans = cast(list[AnyRecord], _spans_decoder.decode(data))
@@ -80,6 +88,18 @@ def decode_records(sink: Sink, data: bytes | str) -> list[AnyRecord]:
     if not raws:
         raise RecordDecodeError("an empty array of span records")
     return [_from_raw(sink, raw, SpanRecord) for raw in raws]
+
+
+def _request_spans(data: bytes | str) -> list[AnyRecord]:
+    try:
+        entry = _request_spans_decoder.decode(data)
+    except msgspec.DecodeError:  # ValidationError is one: a single span record, or not JSON
+        return [decode_record(Sink.SPANS, data)]
+    if entry.schema_version != SCHEMA_VERSION:
+        raise RecordDecodeError(f"unsupported schema_version {entry.schema_version!r}")
+    if not entry.spans:
+        raise RecordDecodeError("a request's spans entry without spans")
+    return cast(list[AnyRecord], span_records(entry))
 
 
 def upgrade_v1(sink: Sink, raw: dict[str, Any]) -> dict[str, Any]:

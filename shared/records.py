@@ -1,6 +1,10 @@
 """The gateway → ingester contract: one record per request, one span per stage, one event per
 circuit-breaker state change.
 
+A request's spans travel as one entry (``RequestSpans``: the request's identity once, then its
+``StageTiming`` values); the ingester makes the ``SpanRecord`` rows of it (``span_records``),
+ids included, so the gateway's hot path builds and hashes nothing per span.
+
 Invariants:
 - ``SCHEMA_VERSION`` rises whenever a field is added, renamed or changes meaning. The ingester
   accepts the current and the previous version (``shared.codec`` upgrades the previous one),
@@ -14,6 +18,9 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+
 import msgspec
 
 __all__ = [
@@ -21,7 +28,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "BreakerEventRecord",
     "RequestRecord",
+    "RequestSpans",
     "SpanRecord",
+    "StageTiming",
+    "span_id",
+    "span_records",
 ]
 
 SCHEMA_VERSION = 3
@@ -129,6 +140,76 @@ class SpanRecord(msgspec.Struct, kw_only=True):
     duration_ms: float
     status: str = "ok"
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class StageTiming(msgspec.Struct, omit_defaults=True):
+    """One span of a request as the gateway times it: a stage, a span inside a stage, or an
+    upstream attempt (``attributes["attempt"]`` keeps attempts' ids apart). Mutable: a stream's
+    dispatch span is stretched to its last chunk."""
+
+    name: str
+    start_offset_ms: float
+    duration_ms: float
+    status: str = "ok"
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class RequestSpans(msgspec.Struct, kw_only=True):
+    """The spans of one request, as one entry of the spans sink (``shared.codec.encode_spans``).
+
+    Why not the span records themselves: ten records a request meant ten structs, ten SHA-1s
+    and the request's identity written ten times, on the gateway's hot path. The ingester
+    derives the same records (``span_records``), whose ids depend only on this entry, so an
+    entry delivered twice still makes the same rows."""
+
+    schema_version: int = SCHEMA_VERSION
+    request_id: str
+    org_id: str
+    created_at_ms: int
+    spans: list[StageTiming]
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
+"""The first hex digit of a UUID's clock_seq with the RFC 4122 variant bits set."""
+
+
+def span_id(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without the ``UUID`` objects: the same
+    SHA-1, version and variant bits, and text."""
+    h = hashlib.sha1(namespace + name.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def span_records(entry: RequestSpans) -> list[SpanRecord]:
+    """One record per timing, its id a UUIDv5 of the request id and the span's name (and
+    attempt number), so it is stable however often the entry is delivered."""
+    namespace = _namespace(entry.request_id).bytes
+    return [
+        SpanRecord(
+            span_id=span_id(namespace, _span_key(timing)),
+            request_id=entry.request_id,
+            org_id=entry.org_id,
+            name=timing.name,
+            created_at_ms=entry.created_at_ms + int(timing.start_offset_ms),
+            start_offset_ms=timing.start_offset_ms,
+            duration_ms=timing.duration_ms,
+            status=timing.status,
+            attributes=timing.attributes,
+        )
+        for timing in entry.spans
+    ]
+
+
+def _span_key(timing: StageTiming) -> str:
+    attempt = timing.attributes.get("attempt")
+    return f"{timing.name}#{attempt}" if attempt else timing.name
+
+
+def _namespace(request_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request_id)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_OID, request_id)
 
 
 class BreakerEventRecord(msgspec.Struct, kw_only=True):

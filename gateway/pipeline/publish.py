@@ -1,7 +1,7 @@
 """After the response (or the last chunk of a stream): the record and spans go to the publisher.
 
-The record is one entry of the requests stream and its spans one entry of the spans stream (a
-JSON array: ``shared.codec.encode_spans``).
+The record is one entry of the requests stream and its spans one entry of the spans stream
+(``shared.records.RequestSpans``: the ingester makes the span records).
 
 Invariants: a request's record is published once (``ctx.published`` is claimed first, so the
 route's background task, the relay's ``finally`` and the guard's after-response hook never
@@ -99,7 +99,7 @@ def _send(ctx: RequestContext, deps: PublishDeps, end_ns: int, settled: Settled)
     submit = deps.publisher.submit
     submit(Sink.REQUESTS, encode_record(record), ctx.request_id)
     record_usage(ctx, record, deps.usage)
-    if spans:
+    if spans.spans:
         submit(Sink.SPANS, encode_spans(spans), ctx.request_id)
     try:
         store_after(ctx, deps.cache, settled)

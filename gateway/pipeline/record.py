@@ -1,4 +1,4 @@
-"""The request record and its spans, read off a finished request context.
+"""The request record and its spans' entry, read off a finished request context.
 
 This is the one place that knows both the context and the record's fields; what to keep, clip
 and redact is decided by ``gateway.policy.recording`` and ``gateway.policy.redaction`` on the
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from gateway.domain import TokenUsage
 from gateway.policy.recording import (
     NAME_MAX_CHARS,
-    build_spans,
     cache_fields,
     clip_body,
     clip_inputs,
@@ -24,7 +23,7 @@ from gateway.policy.recording import (
 )
 from gateway.policy.redaction import recorded_request_headers, recorded_response_headers
 from gateway.policy.usage import Settled, reported_usage
-from shared.records import RequestRecord, SpanRecord
+from shared.records import RequestRecord, RequestSpans
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -34,7 +33,7 @@ __all__ = ["build_records"]
 
 def build_records(
     ctx: RequestContext, end_ns: int, body_limit: int, settled: Settled | None = None
-) -> tuple[RequestRecord, list[SpanRecord]]:
+) -> tuple[RequestRecord, RequestSpans]:
     """``settled``: tokens and cost from ``gateway.policy.usage.settle_usage`` (without it,
     the provider's usage as reported and no cost)."""
     error_code, error_message = error_fields(ctx.error, ctx.stream_error)
@@ -82,11 +81,11 @@ def build_records(
         response_headers=recorded_response_headers(ctx.sent_headers),
         **firewall_fields(ctx.firewall),
     )
-    spans = build_spans(
-        ctx.request_id,
-        ctx.org_id,
-        ctx.created_at_ms,
-        (*ctx.timings, *ctx.child_spans, *ctx.attempts),
+    spans = RequestSpans(  # the ingester makes the span records (``shared.records``)
+        request_id=ctx.request_id,
+        org_id=ctx.org_id,
+        created_at_ms=ctx.created_at_ms,
+        spans=[*ctx.timings, *ctx.child_spans, *ctx.attempts],
     )
     return record, spans
 

@@ -4,32 +4,25 @@ the record by ``gateway.pipeline.record``, which hands these functions plain val
 Every free-text field is clipped (``TRUNCATED_MARK`` says where): bodies and template inputs
 at ``body_limit`` bytes, names at ``NAME_MAX_CHARS``, error messages at ``MESSAGE_MAX_CHARS``
 (issue 10: a 3 MiB model name went into the record whole). Headers are capped when parsed.
-
-Spans get ids derived from the request id and the stage name (UUIDv5), so a span published twice
-is the same span downstream, like its request record.
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
-from gateway.domain import StageTiming, StreamObservation
+from gateway.domain import StreamObservation
 from gateway.policy.cache import CacheOutcome
 from gateway.policy.firewall import FirewallOutcome
 from gateway.policy.headers import RequestMeta
 from shared.errors import ClientError
-from shared.records import SpanRecord
 
 __all__ = [
     "MESSAGE_MAX_CHARS",
     "NAME_MAX_CHARS",
     "TRUNCATED_MARK",
-    "build_spans",
     "cache_fields",
     "clip_body",
     "clip_inputs",
@@ -38,7 +31,6 @@ __all__ = [
     "error_fields",
     "firewall_fields",
     "kept_bodies",
-    "span_id",
     "stream_summary",
 ]
 
@@ -148,48 +140,3 @@ def decoded_headers(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, s
     """ASGI header pairs as text (latin-1, as HTTP/1.1 defines them)."""
     for name, value in raw:
         yield name.decode("latin-1"), value.decode("latin-1")
-
-
-def build_spans(
-    request_id: str, org_id: str, created_at_ms: int, timings: Iterable[StageTiming]
-) -> list[SpanRecord]:
-    """One span per timing: the stages, the spans inside stages, then one per upstream attempt
-    (ids from the attempt number, so each stays unique and stable)."""
-    namespace = _namespace(request_id).bytes
-    return [
-        SpanRecord(
-            span_id=span_id(namespace, _span_key(timing)),
-            request_id=request_id,
-            org_id=org_id,
-            name=timing.name,
-            created_at_ms=created_at_ms + int(timing.start_offset_ms),
-            start_offset_ms=timing.start_offset_ms,
-            duration_ms=timing.duration_ms,
-            status=timing.status,
-            attributes=dict(timing.attributes),
-        )
-        for timing in timings
-    ]
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
-"""The first hex digit of a UUID's clock_seq with the RFC 4122 variant bits set."""
-
-
-def span_id(namespace: bytes, name: str) -> str:
-    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without the ``UUID`` objects (ten
-    spans a request): the same SHA-1, version and variant bits, and text."""
-    h = hashlib.sha1(namespace + name.encode()).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-def _span_key(timing: StageTiming) -> str:
-    attempt = timing.attributes.get("attempt")
-    return f"{timing.name}#{attempt}" if attempt else timing.name
-
-
-def _namespace(request_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request_id)
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_OID, request_id)

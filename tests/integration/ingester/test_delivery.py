@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from devstack.servers import ClickHouseServer
@@ -11,7 +12,7 @@ from ingester.delivery import Delivery
 from ingester.schema.migrate import migrate
 from shared.codec import decode_record, encode_record, encode_spans
 from shared.errors import SinkUnavailableError
-from shared.records import SpanRecord
+from shared.records import RequestSpans, SpanRecord, StageTiming, span_records
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 from tests.integration.ingester.clickhouse_helpers import query, request_payload, unique_settings
@@ -84,15 +85,27 @@ def _span(request_id: str, name: str, created_at_ms: int = 1_790_000_000_000) ->
 def test_a_requests_spans_in_one_payload_become_rows_and_a_bad_one_is_set_aside_alone(
     delivery: Delivery, settings: ClickHouseSettings, tmp_path: Path
 ) -> None:
-    bad = _span("a", "cache", created_at_ms=-1)
+    created = 1_000  # a span timed before it (offset below -1 s) has no valid created_at
+    entry = RequestSpans(
+        request_id="a",
+        org_id="o1",
+        created_at_ms=created,
+        spans=[
+            StageTiming("auth", 0.5, 1.5),
+            StageTiming("cache", -2_000.0, 1.5),
+            StageTiming("dispatch", 2.0, 1.5),
+        ],
+    )
     payloads = [
-        encode_spans([_span("a", "auth"), bad, _span("a", "dispatch")]),
-        encode_record(_span("b", "auth")),  # one span per entry: gateways before one array
-        encode_spans([_span("c", "auth"), _span("c", "dispatch")]),
+        encode_spans(entry),
+        encode_record(_span("b", "auth")),  # one span per entry: the oldest gateways
+        msgspec.json.encode([_span("c", "auth"), _span("c", "dispatch")]),  # older: an array
     ]
     report = delivery.deliver(Sink.SPANS, payloads)
     assert (report.inserted, report.dead_lettered) == (5, 1)
-    rows = query(settings, "SELECT request_id, name FROM {db}.spans FINAL ORDER BY span_id")
+    rows = query(
+        settings, "SELECT request_id, name FROM {db}.spans FINAL ORDER BY request_id, name"
+    )
     assert rows == [
         ("a", "auth"),
         ("a", "dispatch"),
@@ -101,7 +114,9 @@ def test_a_requests_spans_in_one_payload_become_rows_and_a_bad_one_is_set_aside_
         ("c", "dispatch"),
     ]
     (letter,) = DeadLetterFile(tmp_path / "dead", Sink.SPANS).read()
-    assert decode_record(Sink.SPANS, letter.payload) == bad  # replayable alone
+    bad = decode_record(Sink.SPANS, letter.payload)  # replayable alone: a span record
+    assert (bad.request_id, bad.name, bad.created_at_ms) == ("a", "cache", created - 2_000)
+    assert bad.span_id == span_records(entry)[1].span_id
     assert "created_at" in letter.error
 
 

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import random
+import uuid
+
 import msgspec
 import pytest
 
 from shared.codec import decode_record, decode_records, encode_record, encode_spans
 from shared.errors import RecordDecodeError
-from shared.records import SCHEMA_VERSION, RequestRecord, SpanRecord
+from shared.records import (
+    SCHEMA_VERSION,
+    RequestRecord,
+    RequestSpans,
+    SpanRecord,
+    StageTiming,
+    span_id,
+)
 from shared.streams import Sink
 
 
@@ -87,9 +97,77 @@ def _span(name: str, **fields: object) -> SpanRecord:
     )
 
 
-def test_a_requests_spans_are_one_entry_and_decode_in_order() -> None:
+def _entry(*timings: StageTiming, request_id: str = "r") -> RequestSpans:
+    return RequestSpans(request_id=request_id, org_id="o", created_at_ms=1_000, spans=[*timings])
+
+
+def test_a_requests_spans_are_one_entry_the_ingester_makes_records_of_in_order() -> None:
+    rid = str(uuid.uuid4())
+    entry = _entry(
+        StageTiming("auth", 0.25, 0.2),
+        StageTiming("dispatch", 3.9, 4.5, "error"),
+        StageTiming("provider_attempt", 4.0, 4.4, "ok", {"attempt": "2", "provider": "p"}),
+        request_id=rid,
+    )
+    namespace = uuid.UUID(rid)
+    assert decode_records(Sink.SPANS, encode_spans(entry)) == [
+        SpanRecord(
+            span_id=str(uuid.uuid5(namespace, "auth")),
+            request_id=rid,
+            org_id="o",
+            name="auth",
+            created_at_ms=1_000,
+            start_offset_ms=0.25,
+            duration_ms=0.2,
+        ),
+        SpanRecord(
+            span_id=str(uuid.uuid5(namespace, "dispatch")),
+            request_id=rid,
+            org_id="o",
+            name="dispatch",
+            created_at_ms=1_003,
+            start_offset_ms=3.9,
+            duration_ms=4.5,
+            status="error",
+        ),
+        SpanRecord(
+            span_id=str(uuid.uuid5(namespace, "provider_attempt#2")),
+            request_id=rid,
+            org_id="o",
+            name="provider_attempt",
+            created_at_ms=1_004,
+            start_offset_ms=4.0,
+            duration_ms=4.4,
+            attributes={"attempt": "2", "provider": "p"},
+        ),
+    ]
+
+
+def test_an_entry_delivered_twice_makes_the_same_span_records() -> None:
+    data = encode_spans(_entry(StageTiming("auth", 0.1, 0.2), StageTiming("cache", 0.3, 0.1)))
+    assert decode_records(Sink.SPANS, data) == decode_records(Sink.SPANS, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"schema_version": 3, "request_id": "r", "org_id": "o", "created_at_ms": 1, "spans": []}',
+        b'{"schema_version": 99, "request_id": "r", "org_id": "o", "created_at_ms": 1, '
+        b'"spans": [{"name": "auth", "start_offset_ms": 0, "duration_ms": 1}]}',
+        b'{"schema_version": 3, "request_id": "r", "org_id": "o", "created_at_ms": 1, '
+        b'"spans": [{"name": "auth", "start_offset_ms": "soon", "duration_ms": 1}]}',
+        b'{"request_id": "r", "spans": 7}',
+        b"{not json",
+    ],
+)
+def test_a_bad_request_spans_entry_is_one_decode_error(data: bytes) -> None:
+    with pytest.raises(RecordDecodeError):
+        decode_records(Sink.SPANS, data)
+
+
+def test_an_array_of_span_records_from_an_older_gateway_still_decodes() -> None:
     spans = [_span("auth"), _span("dispatch", attributes={"attempt": "1"})]
-    assert decode_records(Sink.SPANS, encode_spans(spans)) == spans
+    assert decode_records(Sink.SPANS, msgspec.json.encode(spans)) == spans
 
 
 def test_a_single_span_entry_from_an_older_gateway_still_decodes() -> None:
@@ -97,7 +175,7 @@ def test_a_single_span_entry_from_an_older_gateway_still_decodes() -> None:
 
 
 def test_spans_of_the_previous_schema_version_are_upgraded_inside_an_array() -> None:
-    old = msgspec.json.decode(encode_spans([_span("auth"), _span("cache")]))
+    old = msgspec.json.decode(msgspec.json.encode([_span("auth"), _span("cache")]))
     for raw in old:
         raw["schema_version"] = SCHEMA_VERSION - 1
     decoded = decode_records(Sink.SPANS, msgspec.json.encode(old))
@@ -114,6 +192,19 @@ def test_a_bad_spans_array_is_one_decode_error(data: bytes) -> None:
         decode_records(Sink.SPANS, data)
 
 
-def test_an_array_is_not_a_record_of_the_other_sinks() -> None:
-    with pytest.raises(RecordDecodeError):
-        decode_records(Sink.REQUESTS, encode_spans([_span("auth")]))
+def test_spans_are_not_a_record_of_the_other_sinks() -> None:
+    for data in (
+        msgspec.json.encode([_span("auth")]),
+        encode_spans(_entry(StageTiming("a", 0, 1))),
+    ):
+        with pytest.raises(RecordDecodeError):
+            decode_records(Sink.REQUESTS, data)
+
+
+def test_span_id_is_uuid5_for_any_namespace_and_name() -> None:
+    """The version and variant digits are set in the text: every first digit of clock_seq."""
+    rng = random.Random(13)
+    for i in range(2000):
+        namespace = rng.randbytes(16)
+        name = f"stage-{i}#{rng.randrange(10)}é"
+        assert span_id(namespace, name) == str(uuid.uuid5(uuid.UUID(bytes=namespace), name))
