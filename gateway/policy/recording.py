@@ -1,5 +1,5 @@
-"""What the request record keeps of a request, and its spans (pure; the context is read into
-the record by ``gateway.pipeline.record``, which hands these functions plain values).
+"""What the request record keeps of a request (pure; the context is read into the record by
+``gateway.pipeline.record``, which hands these functions plain values).
 
 Every free-text field is clipped (``TRUNCATED_MARK`` says where): bodies and template inputs
 at ``body_limit`` bytes, names at ``NAME_MAX_CHARS``, error messages at ``MESSAGE_MAX_CHARS``

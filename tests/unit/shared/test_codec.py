@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from typing import Any
 
 import msgspec
 import pytest
@@ -109,33 +110,25 @@ def test_a_requests_spans_are_one_entry_the_ingester_makes_records_of_in_order()
         StageTiming("provider_attempt", 4.0, 4.4, "ok", {"attempt": "2", "provider": "p"}),
         request_id=rid,
     )
-    namespace = uuid.UUID(rid)
+
+    def made(id_name: str, name: str, created_at_ms: int, **fields: Any) -> SpanRecord:
+        span_id = str(uuid.uuid5(uuid.UUID(rid), id_name))
+        return SpanRecord(
+            span_id=span_id,
+            request_id=rid,
+            org_id="o",
+            name=name,
+            created_at_ms=created_at_ms,
+            **fields,
+        )
+
     assert decode_records(Sink.SPANS, encode_spans(entry)) == [
-        SpanRecord(
-            span_id=str(uuid.uuid5(namespace, "auth")),
-            request_id=rid,
-            org_id="o",
-            name="auth",
-            created_at_ms=1_000,
-            start_offset_ms=0.25,
-            duration_ms=0.2,
-        ),
-        SpanRecord(
-            span_id=str(uuid.uuid5(namespace, "dispatch")),
-            request_id=rid,
-            org_id="o",
-            name="dispatch",
-            created_at_ms=1_003,
-            start_offset_ms=3.9,
-            duration_ms=4.5,
-            status="error",
-        ),
-        SpanRecord(
-            span_id=str(uuid.uuid5(namespace, "provider_attempt#2")),
-            request_id=rid,
-            org_id="o",
-            name="provider_attempt",
-            created_at_ms=1_004,
+        made("auth", "auth", 1_000, start_offset_ms=0.25, duration_ms=0.2),
+        made("dispatch", "dispatch", 1_003, start_offset_ms=3.9, duration_ms=4.5, status="error"),
+        made(
+            "provider_attempt#2",
+            "provider_attempt",
+            1_004,
             start_offset_ms=4.0,
             duration_ms=4.4,
             attributes={"attempt": "2", "provider": "p"},
