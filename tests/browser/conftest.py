@@ -59,7 +59,7 @@ CHROME_FLAGS = (
 class Console:
     url: str
     records: list[RequestRecord]
-    driver: WebDriver
+    driver: webdriver.Chrome
 
     def open(self, page: str, key: str = "sk-floopy-acme-read") -> None:
         self.driver.get(f"{self.url}/console?key={key}#/{page}")
@@ -117,7 +117,7 @@ def _start_gateway(
     raise TimeoutError(f"gateway did not start; see {root}/gateway.log")
 
 
-def _driver(profile: Path, downloads: Path | None = None) -> WebDriver:
+def _driver(profile: Path, downloads: Path | None = None) -> webdriver.Chrome:
     """``downloads``: where files the page downloads land (no prompt)."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -41,7 +42,7 @@ ADMIN = "sk-floopy-ui-admin"
 READER = "sk-floopy-ui-read"
 OPS = "sk-floopy-ui-ops"
 TTL_S = 1.0
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @dataclass
@@ -318,7 +319,11 @@ def test_playground_streams_and_open_in_playground_reproduces_a_request(live: Li
     loaded.find_element(By.ID, "pg-run").click()
     for name in ("gpt-4o-mini", "gpt-4o"):
         column = live.wait(f".pg-result[data-model='{name}']")
-        live.until(lambda d, c=column: "$" in c.find_element(By.CSS_SELECTOR, ".stats").text)
+
+        def priced(d: WebDriver, c: WebElement = column) -> bool:
+            return "$" in c.find_element(By.CSS_SELECTOR, ".stats").text
+
+        live.until(priced)
         assert column.find_element(By.CSS_SELECTOR, ".answer").text == REPLY_TEXT
     screenshot(live.driver, "playground-compare")
 

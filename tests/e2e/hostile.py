@@ -12,10 +12,11 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from cryptography.fernet import Fernet
+from openai.types.chat import ChatCompletionMessageParam
 from redis import Redis
 
 from devstack.servers import ClickHouseServer, RedisServer, free_port, wait_for_port
@@ -31,7 +32,7 @@ KEY_OPS = "sk-floopy-hostile-ops"
 KEY_ACME = "sk-floopy-hostile-acme"
 KEY_EXPIRED = "sk-floopy-hostile-expired"
 KEY_LAPSED = "sk-floopy-hostile-lapsed"
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 IN_FLIGHT_CAP = 20
 SEGMENT_CAP = 25
 BODY_TIMEOUT_S = 2
@@ -112,7 +113,10 @@ def records(floopy: Floopy) -> dict[str, RequestRecord]:
     """Every request record published so far, by request id (read from the Redis stream)."""
     client = Redis.from_url(floopy.redis.url)
     try:
-        entries = client.xrange(stream_key(Sink.REQUESTS, floopy.tag))
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            client.xrange(stream_key(Sink.REQUESTS, floopy.tag)),
+        )
     finally:
         client.close()
     found = [decode_record(Sink.REQUESTS, fields[RECORD_FIELD]) for _, fields in entries]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import openai
@@ -28,7 +28,7 @@ MODEL = "gpt-4o-mini"
 HELLO = [{"role": "user", "content": "hello"}]
 ADMIN_KEY = "sk-floopy-e2e-admin"
 OPS_KEY = "sk-floopy-e2e-operator"
-KEYS = {
+KEYS: dict[str, tuple[str, dict[str, Any]]] = {
     "key-read": ("sk-floopy-e2e-read", {"permissions": ["read"]}),
     "key-limited": ("sk-floopy-e2e-limited", {"limits": {"rate_limit_policy": "3;w=3600"}}),
     "key-shared": ("sk-floopy-e2e-shared", {"limits": {"rate_limit_policy": "10;w=3600"}}),
@@ -69,6 +69,16 @@ def config() -> dict[str, Any]:
     }
 
 
+class _CommonEnv(TypedDict):
+    """The environment both gateways of the stack share (a TypedDict: mypy then knows it holds
+    none of ``start_gateway``'s own parameters)."""
+
+    FLOOPY_GATEWAY_KEY_CACHE_TTL_S: str
+    FLOOPY_GATEWAY_OPERATOR_ORGS: str
+    FLOOPY_GATEWAY_CLICKHOUSE__PORT: str
+    FLOOPY_GATEWAY_CLICKHOUSE__DATABASE: str
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -77,7 +87,7 @@ def stack(
 ) -> Iterator[Floopy]:
     floopy = Floopy(tmp_path_factory.mktemp("access"), redis_server, clickhouse_server)
     floopy.config = config()
-    common = {
+    common: _CommonEnv = {
         "FLOOPY_GATEWAY_KEY_CACHE_TTL_S": str(TTL_S),
         "FLOOPY_GATEWAY_OPERATOR_ORGS": '["org-ops"]',
         "FLOOPY_GATEWAY_CLICKHOUSE__PORT": str(clickhouse_server.port),  # the console reads
@@ -227,7 +237,7 @@ def test_prompt_template_renders_from_inputs_and_is_recorded(stack: Floopy) -> N
         ({**inputs, "nmae": "x"}, "no variable 'nmae'"),
     ]:
         error = refused(
-            lambda body=body: chat(  # type: ignore[misc]
+            lambda body=body: chat(
                 client,
                 messages=[],
                 extra_headers={"floopy-prompt-id": "greet@1"},
@@ -336,7 +346,7 @@ def test_admin_api_and_revocation_reach_every_worker(stack: Floopy) -> None:
     time.sleep(max(0.0, TTL_S - elapsed) + 0.2)
     statuses = []
     for gateway in ("a", "a", "a", "a", "a", "a", "b", "b"):
-        statuses.append(refused(lambda g=gateway: chat(sdk(stack, revoked, g))).status_code)  # type: ignore[misc]
+        statuses.append(refused(lambda g=gateway: chat(sdk(stack, revoked, g))).status_code)
     assert statuses == [401] * 8
 
 

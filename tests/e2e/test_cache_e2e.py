@@ -10,9 +10,10 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from redis import Redis
 
 from devstack.servers import ClickHouseServer, RedisServer
@@ -42,20 +43,20 @@ def floopy(
 
 
 def _ask(floopy: Floopy, question: str, *, stream: bool) -> str:
-    messages = [{"role": "user", "content": question}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": question}]
     if stream:
-        response = floopy.sdk().chat.completions.with_raw_response.create(
+        streamed = floopy.sdk().chat.completions.with_raw_response.create(
             model="gpt-4o-mini",
             messages=messages,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
-        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
         assert text.startswith("Hello from the fake provider")
-    else:
-        response = floopy.sdk().chat.completions.with_raw_response.create(
-            model="gpt-4o-mini",
-            messages=messages,  # type: ignore[arg-type]
-        )
+        return streamed.headers["floopy-cache"]
+    response = floopy.sdk().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,
+    )
     return response.headers["floopy-cache"]
 
 
@@ -65,7 +66,11 @@ def test_hits_reach_clickhouse_and_the_rollups_under_redelivery(floopy: Floopy) 
         for i, question in enumerate(QUESTIONS):
             statuses.append(_ask(floopy, question, stream=(round_ + i) % 2 == 1))
             if round_ == 0:  # the miss's write runs after the response: let it land
-                floopy.wait_for(lambda n=i: _stored(floopy) > n, 10, "the cache write")
+
+                def written(n: int = i) -> bool:
+                    return _stored(floopy) > n
+
+                floopy.wait_for(written, 10, "the cache write")
     assert statuses[:3] == ["MISS"] * 3 and statuses[3:] == ["HIT"] * 9
     total = len(statuses)
     floopy.wait_for(lambda: floopy.request_counts()[1] == total, what="every row")
@@ -95,7 +100,7 @@ def test_hits_reach_clickhouse_and_the_rollups_under_redelivery(floopy: Floopy) 
 def _stored(floopy: Floopy) -> int:
     redis = Redis.from_url(floopy.redis.url)
     try:
-        return len(redis.keys(f"{floopy.tag}:cache:*"))
+        return len(cast(list[bytes], redis.keys(f"{floopy.tag}:cache:*")))
     finally:
         redis.close()
 
@@ -104,7 +109,10 @@ def _redeliver_all(floopy: Floopy, ch: ClickHouseSettings) -> None:
     """Insert every record of the stream a second time, as a redelivery or replay would."""
     redis = Redis.from_url(floopy.redis.url)
     try:
-        entries = redis.xrange(stream_key(Sink.REQUESTS, floopy.tag))
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            redis.xrange(stream_key(Sink.REQUESTS, floopy.tag)),
+        )
     finally:
         redis.close()
     payloads = [fields[RECORD_FIELD] for _, fields in entries]

@@ -36,7 +36,7 @@ FIELDS = (
     "firewall_reason, firewall_tokens, firewall_cost_usd, provider"
 )
 
-KEYS = {
+KEYS: dict[str, tuple[str, dict[str, Any]]] = {
     "a": ("org-a", {}),
     "a-off": ("org-a", {"switches": {"firewall": False}}),
     "a-strict": ("org-a", {"limits": {"firewall_block_threshold": 0.5}}),

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -31,7 +32,7 @@ def _send(client: httpx.Client, count: int) -> None:
 def _xlen(url: str) -> int:
     client = redis.Redis.from_url(url)
     try:
-        return int(client.xlen(stream_key(Sink.REQUESTS)))
+        return int(cast(int, client.xlen(stream_key(Sink.REQUESTS))))
     finally:
         client.close()
 

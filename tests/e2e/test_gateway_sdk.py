@@ -7,11 +7,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.gateway_process import FakeProviderProcess, GatewayProcess
 from devstack.servers import RedisServer
@@ -22,7 +24,7 @@ from shared.streams import RECORD_FIELD, Sink, stream_key
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 KEY = "sk-floopy-e2e"
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 MAX_BODY = 50_000
 
 
@@ -64,7 +66,11 @@ def _record(redis_server: RedisServer, prefix: str, request_id: str) -> RequestR
     deadline = time.monotonic() + 10
     try:
         while time.monotonic() < deadline:
-            for _, fields in client.xrange(stream_key(Sink.REQUESTS, prefix)):
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                client.xrange(stream_key(Sink.REQUESTS, prefix)),
+            )
+            for _, fields in entries:
                 record = decode_record(Sink.REQUESTS, fields[RECORD_FIELD])
                 if record.request_id == request_id:
                     return record
@@ -90,7 +96,7 @@ def test_completion_through_the_sdk(
     raw = sdk.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=MESSAGES,
-        extra_headers=HEADERS,  # type: ignore[arg-type]
+        extra_headers=HEADERS,
     )
     completion = raw.parse()
     assert completion.choices[0].message.content
@@ -116,7 +122,7 @@ def test_streaming_through_the_sdk(
         model="gpt-4o",
         messages=MESSAGES,
         stream=True,
-        extra_headers=HEADERS,  # type: ignore[arg-type]
+        extra_headers=HEADERS,
     )
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -133,7 +139,7 @@ def test_streaming_with_usage_asked_for(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
         model="gpt-4o",
         messages=MESSAGES,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -143,7 +149,7 @@ def test_streaming_with_usage_asked_for(sdk: openai.OpenAI) -> None:
 def test_bad_key_is_a_401_for_the_sdk(stack: tuple[GatewayProcess, str]) -> None:
     client = openai.OpenAI(base_url=stack[0].base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     client.close()
     assert caught.value.status_code == 401
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "INVALID_API_KEY"
@@ -151,7 +157,7 @@ def test_bad_key_is_a_401_for_the_sdk(stack: tuple[GatewayProcess, str]) -> None
 
 def test_sdk_sees_provider_failures_as_structured_errors(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        sdk.chat.completions.create(model="fake-status-500", messages=MESSAGES)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="fake-status-500", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "PROVIDER_ERROR"
 
@@ -213,7 +219,12 @@ def test_client_mistakes_are_structured_4xx_never_500(
     status: int,
     says: str,
 ) -> None:
-    response = httpx.post(f"{stack[0].base_url}/chat/completions", content=content, headers=headers)
+    # httpx takes a header value as str or bytes, its types one kind per mapping: this one mixes
+    response = httpx.post(
+        f"{stack[0].base_url}/chat/completions",
+        content=content,
+        headers=headers,  # type: ignore[arg-type]
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert error["code"] in {"BAD_REQUEST", "INVALID_API_KEY"}

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import pytest
@@ -28,6 +28,15 @@ from tests.e2e.harness import API_KEY, KEY_ID, ORG_ID, Floopy
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 REQUESTS = 2_000
+
+
+class _FastFailure(TypedDict):
+    """The gateway's settings to give up on Redis quickly (a TypedDict: mypy then knows it
+    holds none of ``start_gateway``'s own parameters)."""
+
+    FLOOPY_GATEWAY_PUBLISHER__RETRY_MAX_S: str
+    FLOOPY_GATEWAY_REDIS__SOCKET_TIMEOUT_S: str
+    FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S: str
 
 
 def _health(floopy: Floopy) -> dict[str, Any]:
@@ -73,7 +82,7 @@ async def test_gateway_sigkilled_in_a_redis_outage_loses_and_doubles_nothing(
 ) -> None:
     redis_server = redis_factory()
     floopy = Floopy(tmp_path, redis_server, clickhouse_server)
-    fast_failure = {
+    fast_failure: _FastFailure = {
         "FLOOPY_GATEWAY_PUBLISHER__RETRY_MAX_S": "0.3",
         "FLOOPY_GATEWAY_REDIS__SOCKET_TIMEOUT_S": "0.5",
         "FLOOPY_GATEWAY_REDIS__CONNECT_TIMEOUT_S": "0.5",

@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -228,7 +228,7 @@ def test_segment_buckets_are_capped_per_org_and_expire_when_full(stack: Floopy) 
         redis.delete(*redis.scan_iter(match=f"{stack.tag}:rl-segments:org-seg"))
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_headers=headers)
         [bucket] = redis.scan_iter(match=f"{stack.tag}:rl:org-seg:*:10/60/*u-ttl")
-        assert 0 < redis.pttl(bucket) <= 7_000
+        assert 0 < cast(int, redis.pttl(bucket)) <= 7_000
     finally:
         redis.close()
 
@@ -259,7 +259,10 @@ def test_a_provider_model_name_unfit_for_a_header_still_answers_and_records(stac
     redis = Redis.from_url(stack.redis.url)
     try:
         usage_keys = f"{stack.tag}:usage:key:key-a:d:*"
-        before = sum(int(redis.hget(k, "tokens") or 0) for k in redis.scan_iter(match=usage_keys))
+        before = sum(
+            int(cast(bytes | None, redis.hget(k, "tokens")) or 0)
+            for k in redis.scan_iter(match=usage_keys)
+        )
         raw = sdk(stack, KEY_A).chat.completions.with_raw_response.create(
             model="unicode-route", messages=HELLO
         )
@@ -272,7 +275,7 @@ def test_a_provider_model_name_unfit_for_a_header_still_answers_and_records(stac
 
         def charged() -> bool:
             keys = list(redis.scan_iter(match=usage_keys))
-            return sum(int(redis.hget(k, "tokens") or 0) for k in keys) > before
+            return sum(int(cast(bytes | None, redis.hget(k, "tokens")) or 0) for k in keys) > before
 
         stack.wait_for(charged, timeout_s=20, what="the usage charged")
     finally:

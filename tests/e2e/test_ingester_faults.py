@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -39,7 +40,9 @@ def pending(floopy: Floopy) -> dict[str, int]:
     try:
         return {
             sink.value: int(
-                client.xpending(stream_key(sink, floopy.tag), CONSUMER_GROUP)["pending"]
+                cast(dict[str, Any], client.xpending(stream_key(sink, floopy.tag), CONSUMER_GROUP))[
+                    "pending"
+                ]
             )
             for sink in (Sink.REQUESTS, Sink.SPANS)
         }

@@ -50,7 +50,11 @@ def stack(
         floopy.stop_all()
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A scrape: every sample as (name, sorted labels) -> value."""
+
+
+def scrape(url: str) -> Samples:
     """Every sample as (name, sorted labels) -> value."""
     text = httpx.get(url, timeout=5, headers={"authorization": f"Bearer {OPS_KEY}"}).text
     return {
@@ -60,9 +64,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def total(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **want: str
-) -> float:
+def total(samples: Samples, name: str, **want: str) -> float:
     return sum(
         value
         for (sample, labels), value in samples.items()
@@ -100,7 +102,7 @@ def test_metrics_move_with_traffic(stack: tuple[Floopy, int]) -> None:
     time.sleep(1.2)  # one more round of the stream gauges
     gw, ing = scrape(gateway_url), scrape(ingester_url)
 
-    def moved(now: dict, before: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    def moved(now: Samples, before: Samples, name: str, **labels: str) -> float:
         return total(now, name, **labels) - total(before, name, **labels)
 
     ok = {"status": "200", "provider": "openai", "model": "gpt-4o-mini"}

@@ -90,6 +90,7 @@ def test_non_streaming_request_becomes_one_row_with_spans(floopy: Floopy) -> Non
     assert completion.usage is not None
     assert row["prompt"] == completion.usage.prompt_tokens
     assert row["completion"] == completion.usage.completion_tokens
+    assert completion.choices[0].message.content is not None
     assert completion.choices[0].message.content in str(row["response_body"])
     floopy.wait_for(lambda: "dispatch" in _spans(floopy, request_id), what="spans")
     spans = _spans(floopy, request_id)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.fake_anthropic import REPLY_TEXT as ANTHROPIC_TEXT
 from devstack.fake_openai import REPLY_TEXT
@@ -27,7 +28,7 @@ from tests.e2e.harness import ORG_ID, Floopy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 COOLDOWN_S = 3.0
 BACKUP_KEY_ENV = "FLOOPY_E2E_BACKUP_KEY"
 ONE_DOLLAR_PER_TOKEN = {"input_per_mtok": 1e6, "output_per_mtok": 1e6}
@@ -108,7 +109,8 @@ class Stack:
             FLOOPY_GATEWAY_BREAKER__PROBE_TIMEOUT_S="5",
             FLOOPY_GATEWAY_RETRY__BACKOFF_S="0.01",
             FLOOPY_GATEWAY_PRICES=json.dumps({"fake-no-usage": ONE_DOLLAR_PER_TOKEN}),
-            **{BACKUP_KEY_ENV: "sk-backup-from-env"},
+            # mypy cannot tell this dict holds no ``workers`` or ``port``
+            **{BACKUP_KEY_ENV: "sk-backup-from-env"},  # type: ignore[arg-type]
         )
 
     @property
@@ -153,7 +155,7 @@ def stack(
 def _create(stack: Stack, model: str, **kwargs: Any) -> Any:
     return stack.sdk.chat.completions.with_raw_response.create(
         model=model,
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         **kwargs,
     )
 
@@ -189,7 +191,7 @@ def test_a_hanging_provider_falls_back_without_retry(stack: Stack) -> None:
 
 def test_all_targets_failing_is_502_with_the_last_providers_error(stack: Stack) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        stack.sdk.chat.completions.create(model="all-fail", messages=MESSAGES)  # type: ignore[arg-type]
+        stack.sdk.chat.completions.create(model="all-fail", messages=MESSAGES)
     error = caught.value
     assert error.status_code == 502
     body = error.body
@@ -209,7 +211,7 @@ def test_all_targets_failing_is_502_with_the_last_providers_error(stack: Stack) 
 
 def test_a_provider_timeout_is_504_and_logged(stack: Stack) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        stack.sdk.chat.completions.create(model="timeout-model", messages=MESSAGES)  # type: ignore[arg-type]
+        stack.sdk.chat.completions.create(model="timeout-model", messages=MESSAGES)
     assert caught.value.status_code == 504
     body = caught.value.body
     assert isinstance(body, dict) and body["code"] == "GATEWAY_TIMEOUT"
@@ -227,7 +229,7 @@ def test_breaker_opens_skips_the_provider_and_a_probe_closes_it(stack: Stack) ->
         assert raw.headers["floopy-provider"] == "backup"
     # the breaker is open now, for COOLDOWN_S: no target is left for this model
     with pytest.raises(openai.APIStatusError) as caught:
-        stack.sdk.chat.completions.create(model="breaker-only", messages=MESSAGES)  # type: ignore[arg-type]
+        stack.sdk.chat.completions.create(model="breaker-only", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert "every circuit breaker is open" in str(caught.value.body)
     assert caught.value.response.headers["retry-after"] == str(int(COOLDOWN_S))

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 from clickhouse_driver import Client
 
 from devstack.servers import ClickHouseServer, RedisServer
 
 
-def test_redis_keeps_stream_across_restart(redis_factory) -> None:  # type: ignore[no-untyped-def]
+def test_redis_keeps_stream_across_restart(redis_factory: Callable[[], RedisServer]) -> None:
     server: RedisServer = redis_factory()
     r = redis.Redis.from_url(server.url)
     r.xadd("s", {"a": "1"})

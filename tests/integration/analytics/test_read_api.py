@@ -424,6 +424,7 @@ async def test_openapi_spec_lists_the_read_api(client: Client) -> None:
     documented = {
         p["name"]: p.get("description", "") for p in read_api["/console/api/requests"]["parameters"]
     }
+    filters: tuple[str, ...]
     filters = ("model", "provider", "status", "error_code", "cache_status", "cache_tier", "user_id")
     filters += ("session_id", "property", "min_latency_ms", "max_cost_usd", "q", "sort", "cursor")
     assert all(documented[name] for name in filters)
@@ -439,9 +440,9 @@ async def test_sessions_pages_are_the_latest_sessions_with_whole_range_figures(
     records = loaded[1]
     tr = {"start": records[0].created_at_ms, "end": records[-1].created_at_ms + 1}
     sessions: dict[str, list[RequestRecord]] = {}
-    for r in records:
-        if r.org_id == ACME:
-            sessions.setdefault(r.session_id, []).append(r)
+    for record in records:
+        if record.org_id == ACME:
+            sessions.setdefault(record.session_id, []).append(record)
     want = sorted(
         (
             (

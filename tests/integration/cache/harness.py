@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any, cast
 
 import openai
+from litestar.di import Provide
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.services import Services
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, ProviderSettings
 from shared.codec import decode_record, decode_records
 from shared.records import RequestRecord, SpanRecord
+from shared.settings import RedisSettings
 from shared.streams import RECORD_FIELD, Sink, stream_key
 
 __all__ = [
@@ -69,8 +72,8 @@ def settings_for(
     config_file = root / "floopy.json"
     config_file.write_text(json.dumps(config))
     return GatewaySettings(
-        redis={"url": redis_url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
-        provider={"base_url": base_url, "api_key": "sk-up", "timeout_s": 2},
+        redis=RedisSettings(url=redis_url, key_prefix=f"t{uuid.uuid4().hex[:10]}"),
+        provider=ProviderSettings(base_url=base_url, api_key=SecretStr("sk-up"), timeout_s=2),
         config_file=config_file,
         operator_orgs=["org-ops"],  # its key reads /health's counters
         **extra,
@@ -79,7 +82,11 @@ def settings_for(
 
 def sdk(client: AsyncTestClient[Any], key: str = KEY_A) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        api_key=key, base_url=f"{client.base_url}/v1", http_client=client, max_retries=0
+        api_key=key,
+        base_url=f"{client.base_url}/v1",
+        # openai types it as httpx2's client; it takes httpx's (the test client is one) too
+        http_client=client,  # type: ignore[arg-type]
+        max_retries=0,
     )
 
 
@@ -96,7 +103,8 @@ def runtime(client: GatewayClient) -> Services:
     """The app's services, as its ``services`` dependency hands them out. They live on the test
     client's own event loop (another thread): read their counters, never await their clients
     from the test."""
-    services: Services = client.gateway.litestar.dependencies["services"].dependency()
+    provide = cast(Provide, client.gateway.litestar.dependencies["services"])
+    services: Services = provide.dependency()
     return services
 
 
@@ -127,5 +135,9 @@ async def spans(settings: GatewaySettings, request_id: str) -> list[SpanRecord]:
         entries = await redis.xrange(stream_key(Sink.SPANS, settings.redis.key_prefix))
     finally:
         await redis.aclose()
-    found = [s for _, f in entries for s in decode_records(Sink.SPANS, f[RECORD_FIELD])]
-    return [cast(SpanRecord, s) for s in found if s.request_id == request_id]
+    found = [
+        s
+        for _, f in entries
+        for s in cast(list[SpanRecord], decode_records(Sink.SPANS, f[RECORD_FIELD]))
+    ]
+    return [s for s in found if s.request_id == request_id]

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
 from devstack.fake_openai import REPLY_TEXT, FakeOpenAIThread
@@ -105,7 +106,9 @@ async def test_concurrent_misses_are_all_stored(
     async with GatewayClient(settings) as client:
 
         def ask(i: int) -> Any:
-            messages = [{"role": "user", "content": f"question {i}"}]
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": f"question {i}"}
+            ]
             return sdk(client, KEY_B).chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=messages
             )

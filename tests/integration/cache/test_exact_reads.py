@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -42,7 +44,7 @@ async def test_concurrent_lookups_share_a_round_trip(redis_node: tuple[RedisServ
     _, redis = redis_node
     cache = ExactCache(redis, f"t{uuid.uuid4().hex[:8]}")
     await _fill(cache, redis, 200)
-    await redis.rpush(cache.key("org-0", "a-list"), "x")  # type: ignore[misc]  # WRONGTYPE
+    await cast(Awaitable[int], redis.rpush(cache.key("org-0", "a-list"), "x"))  # WRONGTYPE
     before = await _reads(redis)
     results = await asyncio.gather(
         *(cache.get(f"org-{i % 7}", f"h{i}") for i in range(200)),

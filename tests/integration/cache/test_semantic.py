@@ -7,6 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionUserMessageParam,
+)
 
 from devstack.fake_openai import FakeOpenAIThread
 from gateway.settings import GatewaySettings
@@ -31,7 +36,7 @@ SPAIN = "What is the capital of Spain?"  # ≈ 0.89: a different question
 
 async def _ask(
     client: GatewayClient,
-    messages: list[dict[str, str]] | str,
+    messages: list[ChatCompletionMessageParam] | str,
     key: str = KEY_A,
     headers: dict[str, str] | None = None,
 ) -> Any:
@@ -97,15 +102,30 @@ async def test_org_b_never_receives_org_a_semantic_entry(
 async def test_advanced_tier_needs_the_same_conversation_before_the_last_turn(
     client: GatewayClient, settings: GatewaySettings
 ) -> None:
-    pirate = {"role": "system", "content": "You are a pirate. Answer like a pirate."}
-    lawyer = {"role": "system", "content": "You are a formal lawyer. Answer precisely."}
-    question = {"role": "user", "content": "How do I reverse a list in Python?"}
-    paraphrase = {"role": "user", "content": "How can I reverse a Python list?"}
+    pirate: ChatCompletionSystemMessageParam = {
+        "role": "system",
+        "content": "You are a pirate. Answer like a pirate.",
+    }
+    lawyer: ChatCompletionSystemMessageParam = {
+        "role": "system",
+        "content": "You are a formal lawyer. Answer precisely.",
+    }
+    question: ChatCompletionUserMessageParam = {
+        "role": "user",
+        "content": "How do I reverse a list in Python?",
+    }
+    paraphrase: ChatCompletionUserMessageParam = {
+        "role": "user",
+        "content": "How can I reverse a Python list?",
+    }
     await _ask(client, [pirate, question], KEY_C)
     assert _status(await _ask(client, [lawyer, question], KEY_C)) == ("MISS", "")
     hit = await _ask(client, [pirate, paraphrase], KEY_C)
     assert _status(hit) == ("HIT", "advanced")
-    different = {"role": "user", "content": "How do I sort a list in Python?"}
+    different: ChatCompletionUserMessageParam = {
+        "role": "user",
+        "content": "How do I sort a list in Python?",
+    }
     assert _status(await _ask(client, [pirate, different], KEY_C)) == ("MISS", "")
     rows = await records(settings, 4)
     assert [r.cache_tier for r in rows] == ["", "", "advanced", ""]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from devstack.fake_openai import FakeOpenAIThread
@@ -21,7 +22,8 @@ from devstack.servers import RedisServer
 from gateway.admin.secrets import new_master_key
 from gateway.app import create_app
 from gateway.clients.routing_config import RoutingConfigStore
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, ProviderSettings
+from shared.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -52,13 +54,16 @@ def settings(redis_server: RedisServer, fake: FakeOpenAIThread, tmp_path: Path) 
     }
     config = tmp_path / "floopy.json"
     config.write_text(json.dumps(seed))
-    upstream = {"base_url": fake.base_url, "api_key": "sk-up", "timeout_s": 2}
+    upstream: dict[str, Any] = {"base_url": fake.base_url, "api_key": "sk-up", "timeout_s": 2}
     return GatewaySettings(
-        redis={"url": redis_server.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
-        providers=[{"name": "primary", **upstream}, {"name": "backup", **upstream}],
+        redis=RedisSettings(url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:10]}"),
+        providers=[
+            ProviderSettings(name="primary", **upstream),
+            ProviderSettings(name="backup", **upstream),
+        ],
         config_file=config,
         operator_orgs=["org-ops"],
-        master_key=new_master_key(),
+        master_key=SecretStr(new_master_key()),
         key_cache_ttl_s=0.2,
         routing_refresh_s=0.2,
     )
@@ -205,7 +210,7 @@ async def test_every_change_is_in_the_audit_log_without_secrets(
     try:
         for org in ("org-a", "org-ops", "org-b"):
             key = f"{settings.redis.key_prefix}:audit:{org}"
-            raw += b"".join(await redis.lrange(key, 0, -1))  # type: ignore[misc]
+            raw += b"".join(await redis.lrange(key, 0, -1))
     finally:
         await redis.aclose()
     assert UPSTREAM_SECRET.encode() not in raw and secret.encode() not in raw

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -42,7 +43,10 @@ async def test_full_cycle_shared_between_workers(clients: list[Redis], prefix: s
     assert await b.record_failure("p") is None
     opened = await a.record_failure("p")
     assert opened is not None and (opened.from_state, opened.to_state) == ("closed", "open")
-    assert decode_record(Sink.BREAKER_EVENTS, encode_record(opened)) == opened
+    assert (
+        cast(BreakerEventRecord, decode_record(Sink.BREAKER_EVENTS, encode_record(opened)))
+        == opened
+    )
 
     assert (await b.admit("p"))[0] is Admission.REJECT  # worker b sees a's opening
     [health] = await b.snapshot(["p"])

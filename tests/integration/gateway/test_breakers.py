@@ -31,7 +31,8 @@ def _worker(
 
 
 async def test_cycle_emits_each_change_once_and_workers_share_it(redis: Redis) -> None:
-    prefix, wall, events = f"t{uuid.uuid4().hex[:12]}", Clock(), []
+    prefix, wall = f"t{uuid.uuid4().hex[:12]}", Clock()
+    events: list[BreakerEventRecord] = []
     a, a_clock = _worker(redis, prefix, wall, events)
     b, _ = _worker(redis, prefix, wall, events)
 
@@ -79,7 +80,8 @@ async def test_hung_redis_fails_open_within_the_budget(
 async def test_one_orgs_answered_failures_turn_away_that_org_only(redis: Redis) -> None:
     """Issue 10: org B's self-inflicted 5xx must not open the provider for org A; two orgs'
     failures do; a provider no request can break (unreachable) opens for all as before."""
-    prefix, wall, events = f"t{uuid.uuid4().hex[:12]}", Clock(), []
+    prefix, wall = f"t{uuid.uuid4().hex[:12]}", Clock()
+    events: list[BreakerEventRecord] = []
     config = BreakerConfig(failure_threshold=2, window_s=60, cooldown_s=10, min_orgs=2)
     breakers = Breakers(BreakerStore(redis, config, prefix=prefix, clock=wall), events.append)
     assert await breakers.failure("p", "org-b", answered=True) is False

@@ -11,6 +11,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from devstack.fake_openai import FakeOpenAIThread
@@ -18,9 +19,10 @@ from devstack.servers import RedisServer
 from gateway.app import create_app
 from gateway.clients.admin_store import AdminStore
 from gateway.policy.keys import Permission
-from gateway.settings import GatewaySettings
+from gateway.settings import ApiKeyEntry, GatewaySettings, ProviderSettings
 from shared.codec import decode_record, decode_records
 from shared.records import RequestRecord, SpanRecord
+from shared.settings import RedisSettings
 from shared.streams import RECORD_FIELD, Sink, stream_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -33,9 +35,9 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 @pytest.fixture
 def settings(redis_server: RedisServer, fake: FakeOpenAIThread) -> GatewaySettings:
     return GatewaySettings(
-        redis={"url": redis_server.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
-        provider={"base_url": fake.base_url, "api_key": "sk-up", "timeout_s": 2},
-        api_keys={KEY: {"org_id": "org-1", "key_id": "key-1"}},
+        redis=RedisSettings(url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:10]}"),
+        provider=ProviderSettings(base_url=fake.base_url, api_key=SecretStr("sk-up"), timeout_s=2),
+        api_keys={KEY: ApiKeyEntry(org_id="org-1", key_id="key-1")},
         max_body_bytes=10_000,
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
@@ -24,7 +25,8 @@ from gateway.clients.admin_store import AdminStore
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.policy.firewall import FirewallConfig
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, ProviderSettings
+from shared.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -53,8 +55,8 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> GatewaySettings:
     seed = tmp_path / "floopy.json"
     seed.write_text(json.dumps(SEED))
     return GatewaySettings(
-        redis={"url": redis_server.url, "key_prefix": f"t{uuid.uuid4().hex[:10]}"},
-        provider={"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-up"},
+        redis=RedisSettings(url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:10]}"),
+        provider=ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key=SecretStr("sk-up")),
         config_file=seed,
         operator_orgs=["ops"],
     )

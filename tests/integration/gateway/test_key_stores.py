@@ -4,7 +4,9 @@ the usage recorder writes them and read back as the limits script reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -69,7 +71,7 @@ async def test_create_authenticate_and_store_only_the_hash(redis: Redis, prefix:
     assert key.switches.log_bodies is False and key.hint == new.secret[-4:]
     everything = b"".join(
         [
-            k + b"".join((await redis.hgetall(k)).values())
+            k + b"".join((await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(k))).values())
             for k in await redis.keys(f"{prefix}:*")
             if await redis.type(k) == b"hash"
         ]
@@ -154,11 +156,15 @@ async def test_usage_counters(redis: Redis, prefix: str) -> None:
     assert (tomorrow.day_tokens, tomorrow.month_tokens, tomorrow.month_cost_usd) == (10, 10, 0.5)
     day_key = f"{prefix}:usage:key:k1:d:{today_noon:%Y%m%d}"
     day_expiry = today_noon.replace(hour=0) + timedelta(days=3)
-    assert await redis.execute_command("EXPIRETIME", day_key) == day_expiry.timestamp()
+    # redis-py leaves the asyncio client's execute_command unannotated
+    day_expires = await redis.execute_command("EXPIRETIME", day_key)  # type: ignore[no-untyped-call]
+    assert day_expires == day_expiry.timestamp()
     month_key = f"{prefix}:usage:key:k1:m:{today_noon:%Y%m}"
     next_month = (today_noon.replace(day=1, hour=0) + timedelta(days=32)).replace(day=1)
     month_expiry = next_month + timedelta(days=40)
-    assert await redis.execute_command("EXPIRETIME", month_key) == month_expiry.timestamp()
+    # redis-py leaves the asyncio client's execute_command unannotated
+    month_expires = await redis.execute_command("EXPIRETIME", month_key)  # type: ignore[no-untyped-call]
+    assert month_expires == month_expiry.timestamp()
 
     counted = [(await count_request(redis, store, "acme", "k1", now))[0] for _ in range(3)]
     assert counted == [1, 2, 3]

@@ -3,8 +3,9 @@ real Redis: quota and usage gates, all-or-nothing charging, templates, seeding, 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -99,9 +100,17 @@ async def test_templates_are_versioned_and_cached(redis: Redis, prefix: str) -> 
     assert [t.version for t in await writer.versions("acme", "greet")] == [1, 2]
 
 
+class _Stores(TypedDict):
+    """``apply_seed``'s stores, passed as keyword arguments."""
+
+    admin_store: AdminStore
+    templates: TemplateStore
+    routing_config: RoutingConfigStore
+
+
 async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: str) -> None:
     store = AdminStore(redis, prefix=prefix)
-    stores = {
+    stores: _Stores = {
         "admin_store": store,
         "templates": TemplateStore(redis, prefix=prefix),
         "routing_config": RoutingConfigStore(redis, prefix=prefix),
@@ -117,20 +126,22 @@ async def test_seed_is_idempotent_and_revocation_sticks(redis: Redis, prefix: st
         }
     )
     env = {"KEY_A": "sk-floopy-aaa"}
-    await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
+    await apply_seed(seed, environ=env, **stores)
     key, org = await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
     assert (key.key_id, org.plan.monthly_requests) == ("key-a", 5)
     assert await store.revoke_key("key-a")
-    await apply_seed(seed, environ=env, **stores)  # type: ignore[arg-type]
+    await apply_seed(seed, environ=env, **stores)
     with pytest.raises(InvalidApiKeyError, match="revoked"):
         await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
-    assert [t.version for t in await stores["templates"].versions("acme", "t")] == [1]  # type: ignore[attr-defined]
-    assert await stores["routing_config"].routes() == {"gpt-4o": ["openai"]}  # type: ignore[attr-defined]
+    assert [t.version for t in await stores["templates"].versions("acme", "t")] == [1]
+    assert await stores["routing_config"].routes() == {"gpt-4o": ["openai"]}
     # a new secret for the same key id replaces the old hash
-    await apply_seed(seed, environ={"KEY_A": "sk-floopy-bbb"}, **stores)  # type: ignore[arg-type]
+    await apply_seed(seed, environ={"KEY_A": "sk-floopy-bbb"}, **stores)
     with pytest.raises(InvalidApiKeyError):
         await KeyAuthenticator(redis, prefix=prefix).authenticate("sk-floopy-aaa")
-    stored = await redis.hgetall(f"{prefix}:key:{key.key_hash}")
+    stored = await cast(
+        Awaitable[dict[bytes, bytes]], redis.hgetall(f"{prefix}:key:{key.key_hash}")
+    )
     assert not stored
 
 
@@ -194,7 +205,8 @@ async def test_a_script_error_fails_that_request_open_without_a_cooldown(
     store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
     now = int(datetime.now(UTC).timestamp() * 1000)
     broken = Bucket(f"{prefix}:broken", parse_policy("5;w=60"))
-    await redis.rpush(broken.key, "not a bucket")  # HMGET on a list: WRONGTYPE in the script
+    # HMGET on a list: WRONGTYPE in the script
+    await cast(Awaitable[int], redis.rpush(broken.key, "not a bucket"))
     refused = await limiter.admit([broken], gates(store, now))
     assert refused.fail_open and not limiter.redis_cooldown.active
     fine = Bucket(f"{prefix}:fine", parse_policy("5;w=60"))

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -54,7 +55,7 @@ def _span(i: int) -> bytes:
     )
 
 
-def _spool(directory: Path, prefix: str, **overrides: float) -> OutageSpool:
+def _spool(directory: Path, prefix: str, **overrides: Any) -> OutageSpool:
     settings = SpoolSettings(dir=directory, grace_s=0.2, interval_s=0.05, **overrides)
     return OutageSpool.open(settings, NAMES, prefix=prefix)
 

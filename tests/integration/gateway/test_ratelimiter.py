@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -120,7 +122,7 @@ async def test_lua_script_mirrors_pure_gcra(redis: Redis) -> None:
             expected.reset_ticks,
             expected.retry_after_ticks,
         )
-        at, debt = await redis.hmget(k, ["at", "debt"])
+        at, debt = await cast(Awaitable[list[Any]], redis.hmget(k, ["at", "debt"]))
         state = GcraState(at=int(at), debt=int(debt))
         assert state == expected.state or not (expected.allowed or force)
     assert 0 < await redis.pttl(k) <= 2 * 60_000 + 1

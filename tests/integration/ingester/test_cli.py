@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -197,7 +198,10 @@ def test_status_backlog_is_what_is_undelivered_after_a_redis_restart(
     client.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
     for payload in payloads(50):
         client.xadd(key, {RECORD_FIELD: payload})
-    read = client.xreadgroup(CONSUMER_GROUP, "a", {key: ">"}, count=30)
+    read = cast(
+        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+        client.xreadgroup(CONSUMER_GROUP, "a", {key: ">"}, count=30),
+    )
     ids = [entry_id for entry_id, _ in read[0][1]]
     client.xack(key, CONSUMER_GROUP, *ids[:20])
     client.xtrim(key, minid=ids[20].decode(), approximate=False)  # what the consumer trims
@@ -207,7 +211,7 @@ def test_status_backlog_is_what_is_undelivered_after_a_redis_restart(
     client = redis.Redis.from_url(server.url)
     for payload in payloads(5):
         client.xadd(key, {RECORD_FIELD: payload})
-    lag = client.xinfo_groups(key)[0].get("lag")
+    lag = cast(list[dict[str, Any]], client.xinfo_groups(key))[0].get("lag")
     client.close()
 
     result = runner.invoke(app, ["status"], env=env)
@@ -222,7 +226,8 @@ def _stream(env: dict[str, str], sink: Sink = Sink.REQUESTS) -> list[bytes]:
     client = redis.Redis.from_url(env["FLOOPY_INGESTER_REDIS__URL"])
     try:
         key = stream_key(sink, env["FLOOPY_INGESTER_REDIS__KEY_PREFIX"])
-        return [fields[RECORD_FIELD] for _, fields in client.xrange(key)]
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key))
+        return [fields[RECORD_FIELD] for _, fields in entries]
     finally:
         client.close()
 

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import pytest
@@ -114,7 +115,8 @@ def test_a_requests_spans_in_one_payload_become_rows_and_a_bad_one_is_set_aside_
         ("c", "dispatch"),
     ]
     (letter,) = DeadLetterFile(tmp_path / "dead", Sink.SPANS).read()
-    bad = decode_record(Sink.SPANS, letter.payload)  # replayable alone: a span record
+    # replayable alone: a span record
+    bad = cast(SpanRecord, decode_record(Sink.SPANS, letter.payload))
     assert (bad.request_id, bad.name, bad.created_at_ms) == ("a", "cache", created - 2_000)
     assert bad.span_id == span_records(entry)[1].span_id
     assert "created_at" in letter.error
@@ -165,7 +167,7 @@ def test_bisection_finds_poison_the_range_check_misses(
 
 
 def test_killed_clickhouse_raises_then_delivery_recovers(
-    clickhouse_factory,  # type: ignore[no-untyped-def]
+    clickhouse_factory: Callable[[], ClickHouseServer],
     tmp_path: Path,
 ) -> None:
     server: ClickHouseServer = clickhouse_factory()

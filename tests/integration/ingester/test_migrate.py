@@ -6,6 +6,7 @@ from devstack.servers import ClickHouseServer
 from ingester.schema.ddl import TABLES
 from ingester.schema.migrate import MIGRATIONS, migrate
 from shared.clickhouse_client import clickhouse_client
+from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 from tests.integration.ingester.clickhouse_helpers import query, unique_settings
 
@@ -14,12 +15,13 @@ pytestmark = pytest.mark.integration
 TABLE_NAMES = {"requests", "spans", "breaker_events", "schema_migrations"}  # and rollups
 
 
-def _columns(settings, table: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    return query(
+def _columns(settings: ClickHouseSettings, table: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = query(
         settings,
         "SELECT name, type FROM system.columns WHERE database = %(db)s AND table = %(t)s",
         {"db": settings.database, "t": table},
     )
+    return rows
 
 
 def test_migrate_creates_everything_and_rerun_is_a_noop(

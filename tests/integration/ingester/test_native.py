@@ -137,7 +137,7 @@ def test_odd_values_in_a_string_column_fare_as_with_the_driver(
     context: Any, column: list[Any]
 ) -> None:
     """Written alike, or refused with the same exception type."""
-    outcomes = []
+    outcomes: list[bytes | type[Exception]] = []
     for write in (_driver_bytes, _bulk_bytes):
         try:
             outcomes.append(write(context, [("s", "String")], [column]))
@@ -154,7 +154,7 @@ def test_types_it_does_not_pack_are_written_by_the_driver(context: Any) -> None:
         ("d", "Nullable(UInt64)"),
         ("e", "Int16"),
     ]
-    columns = [
+    columns: list[list[Any]] = [
         ["x", "y", "x"],
         [[[1], []], [], [[2, 3]]],
         [["a", None], [], [None]],

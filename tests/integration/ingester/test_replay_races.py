@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -231,7 +231,7 @@ def test_rotation_drops_through_the_live_worker_are_exactly_the_missing_records(
 
     def all_spooled() -> bool:
         spooled = sum(count_lines(p) for p in pending_files(worker.spool, SINK))
-        pending = int(client.xpending(worker.key, CONSUMER_GROUP)["pending"])
+        pending = int(cast(dict[str, Any], client.xpending(worker.key, CONSUMER_GROUP))["pending"])
         return pending == 0 and spooled + read_dropped(worker.spool, SINK).records == n
 
     wait_for(all_spooled, "every record spooled or counted as dropped", [worker.log])

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -121,7 +122,7 @@ def pending_of(client: redis.Redis, key: str) -> dict[str, int]:
     if not client.exists(key):
         return {}
     try:
-        consumers = client.xinfo_consumers(key, CONSUMER_GROUP)
+        consumers = cast(list[dict[str, Any]], client.xinfo_consumers(key, CONSUMER_GROUP))
     except redis.ResponseError:  # group not created yet
         return {}
     return {c["name"].decode(): int(c["pending"]) for c in consumers}

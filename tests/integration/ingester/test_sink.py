@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,7 +75,7 @@ def test_missing_table_is_transient_not_poison(clickhouse_server: ClickHouseServ
 
 
 def test_unreachable_server_is_transient_and_ping_says_so(
-    clickhouse_factory,  # type: ignore[no-untyped-def]
+    clickhouse_factory: Callable[[], ClickHouseServer],
 ) -> None:
     server: ClickHouseServer = clickhouse_factory()
     settings = unique_settings(server, connect_timeout_s=1.0)

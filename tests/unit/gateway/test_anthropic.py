@@ -38,7 +38,7 @@ from gateway.settings import ProviderSettings
 from shared.errors import BadRequestError, GatewayTimeoutError, ProviderError, UpstreamError
 
 MODEL = "claude-3-5-haiku-latest"
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
@@ -315,7 +315,7 @@ def test_stream_without_usage_chunk_when_not_asked() -> None:
 
 
 def test_tool_stream_becomes_tool_call_deltas() -> None:
-    content = [
+    content: list[dict[str, Any]] = [
         {"type": "text", "text": TOOL_PREAMBLE},
         {"type": "tool_use", "id": "toolu_9", "name": "search", "input": TOOL_INPUT},
     ]
@@ -549,7 +549,10 @@ async def test_stream_through_the_openai_sdk_with_usage_and_cost(
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
         client = openai.AsyncOpenAI(
-            api_key="sk-floopy-test", base_url="http://gateway.test/v1", http_client=http
+            api_key="sk-floopy-test",
+            base_url="http://gateway.test/v1",
+            # openai types it as httpx2's client; it takes httpx's too
+            http_client=http,  # type: ignore[arg-type]
         )
         response = await client.chat.completions.create(
             model=MODEL,

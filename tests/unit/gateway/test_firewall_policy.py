@@ -28,7 +28,9 @@ from gateway.policy.screening import (
 from shared.errors import BadRequestError, MalformedVerdictError
 
 
-def _plan(config: FirewallConfig, *, key: bool = True, header: bool = True, model: str = "m"):
+def _plan(
+    config: FirewallConfig, *, key: bool = True, header: bool = True, model: str = "m"
+) -> Screen | SkipReason:
     return plan_screening(config, default_model=model, key_switch=key, header_enabled=header)
 
 

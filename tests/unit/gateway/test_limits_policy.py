@@ -29,7 +29,7 @@ def key(policy: str = "", **limits: int) -> ApiKey:
         key_id="k1",
         key_hash="h",
         org_id="o",
-        limits=KeyLimits(rate_limit_policy=policy, **limits),  # type: ignore[arg-type]
+        limits=KeyLimits(rate_limit_policy=policy, **limits),
     )
 
 

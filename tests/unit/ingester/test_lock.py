@@ -158,7 +158,9 @@ def test_a_sigkilled_holder_is_broken_once_its_heartbeat_is_stale(tmp_path: Path
     lock.release()
 
 
-def _contend(directory: str, tried: Barrier, done: Barrier, wins: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _contend(
+    directory: str, tried: Barrier, done: Barrier, wins: multiprocessing.Queue[bool]
+) -> None:
     lock = ReplayLock(Path(directory), SINK, stale_after_s=1)
     tried.wait()
     won = lock.acquire()

@@ -31,7 +31,7 @@ def test_records_spread_over_shards_by_request_id() -> None:
 
 
 def test_limits_keys_of_an_org_share_a_slot_on_a_cluster() -> None:
-    cluster: Redis = RedisCluster(host="127.0.0.1", port=1)  # type: ignore[assignment]
+    cluster: Redis = RedisCluster(host="127.0.0.1", port=1)
     store = UsageCounters(cluster, prefix="floopy")
     now_ms = 1_790_000_000_000
     policy = parse_policy("100;w=60;s=user")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -82,7 +82,7 @@ def test_spans_decode_with_their_own_type() -> None:
         start_offset_ms=0.0,
         duration_ms=0.2,
     )
-    assert decode_record(Sink.SPANS, encode_record(span)) == span
+    assert cast(SpanRecord, decode_record(Sink.SPANS, encode_record(span))) == span
 
 
 def _span(name: str, **fields: object) -> SpanRecord:
@@ -171,7 +171,7 @@ def test_spans_of_the_previous_schema_version_are_upgraded_inside_an_array() -> 
     old = msgspec.json.decode(msgspec.json.encode([_span("auth"), _span("cache")]))
     for raw in old:
         raw["schema_version"] = SCHEMA_VERSION - 1
-    decoded = decode_records(Sink.SPANS, msgspec.json.encode(old))
+    decoded = cast(list[SpanRecord], decode_records(Sink.SPANS, msgspec.json.encode(old)))
     assert [s.name for s in decoded] == ["auth", "cache"]
     assert all(s.schema_version == SCHEMA_VERSION for s in decoded)
 
