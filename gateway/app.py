@@ -31,7 +31,7 @@ from gateway.asgi import send_whole
 from gateway.console import Console, openapi_config
 from gateway.console.auth import reader_keys
 from gateway.errors import EXCEPTION_HANDLERS, send_error
-from gateway.guard import BodyDeadlines, Guard, GuardDeps, sweep_interval
+from gateway.guard import Guard, GuardDeps
 from gateway.provider_health import provider_health
 from gateway.proxy_spec import document
 from gateway.routes import Proxy, health, metrics, models, proxy_endpoints
@@ -91,11 +91,7 @@ def create_app(settings: GatewaySettings, environ: Mapping[str, str] | None = No
             proxy.set(Proxy.of(opened))
             guard.set(
                 GuardDeps(
-                    opened.settings,
-                    opened.access.authenticator,
-                    opened.in_flight,
-                    opened.counters,
-                    BodyDeadlines(sweep_interval(opened.settings.body_read_timeout_s)),
+                    opened.settings, opened.access.authenticator, opened.in_flight, opened.counters
                 )
             )
             # What start-up built lives as long as the worker: move it out of the collector's

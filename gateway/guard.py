@@ -7,8 +7,7 @@ Invariants (each an answer to a denial-of-service found in issue 10):
   lying about its length) is cut at the cap with 413.
 - Every body is read within ``body_read_timeout_s`` of its first read, or the request is refused
   with 408, so a client that sends headers and a trickle of bytes cannot hold a worker slot.
-  One timer per worker checks the deadlines (``BodyDeadlines``), so a read is cut up to
-  ``sweep_interval`` (a tenth of the timeout, at most 1 s) after its deadline.
+  The deadline is a ``shared.deadlines.Deadline`` (one timer per worker, not one per read).
 - ``/admin`` and ``/console/api`` authenticate from the ``Authorization`` header before the
   handler runs (litestar parses a JSON body while resolving the handler's arguments, so a check
   inside the handler would come after a 256 MiB parse).
@@ -23,7 +22,6 @@ Invariants (each an answer to a denial-of-service found in issue 10):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -37,6 +35,7 @@ from redis.exceptions import RedisError
 from gateway.errors import send_error
 from gateway.pipeline.auth import bearer_token
 from gateway.policy.keys import looks_like_key
+from shared.deadlines import Deadline
 from shared.errors import (
     ClientError,
     InvalidApiKeyError,
@@ -56,7 +55,7 @@ if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
     from shared.metrics import CounterSet
 
-__all__ = ["FINISH", "BodyDeadlines", "Guard", "GuardDeps", "route_class", "sweep_interval"]
+__all__ = ["FINISH", "Guard", "GuardDeps", "route_class"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ class GuardDeps:
     """Requests in flight per client, per worker, across routes."""
     counters: CounterSet
     """``refused_in_flight``."""
-    body_deadlines: BodyDeadlines
 
 
 def route_class(path: str) -> str:
@@ -105,76 +103,29 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-class BodyDeadlines:
-    """The read deadlines of one worker's bodies, checked by one timer that runs while a body
-    is being waited for (every ``every_s``), instead of a timer per read: ``asyncio.timeout``
-    around each ``receive`` cost ≈ 75,000 instructions of a 2.6 million instruction request
-    (``bench.instructions``). A read is cut within ``every_s`` after its deadline."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self._waiting: set[_BodyGate] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def waiting(self, gate: _BodyGate) -> None:
-        self._waiting.add(gate)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.every_s, self._sweep)
-
-    def answered(self, gate: _BodyGate) -> None:
-        self._waiting.discard(gate)
-
-    def _sweep(self) -> None:
-        self._timer = None
-        now = time.monotonic()
-        for gate in [g for g in self._waiting if g.deadline <= now]:
-            self._waiting.discard(gate)
-            gate.expire()
-        if self._waiting:
-            self._timer = asyncio.get_running_loop().call_later(self.every_s, self._sweep)
-
-
-def sweep_interval(timeout_s: float) -> float:
-    """How often the deadlines are checked: a tenth of the timeout, within [50 ms, 1 s]."""
-    return min(1.0, max(0.05, timeout_s / 10))
-
-
 class _BodyGate:
     """Wraps ``receive``: counts body bytes against the cap and the read deadline."""
 
-    def __init__(
-        self, receive: Receive, limit: int, timeout_s: float, deadlines: BodyDeadlines
-    ) -> None:
+    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
         self._receive = receive
         self._limit = limit
         self._timeout_s = timeout_s
-        self._deadlines = deadlines
-        self.deadline = 0.0
+        self._deadline = 0.0
         self._size = 0
         self._done = False
-        self._expired = False
-        self._task: asyncio.Task[Any] | None = None
 
     async def __call__(self) -> ReceiveMessage:
         if self._done:
             return await self._receive()
-        if not self.deadline:
-            self.deadline = time.monotonic() + self._timeout_s
-        elif self._expired or time.monotonic() >= self.deadline:
-            raise self._timed_out()
-        task = self._task = asyncio.current_task()
-        cancelling = task.cancelling() if task is not None else 0
-        self._deadlines.waiting(self)
+        if not self._deadline:
+            self._deadline = time.monotonic() + self._timeout_s
         try:
-            message = await self._receive()
-        except asyncio.CancelledError:
-            # ours (the deadline) unless someone else cancelled the task too, as asyncio.timeout
-            if self._expired and task is not None and task.uncancel() <= cancelling:
-                raise self._timed_out() from None
-            raise
-        finally:
-            self._deadlines.answered(self)
-            self._task = None
+            with Deadline(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body was not received within {self._timeout_s:g}s"
+            ) from None
         if message["type"] == "http.request":
             self._size += len(message.get("body", b""))
             if self._size > self._limit:
@@ -183,15 +134,6 @@ class _BodyGate:
         else:
             self._done = True
         return message
-
-    def expire(self) -> None:
-        """The deadline passed while waiting for the body (called by ``BodyDeadlines``)."""
-        self._expired = True
-        if self._task is not None:
-            self._task.cancel()
-
-    def _timed_out(self) -> RequestTimeoutError:
-        return RequestTimeoutError(f"the request body was not received within {self._timeout_s:g}s")
 
 
 class Guard:
@@ -233,7 +175,7 @@ class Guard:
             return
         deps.in_flight[client] += 1
         try:
-            gate = _BodyGate(receive, limit, settings.body_read_timeout_s, deps.body_deadlines)
+            gate = _BodyGate(receive, limit, settings.body_read_timeout_s)
             await self._app(scope, gate, send)
         finally:
             deps.in_flight[client] -= 1

@@ -20,7 +20,8 @@ Invariants:
   ``aclose``; one per provider, so each has its own connection limit and timeouts.
 - Timeouts: connect and pool waits use ``connect_timeout_s``; each read uses ``timeout_s`` (a
   stream that keeps sending is never cut); a whole non-streamed answer must arrive within
-  ``timeout_s`` as well (``asyncio.timeout``).
+  ``timeout_s`` as well (``shared.deadlines``: ``asyncio.timeout``'s meaning, one timer per
+  worker).
 - A response is closed on every path that does not hand it to the caller (its connection goes
   back to the pool, or is dropped when its body was not read to the end).
 - A call leaves no reference cycle: all it made is freed by reference counting when the
@@ -39,7 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
@@ -50,6 +50,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from gateway.policy.upstream_errors import upstream_error
 from gateway.settings import ProviderSettings
+from shared.deadlines import within
 from shared.errors import UpstreamError
 
 __all__ = ["UpstreamHTTP", "is_timeout"]
@@ -71,7 +72,7 @@ and socket errors (``TimeoutError`` among them)."""
 def is_timeout(exc: BaseException) -> bool:
     """A real timeout, not a connection the upstream closed (the transport calls both
     ``ConnectTimeout``)."""
-    if isinstance(exc, TimeoutError):  # asyncio.timeout, and aiohttp's own timeouts
+    if isinstance(exc, TimeoutError):  # the call's deadline, and aiohttp's own timeouts
         return True
     if isinstance(exc, httpx.TimeoutException):
         cause = exc.__cause__
@@ -159,7 +160,7 @@ class UpstreamHTTP:
 
     async def _whole(self, request: httpx.Request) -> httpx.Response:
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
+            with within(self.settings.timeout_s):
                 response = await self.transport.handle_async_request(request)
                 try:
                     await response.aread()
