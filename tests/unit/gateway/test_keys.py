@@ -4,6 +4,8 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.policy.keys import (
     EXPIRED_READ_GRACE_MS,
@@ -48,6 +50,19 @@ def test_generated_key_shape_and_hash() -> None:
 )
 def test_malformed_keys_are_rejected_by_shape(secret: str) -> None:
     assert not looks_like_key(secret)
+
+
+@given(st.text(alphabet=st.characters(), max_size=140), st.booleans())
+def test_the_shape_is_the_prefix_then_alphanumerics_dashes_or_underscores(
+    tail: str, prefixed: bool
+) -> None:
+    secret = KEY_PREFIX + tail if prefixed else tail
+    as_it_was = (
+        secret.startswith(KEY_PREFIX)
+        and len(KEY_PREFIX) < len(secret) <= len(KEY_PREFIX) + 128
+        and all(c.isalnum() or c in "-_" for c in secret[len(KEY_PREFIX) :])
+    )
+    assert looks_like_key(secret) == as_it_was
 
 
 def key(*perms: Permission) -> ApiKey:
