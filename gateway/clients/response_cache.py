@@ -115,6 +115,7 @@ class ResponseCache(Outlet[CacheWrite]):
     write_batches = counted("write_batches")
     writes_dropped = counted("dropped")
     verifier_rejections = counted("verifier_rejections")
+    prefetch_failures = counted("prefetch_failures")
 
     expected_errors = (RedisError, OSError)
 
@@ -133,7 +134,12 @@ class ResponseCache(Outlet[CacheWrite]):
         self._max_pending = max_pending_writes
         self._pending: set[asyncio.Task[None]] = set()
         self.counters = access_counters(
-            "cache", "writes", "write_batches", "verifier_rejections", dropped="writes_dropped"
+            "cache",
+            "writes",
+            "write_batches",
+            "verifier_rejections",
+            "prefetch_failures",
+            dropped="writes_dropped",
         )
         tiers = [tier.value for tier in CacheTier]
         self.fail_open = access_counters("cache_fail_open", *tiers)
@@ -210,7 +216,8 @@ class ResponseCache(Outlet[CacheWrite]):
             return True, await future
         except (RedisError, OSError) as exc:
             self.redis_cooldown.failed(exc)
-            log.debug("prefetch of an exact cache entry failed: %s: %s", type(exc).__name__, exc)
+            self.counters.inc("prefetch_failures")
+            self._log_failure("prefetch", self.prefetch_failures, exc)
             return False, None
 
     def exact_entry(self, raw: bytes | None, oldest_ms: int) -> Lookup | None:
@@ -344,6 +351,7 @@ class ResponseCache(Outlet[CacheWrite]):
             "writes_dropped": self.writes_dropped,
             "writes_pending": len(self._writes) + len(self._pending),
             "verifier_rejections": self.verifier_rejections,
+            "prefetch_failures": self.prefetch_failures,
         }
 
     def start_pruning(self, every_s: float = 3600.0) -> None:

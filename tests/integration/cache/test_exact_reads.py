@@ -96,6 +96,8 @@ async def test_a_prefetch_gives_the_entry_or_says_it_failed(
     refused = answers.prefetch_exact(cache.key("org-1", "h1"))  # never taken: no warning
     server.kill()
     failed = answers.prefetch_exact(cache.key("org-2", "h2"))
+    assert answers.prefetch_failures == 0
     assert await answers.prefetched(failed) == (False, None)
+    assert answers.prefetch_failures == 1, "a failed prefetch is counted (and logged)"
     assert answers.redis_down(), "Redis gone: the exact tier's cooldown started"
     await asyncio.wait([refused])
