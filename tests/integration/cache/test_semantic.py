@@ -49,6 +49,14 @@ async def _ask(
     return raw
 
 
+def _system(content: str) -> ChatCompletionSystemMessageParam:
+    return {"role": "system", "content": content}
+
+
+def _user(content: str) -> ChatCompletionUserMessageParam:
+    return {"role": "user", "content": content}
+
+
 def _status(raw: Any) -> tuple[str, str]:
     return raw.headers["floopy-cache"], raw.headers.get("floopy-cache-tier", "")
 
@@ -102,30 +110,15 @@ async def test_org_b_never_receives_org_a_semantic_entry(
 async def test_advanced_tier_needs_the_same_conversation_before_the_last_turn(
     client: GatewayClient, settings: GatewaySettings
 ) -> None:
-    pirate: ChatCompletionSystemMessageParam = {
-        "role": "system",
-        "content": "You are a pirate. Answer like a pirate.",
-    }
-    lawyer: ChatCompletionSystemMessageParam = {
-        "role": "system",
-        "content": "You are a formal lawyer. Answer precisely.",
-    }
-    question: ChatCompletionUserMessageParam = {
-        "role": "user",
-        "content": "How do I reverse a list in Python?",
-    }
-    paraphrase: ChatCompletionUserMessageParam = {
-        "role": "user",
-        "content": "How can I reverse a Python list?",
-    }
+    pirate = _system("You are a pirate. Answer like a pirate.")
+    lawyer = _system("You are a formal lawyer. Answer precisely.")
+    question = _user("How do I reverse a list in Python?")
+    paraphrase = _user("How can I reverse a Python list?")
     await _ask(client, [pirate, question], KEY_C)
     assert _status(await _ask(client, [lawyer, question], KEY_C)) == ("MISS", "")
     hit = await _ask(client, [pirate, paraphrase], KEY_C)
     assert _status(hit) == ("HIT", "advanced")
-    different: ChatCompletionUserMessageParam = {
-        "role": "user",
-        "content": "How do I sort a list in Python?",
-    }
+    different = _user("How do I sort a list in Python?")
     assert _status(await _ask(client, [pirate, different], KEY_C)) == ("MISS", "")
     rows = await records(settings, 4)
     assert [r.cache_tier for r in rows] == ["", "", "advanced", ""]
