@@ -25,7 +25,7 @@ import time
 from types import TracebackType
 from weakref import WeakKeyDictionary
 
-__all__ = ["RESOLUTION_S", "Deadline", "Sweeper", "within"]
+__all__ = ["RESOLUTION_S", "Deadline", "Sweeper", "sweeper", "within"]
 
 RESOLUTION_S = 0.05
 
@@ -33,15 +33,16 @@ RESOLUTION_S = 0.05
 class Sweeper:
     """The waits of one event loop that have a deadline, and the timer that checks them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # no reference to the loop: the loop is this object's weak key in ``_sweepers``, and
+        # a value that held its key would keep every loop alive
         self.waiting: set[Deadline] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, deadline: Deadline) -> None:
         self.waiting.add(deadline)
         if self._timer is None:
-            self._timer = self._loop.call_later(RESOLUTION_S, self._sweep)
+            self._timer = asyncio.get_running_loop().call_later(RESOLUTION_S, self._sweep)
 
     def discard(self, deadline: Deadline) -> None:
         self.waiting.discard(deadline)
@@ -57,7 +58,7 @@ class Sweeper:
             self.waiting.discard(deadline)
             deadline.expire()
         if self.waiting:
-            self._timer = self._loop.call_later(RESOLUTION_S, self._sweep)
+            self._timer = asyncio.get_running_loop().call_later(RESOLUTION_S, self._sweep)
 
 
 _sweepers: WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeper] = WeakKeyDictionary()
@@ -68,7 +69,7 @@ def sweeper() -> Sweeper:
     loop = asyncio.get_running_loop()
     found = _sweepers.get(loop)
     if found is None:
-        found = _sweepers[loop] = Sweeper(loop)
+        found = _sweepers[loop] = Sweeper()
     return found
 
 
@@ -89,7 +90,7 @@ class Deadline:
             raise TimeoutError
         task = asyncio.current_task()
         if task is None:
-            raise RuntimeError("Deadline is used inside a task")
+            raise RuntimeError("a Deadline must be entered inside a task")
         self._task, self._cancelling = task, task.cancelling()
         self._sweeper = sweeper()
         self._sweeper.add(self)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 
@@ -81,3 +83,18 @@ async def test_each_loop_has_its_own_sweeper() -> None:
         return asyncio.run(get())
 
     assert await asyncio.to_thread(other) is not here
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_sweeper() -> None:
+    async def wait() -> None:
+        with within(1.0):
+            await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(wait())
+    loop.run_until_complete(asyncio.sleep(2 * RESOLUTION_S))  # the sweep runs, finds none
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
