@@ -96,7 +96,13 @@ def _plan(ctx: RequestContext) -> PlannedLookup:
         return PlannedLookup(plan, None)
     if chat.fields is None:  # kept: the firewall and usage estimation read it too
         chat.fields = decode_json(_decode_object, chat.raw)
-    keys = request_keys(chat.fields, endpoint=ctx.endpoint, org_id=ctx.org_id, seed=plan.seed)
+    keys = request_keys(
+        chat.fields,
+        endpoint=ctx.endpoint,
+        org_id=ctx.org_id,
+        seed=plan.seed,
+        vectors=plan.tiers != (CacheTier.EXACT,),
+    )
     return PlannedLookup(plan, keys)
 
 

@@ -89,11 +89,17 @@ def _last_user_index(messages: list[Any]) -> int:
     return -1
 
 
-def request_keys(fields: dict[str, Any], *, endpoint: str, org_id: str, seed: str) -> RequestKeys:
-    """``fields``: the decoded body as it goes upstream (after template rendering)."""
+def request_keys(
+    fields: dict[str, Any], *, endpoint: str, org_id: str, seed: str, vectors: bool = True
+) -> RequestKeys:
+    """``fields``: the decoded body as it goes upstream (after template rendering).
+    ``vectors``: whether an embedding tier will look up or write; without one only ``exact``
+    is made (the other keys are empty), two hashes and the prompt's text fewer per request."""
     kept = {k: _normalise(v) for k, v in fields.items() if k not in DELIVERY_FIELDS}
     scope = (endpoint.encode(), org_id.encode(), seed.encode())
     exact = _digest(*scope, _encode_sorted(kept))
+    if not vectors:
+        return RequestKeys(exact, "", "", "", "")
     messages = kept.pop("messages", None)
     params_hash = _digest(*scope, _encode_sorted(kept))
     if not isinstance(messages, list):

@@ -143,6 +143,22 @@ def test_org_seed_and_endpoint_are_in_every_key() -> None:
     assert embeddings.exact != base.exact
 
 
+def test_exact_only_keys_are_the_exact_key_alone() -> None:
+    """Without an embedding tier only the exact key is made; it is the same key."""
+    for body in (BODY, {**BODY, "messages": "not a list"}, {"model": "m", "input": "x"}):
+        full = _keys(body)
+        lean = request_keys(
+            body, endpoint="/v1/chat/completions", org_id="o", seed="", vectors=False
+        )
+        assert lean.exact == full.exact
+        assert (lean.params_hash, lean.prompt_text, lean.last_turn, lean.prefix_hash) == (
+            "",
+            "",
+            "",
+            "",
+        )
+
+
 def test_semantic_and_advanced_keys() -> None:
     keys = _keys(BODY)
     assert keys.prompt_text == "system: Be brief.\nuser: Hi" and keys.last_turn == "Hi"
