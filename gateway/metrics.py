@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import CounterSet, add, observe
+from shared.metrics import CounterSet, add, observe_many
 
 if TYPE_CHECKING:
     from gateway.domain import StageTiming
@@ -123,11 +123,12 @@ def observe_request(record: RequestRecord, timings: list[StageTiming]) -> None:
         if len(_request_children) < _CHILDREN_MAX:
             _request_children[labels] = children
     add(children[0])
-    observe(children[1], record.latency_ms / 1000)
+    observations = [(children[1], record.latency_ms / 1000)]
     for timing in timings:
         stage = _stage_children.get(timing.name)
         if stage is None:
             stage = STAGE_SECONDS.labels(timing.name)
             if len(_stage_children) < _CHILDREN_MAX:
                 _stage_children[timing.name] = stage
-        observe(stage, timing.duration_ms / 1000)
+        observations.append((stage, timing.duration_ms / 1000))
+    observe_many(observations)

@@ -27,7 +27,7 @@ import contextlib
 import os
 import threading
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "flush",
     "flush_every",
     "observe",
+    "observe_many",
     "prepare_multiprocess",
     "render",
 ]
@@ -71,10 +72,19 @@ def add(counter: PromCounter, amount: float = 1) -> None:
 def observe(child: PromHistogram, amount: float) -> None:
     """``child.observe(amount)``, deferred to the next ``flush``: the same sum and bucket (the
     first upper bound at or above the amount, as prometheus-client's ``observe`` picks it)."""
-    bucket = child._buckets[bisect.bisect_left(child._upper_bounds, amount)]
+    observe_many(((child, amount),))
+
+
+def observe_many(observations: Iterable[tuple[PromHistogram, float]]) -> None:
+    """``observe`` for each pair, under one lock (a request's latency and its stages' at once)."""
+    bisect_left = bisect.bisect_left
     with _lock:
-        _pending[child._sum] = _pending.get(child._sum, 0.0) + amount
-        _pending[bucket] = _pending.get(bucket, 0.0) + 1
+        pending = _pending  # read under the lock: ``flush`` swaps it
+        for child, amount in observations:
+            total = child._sum
+            pending[total] = pending.get(total, 0.0) + amount
+            bucket = child._buckets[bisect_left(child._upper_bounds, amount)]
+            pending[bucket] = pending.get(bucket, 0.0) + 1
 
 
 def flush() -> None:

@@ -63,19 +63,29 @@ def _clip(value: str) -> str:
     return value if len(value) <= _MAX_VALUE_CHARS else value[:_MAX_VALUE_CHARS] + "…"
 
 
+@lru_cache(maxsize=4096)
+def recorded_name(raw_name: str) -> str | None:
+    """The name a header is recorded under (lower case), None for one left out. Cached like
+    ``is_secret_name``: a request's dozen headers cost a lookup each."""
+    name = raw_name.lower()
+    if not name.startswith(_FLOOPY) and is_secret_name(name):
+        return None
+    return name
+
+
 def recorded_request_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Request headers for the record: names lower-cased, repeats joined with ``, ``, secret-like
     names left out except ``floopy-*`` (a session id is not a credential); at most 100 headers
     of at most 1,024 characters each."""
     kept: dict[str, str] = {}
     for raw_name, value in items:
-        name = raw_name.lower()
-        if not name.startswith(_FLOOPY) and is_secret_name(name):
+        name = recorded_name(raw_name)
+        if name is None:
             continue
         if name in kept:
             kept[name] = _clip(f"{kept[name]}, {value}")
         elif len(kept) < _MAX_HEADERS:
-            kept[name] = _clip(value)
+            kept[name] = value if len(value) <= _MAX_VALUE_CHARS else _clip(value)
     return kept
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from gateway.metrics import access_counters
-from shared.metrics import flush, observe, render
+from shared.metrics import flush, observe, observe_many, render
 
 
 def _exported(event: str) -> float:
@@ -33,8 +33,8 @@ def test_counter_set_moves_tally_and_prometheus_series_together() -> None:
 
 
 def test_a_deferred_observation_lands_where_prometheus_client_would_put_it() -> None:
-    """``observe`` reaches into a histogram child (its sum and bucket values): this fails if a
-    prometheus-client release moves them."""
+    """``observe`` (and ``observe_many``) reaches into a histogram child (its sum and bucket
+    values): this fails if a prometheus-client release moves them."""
     registry = CollectorRegistry()
     buckets = (0.001, 0.01, 0.1, 1.0)
     direct = Histogram("direct_seconds", "d", ("stage",), buckets=buckets, registry=registry)
@@ -43,6 +43,10 @@ def test_a_deferred_observation_lands_where_prometheus_client_would_put_it() -> 
     for amount in amounts:
         direct.labels("auth").observe(amount)
         observe(deferred.labels("auth"), amount)
+        direct.labels("cache").observe(amount)
+    # a request's observations at once, two series in one call
+    observe_many([(deferred.labels("cache"), a) for a in amounts[:4]])
+    observe_many([(deferred.labels("cache"), a) for a in amounts[4:]])
     flush()
 
     def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
