@@ -46,8 +46,10 @@ __all__ = [
     "LIMITS_LUA",
     "Admission",
     "Gates",
+    "LimitsCall",
     "RateLimitDecision",
     "RateLimiter",
+    "limits_call",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,27 @@ class Gates:
         return ["-1" if v is None else repr(v) for v in values]
 
 
+@dataclass(frozen=True, slots=True)
+class LimitsCall:
+    """The limits script's keys and arguments for some buckets and gates, made once: every
+    request of one key under one set of policies on one UTC day makes the same call (the limits
+    stage keeps it), only ``admit``'s ``peek`` differs."""
+
+    buckets: tuple[Bucket, ...]
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+def limits_call(buckets: Sequence[Bucket], gates: Gates) -> LimitsCall:
+    keys = [b.key for b in buckets]
+    segment_set = gates.segment_set or segments_beside(gates.request_counter)
+    keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
+    segmented = [str(i + 1) for i, b in enumerate(buckets) if b.segmented]
+    args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
+    args += [str(gates.segment_cap), str(len(segmented)), *segmented]
+    return LimitsCall(tuple(buckets), tuple(keys), tuple(args))
+
+
 class Gate:
     """Why ``admit`` refused before looking at the rate limits (the values the script returns,
     defined once in ``gateway.policy.limits``)."""
@@ -283,7 +306,7 @@ class RateLimiter:
             return self._fail_open(buckets)
         return _decisions(buckets, raw, 1, int(raw[0]))
 
-    async def admit(self, buckets: Sequence[Bucket], gates: Gates, peek: str = "") -> Admission:
+    async def admit(self, call: LimitsCall, peek: str = "") -> Admission:
         """Everything the limits stage asks of Redis, in one script and one round trip: the
         monthly quota and usage gates, then every rate-limit bucket, all or nothing; an admitted
         request is counted against the monthly quota and charged to its buckets.
@@ -292,17 +315,12 @@ class RateLimiter:
         response cache's entry), read in the same script so the request makes one round trip
         to Redis instead of two; it must hash to the same slot as the other keys on a cluster.
         """
+        buckets = call.buckets
         if self.redis_cooldown.active:
             self.counters.inc("cooldown")
             return Admission(self._fail_open(buckets), fail_open=True)
-        keys = [b.key for b in buckets]
-        segment_set = gates.segment_set or segments_beside(gates.request_counter)
-        keys += [gates.request_counter, gates.usage_day_key, gates.usage_month_key, segment_set]
-        if peek:
-            keys.append(peek)
-        segmented = [str(i + 1) for i, b in enumerate(buckets) if b.segmented]
-        args = [str(len(buckets)), *(str(a) for a in _bucket_args(buckets)), *gates.args()]
-        args += [str(gates.segment_cap), str(len(segmented)), *segmented]
+        keys = (*call.keys, peek) if peek else call.keys
+        args = call.args
         try:
             raw: Any = await self._limits(keys=keys, args=args)
         except (RedisError, OSError) as exc:

@@ -11,14 +11,14 @@ Fail open: when Redis cannot answer, the request runs, the answer carries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.clients.ratelimiter import Gates
+from gateway.clients.ratelimiter import Gates, LimitsCall, limits_call
 from gateway.clients.usage_counters import usage_expiry_s
 from gateway.domain import Bucket
 from gateway.pipeline.cache import plan_ahead
-from gateway.policy.keys import Usage
+from gateway.policy.keys import ApiKey, Org, Usage, utc_day
 from gateway.policy.limits import (
     admission_cost,
     policies_for,
@@ -27,7 +27,13 @@ from gateway.policy.limits import (
     refusal,
     scope_of,
 )
-from gateway.policy.ratelimit import Segment, Unit, bucket_key
+from gateway.policy.ratelimit import (
+    RateLimitPolicy,
+    Segment,
+    Unit,
+    bucket_key,
+    ratelimit_policy_header,
+)
 from shared.redis_client import org_tag
 
 if TYPE_CHECKING:
@@ -49,20 +55,99 @@ class LimitsDeps:
     """The exact tier's entry is read during this stage (``cache.plan_ahead``)."""
     key_prefix: str
     segment_cap: int
+    plans: dict[tuple[int, int, str, int], _Plan] = field(default_factory=dict)
+    """This worker's plans (``_plan_for``), at most ``PLANS_MAX``."""
+
+
+PLANS_MAX = 10_000
+"""Plans kept per worker; past it they are dropped and rebuilt as requests come (a tenant
+sending many distinct policy headers costs itself a rebuild each, not the others a leak)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the stage asks Redis for requests of one key and org (these objects: a changed key
+    is a new object, so a new plan) under one ``floopy-ratelimit-policy`` header on one UTC day:
+    the same buckets, counters and script arguments for each, so a worker builds them once.
+    A plan with a segmented policy names its buckets after the request's user or property and
+    is never kept."""
+
+    api_key: ApiKey
+    org: Org
+    policies: list[tuple[str, RateLimitPolicy]]
+    call: LimitsCall
+    policy_header: str
+    charges: list[Bucket]
+    """Token and cost buckets, charged after the response."""
+    segmented: bool
 
 
 async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
     key, org = ctx.api_key, ctx.org
     if key is None or org is None:
         raise RuntimeError("limits run after auth")
+    plan = _plan_for(ctx, key, org, deps)
+    # the exact cache's entry, read in the same script (one node) or beside it (a cluster)
+    peek = plan_ahead(ctx, deps.cache)
+    prefetch = deps.cache.prefetch_exact(peek) if peek and deps.usage_counters.cluster else None
+    admission = await deps.limiter.admit(plan.call, peek if prefetch is None else "")
+    ahead = ctx.cache.ahead
+    if peek and admission.admitted and not admission.fail_open and ahead is not None:
+        if prefetch is None:
+            ahead.fetched, ahead.entry = True, admission.peeked
+        else:
+            ahead.fetched, ahead.entry = await deps.cache.prefetched(prefetch)
+    if admission.fail_open:
+        ctx.response_headers[STATUS_HEADER] = "unavailable"
+        return
+    decisions = admission.decisions
+    ctx.response_headers.update(
+        rate_limit_headers(
+            plan.policies, [(d.remaining, d.reset_ms) for d in decisions], plan.policy_header
+        )
+    )
+    d_tok, d_cost, m_tok, m_cost = admission.usage
+    error = refusal(
+        admission.gate,
+        plan=org.plan,
+        limits=key.limits,
+        requests_this_month=admission.requests_this_month,
+        usage=Usage(
+            day_tokens=d_tok, day_cost_usd=d_cost, month_tokens=m_tok, month_cost_usd=m_cost
+        ),
+        denied_retry_ms=[
+            (name, d.retry_after_ms)
+            for (name, _), d in zip(plan.policies, decisions, strict=True)
+            if not d.allowed
+        ],
+    )
+    if error is not None:
+        raise error
+    ctx.after_response_charges = plan.charges
+
+
+def _plan_for(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) -> _Plan:
+    header, now_ms = ctx.meta.ratelimit_policy, ctx.created_at_ms
+    memo = (id(key), id(org), header, utc_day(now_ms))
+    plan = deps.plans.get(memo)
+    if plan is not None and plan.api_key is key and plan.org is org:
+        return plan
+    plan = _build_plan(ctx, key, org, deps)
+    if not plan.segmented:
+        if len(deps.plans) >= PLANS_MAX:
+            deps.plans.clear()
+        deps.plans[memo] = plan  # it holds key and org: their ids are not reused meanwhile
+    return plan
+
+
+def _build_plan(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) -> _Plan:
     policies = policies_for(org, key, ctx.meta.ratelimit_policy)
-    prefix = deps.key_prefix
     counters = deps.usage_counters
     org_name = org_tag(org.org_id, counters.cluster)  # one hash slot per org on a cluster
     buckets = [
         Bucket(
             bucket_key(
-                prefix,
+                deps.key_prefix,
                 org_name,
                 scope_of(name, key),
                 policy,
@@ -91,38 +176,12 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
         daily_cost_usd=limits.daily_cost_usd,
         monthly_cost_usd=limits.monthly_cost_usd,
     )
-    # the exact cache's entry, read in the same script (one node) or beside it (a cluster)
-    peek = plan_ahead(ctx, deps.cache)
-    prefetch = deps.cache.prefetch_exact(peek) if peek and counters.cluster else None
-    admission = await deps.limiter.admit(buckets, gates, peek if prefetch is None else "")
-    ahead = ctx.cache.ahead
-    if peek and admission.admitted and not admission.fail_open and ahead is not None:
-        if prefetch is None:
-            ahead.fetched, ahead.entry = True, admission.peeked
-        else:
-            ahead.fetched, ahead.entry = await deps.cache.prefetched(prefetch)
-    if admission.fail_open:
-        ctx.response_headers[STATUS_HEADER] = "unavailable"
-        return
-    decisions = admission.decisions
-    ctx.response_headers.update(
-        rate_limit_headers(policies, [(d.remaining, d.reset_ms) for d in decisions])
+    return _Plan(
+        api_key=key,
+        org=org,
+        policies=policies,
+        call=limits_call(buckets, gates),
+        policy_header=ratelimit_policy_header(policies),
+        charges=[b for b in buckets if b.policy.unit is not Unit.REQUEST],
+        segmented=any(b.segmented for b in buckets),
     )
-    d_tok, d_cost, m_tok, m_cost = admission.usage
-    error = refusal(
-        admission.gate,
-        plan=org.plan,
-        limits=limits,
-        requests_this_month=admission.requests_this_month,
-        usage=Usage(
-            day_tokens=d_tok, day_cost_usd=d_cost, month_tokens=m_tok, month_cost_usd=m_cost
-        ),
-        denied_retry_ms=[
-            (name, d.retry_after_ms)
-            for (name, _), d in zip(policies, decisions, strict=True)
-            if not d.allowed
-        ],
-    )
-    if error is not None:
-        raise error
-    ctx.after_response_charges = [b for b in buckets if b.policy.unit is not Unit.REQUEST]

@@ -51,6 +51,7 @@ __all__ = [
     "hash_key",
     "looks_like_key",
     "month_period",
+    "utc_day",
 ]
 
 KEY_PREFIX = "sk-floopy-"
@@ -214,12 +215,17 @@ def check_usage(limits: KeyLimits, usage: Usage) -> None:
 _DAY_MS = 86_400_000
 
 
+def utc_day(now_ms: int) -> int:
+    """The UTC day holding ``now_ms``: the day's and the month's periods are functions of it."""
+    return now_ms // _DAY_MS
+
+
 def day_period(now_ms: int) -> str:
-    return _period_text(now_ms // _DAY_MS, "%Y%m%d")
+    return _period_text(utc_day(now_ms), "%Y%m%d")
 
 
 def month_period(now_ms: int) -> str:
-    return _period_text(now_ms // _DAY_MS, "%Y%m")
+    return _period_text(utc_day(now_ms), "%Y%m")
 
 
 @lru_cache(maxsize=64)

@@ -104,15 +104,17 @@ def quota_gate(plan: Plan) -> int | None:
 def rate_limit_headers(
     policies: Sequence[tuple[str, RateLimitPolicy]],
     remaining_and_reset_ms: Sequence[tuple[int, int]],
+    policy_header: str | None = None,
 ) -> dict[str, str]:
+    """``policy_header``: ``ratelimit_policy_header(policies)`` when the caller made it already
+    (it is the same for every request under these policies)."""
     states = [
         (name, remaining, reset_ms)
         for (name, _), (remaining, reset_ms) in zip(policies, remaining_and_reset_ms, strict=True)
     ]
-    return {
-        "RateLimit-Policy": ratelimit_policy_header(list(policies)),
-        "RateLimit": ratelimit_header(states),
-    }
+    if policy_header is None:
+        policy_header = ratelimit_policy_header(list(policies))
+    return {"RateLimit-Policy": policy_header, "RateLimit": ratelimit_header(states)}
 
 
 def _gate_refusal(

@@ -22,7 +22,7 @@ from gateway.clients.audit_log import AuditLog
 from gateway.clients.breaker_store import BreakerStore
 from gateway.clients.command_batch import script_batch
 from gateway.clients.key_auth import KeyAuthenticator
-from gateway.clients.ratelimiter import Gates, RateLimiter
+from gateway.clients.ratelimiter import Gates, RateLimiter, limits_call
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
@@ -82,7 +82,7 @@ async def test_limits_script_takes_every_key_of_the_org_in_one_call(redis: Redis
         usage_day_key=day,
         usage_month_key=month,
     )
-    answers = [await limiter.admit([bucket], gates) for _ in range(3)]
+    answers = [await limiter.admit(limits_call([bucket], gates)) for _ in range(3)]
     assert [a.admitted for a in answers] == [True, True, False]
     assert not any(a.fail_open for a in answers)
     assert answers[1].requests_this_month == 2

@@ -16,7 +16,7 @@ from gateway.clients.admin_store import AdminStore
 from gateway.clients.cooldown import redis_cooldown
 from gateway.clients.exact_cache import ExactCache
 from gateway.clients.key_auth import KeyAuthenticator
-from gateway.clients.ratelimiter import Gate, Gates, RateLimiter
+from gateway.clients.ratelimiter import Gate, Gates, RateLimiter, limits_call
 from gateway.clients.response_cache import ResponseCache
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
@@ -44,14 +44,17 @@ async def test_quota_gate_counts_admitted_requests_only(redis: Redis, prefix: st
     store, limiter = UsageCounters(redis, prefix=prefix), RateLimiter(redis)
     now = int(datetime.now(UTC).timestamp() * 1000)
     bucket = Bucket(f"{prefix}:b", parse_policy("2;w=60"))
-    answers = [await limiter.admit([bucket], gates(store, now, monthly_quota=3)) for _ in range(4)]
+    answers = [
+        await limiter.admit(limits_call([bucket], gates(store, now, monthly_quota=3)))
+        for _ in range(4)
+    ]
     # two pass the rate limit; the third is rate limited and must not use up quota
     assert [a.admitted for a in answers] == [True, True, False, False]
     assert [a.gate for a in answers] == [Gate.NONE] * 4
     assert [a.requests_this_month for a in answers] == [1, 2, 2, 2]
     other = Bucket(f"{prefix}:other", parse_policy("9;w=60"))
-    assert (await limiter.admit([other], gates(store, now, monthly_quota=3))).admitted
-    full = await limiter.admit([other], gates(store, now, monthly_quota=3))
+    assert (await limiter.admit(limits_call([other], gates(store, now, monthly_quota=3)))).admitted
+    full = await limiter.admit(limits_call([other], gates(store, now, monthly_quota=3)))
     assert (full.gate, full.admitted, full.requests_this_month) == (Gate.MONTHLY_QUOTA, False, 3)
     # refused by the quota: the bucket was not charged
     assert full.decisions[0].remaining == 8
@@ -62,9 +65,11 @@ async def test_usage_gate_reads_the_usage_recorded(redis: Redis, prefix: str) ->
     now = int(datetime.now(UTC).timestamp() * 1000)
     await store.add([UsageEntry("k1", 120, 0.25, now)])  # as the usage recorder writes
     bucket = Bucket(f"{prefix}:b", parse_policy("100;w=60"))
-    ok = await limiter.admit([bucket], gates(store, now, daily_tokens=121, monthly_cost_usd=0.3))
+    ok = await limiter.admit(
+        limits_call([bucket], gates(store, now, daily_tokens=121, monthly_cost_usd=0.3))
+    )
     assert ok.admitted and ok.usage == (120, 0.25, 120, 0.25)
-    over = await limiter.admit([bucket], gates(store, now, daily_cost_usd=0.25))
+    over = await limiter.admit(limits_call([bucket], gates(store, now, daily_cost_usd=0.25)))
     assert (over.gate, over.admitted) == (Gate.USAGE, False)
 
 
@@ -73,7 +78,9 @@ async def test_fail_open_when_redis_is_gone(redis_factory: Any) -> None:
     client = Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
     store, limiter = UsageCounters(client), RateLimiter(client)
     server.stop()
-    answer = await limiter.admit([Bucket("b", parse_policy("1;w=60"))], gates(store, 0))
+    answer = await limiter.admit(
+        limits_call([Bucket("b", parse_policy("1;w=60"))], gates(store, 0))
+    )
     assert answer.fail_open and answer.admitted and limiter.fail_open_count == 1
     await client.aclose()
 
@@ -157,16 +164,16 @@ async def test_a_hung_redis_costs_one_timeout_then_the_cooldown_fails_open_at_on
     now = int(datetime.now(UTC).timestamp() * 1000)
     bucket = Bucket("hung:b", parse_policy("100;w=60"))
     try:
-        assert (await limiter.admit([bucket], gates(store, now))).admitted
+        assert (await limiter.admit(limits_call([bucket], gates(store, now)))).admitted
         with server.hung():
-            first = await limiter.admit([bucket], gates(store, now))
+            first = await limiter.admit(limits_call([bucket], gates(store, now)))
             assert first.fail_open and first.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 0)
-            second = await limiter.admit([bucket], gates(store, now))
+            second = await limiter.admit(limits_call([bucket], gates(store, now)))
             assert second.fail_open and second.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (2, 1)
         limiter.redis_cooldown = redis_cooldown(0)
-        after = await limiter.admit([bucket], gates(store, now))
+        after = await limiter.admit(limits_call([bucket], gates(store, now)))
         assert not after.fail_open and after.admitted
     finally:
         await redis.aclose()
@@ -186,11 +193,11 @@ async def test_a_timeout_the_exact_cache_saw_spares_the_limits_their_own(
     now = int(datetime.now(UTC).timestamp() * 1000)
     bucket = Bucket("shared:b", parse_policy("100;w=60"))
     try:
-        assert (await limiter.admit([bucket], gates(store, now))).admitted
+        assert (await limiter.admit(limits_call([bucket], gates(store, now)))).admitted
         with server.hung():
             with pytest.raises(RedisTimeoutError):
                 await cache.look_up_exact("org", "0" * 64, 0)
-            admitted = await limiter.admit([bucket], gates(store, now))
+            admitted = await limiter.admit(limits_call([bucket], gates(store, now)))
             assert admitted.fail_open and admitted.admitted
             assert (limiter.fail_open_count, limiter.cooldown_count) == (1, 1), "without asking"
     finally:
@@ -207,7 +214,7 @@ async def test_a_script_error_fails_that_request_open_without_a_cooldown(
     broken = Bucket(f"{prefix}:broken", parse_policy("5;w=60"))
     # HMGET on a list: WRONGTYPE in the script
     await cast(Awaitable[int], redis.rpush(broken.key, "not a bucket"))
-    refused = await limiter.admit([broken], gates(store, now))
+    refused = await limiter.admit(limits_call([broken], gates(store, now)))
     assert refused.fail_open and not limiter.redis_cooldown.active
     fine = Bucket(f"{prefix}:fine", parse_policy("5;w=60"))
-    assert not (await limiter.admit([fine], gates(store, now))).fail_open
+    assert not (await limiter.admit(limits_call([fine], gates(store, now)))).fail_open
