@@ -100,7 +100,10 @@ def test_a_dead_child_is_restarted_with_a_log_line_and_a_growing_backoff(
     os.kill(first["a"], signal.SIGKILL)
     wait_until(lambda: sup.pids()["a"] != first["a"], what="a restarted")
     assert f"a (pid {first['a']}) exited with -9; restarting in 1s (restart 1)" in sup.output()
-    assert f"a restarted (pid {sup.pids()['a']})" in sup.output()
+    # the new pid is written as the child starts, the line just after it
+    wait_until(
+        lambda: f"a restarted (pid {sup.pids()['a']})" in sup.output(), what="the restart logged"
+    )
     second = sup.pids()["a"]
     os.kill(second, signal.SIGKILL)
     wait_until(lambda: sup.pids()["a"] != second, what="a restarted again")
