@@ -34,8 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
+class TokenUsage(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -97,8 +96,7 @@ class StreamObservation:
     finish_reason: str = ""
 
 
-@dataclass(frozen=True)
-class Bucket:
+class Bucket(msgspec.Struct, frozen=True):
     """One bucket to take from: its Redis key (``policy.ratelimit.bucket_key``) and policy."""
 
     key: str
@@ -109,8 +107,7 @@ class Bucket:
     """One of many buckets of a policy split by user or property value (capped per org)."""
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEntry:
+class UsageEntry(msgspec.Struct, frozen=True):
     """What one finished request spent, on its way to the key's usage counters (after the
     response), and the token- or cost-unit buckets it is charged to."""
 

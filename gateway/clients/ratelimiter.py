@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -192,8 +193,7 @@ return out
 )
 
 
-@dataclass(frozen=True)
-class RateLimitDecision:
+class RateLimitDecision(msgspec.Struct, frozen=True):
     """One bucket's answer; times in milliseconds."""
 
     allowed: bool
@@ -229,8 +229,7 @@ class Gates:
         return ["-1" if v is None else repr(v) for v in values]
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsCall:
+class LimitsCall(msgspec.Struct, frozen=True):
     """The limits script's keys and arguments for some buckets and gates, made once: every
     request of one key under one set of policies on one UTC day makes the same call (the limits
     stage keeps it), only ``admit``'s ``peek`` differs."""
@@ -260,8 +259,7 @@ class Gate:
     SEGMENTS = GATE_SEGMENTS
 
 
-@dataclass(frozen=True)
-class Admission:
+class Admission(msgspec.Struct, frozen=True):
     """The limits stage's one answer. ``requests_this_month`` includes this request when it was
     admitted; usage is the key's ``(day tokens, day cost, month tokens, month cost)``."""
 

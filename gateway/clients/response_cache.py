@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 from redis.exceptions import RedisError
 
 from gateway.clients.cooldown import Cooldown, redis_cooldown
@@ -70,8 +71,7 @@ FAIL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
 """Failures of a store that make a lookup a miss instead of an error."""
 
 
-@dataclass(frozen=True, slots=True)
-class CacheWrite:
+class CacheWrite(msgspec.Struct, frozen=True):
     """A miss's answer and where it goes."""
 
     org_id: str

@@ -111,8 +111,7 @@ class CacheSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return shown
 
 
-@dataclass(frozen=True, slots=True)
-class CacheControls:
+class CacheControls(msgspec.Struct, frozen=True):
     """The request's ``Floopy-Cache-*`` headers, parsed (``gateway.policy.headers``)."""
 
     enabled: bool = True
@@ -121,8 +120,7 @@ class CacheControls:
     semantic_threshold: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CachePlan:
+class CachePlan(msgspec.Struct, frozen=True):
     status: CacheStatus
     """MISS until a lookup hits; BYPASS or DISABLED when nothing is looked up."""
     tiers: tuple[CacheTier, ...] = ()

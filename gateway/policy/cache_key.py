@@ -18,7 +18,6 @@ changes the key, so a new provider option can never produce a false hit.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,8 +32,7 @@ _KEY_VERSION = b"floopy-cache-v1"
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
-@dataclass(frozen=True, slots=True)
-class RequestKeys:
+class RequestKeys(msgspec.Struct, frozen=True):
     exact: str
     """Hex SHA-256: the Redis key's last part, and ``cache_key_hash`` in the record."""
     params_hash: str

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from gateway.policy.cache import CacheControls, parse_max_age, parse_seed, parse_threshold
 from shared.errors import BadRequestError
@@ -38,13 +39,12 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _PROPERTY_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
+class RequestMeta(msgspec.Struct, frozen=True):
     user_id: str = ""
     session_id: str = ""
     session_name: str = ""
     session_path: str = ""
-    properties: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = msgspec.field(default_factory=dict)
     cache_enabled: bool = True
     cache_max_age_s: int | None = None
     cache_seed: str = ""

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import msgspec
+
 from gateway.policy.upstream_errors import CLIENT_MISTAKE_STATUSES
 from shared.errors import BadRequestError, ClientError, UpstreamError
 
@@ -38,8 +40,7 @@ __all__ = [
 _KEY_STATUSES = frozenset({401, 403})
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(msgspec.Struct, frozen=True):
     provider: str
     model: str
 

@@ -9,7 +9,6 @@ price book for the provider and the model that answered; ``None`` when the model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -32,8 +31,7 @@ Answer = UpstreamReply | StreamObservation
 """What a provider (or the cache) answered: a whole reply, or what was seen of a stream."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settled:
+class Settled(msgspec.Struct, frozen=True):
     usage: TokenUsage
     estimated: bool
     cost_usd: float | None

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from gateway.clients.admin_store import AdminStore
 from gateway.clients.key_auth import KeyAuthenticator
-from gateway.clients.ratelimiter import Gates, RateLimiter
+from gateway.clients.ratelimiter import Gates, RateLimiter, limits_call
 from gateway.clients.usage_counters import UsageCounters, usage_expiry_s
 from gateway.domain import UsageEntry
 from gateway.policy.keys import KeyLimits, KeySwitches, Org, Permission, Plan, Usage, generate_key
@@ -41,7 +41,7 @@ async def count_request(
         usage_day_key=day,
         usage_month_key=month,
     )
-    admission = await RateLimiter(redis).admit([], gates)
+    admission = await RateLimiter(redis).admit(limits_call([], gates))
     assert admission.admitted and not admission.fail_open
     d_tok, d_cost, m_tok, m_cost = admission.usage
     used = Usage(day_tokens=d_tok, day_cost_usd=d_cost, month_tokens=m_tok, month_cost_usd=m_cost)
