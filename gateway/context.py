@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+
+import msgspec
 
 from gateway.domain import Bucket, ChatRequest, StageTiming, StreamObservation, UpstreamReply
 from gateway.policy.cache import CacheOutcome
@@ -27,59 +28,58 @@ async def _no_body() -> bytes:
     return b""
 
 
-@dataclass(slots=True)
-class RequestContext:
+class RequestContext(msgspec.Struct):
     headers: Mapping[str, str]
     """Request headers, names lower-cased."""
-    header_items: list[tuple[str, str]] = field(default_factory=list)
+    header_items: list[tuple[str, str]] = msgspec.field(default_factory=list)
     """Every header as sent (repeats kept), names lower-cased."""
     read_body: Callable[[], Awaitable[bytes]] = _no_body
     raw_headers: Iterable[tuple[bytes, bytes]] = ()
     """Every request header as received (ASGI), decoded only when the record is built."""
-    sent_headers: Mapping[str, str] = field(default_factory=dict)
+    sent_headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     """The headers of the answer the caller got (set when the response is made)."""
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created_at_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
-    started_ns: int = field(default_factory=time.perf_counter_ns)
+    request_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
+    created_at_ms: int = msgspec.field(default_factory=lambda: time.time_ns() // 1_000_000)
+    started_ns: int = msgspec.field(default_factory=time.perf_counter_ns)
 
     org_id: str = ""
     api_key_id: str = ""
     api_key: ApiKey | None = None
     """Set by auth: permissions, limits and switches (cache, firewall, body logging)."""
     org: Org | None = None
-    response_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Headers a stage wants on the answer, error or not (rate-limit state)."""
-    after_response_charges: list[Bucket] = field(default_factory=list)
+    after_response_charges: list[Bucket] = msgspec.field(default_factory=list)
     """Token- and cost-unit buckets to charge once the record's tokens and cost are known."""
     prompt_id: str = ""
     prompt_version: int = 0
-    prompt_inputs: dict[str, str] = field(default_factory=dict)
+    prompt_inputs: dict[str, str] = msgspec.field(default_factory=dict)
     body: bytes = b""
     chat: ChatRequest | None = None
-    meta: RequestMeta = field(default_factory=RequestMeta)
+    meta: RequestMeta = msgspec.field(default_factory=RequestMeta)
 
     endpoint: str = "/v1/chat/completions"
     answered: bool = False
     """Set by a stage that answered (a cache hit): the stages after it do not run."""
-    cache: CacheOutcome = field(default_factory=CacheOutcome)
-    firewall: FirewallOutcome = field(default_factory=FirewallOutcome)
-    child_spans: list[StageTiming] = field(default_factory=list)
+    cache: CacheOutcome = msgspec.field(default_factory=CacheOutcome)
+    firewall: FirewallOutcome = msgspec.field(default_factory=FirewallOutcome)
+    child_spans: list[StageTiming] = msgspec.field(default_factory=list)
     """Spans inside a stage (``cache.exact``, ``cache.embed``, ``firewall.classifier`` …),
     each with a ``parent`` attribute naming its stage."""
 
-    targets: list[Target] = field(default_factory=list)
+    targets: list[Target] = msgspec.field(default_factory=list)
     """Set by routing: the provider/model pairs to try, in order."""
     provider_name: str = ""
     """The provider that answered (or, on failure, the last one tried)."""
-    providers_tried: list[str] = field(default_factory=list)
+    providers_tried: list[str] = msgspec.field(default_factory=list)
     retries: int = 0
-    attempts: list[StageTiming] = field(default_factory=list)
+    attempts: list[StageTiming] = msgspec.field(default_factory=list)
     """One per upstream attempt (spans named ``provider_attempt``), apart from the stages."""
     reply: UpstreamReply | None = None
     stream: StreamObservation | None = None
     """A streamed answer as seen so far (filled in while the route relays it)."""
 
-    timings: list[StageTiming] = field(default_factory=list)
+    timings: list[StageTiming] = msgspec.field(default_factory=list)
     status_code: int = 0
     error: ClientError | None = None
     response_body: bytes = b""

@@ -13,7 +13,6 @@ record contract's own (``shared.records``): the gateway's timings are sent as th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,8 +40,7 @@ class TokenUsage(msgspec.Struct, frozen=True):
     cached_prompt_tokens: int = 0
 
 
-@dataclass(slots=True)
-class ChatRequest:
+class ChatRequest(msgspec.Struct):
     """A validated chat-completions request: the caller's bytes and what was read of them."""
 
     raw: bytes
@@ -69,8 +67,7 @@ class ChatRequest:
         )
 
 
-@dataclass(slots=True)
-class UpstreamReply:
+class UpstreamReply(msgspec.Struct):
     """A complete (non-streamed) successful answer, passed to the caller byte for byte."""
 
     status_code: int
@@ -80,8 +77,7 @@ class UpstreamReply:
     usage: TokenUsage | None = None
 
 
-@dataclass(slots=True)
-class StreamObservation:
+class StreamObservation(msgspec.Struct):
     """What a streamed answer told while it was relayed: the record needs it, the caller got
     the bytes. Filled in by whoever reads the stream (a provider's stream, a cache replay)."""
 
@@ -92,7 +88,7 @@ class StreamObservation:
     """``time.perf_counter_ns()`` when the first event arrived (0: none yet)."""
     completed: bool = False
     """The upstream ended the stream properly (``data: [DONE]``, or Anthropic's stop)."""
-    content_parts: list[str] = field(default_factory=list)
+    content_parts: list[str] = msgspec.field(default_factory=list)
     finish_reason: str = ""
 
 

@@ -10,7 +10,6 @@ namespace) but never widen it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -177,8 +176,7 @@ def plan_cache(
     )
 
 
-@dataclass(slots=True)
-class PlannedLookup:
+class PlannedLookup(msgspec.Struct):
     """The cache stage's plan and keys, made ahead by the limits stage so that the exact
     tier's entry is read in the limits script's round trip (``fetched``; ``entry`` None: no
     entry). Not the outcome yet: a request the limits refuse never reached the cache."""
@@ -189,8 +187,7 @@ class PlannedLookup:
     entry: bytes | None = None
 
 
-@dataclass(slots=True)
-class CacheOutcome:
+class CacheOutcome(msgspec.Struct):
     """What the cache stage found and what the write after the response needs; the record's
     ``cache_*`` fields. ``status`` None: the request never reached the cache stage."""
 
@@ -199,10 +196,10 @@ class CacheOutcome:
     tier: CacheTier | None = None
     similarity: float | None = None
     keys: RequestKeys | None = None
-    lookup_ms: dict[str, float] = field(default_factory=dict)
+    lookup_ms: dict[str, float] = msgspec.field(default_factory=dict)
     error: str = ""
     hit: CachedAnswer | None = None
-    vectors: dict[CacheTier, list[float]] = field(default_factory=dict)
+    vectors: dict[CacheTier, list[float]] = msgspec.field(default_factory=dict)
     """Embeddings made for the lookup, reused by the write of a miss."""
     stream_events: list[bytes] | None = None
     """The SSE bytes a streamed miss sent, kept only when the answer will be stored."""

@@ -147,8 +147,7 @@ def plan_screening(
     return Screen(model)
 
 
-@dataclass(slots=True)
-class FirewallOutcome:
+class FirewallOutcome(msgspec.Struct):
     """What the firewall stage found for one request (the record's ``firewall_*`` fields)."""
 
     verdict: str = ""
