@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
@@ -32,10 +32,10 @@ class RequestContext(msgspec.Struct):
     headers: Mapping[str, str]
     """Request headers, names lower-cased."""
     header_items: list[tuple[str, str]] = msgspec.field(default_factory=list)
-    """Every header as sent (repeats kept), names lower-cased."""
+    """Every header as sent (repeats kept), names lower-cased: the record's request headers."""
+    floopy_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    """The ``floopy-*`` ones among them (the intake stage reads them)."""
     read_body: Callable[[], Awaitable[bytes]] = _no_body
-    raw_headers: Iterable[tuple[bytes, bytes]] = ()
-    """Every request header as received (ASGI), decoded only when the record is built."""
     sent_headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     """The headers of the answer the caller got (set when the response is made)."""
     request_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))

@@ -114,17 +114,19 @@ def _body_reader(receive: Receive, declared: str, limit: int) -> Any:
 def _context(scope: Scope, receive: Receive, max_body_bytes: int) -> RequestContext:
     raw = scope["headers"]
     headers: dict[str, str] = {}
+    items: list[tuple[str, str]] = []
     floopy: list[tuple[str, str]] = []
     for name, value in raw:
-        text = name.decode("latin-1").lower()
-        headers.setdefault(text, value.decode("latin-1"))
-        if text[:7] == "floopy-":
-            floopy.append((text, value.decode("latin-1")))
+        pair = (name.decode("latin-1").lower(), value.decode("latin-1"))  # as HTTP/1.1 says
+        items.append(pair)
+        headers.setdefault(*pair)
+        if pair[0][:7] == "floopy-":
+            floopy.append(pair)
     return RequestContext(
         headers=headers,
-        header_items=floopy,
+        header_items=items,
+        floopy_headers=floopy,
         read_body=_body_reader(receive, headers.get("content-length", ""), max_body_bytes),
-        raw_headers=raw,
     )
 
 

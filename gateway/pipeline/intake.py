@@ -21,7 +21,7 @@ EMBEDDINGS = "/v1/embeddings"
 
 async def run(ctx: RequestContext, _: None) -> None:
     ctx.body = await ctx.read_body()
-    ctx.meta = parse_floopy_headers(ctx.header_items)
+    ctx.meta = parse_floopy_headers(ctx.floopy_headers)
     check_content_type(ctx.headers.get("content-type", ""))
     if ctx.endpoint == EMBEDDINGS:
         ctx.chat = parse_embeddings_request(ctx.body)

@@ -16,7 +16,6 @@ from gateway.policy.recording import (
     clip_body,
     clip_inputs,
     clip_text,
-    decoded_headers,
     error_fields,
     firewall_fields,
     kept_bodies,
@@ -77,7 +76,7 @@ def build_records(
         cached_prompt_tokens=usage.cached_prompt_tokens,
         endpoint=ctx.endpoint,
         **cache_fields(ctx.cache),
-        request_headers=recorded_request_headers(decoded_headers(ctx.raw_headers)),
+        request_headers=recorded_request_headers(ctx.header_items),
         response_headers=recorded_response_headers(ctx.sent_headers),
         **firewall_fields(ctx.firewall),
     )

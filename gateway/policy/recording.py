@@ -8,7 +8,6 @@ at ``body_limit`` bytes, names at ``NAME_MAX_CHARS``, error messages at ``MESSAG
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -27,7 +26,6 @@ __all__ = [
     "clip_body",
     "clip_inputs",
     "clip_text",
-    "decoded_headers",
     "error_fields",
     "firewall_fields",
     "kept_bodies",
@@ -134,9 +132,3 @@ def firewall_fields(outcome: FirewallOutcome) -> dict[str, Any]:
         "firewall_tokens": outcome.tokens,
         "firewall_cost_usd": outcome.cost_usd,
     }
-
-
-def decoded_headers(raw: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[str, str]]:
-    """ASGI header pairs as text (latin-1, as HTTP/1.1 defines them)."""
-    for name, value in raw:
-        yield name.decode("latin-1"), value.decode("latin-1")

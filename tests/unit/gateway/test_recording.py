@@ -126,15 +126,15 @@ def test_firewall_outcome_and_its_child_spans_are_recorded() -> None:
 
 def test_headers_are_recorded_without_credentials_and_omit_headers_blank_one_body() -> None:
     ctx = _ctx()
-    ctx.raw_headers = [
-        (b"authorization", b"Bearer sk-floopy-secret"),
-        (b"content-type", b"application/json"),
-        (b"x-api-key", b"upstream-secret"),
-        (b"cookie", b"sid=1"),
-        (b"floopy-session-id", b"s"),
-        (b"floopy-omit-request", b"true"),
-        (b"accept", b"a"),
-        (b"accept", b"b"),
+    ctx.header_items = [
+        ("authorization", "Bearer sk-floopy-secret"),
+        ("content-type", "application/json"),
+        ("x-api-key", "upstream-secret"),
+        ("cookie", "sid=1"),
+        ("floopy-session-id", "s"),
+        ("floopy-omit-request", "true"),
+        ("accept", "a"),
+        ("accept", "b"),
     ]
     ctx.meta = RequestMeta(omit_request=True)
     ctx.prompt_inputs = {"name": "Ada"}
