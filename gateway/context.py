@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 
@@ -49,7 +49,7 @@ class RequestContext(msgspec.Struct):
     org: Org | None = None
     response_headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Headers a stage wants on the answer, error or not (rate-limit state)."""
-    after_response_charges: list[Bucket] = msgspec.field(default_factory=list)
+    after_response_charges: Sequence[Bucket] = ()
     """Token- and cost-unit buckets to charge once the record's tokens and cost are known."""
     prompt_id: str = ""
     prompt_version: int = 0

@@ -74,10 +74,10 @@ class _Plan:
 
     api_key: ApiKey
     org: Org
-    policies: list[tuple[str, RateLimitPolicy]]
+    policies: tuple[tuple[str, RateLimitPolicy], ...]
     call: LimitsCall
     policy_header: str
-    charges: list[Bucket]
+    charges: tuple[Bucket, ...]
     """Token and cost buckets, charged after the response."""
     segmented: bool
 
@@ -179,9 +179,9 @@ def _build_plan(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) ->
     return _Plan(
         api_key=key,
         org=org,
-        policies=policies,
+        policies=tuple(policies),
         call=limits_call(buckets, gates),
         policy_header=ratelimit_policy_header(policies),
-        charges=[b for b in buckets if b.policy.unit is not Unit.REQUEST],
+        charges=tuple(b for b in buckets if b.policy.unit is not Unit.REQUEST),
         segmented=any(b.segmented for b in buckets),
     )

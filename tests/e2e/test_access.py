@@ -220,6 +220,35 @@ def test_per_request_policy_header_segments_by_user(stack: Floopy) -> None:
     assert "unit (u)" in bad.message
 
 
+def test_a_token_policy_is_charged_the_answers_tokens_after_the_response(stack: Floopy) -> None:
+    """A token-unit bucket is only checked on admission and charged the answer's tokens once
+    the response is out: a quota of one token lets the first request through, then refuses."""
+    client = sdk(stack, secret("key-header"))
+    headers = {"floopy-ratelimit-policy": "1;w=3600;u=token;s=user", "floopy-user-id": "tok"}
+
+    def ask(n: int) -> Any:
+        return chat(
+            client, messages=[{"role": "user", "content": f"count {n}"}], extra_headers=headers
+        )
+
+    first = ask(0)
+    assert first.parse().usage.total_tokens >= 1
+    assert '"request";r=1' in first.headers["ratelimit"]
+    admitted = 1
+    for n in range(1, 50):  # the charge lands a batch later (the usage recorder's drain)
+        try:
+            ask(n)
+        except openai.APIStatusError as error:
+            assert (error.status_code, code_of(error)) == (429, "RATE_LIMIT_EXCEEDED")
+            assert error.response.json()["error"]["limit"] == "request"
+            break
+        admitted += 1
+        time.sleep(0.05)
+    else:
+        pytest.fail("the answers' tokens were never charged to the token bucket")
+    assert admitted <= 5
+
+
 def test_prompt_template_renders_from_inputs_and_is_recorded(stack: Floopy) -> None:
     client = sdk(stack, API_KEY)
     inputs = {"product": "Floopy", "name": "Ada"}
