@@ -55,7 +55,7 @@ class LimitsDeps:
     """The exact tier's entry is read during this stage (``cache.plan_ahead``)."""
     key_prefix: str
     segment_cap: int
-    plans: dict[tuple[int, int, str, int], _Plan] = field(default_factory=dict)
+    plans: dict[tuple[str, str, str, int], _Plan] = field(default_factory=dict)
     """This worker's plans (``_plan_for``), at most ``PLANS_MAX``."""
 
 
@@ -66,11 +66,13 @@ sending many distinct policy headers costs itself a rebuild each, not the others
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What the stage asks Redis for requests of one key and org (these objects: a changed key
-    is a new object, so a new plan) under one ``floopy-ratelimit-policy`` header on one UTC day:
-    the same buckets, counters and script arguments for each, so a worker builds them once.
-    A plan with a segmented policy names its buckets after the request's user or property and
-    is never kept."""
+    """What the stage asks Redis for requests of one key and org under one
+    ``floopy-ratelimit-policy`` header on one UTC day: the same buckets, counters and script
+    arguments for each, so a worker builds them once. It is kept by the key's and org's ids and
+    used only for the very objects it was made from (the key cache hands out a new object when
+    it reads a key again, an edited one included), so a changed key or org gets a new plan in
+    its place. A plan with a segmented policy names its buckets after the request's user or
+    property and is never kept."""
 
     api_key: ApiKey
     org: Org
@@ -128,7 +130,7 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
 
 def _plan_for(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) -> _Plan:
     header, now_ms = ctx.meta.ratelimit_policy, ctx.created_at_ms
-    memo = (id(key), id(org), header, utc_day(now_ms))
+    memo = (key.key_id, org.org_id, header, utc_day(now_ms))
     plan = deps.plans.get(memo)
     if plan is not None and plan.api_key is key and plan.org is org:
         return plan
@@ -136,7 +138,7 @@ def _plan_for(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) -> _
     if not plan.segmented:
         if len(deps.plans) >= PLANS_MAX:
             deps.plans.clear()
-        deps.plans[memo] = plan  # it holds key and org: their ids are not reused meanwhile
+        deps.plans[memo] = plan  # a key or org read again replaces its own plan
     return plan
 
 

@@ -83,6 +83,7 @@ def test_an_edited_key_or_org_gets_a_new_plan() -> None:
     assert edited is not old and "200" in edited.call.args and "200" not in old.call.args
     same_values = _key(daily_tokens=200)  # equal, but another object: planned again
     assert _plan(deps, same_values, org) is not edited
+    assert len(deps.plans) == 1  # each in the place of the one before
     assert (
         _plan(deps, same_values, Org(org_id="o", rate_limit_policy="9;w=60")).policies[0][1].quota
         == 9
