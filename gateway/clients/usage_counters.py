@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from gateway.clients.command_batch import script_batch
 from gateway.clients.stored_fields import aw
 from gateway.domain import UsageEntry
-from gateway.policy.keys import Usage, day_period, month_period
+from gateway.policy.keys import Usage, day_period, month_period, utc_day
 from shared.redis_client import is_cluster
 from shared.redis_keys import RedisKeys
 
@@ -61,7 +61,7 @@ def _period_end_of_day(day: int, monthly: bool) -> int:
 
 def usage_expiry_s(now_ms: int, monthly: bool) -> int:
     """When a usage counter of the period holding ``now_ms`` may go (a grace after its end)."""
-    return _period_end_of_day(now_ms // 86_400_000, monthly)
+    return _period_end_of_day(utc_day(now_ms), monthly)
 
 
 SEEN_BLOCK = 1 << 16
@@ -131,7 +131,7 @@ def add_usage_call(
     expire: list[int] = []
     rows: list[str | int | float] = []
     for e in entries:
-        group = (e.key_id, e.org_id, e.now_ms // 86_400_000)
+        group = (e.key_id, e.org_id, utc_day(e.now_ms))
         c = counters.get(group)
         if c is None:
             c = counters[group] = len(counter_keys) + 1

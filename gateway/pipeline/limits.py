@@ -81,7 +81,6 @@ class _Plan:
     policy_header: str
     charges: tuple[Bucket, ...]
     """Token and cost buckets, charged after the response."""
-    segmented: bool
 
 
 async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
@@ -105,7 +104,7 @@ async def run(ctx: RequestContext, deps: LimitsDeps) -> None:
     decisions = admission.decisions
     ctx.response_headers.update(
         rate_limit_headers(
-            plan.policies, [(d.remaining, d.reset_ms) for d in decisions], plan.policy_header
+            plan.policy_header, plan.policies, [(d.remaining, d.reset_ms) for d in decisions]
         )
     )
     d_tok, d_cost, m_tok, m_cost = admission.usage
@@ -135,7 +134,7 @@ def _plan_for(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) -> _
     if plan is not None and plan.api_key is key and plan.org is org:
         return plan
     plan = _build_plan(ctx, key, org, deps)
-    if not plan.segmented:
+    if not any(b.segmented for b in plan.call.buckets):
         if len(deps.plans) >= PLANS_MAX:
             deps.plans.clear()
         deps.plans[memo] = plan  # a key or org read again replaces its own plan
@@ -185,5 +184,4 @@ def _build_plan(ctx: RequestContext, key: ApiKey, org: Org, deps: LimitsDeps) ->
         call=limits_call(buckets, gates),
         policy_header=ratelimit_policy_header(policies),
         charges=tuple(b for b in buckets if b.policy.unit is not Unit.REQUEST),
-        segmented=any(b.segmented for b in buckets),
     )

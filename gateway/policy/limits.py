@@ -33,7 +33,6 @@ from gateway.policy.ratelimit import (
     cost_units,
     parse_policy,
     ratelimit_header,
-    ratelimit_policy_header,
     retry_after_header,
 )
 from shared.errors import (
@@ -102,18 +101,16 @@ def quota_gate(plan: Plan) -> int | None:
 
 
 def rate_limit_headers(
+    policy_header: str,
     policies: Sequence[tuple[str, RateLimitPolicy]],
     remaining_and_reset_ms: Sequence[tuple[int, int]],
-    policy_header: str | None = None,
 ) -> dict[str, str]:
-    """``policy_header``: ``ratelimit_policy_header(policies)`` when the caller made it already
-    (it is the same for every request under these policies)."""
+    """``policy_header``: ``ratelimit_policy_header(policies)``, the same for every request under
+    these policies (the limits stage makes it once per plan)."""
     states = [
         (name, remaining, reset_ms)
         for (name, _), (remaining, reset_ms) in zip(policies, remaining_and_reset_ms, strict=True)
     ]
-    if policy_header is None:
-        policy_header = ratelimit_policy_header(list(policies))
     return {"RateLimit-Policy": policy_header, "RateLimit": ratelimit_header(states)}
 
 

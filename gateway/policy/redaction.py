@@ -85,7 +85,7 @@ def recorded_request_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]
         if name in kept:
             kept[name] = _clip(f"{kept[name]}, {value}")
         elif len(kept) < _MAX_HEADERS:
-            kept[name] = value if len(value) <= _MAX_VALUE_CHARS else _clip(value)
+            kept[name] = _clip(value)
     return kept
 
 

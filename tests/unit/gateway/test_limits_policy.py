@@ -15,7 +15,7 @@ from gateway.policy.limits import (
     refusal,
     scope_of,
 )
-from gateway.policy.ratelimit import parse_policy
+from gateway.policy.ratelimit import parse_policy, ratelimit_policy_header
 from shared.errors import (
     BadRequestError,
     MonthlyLimitExceededError,
@@ -60,7 +60,9 @@ def test_quota_gate_counts_only_with_overage() -> None:
 
 def test_headers() -> None:
     policies = [("org", parse_policy("100;w=60")), ("key", parse_policy("5;w=10;u=token"))]
-    headers = rate_limit_headers(policies, [(99, 600), (0, 10_001)])
+    headers = rate_limit_headers(
+        ratelimit_policy_header(policies), policies, [(99, 600), (0, 10_001)]
+    )
     assert headers == {
         "RateLimit-Policy": '"org";q=100;w=60, "key";q=5;w=10;qu="token"',
         "RateLimit": '"org";r=99;t=1, "key";r=0;t=11',
