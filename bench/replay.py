@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-records", type=int, default=5000)
+    parser.add_argument(
+        "--insert-records",
+        default="50000",
+        help="records per INSERT (comma-separated: one run per value, after --writers)",
+    )
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument(
         "--writers",
@@ -104,18 +109,31 @@ def main(argv: list[str] | None = None) -> int:
             f"mean {size / args.records:.0f} bytes in {files} file(s)",
             flush=True,
         )
-        for run, writer in enumerate(args.writers.split(",")):
+        runs = [
+            (writer, int(records))
+            for writer in args.writers.split(",")
+            for records in args.insert_records.split(",")
+        ]
+        for run, (writer, insert_records) in enumerate(runs):
             copy = env.scratch / f"spool-{run}"
             shutil.copytree(spool, copy)
-            if not _replay_once(env, copy, writer, run, size=size, args=args):
+            if not _replay_once(env, copy, (writer, insert_records), run, size=size, args=args):
                 return 1
     return 0
 
 
 def _replay_once(
-    env: BenchEnv, spool: Path, writer: str, run: int, *, size: int, args: argparse.Namespace
+    env: BenchEnv,
+    spool: Path,
+    how: tuple[str, int],
+    run: int,
+    *,
+    size: int,
+    args: argparse.Namespace,
 ) -> bool:
-    """Replay ``spool`` into a fresh database with ``writer``; print its RESULT line."""
+    """Replay ``spool`` into a fresh database with ``how`` (writer, records per insert); print
+    its RESULT line."""
+    writer, insert_records = how
     bulk = {"bulk": True, "driver": False}[writer]
     settings = env.clickhouse.model_copy(
         update={"bulk_writer": bulk, "database": f"bench_replay_{run}"}
@@ -131,7 +149,13 @@ def _replay_once(
             raise _Deadline(f"stopped at {done}/{total} bytes")
 
     delivery = Delivery(settings, env.scratch / "dead")
-    replayer = Replayer(spool, Sink.REQUESTS, delivery, batch_records=args.batch_records)
+    replayer = Replayer(
+        spool,
+        Sink.REQUESTS,
+        delivery,
+        batch_records=args.batch_records,
+        insert_records=insert_records,
+    )
     wait_for_merges(settings)
     client_cpu, server_cpu = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
     started = time.perf_counter()
@@ -149,7 +173,7 @@ def _replay_once(
     per_record = 1e6 / max(report.records, 1)
     peak = _rss_kib("VmHWM") if reset else max(sampled)
     print(
-        f"RESULT writer={writer} "
+        f"RESULT writer={writer} insert_records={insert_records} "
         f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
         f"records={report.records} status={report.status} seconds={seconds:.2f} "
         f"records_per_s={report.records / seconds:.0f} "

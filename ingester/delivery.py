@@ -21,7 +21,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,13 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from ingester.columns import build_columns, invalid_rows
+from ingester.columns import Columns, build_columns, invalid_rows
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.decode import PreparedBatch, Rows, prepare, row_payload
 from ingester.metrics import delivery_counters
 from ingester.sink import ClickHouseSink
 from shared.backoff import Backoff
-from shared.errors import PoisonBatchError, SinkUnavailableError
+from shared.errors import PipelineError, PoisonBatchError, SinkUnavailableError
 from shared.settings import ClickHouseSettings
 from shared.streams import Sink
 
@@ -72,7 +73,8 @@ class Delivery:
         self._dead_letters = {s: DeadLetterFile(dead_letter_dir, s) for s in Sink}
         self.counters = delivery_counters()
         """Totals since the Delivery was made: inserted, dead_lettered, retries, unavailable,
-        bisections (``ingester.metrics``)."""
+        bisections, split_inserts (a group of ``append_groups`` failed, to be sent again a
+        batch at a time; ``ingester.metrics``)."""
         self._retrying = Retrying(
             stop=stop_after_attempt(max(1, attempts)),
             wait=Backoff(backoff_s, max(backoff_s, 0.0) * 16).wait(),
@@ -97,11 +99,33 @@ class Delivery:
             self.counters.inc("unavailable")
             log.error("clickhouse unavailable sink=%s batch=%d", sink, batch.payloads)
             raise
-        self._dead_letters[sink].append(letters)
-        self.counters.inc("inserted", inserted)
-        self.counters.inc("dead_lettered", len(letters))
-        log.info("delivered sink=%s inserted=%d dead_lettered=%d", sink, inserted, len(letters))
-        return DeliveryReport(inserted=inserted, dead_lettered=len(letters))
+        return self._settled(sink, inserted, letters)
+
+    def append_groups(
+        self, sink: Sink, groups: Iterable[Iterable[PreparedBatch]]
+    ) -> Iterator[DeliveryReport | PipelineError]:
+        """Each group of prepared batches of ``sink`` as one INSERT, each batch sent as its
+        group yields it, so the caller holds one batch at a time while ClickHouse writes a
+        group as one part (``ClickHouseSink.insert_groups``): the replay of a spool in small
+        batches. Yields, in order, each group's report or the error it failed with.
+
+        No retry and no bisection: after a ``SinkUnavailableError`` or ``PoisonBatchError``
+        nothing of that group may be assumed inserted nor dead-lettered; the caller sends its
+        batches again through ``append``, one by one, which retries and sets poison aside."""
+        letters_of: deque[list[DeadLetter]] = deque()
+
+        def columns_of(group: Iterable[PreparedBatch]) -> Iterator[Columns]:
+            letters: list[DeadLetter] = []
+            letters_of.append(letters)
+            return _columns(group, letters)
+
+        for outcome in self._sink.insert_groups(sink, map(columns_of, groups)):
+            letters = letters_of.popleft()
+            if isinstance(outcome, PipelineError):
+                self.counters.inc("split_inserts")
+                yield outcome
+            else:
+                yield self._settled(sink, outcome, letters)
 
     def ping(self) -> bool:
         """ClickHouse answers SELECT 1 now."""
@@ -109,6 +133,14 @@ class Delivery:
 
     def close(self) -> None:
         self._sink.close()
+
+    def _settled(self, sink: Sink, inserted: int, letters: list[DeadLetter]) -> DeliveryReport:
+        """The rows are in: the dead letters are written, and only then is it reported."""
+        self._dead_letters[sink].append(letters)
+        self.counters.inc("inserted", inserted)
+        self.counters.inc("dead_lettered", len(letters))
+        log.info("delivered sink=%s inserted=%d dead_lettered=%d", sink, inserted, len(letters))
+        return DeliveryReport(inserted=inserted, dead_lettered=len(letters))
 
     def _insert_all(self, batch: PreparedBatch, letters: list[DeadLetter]) -> int:
         sink, rows = batch.sink, batch.rows
@@ -146,3 +178,10 @@ class Delivery:
         self.counters.inc("retries")
         exc: Any = state.outcome.exception() if state.outcome else None
         log.warning("clickhouse insert retry %d: %s", state.attempt_number, exc)
+
+
+def _columns(batches: Iterable[PreparedBatch], letters: list[DeadLetter]) -> Iterator[Columns]:
+    """Each batch's columns, its dead letters into ``letters`` as it goes."""
+    for batch in batches:
+        letters.extend(batch.letters)
+        yield batch.columns

@@ -56,6 +56,7 @@ def replayer(settings: IngesterSettings, sink: Sink, through: Delivery) -> Repla
         sink,
         through,
         batch_records=settings.replay_batch_records,
+        insert_records=settings.replay_insert_records,
         stale_after_s=settings.lock_stale_after_s,
     )
 

@@ -79,8 +79,8 @@ SPOOL_DROPPED_BYTES = Gauge(
 _INGESTER_EVENTS = Counter(
     "floopy_ingester_events",
     "What the ingester's parts did besides moving records: ClickHouse insert retries, batches "
-    "found unavailable, poison bisections (delivery); replay-lock heartbeats that failed (lock); "
-    "arq polls of Redis that failed (worker).",
+    "found unavailable, poison bisections, replay inserts split into batches (delivery); "
+    "replay-lock heartbeats that failed (lock); arq polls of Redis that failed (worker).",
     ("component", "event"),
 )
 
@@ -92,7 +92,13 @@ def ingester_events(component: str, *events: str) -> CounterSet:
 
 def delivery_counters() -> CounterSet:
     return ingester_events(
-        "delivery", "inserted", "dead_lettered", "retries", "unavailable", "bisections"
+        "delivery",
+        "inserted",
+        "dead_lettered",
+        "retries",
+        "unavailable",
+        "bisections",
+        "split_inserts",
     )
 
 

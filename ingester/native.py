@@ -17,7 +17,11 @@ Invariants:
   seconds, Nullable and Array of those); any other type the server names (LowCardinality on a
   newer server, nested arrays) is written by the driver's own column writer, so a server with a
   different schema still gets a correct block, only a slower one.
-- Compressed connections and numpy mode go through the driver unchanged.
+- Compressed connections go through the driver's block writer, numpy mode through the driver
+  unchanged.
+- A columnar insert may be a generator of blocks (each a list of columns): they go out one
+  after another in the same INSERT, each written when the generator yields it, so the caller
+  holds one block at a time while the server gathers them (``ClickHouseSink.insert_groups``).
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, chain
+from types import GeneratorType
 from typing import Any
 
 from clickhouse_driver import Client, defines, errors
 from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
 from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.util.helpers import column_chunks
 from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str, write_binary_uint8
 
@@ -180,8 +186,43 @@ def write_block(
     out.flush()
 
 
+def _chunks(columns: Sequence[Sequence[Any]], step: int) -> Iterator[Sequence[Sequence[Any]]]:
+    """``columns`` in blocks of at most ``step`` rows (itself when it fits)."""
+    n_rows = len(columns[0]) if columns else 0
+    if n_rows <= step:
+        if n_rows:
+            yield columns
+        return
+    for start in range(0, n_rows, step):
+        yield [column[start : start + step] for column in columns]
+
+
 class BulkInsertClient(Client):  # type: ignore[misc]  # the driver is untyped
-    """``Client`` whose columnar inserts are packed by ``write_block``."""
+    """``Client`` whose columnar inserts are packed by ``write_block`` (or, with ``bulk``
+    off, by the driver's own block writer: to compare the two), and whose columnar insert
+    may be a stream of blocks, sent in two halves so that another connection can send while
+    the server writes this one's part (``ingester.sink.ClickHouseSink.insert_groups``)."""
+
+    bulk = True
+
+    def send_insert(self, query: str, blocks: Iterator[Sequence[Sequence[Any]]]) -> int:
+        """The first half of a streamed insert: the query and each block as ``blocks`` yields
+        it, then the end of the data; returns the rows sent. On any error the connection is
+        dropped (as ``execute`` does)."""
+        with self.disconnect_on_error(query, None):
+            self.connection.send_query(query)
+            self.connection.send_external_tables(None)
+            sample_block = self.receive_sample_block()
+            stream = (columns for columns in blocks)  # a generator: a stream of blocks
+            return self.send_data(sample_block, stream, columnar=True)
+
+    def end_insert(self) -> None:
+        """The second half: the server's answer once it stored the rows (or its error)."""
+        try:
+            self.receive_end_of_insert_query()
+        except BaseException:
+            self.disconnect()
+            raise
 
     def send_data(
         self,
@@ -191,23 +232,29 @@ class BulkInsertClient(Client):  # type: ignore[misc]  # the driver is untyped
         columnar: bool = False,
     ) -> int:
         connection = self.connection
-        if (
-            not columnar
-            or types_check
-            or connection.compression
-            or connection.context.client_settings["use_numpy"]
-        ):
+        streamed = isinstance(data, GeneratorType)
+        if not columnar or connection.context.client_settings["use_numpy"]:
+            if streamed:
+                raise TypeError("a stream of blocks is for columnar inserts without numpy")
             return int(super().send_data(sample_block, data, types_check, columnar))
+        ours = self.bulk and not types_check and not connection.compression
         step = connection.context.client_settings["insert_block_size"]
-        rows = len(data[0]) if data else 0
         revision = connection.server_info.used_revision
-        for start in range(0, rows, step):
-            chunk = data if rows <= step else [column[start : start + step] for column in data]
-            write_varint(ClientPacketTypes.DATA, connection.fout)
-            if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
-                write_binary_str("", connection.fout)  # the table name: none for an insert
-            write_block(connection.fout, connection.context, sample_block.columns_with_types, chunk)
-            self.receive_profile_events()
+        types = sample_block.columns_with_types
+        rows = 0
+        for columns in data if streamed else (data,):
+            # the driver slices into lists for its own block writer
+            slicer = _chunks if ours else column_chunks
+            for chunk in slicer(columns, step):
+                if ours:
+                    write_varint(ClientPacketTypes.DATA, connection.fout)
+                    if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+                        write_binary_str("", connection.fout)  # the table name: none here
+                    write_block(connection.fout, connection.context, types, chunk)
+                else:
+                    connection.send_data(ColumnOrientedBlock(types, chunk, types_check=types_check))
+                self.receive_profile_events()
+            rows += len(columns[0]) if columns else 0
         connection.send_data(ColumnOrientedBlock())  # an empty block ends the data
         self.receive_profile_events()
         return rows

@@ -70,6 +70,10 @@ class IngesterSettings(BaseSettings):
 
     replay_check_interval_s: float = Field(default=5.0, gt=0)
     replay_batch_records: int = Field(default=5000, gt=0)
+    replay_insert_records: int = Field(default=50_000, gt=0)
+    """Records per INSERT of a replay, sent ``replay_batch_records`` at a time: ClickHouse
+    holds up to this many (and at most its ``min_insert_block_size_bytes``, 256 MiB) and
+    writes them as one part (``ingester.replay``)."""
     lock_stale_after_s: float = Field(default=30.0, gt=0)
 
     retention_default_days: int = Field(default=30, ge=1)

@@ -13,10 +13,12 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from clickhouse_driver import Client
 
 from devstack.servers import ClickHouseServer
+from ingester.dead_letter import DeadLetterFile
 from ingester.delivery import Delivery
 from ingester.lock import lock_path, read_lock
 from ingester.replay import Replayer, ReplayReport, ReplayStatus, pending_files
@@ -262,3 +264,77 @@ def test_rotation_drops_are_counted_and_the_rest_replays(
     delivery.close()
     assert report.status is ReplayStatus.DONE
     assert _counts(database) == (remaining, remaining)
+
+
+def _inserted_parts(settings: ClickHouseSettings) -> int:
+    """Parts the inserts wrote (level 0), merged away or not."""
+    ((parts,),) = _query(
+        settings,
+        "SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'requests' "
+        "AND level = 0",
+    )
+    return int(parts)
+
+
+def test_a_replay_sends_insert_records_per_insert_a_batch_at_a_time(
+    database: ClickHouseSettings, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    _spool(spool, _payloads(3200))
+    delivery = _delivery(database, tmp_path)
+    replayer = Replayer(spool, SINK, delivery, batch_records=400, insert_records=1200)
+    report = replayer.replay()
+    delivery.close()
+    assert (report.status, report.inserted) == (ReplayStatus.DONE, 3200)
+    assert _counts(database) == (3200, 3200)
+    assert _inserted_parts(database) == 3  # 1,200 + 1,200 + 800: one part per insert
+    assert delivery.counters.get("split_inserts") == 0
+
+
+def test_poison_in_an_insert_of_several_batches_is_set_aside_and_the_rest_replayed(
+    database: ClickHouseSettings, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    payloads = _payloads(3000)
+    poison = msgspec.json.decode(payloads[1700]) | {"prompt_tokens": -5}
+    payloads[1700] = msgspec.json.encode(poison)
+    _spool(spool, payloads)
+    delivery = _delivery(database, tmp_path)
+    report = Replayer(spool, SINK, delivery, batch_records=500, insert_records=1500).replay()
+    delivery.close()
+    assert report.status is ReplayStatus.DONE
+    assert (report.records, report.inserted, report.dead_lettered) == (3000, 2999, 1)
+    assert delivery.counters.get("split_inserts") == 1  # the second insert, sent again
+    assert _counts(database) == (2999, 2999)
+    letters = list(DeadLetterFile(tmp_path / "dead", SINK).read())
+    assert [letter.payload for letter in letters] == [payloads[1700]]
+    assert pending_files(spool, SINK) == []
+
+
+def test_clickhouse_killed_mid_replay_loses_and_doubles_nothing(
+    clickhouse_factory: Callable[[], ClickHouseServer], tmp_path: Path
+) -> None:
+    server = clickhouse_factory()
+    settings = _settings(server)
+    migrate(settings)
+    spool = tmp_path / "spool"
+    n = 6000
+    _spool(spool, _payloads(n), batch=1000)
+    delivery = _delivery(settings, tmp_path)
+    replayer = Replayer(spool, SINK, delivery, batch_records=500, insert_records=1500)
+
+    def kill_after_the_first_insert(done: int, total: int) -> None:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+
+    report = replayer.replay(progress=kill_after_the_first_insert)
+    assert report.status is ReplayStatus.UNAVAILABLE
+    assert 0 < report.inserted < n
+    assert pending_files(spool, SINK) != []
+
+    server.start()
+    report = replayer.replay()
+    delivery.close()
+    assert report.status is ReplayStatus.DONE
+    assert _counts(settings) == (n, n)
+    assert pending_files(spool, SINK) == []

@@ -92,3 +92,62 @@ def test_unreachable_server_is_transient_and_ping_says_so(
         assert sink.insert(Sink.REQUESTS, _columns(request_payload(1))) == 1
     finally:
         sink.close()
+
+
+def _inserted_parts(settings: ClickHouseSettings) -> int:
+    """Parts the inserts wrote (level 0), merged away or not."""
+    rows = query(
+        settings,
+        "SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'requests' "
+        "AND level = 0",
+    )
+    return int(rows[0][0])
+
+
+def test_a_group_of_blocks_is_one_insert_and_one_part(
+    sink: ClickHouseSink, settings: ClickHouseSettings
+) -> None:
+    groups = [
+        [_columns(*(request_payload(g * 100 + b * 10 + i) for i in range(10))) for b in range(3)]
+        for g in range(4)
+    ]
+    assert list(sink.insert_groups(Sink.REQUESTS, groups)) == [30, 30, 30, 30]
+    assert query(settings, "SELECT count() FROM {db}.requests FINAL") == [(120,)]
+    assert _inserted_parts(settings) == 4
+
+
+def test_a_failed_group_comes_with_nothing_in_flight_and_the_others_are_stored(
+    sink: ClickHouseSink, settings: ClickHouseSettings
+) -> None:
+    poison = _columns(request_payload(20, prompt_tokens=-5))
+    groups = [
+        [_columns(request_payload(1)), _columns(request_payload(2))],
+        [_columns(request_payload(10)), poison],
+        [_columns(request_payload(30))],
+        [_columns(request_payload(40))],
+    ]
+    outcomes: list[object] = []
+    for outcome in sink.insert_groups(Sink.REQUESTS, groups):
+        if isinstance(outcome, PoisonBatchError):
+            # the caller sends the failed group again at once, on the same sink
+            assert sink.insert(Sink.REQUESTS, _columns(request_payload(10))) == 1
+        outcomes.append(outcome if isinstance(outcome, int) else type(outcome))
+    assert outcomes == [2, PoisonBatchError, 1, 1]
+    stored = query(settings, "SELECT created_at_ms % 1000 AS n FROM {db}.requests FINAL ORDER BY n")
+    assert [r[0] for r in stored] == [1, 2, 10, 30, 40]
+
+
+def test_a_groups_own_error_is_raised_as_itself_and_the_sink_still_works(
+    sink: ClickHouseSink, settings: ClickHouseSettings
+) -> None:
+    def unreadable() -> Iterator[list[list[object]]]:
+        yield _columns(request_payload(1))
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left") as caught:
+        list(sink.insert_groups(Sink.REQUESTS, [[_columns(request_payload(3))], unreadable()]))
+    assert not isinstance(caught.value, SinkUnavailableError)
+    assert sink.insert(Sink.REQUESTS, _columns(request_payload(2))) == 1
+    # the groups before it were never confirmed: the server may or may not have kept them
+    stored = query(settings, "SELECT created_at_ms % 1000 AS n FROM {db}.requests FINAL ORDER BY n")
+    assert 2 in {r[0] for r in stored}
