@@ -19,10 +19,14 @@ Invariants:
 - A batch ClickHouse confirmed (or the spool holds) whose XACK failed is kept as ids only and
   acked again, before anything else, once Redis answers: it is never inserted again, and an
   old ack error never surfaces in (and abandons) a later batch.
-- Blocking work (ClickHouse, fsync) runs in threads. At most one batch is in flight (being
-  inserted, then acked) while the next one is read, so ClickHouse's write overlaps our read and
-  decode; the ``Delivery`` is still used from one thread at a time, and batches are acked in
-  the order they were read.
+- Blocking work (ClickHouse, fsync) runs in threads. At most one insert is in flight (being
+  sent, answered, then acked) while the next batch is read, so ClickHouse's write overlaps our
+  read and decode. Under a backlog (batches flushed full) that insert stays open and takes
+  each next batch as it is flushed, up to ``insert_records`` records or ``batch_age_s``:
+  ClickHouse writes them as one part, which costs it less than half the CPU per record of a
+  part per batch. A batch flushed by age closes it, so a quiet stream waits no longer. An
+  insert that fails goes again a batch at a time, as a batch alone always went. The
+  ``Delivery`` is used from one thread at a time, and batches are acked in read order.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -39,14 +45,14 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingester.dead_letter import DeadLetter, DeadLetterFile
 from ingester.decode import PreparedBatch, prepare
-from ingester.delivery import DeliveryReport
+from ingester.delivery import Delivery, DeliveryReport
 from ingester.housekeeping import Entry, Housekeeping
 from ingester.metrics import INSERT_SECONDS, Counters
 from ingester.metrics import ConsumerCounter as C
 from ingester.settings import IngesterSettings
 from ingester.sinks import BatchSink
 from ingester.stream_policy import Batch, FlushPolicy
-from shared.errors import SinkUnavailableError
+from shared.errors import PipelineError, SinkUnavailableError
 from shared.metrics import observe
 from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 
@@ -71,7 +77,7 @@ class StreamConsumer:
         redis: Redis,
         sink: Sink,
         *,
-        delivery: BatchSink[PreparedBatch, DeliveryReport],
+        delivery: Delivery,
         spool: BatchSink[Sequence[bytes], None],
         settings: IngesterSettings,
         counters: Counters,
@@ -98,6 +104,8 @@ class StreamConsumer:
         )
         self._stopping = asyncio.Event()
         self._in_flight: asyncio.Task[None] | None = None
+        self._open: _Insert | None = None
+        """The insert that takes the next batch flushed full, if it is still open."""
         self._unacked: list[bytes] = []
         """Ids of confirmed batches whose XACK failed (Redis down); acked first when it is back."""
         self._reread_own = True
@@ -154,6 +162,8 @@ class StreamConsumer:
 
     async def _step(self) -> None:
         now = self._clock()
+        if self._open is not None and now - self._open.opened_at >= self._policy.max_age_s:
+            await self._close_insert()
         if self._chores.claims.due(now):
             self._chores.claims.mark(now)
             await self._reclaim()
@@ -218,6 +228,7 @@ class StreamConsumer:
     async def _settle(self) -> None:
         """Wait for the batch in flight. ``_deliver`` keeps a failed XACK's ids for later, so
         only a bug of ours surfaces here, in the consumer's loop."""
+        await self._close_insert()
         task, self._in_flight = self._in_flight, None
         if task is not None:
             await task
@@ -239,30 +250,102 @@ class StreamConsumer:
         if not self._batch.ids:
             return
         ids, payloads = list(self._batch.ids), list(self._batch.payloads)
-        # decoded while the batch in flight waits on ClickHouse (see ingester.decode)
+        full = len(ids) >= self._policy.max_records  # more is waiting: keep the insert open
+        # decoded while the insert in flight sends or waits on ClickHouse (see ingester.decode)
         prepared = await asyncio.to_thread(prepare, self.sink, payloads)
-        await self._settle()
+        if self._open is None:
+            await self._settle()
         self._batch.clear()  # only now: an error above leaves the batch in hand, not abandoned
-        self._in_flight = asyncio.create_task(self._deliver(ids, payloads, prepared))
+        insert = self._open or self._start_insert()
+        insert.batches.append((ids, payloads))
+        insert.records += len(ids)
+        await asyncio.to_thread(insert.blocks.put, prepared)  # once the one before is taken
+        aged = self._clock() - insert.opened_at >= self._policy.max_age_s
+        if not full or aged or insert.records >= self._settings.insert_records:
+            await self._close_insert()
+
+    def _start_insert(self) -> _Insert:
+        insert = _Insert(queue.Queue(maxsize=1), self._clock())
+        self._open = insert
+        self._in_flight = asyncio.create_task(self._deliver_insert(insert))
+        return insert
+
+    async def _close_insert(self) -> None:
+        insert, self._open = self._open, None
+        if insert is not None:
+            await asyncio.to_thread(insert.blocks.put, None)
+
+    async def _deliver_insert(self, insert: _Insert) -> None:
+        """One INSERT of the batches flushed into ``insert`` until it closed, then the acks. If
+        ClickHouse was unavailable its batches go to the spool; if it refused poison, they go
+        again one by one as a batch alone goes (retries, poison set aside, the spool once
+        ClickHouse is unavailable)."""
+        started = time.perf_counter()
+        outcome = await asyncio.to_thread(self._send, insert.blocks)
+        observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
+        if isinstance(outcome, DeliveryReport):
+            self._count(outcome)
+            await self._acked(insert.ids())
+            return
+        log.warning(
+            "insert of %d batches (%d records) on %s failed, sent again one by one: %s",
+            len(insert.batches),
+            insert.records,
+            self.key,
+            outcome,
+        )
+        # unavailable: to the spool without retries (they would add to the entries' hold);
+        # poison: each batch alone, with retries and bisection, until one finds it unavailable
+        cause = outcome if isinstance(outcome, SinkUnavailableError) else None
+        for ids, payloads in insert.batches:
+            if cause is None:
+                prepared = await asyncio.to_thread(prepare, self.sink, payloads)
+                cause = await self._deliver(ids, payloads, prepared)
+            else:
+                await self._spool_or_keep(ids, payloads, cause)
+
+    def _send(self, blocks: queue.Queue[PreparedBatch | None]) -> DeliveryReport | PipelineError:
+        """The batches put into ``blocks`` until None, as one INSERT (in a thread)."""
+        taken: Iterator[PreparedBatch] = iter(blocks.get, None)
+        (outcome,) = self._delivery.append_groups(self.sink, [taken])
+        for _ in taken:  # a failed insert stops taking: take the rest, so no put ever waits
+            pass
+        return outcome
 
     async def _deliver(
         self, ids: list[bytes], payloads: list[bytes], prepared: PreparedBatch
-    ) -> None:
+    ) -> SinkUnavailableError | None:
+        """One batch alone; the error when ClickHouse was unavailable (then it was spooled,
+        or left pending if even the spool failed)."""
         started = time.perf_counter()
         try:
             report = await asyncio.to_thread(self._delivery.append, prepared)
         except SinkUnavailableError as exc:
             observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
-            if not await self._spool_batch(payloads, exc):
-                self._reread_own = True  # retried from our pending entries after the backoff
-                return
+            await self._spool_or_keep(ids, payloads, exc)
+            return exc
+        observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
+        self._count(report)
+        await self._acked(ids)
+        return None
+
+    def _count(self, report: DeliveryReport) -> None:
+        self._counters.inc(self.sink, C.INSERTED, report.inserted)
+        self._counters.inc(self.sink, C.DEAD_LETTERED, report.dead_lettered)
+        log.debug(
+            "insert on %s: %d inserted, %d dead", self.key, report.inserted, report.dead_lettered
+        )
+
+    async def _spool_or_keep(
+        self, ids: list[bytes], payloads: list[bytes], cause: Exception
+    ) -> None:
+        if await self._spool_batch(payloads, cause):
+            await self._acked(ids)
         else:
-            observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
-            self._counters.inc(self.sink, C.INSERTED, report.inserted)
-            self._counters.inc(self.sink, C.DEAD_LETTERED, report.dead_lettered)
-            log.debug(
-                "batch on %s: %d inserted, %d dead", self.key, report.inserted, report.dead_lettered
-            )
+            self._reread_own = True  # retried from our pending entries after the backoff
+
+    async def _acked(self, ids: list[bytes]) -> None:
+        """Ack entries that are durable; if the XACK fails, keep their ids for later."""
         try:
             await self._ack(ids)
         except RedisError as exc:
@@ -324,3 +407,21 @@ def _entries(response: Any) -> list[Entry]:
     if not response:
         return []
     return list(response[0][1])
+
+
+@dataclass
+class _Insert:
+    """An INSERT open to the batches flushed full (a backlog): each is sent as it comes and
+    ClickHouse writes them all as one part, as for a replay (``Delivery.append_groups``). It
+    closes at ``insert_records``, at ``batch_age_s``, or with the first batch not full, so a
+    quiet stream's records wait no longer than before."""
+
+    blocks: queue.Queue[PreparedBatch | None]
+    opened_at: float
+    batches: list[tuple[list[bytes], list[bytes]]] = field(default_factory=list)
+    """Each batch's entry ids and payloads, for the acks and, if the insert fails, to send
+    again one by one (or spool)."""
+    records: int = 0
+
+    def ids(self) -> list[bytes]:
+        return [entry_id for ids, _ in self.batches for entry_id in ids]

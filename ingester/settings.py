@@ -58,6 +58,11 @@ class IngesterSettings(BaseSettings):
 
     batch_records: int = Field(default=5000, gt=0)
     batch_age_s: float = Field(default=1.0, gt=0)
+    insert_records: int = Field(default=25_000, gt=0)
+    """Under a backlog (batches flushed full), up to this many records of a stream go to
+    ClickHouse in one INSERT, a batch at a time, for at most ``batch_age_s``: ClickHouse writes
+    them as one part (``ingester.consume``). The consumer keeps their payloads until the
+    insert is confirmed (~3.5 KB per record)."""
     read_block_ms: int = Field(default=1000, gt=0)
     insert_attempts: int = Field(default=3, ge=1)
     insert_backoff_s: float = Field(default=0.2, ge=0)
@@ -100,8 +105,12 @@ class IngesterSettings(BaseSettings):
 
     @property
     def max_hold_s(self) -> float:
-        """Longest a live consumer holds an entry unacknowledged (see the module docstring)."""
-        return self.batch_age_s + self.read_block_ms / 1000 + 2 * self.insert_budget_s
+        """Longest a live consumer holds an entry unacknowledged (see the module docstring):
+        its batch's age, the insert before it (answered, and if that failed its batches again:
+        ``insert_budget_s``), then its own insert's age (``insert_records``) and the same."""
+        age = self.batch_age_s + self.read_block_ms / 1000
+        one_attempt = self.clickhouse.connect_timeout_s + self.clickhouse.send_receive_timeout_s
+        return 2 * age + 2 * (one_attempt + self.insert_budget_s)
 
     @property
     def arq_url(self) -> str:
@@ -128,7 +137,9 @@ class IngesterSettings(BaseSettings):
         if self.claim_min_idle_s < needed:
             raise ValueError(
                 f"claim_min_idle_s={self.claim_min_idle_s} must be at least {needed:.1f}: "
-                f"{CLAIM_SAFETY_FACTOR}x (batch_age_s + read_block_ms + insert budget "
-                f"{self.insert_budget_s:.1f}s), or live consumers' batches get claimed"
+                f"{CLAIM_SAFETY_FACTOR}x the longest a live consumer holds an entry "
+                f"({self.max_hold_s:.1f}s: two batch ages and two inserts, each with its "
+                f"retries, budget {self.insert_budget_s:.1f}s), or live consumers' batches get "
+                "claimed"
             )
         return self

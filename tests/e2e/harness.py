@@ -84,7 +84,7 @@ class Floopy:
             "FLOOPY_INGESTER_INSERT_ATTEMPTS": "2",
             "FLOOPY_INGESTER_INSERT_BACKOFF_S": "0.1",
             "FLOOPY_INGESTER_REPLAY_CHECK_INTERVAL_S": "0.5",
-            "FLOOPY_INGESTER_CLAIM_MIN_IDLE_S": "60",
+            "FLOOPY_INGESTER_CLAIM_MIN_IDLE_S": "80",
             **self.extra_env,
             **extra,
         }

@@ -47,7 +47,7 @@ def make_settings(redis_url: str, ch_port: int, tmp: Path, **overrides: object) 
         "read_block_ms": 200,
         "insert_attempts": 2,
         "insert_backoff_s": 0.05,
-        "claim_min_idle_s": 30.0,
+        "claim_min_idle_s": 60.0,
         "claim_interval_s": 0.5,
         "trim_interval_s": 0.2,
         "replay_check_interval_s": 0.3,

@@ -155,7 +155,7 @@ def test_killed_replica_entries_are_claimed_by_the_survivor(
         tmp_path,
         FLOOPY_INGESTER_BATCH_RECORDS="200",
         FLOOPY_INGESTER_BATCH_AGE_S="0.2",
-        FLOOPY_INGESTER_CLAIM_MIN_IDLE_S="12.5",
+        FLOOPY_INGESTER_CLAIM_MIN_IDLE_S="19",
     )
     holder = Replica([str(BIN / "floopy-ingester"), "worker"], holder_env, tmp_path / "a.log")
     replicas.append(holder)
