@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
@@ -356,3 +357,52 @@ async def test_requeued_dead_letters_become_rows_and_poison_comes_back(
     assert counts(settings) == (7, 7)
     assert [letter.payload for letter in letters.read()] == [b"{still poison"]
     assert [p.name.split(".dead.")[1][:9] for p in done.files] == ["requeued-"]
+
+
+def inserted_parts(settings: IngesterSettings) -> int:
+    """Parts the inserts wrote (level 0), merged away or not."""
+    client = Client(host="127.0.0.1", port=settings.clickhouse.port)
+    try:
+        rows = client.execute(
+            "SELECT count() FROM system.parts WHERE database = %(db)s AND table = 'requests' "
+            "AND level = 0",
+            {"db": settings.clickhouse.database},
+        )
+        return int(rows[0][0])
+    finally:
+        client.disconnect()
+
+
+async def test_a_backlog_goes_in_inserts_of_insert_records(
+    redis: Redis, redis_server: RedisServer, clickhouse_server: ClickHouseServer, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        redis_server.url, clickhouse_server.port, tmp_path, batch_age_s=2.0, insert_records=250
+    )
+    migrate(settings.clickhouse)
+    key = stream_key(Sink.REQUESTS, settings.redis.key_prefix)
+    await publish(redis, key, 500)  # a backlog: ten full batches of 50
+    counters = await consume_until_acked(redis, settings, 500)
+    assert counts(settings) == (500, 500)
+    assert counters.get(Sink.REQUESTS, ConsumerCounter.INSERTED) == 500
+    assert inserted_parts(settings) == 2  # 250 + 250, each batch sent as it was flushed
+
+
+async def test_poison_in_an_insert_of_several_batches_is_set_aside_alone(
+    redis: Redis, redis_server: RedisServer, clickhouse_server: ClickHouseServer, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        redis_server.url, clickhouse_server.port, tmp_path, batch_age_s=2.0, insert_records=250
+    )
+    migrate(settings.clickhouse)
+    key = stream_key(Sink.REQUESTS, settings.redis.key_prefix)
+    await publish(redis, key, 120)
+    poison = msgspec.json.decode(record_payload()) | {"prompt_tokens": -5}
+    await redis.xadd(key, {RECORD_FIELD: msgspec.json.encode(poison)})
+    await publish(redis, key, 129)
+    counters = await consume_until_acked(redis, settings, 250)
+    assert counts(settings) == (249, 249)
+    assert counters.get(Sink.REQUESTS, ConsumerCounter.INSERTED) == 249
+    assert counters.get(Sink.REQUESTS, ConsumerCounter.DEAD_LETTERED) == 1
+    letters = list(DeadLetterFile(settings.dead_letter_dir, Sink.REQUESTS).read())
+    assert [msgspec.json.decode(letter.payload)["prompt_tokens"] for letter in letters] == [-5]
