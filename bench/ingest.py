@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import count, product
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -131,9 +132,6 @@ class Measurement:
     client_cpu_s: float = 0.0  # the ingesting process (all its threads)
     server_cpu_s: float = 0.0  # clickhouse-server, merges included
     rows_hash: str = ""  # rows_hash() of what the path stored
-    server_records: int = 0
-    """The rows ``server_cpu_s`` paid for, when not ``records``: the stream path times its
-    worker from the first batch, but ClickHouse is measured over every batch."""
 
     @property
     def records_per_s(self) -> float:
@@ -144,8 +142,7 @@ class Measurement:
 
     @property
     def server_us_per_record(self) -> float:
-        rows = self.server_records or self.records
-        return self.server_cpu_s / rows * 1e6 if rows else 0.0
+        return self.us_per_record(self.server_cpu_s)
 
 
 PIN_HELP = "ClickHouse and Redis on CPU 1, the ingesting process (and its threads) on CPU 0"
@@ -338,8 +335,8 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
     deadline: float,
 ) -> Measurement:
     """``entries`` preloaded into ``sink``'s stream, then one ``floopy-ingester worker``
-    process until ClickHouse holds ``rows`` rows of the sink's table; counted after the first
-    batch, timed from its arrival, with the worker process's CPU over that time."""
+    process until ClickHouse holds ``rows`` rows of the sink's table; timed from the worker's
+    first read, with the worker process's CPU over that time."""
     import os
     import signal
     import subprocess
@@ -380,29 +377,34 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
     proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
     if env.pinned:
         pin(proc.pid, MEASURED_CPUS)
-    done = first = 0
+    done = 0
     started = time.perf_counter()
     worker_cpu = 0.0
+    key = stream_key(sink, prefix)
     try:
-        # timed from the first batch seen to the last, so the worker's start-up is not counted
+        # timed from the worker's first read (the group's first delivered entry) to the last
+        # row, so its start-up is not counted and every record is
+        while not _read_started(r, key) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        started, worker_cpu = time.perf_counter(), -cpu_seconds(proc.pid)
         while done < rows and time.monotonic() < deadline:
             time.sleep(0.02)
             done = int(client.execute(f"SELECT count() FROM {RAW_TABLES[sink]}")[0][0])
-            if not first and done:
-                first, started = done, time.perf_counter()
-                worker_cpu = -cpu_seconds(proc.pid)
         seconds = time.perf_counter() - started
         worker_cpu += cpu_seconds(proc.pid)
-        stored, done = done, done - first
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         client.disconnect()
         r.close()
         server.kill()
-    return Measurement(
-        path, batch_size, done, seconds, client_cpu_s=worker_cpu, server_records=stored
-    )
+    return Measurement(path, batch_size, done, seconds, client_cpu_s=worker_cpu)
+
+
+def _read_started(r: Any, key: str) -> bool:
+    """The consumer group exists and has delivered an entry to a consumer."""
+    groups = r.xinfo_groups(key)
+    return bool(groups) and groups[0]["last-delivered-id"] not in (b"0-0", "0-0")
 
 
 def measure_json_http(

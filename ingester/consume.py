@@ -19,14 +19,17 @@ Invariants:
 - A batch ClickHouse confirmed (or the spool holds) whose XACK failed is kept as ids only and
   acked again, before anything else, once Redis answers: it is never inserted again, and an
   old ack error never surfaces in (and abandons) a later batch.
-- Blocking work (ClickHouse, fsync) runs in threads. At most one insert is in flight (being
-  sent, answered, then acked) while the next batch is read, so ClickHouse's write overlaps our
-  read and decode. Under a backlog (batches flushed full) that insert stays open and takes
-  each next batch as it is flushed, up to ``insert_records`` records or ``batch_age_s``:
-  ClickHouse writes them as one part, which costs it less than half the CPU per record of a
-  part per batch. A batch flushed by age closes it, so a quiet stream waits no longer. An
-  insert that fails goes again a batch at a time, as a batch alone always went. The
-  ``Delivery`` is used from one thread at a time, and batches are acked in read order.
+- Blocking work (ClickHouse, fsync) runs in threads. An insert is sent, answered, then acked
+  while the next batches are read, so ClickHouse's write overlaps our read and decode. Under a
+  backlog (batches flushed full) an insert stays open and takes each next batch as it is
+  flushed, up to ``insert_records`` records or ``batch_age_s``: ClickHouse writes them as one
+  part, which costs it less than half the CPU per record of a part per batch. A batch flushed
+  by age closes it, so a quiet stream waits no longer. With two ``Delivery`` objects (two
+  connections) the next insert is sent while the server still writes the last one's part; at
+  most one insert per ``Delivery`` is in flight, and each ``Delivery`` is used from one thread
+  at a time. An insert's entries are acked once it is confirmed, which may be before the
+  insert sent ahead of it. An insert that fails goes again a batch at a time, as a batch
+  alone always went.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import contextlib
 import logging
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +81,7 @@ class StreamConsumer:
         redis: Redis,
         sink: Sink,
         *,
-        delivery: Delivery,
+        deliveries: Sequence[Delivery],
         spool: BatchSink[Sequence[bytes], None],
         settings: IngesterSettings,
         counters: Counters,
@@ -89,7 +93,10 @@ class StreamConsumer:
         self.key = stream_key(sink, settings.redis.key_prefix, shard)
         self.name = settings.consumer_name
         self._redis = redis
-        self._delivery = delivery
+        if not deliveries:
+            raise ValueError("a consumer needs at least one Delivery")
+        self._deliveries = tuple(deliveries)
+        self._turn = 0
         self._spool = spool
         self._settings = settings
         self._counters = counters
@@ -103,7 +110,8 @@ class StreamConsumer:
             settings.dead_letter_dir, sink
         )
         self._stopping = asyncio.Event()
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: deque[asyncio.Task[None]] = deque()
+        """Inserts being sent or answered, oldest first: at most one per Delivery."""
         self._open: _Insert | None = None
         """The insert that takes the next batch flushed full, if it is still open."""
         self._unacked: list[bytes] = []
@@ -229,9 +237,8 @@ class StreamConsumer:
         """Wait for the batch in flight. ``_deliver`` keeps a failed XACK's ids for later, so
         only a bug of ours surfaces here, in the consumer's loop."""
         await self._close_insert()
-        task, self._in_flight = self._in_flight, None
-        if task is not None:
-            await task
+        while self._in_flight:
+            await self._in_flight.popleft()
 
     async def _settle_all(self) -> None:
         """Flush the batch in hand, wait for it, and ack every confirmed batch still unacked.
@@ -254,7 +261,8 @@ class StreamConsumer:
         # decoded while the insert in flight sends or waits on ClickHouse (see ingester.decode)
         prepared = await asyncio.to_thread(prepare, self.sink, payloads)
         if self._open is None:
-            await self._settle()
+            while len(self._in_flight) >= len(self._deliveries):  # a Delivery for the next
+                await self._in_flight.popleft()
         self._batch.clear()  # only now: an error above leaves the batch in hand, not abandoned
         insert = self._open or self._start_insert()
         insert.batches.append((ids, payloads))
@@ -265,9 +273,11 @@ class StreamConsumer:
             await self._close_insert()
 
     def _start_insert(self) -> _Insert:
-        insert = _Insert(queue.Queue(maxsize=1), self._clock())
+        delivery = self._deliveries[self._turn % len(self._deliveries)]
+        self._turn += 1
+        insert = _Insert(delivery, queue.Queue(maxsize=1), self._clock())
         self._open = insert
-        self._in_flight = asyncio.create_task(self._deliver_insert(insert))
+        self._in_flight.append(asyncio.create_task(self._deliver_insert(insert)))
         return insert
 
     async def _close_insert(self) -> None:
@@ -281,7 +291,7 @@ class StreamConsumer:
         again one by one as a batch alone goes (retries, poison set aside, the spool once
         ClickHouse is unavailable)."""
         started = time.perf_counter()
-        outcome = await asyncio.to_thread(self._send, insert.blocks)
+        outcome = await asyncio.to_thread(self._send, insert)
         observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
         if isinstance(outcome, DeliveryReport):
             self._count(outcome)
@@ -300,26 +310,26 @@ class StreamConsumer:
         for ids, payloads in insert.batches:
             if cause is None:
                 prepared = await asyncio.to_thread(prepare, self.sink, payloads)
-                cause = await self._deliver(ids, payloads, prepared)
+                cause = await self._deliver(insert.delivery, ids, payloads, prepared)
             else:
                 await self._spool_or_keep(ids, payloads, cause)
 
-    def _send(self, blocks: queue.Queue[PreparedBatch | None]) -> DeliveryReport | PipelineError:
-        """The batches put into ``blocks`` until None, as one INSERT (in a thread)."""
-        taken: Iterator[PreparedBatch] = iter(blocks.get, None)
-        (outcome,) = self._delivery.append_groups(self.sink, [taken])
+    def _send(self, insert: _Insert) -> DeliveryReport | PipelineError:
+        """The batches put into the insert until None, as one INSERT (in a thread)."""
+        taken: Iterator[PreparedBatch] = iter(insert.blocks.get, None)
+        (outcome,) = insert.delivery.append_groups(self.sink, [taken])
         for _ in taken:  # a failed insert stops taking: take the rest, so no put ever waits
             pass
         return outcome
 
     async def _deliver(
-        self, ids: list[bytes], payloads: list[bytes], prepared: PreparedBatch
+        self, delivery: Delivery, ids: list[bytes], payloads: list[bytes], prepared: PreparedBatch
     ) -> SinkUnavailableError | None:
         """One batch alone; the error when ClickHouse was unavailable (then it was spooled,
         or left pending if even the spool failed)."""
         started = time.perf_counter()
         try:
-            report = await asyncio.to_thread(self._delivery.append, prepared)
+            report = await asyncio.to_thread(delivery.append, prepared)
         except SinkUnavailableError as exc:
             observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
             await self._spool_or_keep(ids, payloads, exc)
@@ -416,6 +426,8 @@ class _Insert:
     closes at ``insert_records``, at ``batch_age_s``, or with the first batch not full, so a
     quiet stream's records wait no longer than before."""
 
+    delivery: Delivery
+    """Its own, used by no other insert until this one settled."""
     blocks: queue.Queue[PreparedBatch | None]
     opened_at: float
     batches: list[tuple[list[bytes], list[bytes]]] = field(default_factory=list)

@@ -105,7 +105,7 @@ class IngesterRuntime:
                 consumer = StreamConsumer(
                     self.redis,
                     sink,
-                    delivery=self._delivery(),
+                    deliveries=(self._delivery(), self._delivery()),  # see ingester.consume
                     spool=spool,
                     settings=s,
                     counters=self.counters,

@@ -117,13 +117,29 @@ async def redis(settings: IngesterSettings) -> AsyncIterator[Redis]:
 
 async def run_consumer(
     redis: Redis, settings: IngesterSettings, counters: Counters
-) -> tuple[StreamConsumer, asyncio.Task[None], Delivery]:
-    delivery = Delivery(settings.clickhouse, settings.dead_letter_dir, attempts=2, backoff_s=0.05)
+) -> tuple[StreamConsumer, asyncio.Task[None], Deliveries]:
+    deliveries = Deliveries(
+        Delivery(settings.clickhouse, settings.dead_letter_dir, attempts=2, backoff_s=0.05)
+        for _ in range(2)
+    )
     spool = SpoolWriter(settings.spool_dir, Sink.REQUESTS)
     consumer = StreamConsumer(
-        redis, Sink.REQUESTS, delivery=delivery, spool=spool, settings=settings, counters=counters
+        redis,
+        Sink.REQUESTS,
+        deliveries=deliveries,
+        spool=spool,
+        settings=settings,
+        counters=counters,
     )
-    return consumer, asyncio.create_task(consumer.run()), delivery
+    return consumer, asyncio.create_task(consumer.run()), deliveries
+
+
+class Deliveries(tuple[Delivery, ...]):
+    """A consumer's two deliveries (two connections), closed together."""
+
+    def close(self) -> None:
+        for delivery in self:
+            delivery.close()
 
 
 async def consume_until_acked(redis: Redis, settings: IngesterSettings, acked: int) -> Counters:
