@@ -132,6 +132,7 @@ class Measurement:
     client_cpu_s: float = 0.0  # the ingesting process (all its threads)
     server_cpu_s: float = 0.0  # clickhouse-server, merges included
     rows_hash: str = ""  # rows_hash() of what the path stored
+    peak_rss_mib: float = 0.0  # the worker process's (stream path only)
 
     @property
     def records_per_s(self) -> float:
@@ -377,7 +378,7 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
     proc = subprocess.Popen([worker_bin, "worker"], env=env_vars, start_new_session=True)
     if env.pinned:
         pin(proc.pid, MEASURED_CPUS)
-    done = 0
+    done = peak_kib = 0
     started = time.perf_counter()
     worker_cpu = 0.0
     key = stream_key(sink, prefix)
@@ -392,13 +393,26 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
             done = int(client.execute(f"SELECT count() FROM {RAW_TABLES[sink]}")[0][0])
         seconds = time.perf_counter() - started
         worker_cpu += cpu_seconds(proc.pid)
+        peak_kib = _peak_rss_kib(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         client.disconnect()
         r.close()
         server.kill()
-    return Measurement(path, batch_size, done, seconds, client_cpu_s=worker_cpu)
+    return Measurement(
+        path, batch_size, done, seconds, client_cpu_s=worker_cpu, peak_rss_mib=peak_kib / 1024
+    )
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """``VmHWM`` of a process, in KiB; 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    peaks = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
+    return peaks[0] if peaks else 0
 
 
 def _read_started(r: Any, key: str) -> bool:
@@ -566,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "
                 f"client_cpu_us_per_record={m.us_per_record(m.client_cpu_s):.1f} "
                 f"clickhouse_cpu_us_per_record={m.server_us_per_record:.1f} "
-                f"record_bytes={mean_size:.0f} rows_hash={m.rows_hash}",
+                f"record_bytes={mean_size:.0f} rows_hash={m.rows_hash}"
+                + (f" worker_peak_rss_mib={m.peak_rss_mib:.0f}" if m.peak_rss_mib else ""),
                 flush=True,
             )
     return 0
