@@ -389,13 +389,22 @@ def inserted_parts(settings: IngesterSettings) -> int:
         client.disconnect()
 
 
-async def test_a_backlog_goes_in_inserts_of_insert_records(
-    redis: Redis, redis_server: RedisServer, clickhouse_server: ClickHouseServer, tmp_path: Path
-) -> None:
+@pytest.fixture
+def grouping(
+    redis_server: RedisServer, clickhouse_server: ClickHouseServer, tmp_path: Path
+) -> IngesterSettings:
+    """Inserts of five batches of 50, closed by size rather than age in these tests."""
     settings = make_settings(
         redis_server.url, clickhouse_server.port, tmp_path, batch_age_s=2.0, insert_records=250
     )
     migrate(settings.clickhouse)
+    return settings
+
+
+async def test_a_backlog_goes_in_inserts_of_insert_records(
+    redis: Redis, grouping: IngesterSettings
+) -> None:
+    settings = grouping
     key = stream_key(Sink.REQUESTS, settings.redis.key_prefix)
     await publish(redis, key, 500)  # a backlog: ten full batches of 50
     counters = await consume_until_acked(redis, settings, 500)
@@ -405,12 +414,9 @@ async def test_a_backlog_goes_in_inserts_of_insert_records(
 
 
 async def test_poison_in_an_insert_of_several_batches_is_set_aside_alone(
-    redis: Redis, redis_server: RedisServer, clickhouse_server: ClickHouseServer, tmp_path: Path
+    redis: Redis, grouping: IngesterSettings
 ) -> None:
-    settings = make_settings(
-        redis_server.url, clickhouse_server.port, tmp_path, batch_age_s=2.0, insert_records=250
-    )
-    migrate(settings.clickhouse)
+    settings = grouping
     key = stream_key(Sink.REQUESTS, settings.redis.key_prefix)
     await publish(redis, key, 120)
     poison = msgspec.json.decode(record_payload()) | {"prompt_tokens": -5}

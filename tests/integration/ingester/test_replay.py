@@ -210,12 +210,20 @@ def test_a_sigkilled_replayer_is_taken_over_and_nothing_is_lost(
     assert not lock_path(spool, SINK).exists()
 
 
+def _own_clickhouse(
+    factory: Callable[[], ClickHouseServer],
+) -> tuple[ClickHouseServer, ClickHouseSettings]:
+    """A ClickHouse of the test's own (to stop or kill), migrated."""
+    server = factory()
+    settings = _settings(server)
+    migrate(settings)
+    return server, settings
+
+
 def test_clickhouse_down_keeps_the_files_and_a_later_replay_finishes(
     clickhouse_factory: Callable[[], ClickHouseServer], tmp_path: Path
 ) -> None:
-    server = clickhouse_factory()
-    settings = _settings(server)
-    migrate(settings)
+    server, settings = _own_clickhouse(clickhouse_factory)
     spool = tmp_path / "spool"
     n = 5000
     _spool(spool, _payloads(n), batch=1000, cap=4 * 2**20)
@@ -314,9 +322,7 @@ def test_poison_in_an_insert_of_several_batches_is_set_aside_and_the_rest_replay
 def test_clickhouse_killed_mid_replay_loses_and_doubles_nothing(
     clickhouse_factory: Callable[[], ClickHouseServer], tmp_path: Path
 ) -> None:
-    server = clickhouse_factory()
-    settings = _settings(server)
-    migrate(settings)
+    server, settings = _own_clickhouse(clickhouse_factory)
     spool = tmp_path / "spool"
     n = 6000
     _spool(spool, _payloads(n), batch=1000)
