@@ -41,8 +41,9 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -63,6 +64,9 @@ from shared.streams import CONSUMER_GROUP, RECORD_FIELD, Sink, stream_key
 __all__ = ["StreamConsumer", "ensure_group"]
 
 log = logging.getLogger(__name__)
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 
 async def ensure_group(redis: Redis, key: str) -> None:
@@ -112,6 +116,12 @@ class StreamConsumer:
         self._stopping = asyncio.Event()
         self._in_flight: deque[asyncio.Task[None]] = deque()
         """Inserts being sent or answered, oldest first: at most one per Delivery."""
+        self._insert_threads = ThreadPoolExecutor(
+            max_workers=len(self._deliveries) + 1, thread_name_prefix=f"insert-{sink}-{shard}"
+        )
+        """An open insert's sender waits for batches for up to ``batch_age_s``: in asyncio's
+        shared pool, a few consumers' senders would leave no thread to prepare a batch. One
+        sender per Delivery, and one thread to hand a sender its next batch."""
         self._open: _Insert | None = None
         """The insert that takes the next batch flushed full, if it is still open."""
         self._unacked: list[bytes] = []
@@ -142,6 +152,7 @@ class StreamConsumer:
                 log.exception("consumer %s on %s failed", self.name, self.key)
                 await self._on_error("unexpected", exc)
         await self._finish()
+        self._insert_threads.shutdown(wait=False, cancel_futures=True)
         log.info("consumer %s stopped on %s: %s", self.name, self.key, self.counters())
 
     def counters(self) -> dict[str, int]:
@@ -234,8 +245,8 @@ class StreamConsumer:
         await self._ack([entry_id for entry_id, _ in poison])
 
     async def _settle(self) -> None:
-        """Wait for the batch in flight. ``_deliver`` keeps a failed XACK's ids for later, so
-        only a bug of ours surfaces here, in the consumer's loop."""
+        """Close the open insert and wait for every insert in flight. ``_acked`` keeps a failed
+        XACK's ids for later, so only a bug of ours surfaces here, in the consumer's loop."""
         await self._close_insert()
         while self._in_flight:
             await self._in_flight.popleft()
@@ -267,7 +278,7 @@ class StreamConsumer:
         insert = self._open or self._start_insert()
         insert.batches.append((ids, payloads))
         insert.records += len(ids)
-        await asyncio.to_thread(insert.blocks.put, prepared)  # once the one before is taken
+        await self._in_insert_thread(insert.blocks.put, prepared)  # once the last is taken
         aged = self._clock() - insert.opened_at >= self._policy.max_age_s
         if not full or aged or insert.records >= self._settings.insert_records:
             await self._close_insert()
@@ -283,7 +294,7 @@ class StreamConsumer:
     async def _close_insert(self) -> None:
         insert, self._open = self._open, None
         if insert is not None:
-            await asyncio.to_thread(insert.blocks.put, None)
+            await self._in_insert_thread(insert.blocks.put, None)
 
     async def _deliver_insert(self, insert: _Insert) -> None:
         """One INSERT of the batches flushed into ``insert`` until it closed, then the acks. If
@@ -291,7 +302,7 @@ class StreamConsumer:
         again one by one as a batch alone goes (retries, poison set aside, the spool once
         ClickHouse is unavailable)."""
         started = time.perf_counter()
-        outcome = await asyncio.to_thread(self._send, insert)
+        outcome = await self._in_insert_thread(self._send, insert)
         observe(INSERT_SECONDS.labels(self.sink.value), time.perf_counter() - started)
         if isinstance(outcome, DeliveryReport):
             self._count(outcome)
@@ -313,6 +324,9 @@ class StreamConsumer:
                 cause = await self._deliver(insert.delivery, ids, payloads, prepared)
             else:
                 await self._spool_or_keep(ids, payloads, cause)
+
+    async def _in_insert_thread(self, fn: Callable[[_A], _R], arg: _A) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._insert_threads, fn, arg)
 
     def _send(self, insert: _Insert) -> DeliveryReport | PipelineError:
         """The batches put into the insert until None, as one INSERT (in a thread)."""

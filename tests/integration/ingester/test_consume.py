@@ -4,6 +4,7 @@ poison entries, and the spool + replay path while ClickHouse is down."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -428,3 +429,44 @@ async def test_poison_in_an_insert_of_several_batches_is_set_aside_alone(
     assert counters.get(Sink.REQUESTS, ConsumerCounter.DEAD_LETTERED) == 1
     letters = list(DeadLetterFile(settings.dead_letter_dir, Sink.REQUESTS).read())
     assert [msgspec.json.decode(letter.payload)["prompt_tokens"] for letter in letters] == [-5]
+
+
+async def test_many_consumers_draining_backlogs_at_once_all_finish(
+    redis: Redis, grouping: IngesterSettings
+) -> None:
+    """More open inserts than asyncio's shared pool has threads (min(32, cores + 4)): each
+    consumer's senders have threads of their own, so no consumer waits for another's."""
+    settings = grouping
+    shards = (os.cpu_count() or 1) + 5
+    for shard in range(shards):
+        await publish(redis, stream_key(Sink.REQUESTS, settings.redis.key_prefix, shard), 300)
+    counters = Counters()
+    spool = SpoolWriter(settings.spool_dir, Sink.REQUESTS)
+    deliveries = Deliveries(
+        Delivery(settings.clickhouse, settings.dead_letter_dir) for _ in range(2 * shards)
+    )
+    consumers = [
+        StreamConsumer(
+            redis,
+            Sink.REQUESTS,
+            deliveries=deliveries[2 * shard : 2 * shard + 2],
+            spool=spool,
+            settings=settings,
+            counters=counters,
+            shard=shard,
+        )
+        for shard in range(shards)
+    ]
+    tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
+
+    async def all_in() -> bool:
+        return counters.get(Sink.REQUESTS, ConsumerCounter.ACKED) == 300 * shards
+
+    try:
+        await eventually(all_in, timeout_s=60)
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        deliveries.close()
+    assert counts(settings) == (300 * shards, 300 * shards)
