@@ -11,7 +11,7 @@ Invariants:
   holds sealed files only: a ``.jsonl`` a writer creates after the seal is never replayed (or
   deleted) by this run, it waits for the next one.
 - Files are replayed oldest first in batches of ``batch_records``, and the batches go to
-  ClickHouse ``insert_records`` at a time in one INSERT (``Delivery.append_all``): the server
+  ClickHouse ``insert_records`` at a time in one INSERT (``Delivery.append_groups``): the server
   writes them as one part, which costs it less than half the CPU per record of a part per
   batch. After each confirmed insert the file and byte offset go into the lock file, so a
   replayer that breaks a dead one's lock resumes after its last confirmed insert. Re-inserting
@@ -142,9 +142,8 @@ class Replayer:
         self.sink = sink
         self.delivery = delivery
         self.batch_records = batch_records
-        self.insert_records = insert_records
         self.stale_after_s = stale_after_s
-        self._group_size = max(1, insert_records // batch_records)
+        self._group_size = max(1, insert_records // batch_records)  # batches per insert
 
     def replay(self, *, dry_run: bool = False, progress: Progress | None = None) -> ReplayReport:
         if dry_run:
@@ -226,9 +225,13 @@ class Replayer:
                     offset = self._one_by_one(path, group.start, group.end, lock, tally)
                     continue
                 offset = _confirmed(
-                    lock, tally, file=path.name, offset=offset, end=group.end, result=outcome
+                    lock,
+                    tally,
+                    file=path.name,
+                    span=(offset, group.end),
+                    payloads=group.payloads,
+                    result=outcome,
                 )
-                tally.records += group.payloads
         tally.advance(max(path.stat().st_size - offset, 0))  # blank lines after the last batch
         path.unlink()
         fsync_directory(self.directory)
@@ -244,18 +247,30 @@ class Replayer:
                 break
             result = self.delivery.append(prepare(self.sink, batch.payloads))
             offset = _confirmed(
-                lock, tally, file=path.name, offset=offset, end=batch.end_offset, result=result
+                lock,
+                tally,
+                file=path.name,
+                span=(offset, batch.end_offset),
+                payloads=len(batch.payloads),
+                result=result,
             )
-            tally.records += len(batch.payloads)
         return offset
 
 
 def _confirmed(
-    lock: ReplayLock, tally: _Tally, *, file: str, offset: int, end: int, result: DeliveryReport
+    lock: ReplayLock,
+    tally: _Tally,
+    *,
+    file: str,
+    span: tuple[int, int],
+    payloads: int,
+    result: DeliveryReport,
 ) -> int:
-    """Bytes ``offset``-``end`` of ``file`` are in ClickHouse (or dead letters): a replayer
-    that takes over resumes at ``end``. Returns ``end``."""
+    """The bytes ``span`` of ``file`` (``payloads`` lines) are in ClickHouse or the dead
+    letters: a replayer that takes over resumes at its end, which is returned."""
+    offset, end = span
     lock.heartbeat(file=file, offset=end)
+    tally.records += payloads
     tally.inserted += result.inserted
     tally.dead_lettered += result.dead_lettered
     tally.advance(end - offset)

@@ -6,11 +6,11 @@ Invariants:
 - Blocking; one ``ClickHouseSink`` per owner thread. The driver drops its connection after any
   error and the next call reconnects, so a sink survives a server restart.
 - Every exception leaving ``insert`` (every failure ``insert_groups`` yields) is
-  ``SinkUnavailableError`` (transient: retry, then spool)
-  or ``PoisonBatchError`` (the rows themselves are bad: never retried as a whole). Poison must
-  be proven by the exception's type or a data-error code; anything the server says that is not
-  known to be about the data counts as transient, because spooling loses nothing while setting
-  a whole healthy batch aside as poison would.
+  ``SinkUnavailableError`` (transient: retry, then spool) or ``PoisonBatchError`` (the rows
+  themselves are bad: never retried as a whole). Poison must be proven by the exception's
+  type or a data-error code; anything the server says that is not known to be about the data
+  counts as transient, because spooling loses nothing while setting a whole healthy batch
+  aside as poison would.
 - ``types_check=False`` on purpose: with it the driver packs numbers with ``struct`` and refuses
   out-of-range values (TypeMismatchError, code 53); with ``types_check=True`` clickhouse-driver
   0.2.x masks them silently (300 into UInt8 is stored as 44). Both measured on 18.16.1.
