@@ -86,14 +86,21 @@ class ClickHouseSink:
 
     def __init__(self, settings: ClickHouseSettings) -> None:
         self.settings = settings
-        self._clients = (
-            clickhouse_client(settings, client_class=BulkInsertClient),
-            clickhouse_client(settings, client_class=BulkInsertClient),  # see insert_groups
-        )
-        for client in self._clients:  # the driver packs arrays value by value; native, columns
-            client.bulk = settings.bulk_writer
-        self._client = self._clients[0]
+        self._client = self._new_client()
+        self._clients = [self._client]
+        """The second is made when a second group is sent (``insert_groups``): a sink that
+        inserts one group at a time (the stream consumer's) never has one."""
         self._statements = {s: insert_statement(settings.database, s) for s in Sink}
+
+    def _new_client(self) -> BulkInsertClient:
+        client: BulkInsertClient = clickhouse_client(self.settings, client_class=BulkInsertClient)
+        client.bulk = self.settings.bulk_writer  # the driver packs arrays value by value
+        return client
+
+    def _turn(self, turn: int) -> BulkInsertClient:
+        if turn % 2 == len(self._clients):
+            self._clients.append(self._new_client())
+        return self._clients[turn % 2]
 
     def insert(self, sink: Sink, columns: Sequence[Sequence[Any]]) -> int:
         """Insert one batch; returns the rows ClickHouse confirmed. Raises
@@ -132,7 +139,7 @@ class ClickHouseSink:
         pending: tuple[BulkInsertClient, int | PipelineError] | None = None
         try:
             for turn, blocks in enumerate(groups):
-                client = self._clients[turn % 2]
+                client = self._turn(turn)
                 sent = self._send(client, sink, blocks)
                 if pending is None:
                     pending = (client, sent)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -151,3 +152,35 @@ def test_a_groups_own_error_is_raised_as_itself_and_the_sink_still_works(
     # the groups before it were never confirmed: the server may or may not have kept them
     stored = query(settings, "SELECT created_at_ms % 1000 AS n FROM {db}.requests FINAL ORDER BY n")
     assert 2 in {r[0] for r in stored}
+
+
+def _connections_to(port: int) -> int:
+    """This process's TCP sockets connected to ``port`` (from /proc: no client internals)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed while listing
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01" and fields[9] in ours:  # ESTABLISHED
+                    count += 1
+    return count
+
+
+def test_a_sink_sent_one_group_at_a_time_keeps_one_connection(
+    sink: ClickHouseSink, settings: ClickHouseSettings
+) -> None:
+    for n in range(3):  # as the stream consumer sends: a group per call
+        assert list(sink.insert_groups(Sink.REQUESTS, [[_columns(request_payload(n))]])) == [1]
+    assert _connections_to(settings.port) == 1
+    groups = [[_columns(request_payload(10))], [_columns(request_payload(11))]]
+    assert list(sink.insert_groups(Sink.REQUESTS, groups)) == [1, 1]  # a replay's turns
+    assert _connections_to(settings.port) == 2
