@@ -8,6 +8,7 @@ its own) and prints records/s, the CPU per record of this process and of ClickHo
 mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
 
     python -m bench.replay --records 100000
+    python -m bench.replay --records 1000000 --null-table   # the replay process's own ceiling
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ingester.delivery import Delivery
 from ingester.replay import Replayer, pending_files
 from ingester.schema.migrate import migrate
 from shared.codec import encode_record
+from shared.settings import ClickHouseSettings
 from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
 
@@ -96,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the collector as before batches were frozen out of it (to measure the change)",
     )
+    parser.add_argument(
+        "--null-table",
+        action="store_true",
+        help="replay into a table of ClickHouse's Null engine: the server reads and parses "
+        "every block and stores nothing (no part, no merge), so the figure is what the replay "
+        "process does when ClickHouse keeps up",
+    )
     parser.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
     tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the CLI does
@@ -122,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _storing_nothing(settings: ClickHouseSettings) -> None:
+    """The requests table replaced by one of the same columns on the Null engine."""
+    from clickhouse_driver import Client
+
+    client = Client(host=settings.host, port=settings.port, database=settings.database)
+    try:
+        client.execute("CREATE TABLE requests_null AS requests ENGINE = Null")
+        client.execute("DROP TABLE requests")
+        client.execute("RENAME TABLE requests_null TO requests")
+    finally:
+        client.disconnect()
+
+
 def _replay_once(
     env: BenchEnv,
     spool: Path,
@@ -139,6 +161,8 @@ def _replay_once(
         update={"bulk_writer": bulk, "database": f"bench_replay_{run}"}
     )
     migrate(settings)
+    if args.null_table:
+        _storing_nothing(settings)
     reset = _reset_peak_rss()
     sampled = [_rss_kib("VmRSS")]
     deadline = time.monotonic() + args.max_seconds
@@ -174,6 +198,7 @@ def _replay_once(
     peak = _rss_kib("VmHWM") if reset else max(sampled)
     print(
         f"RESULT writer={writer} insert_records={insert_records} "
+        f"table={'null' if args.null_table else 'stored'} "
         f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
         f"records={report.records} status={report.status} seconds={seconds:.2f} "
         f"records_per_s={report.records / seconds:.0f} "
@@ -181,7 +206,8 @@ def _replay_once(
         f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
         f"clickhouse_cpu_us_per_record={server_cpu * per_record:.1f} "
         f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
-        f"rss_before_mib={sampled[0] / 1024:.0f} rows_hash={rows_hash(settings)}",
+        f"rss_before_mib={sampled[0] / 1024:.0f} "
+        f"rows_hash={'-' if args.null_table else rows_hash(settings)}",
         flush=True,
     )
     return True
