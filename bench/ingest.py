@@ -121,6 +121,8 @@ class BenchEnv:
     server_pid: int = 0
     http_port: int = 0
     pinned: bool = False
+    null_table: bool = False
+    """The sink's table on ClickHouse's Null engine (``storing_nothing``)."""
 
 
 @dataclass(frozen=True)
@@ -390,7 +392,10 @@ def _stream_worker(  # noqa: PLR0917 - the measure_* functions above are its cal
         started, worker_cpu = time.perf_counter(), -cpu_seconds(proc.pid)
         while done < rows and time.monotonic() < deadline:
             time.sleep(0.02)
-            done = int(client.execute(f"SELECT count() FROM {RAW_TABLES[sink]}")[0][0])
+            if env.null_table:  # nothing to count in ClickHouse: every entry acked is done
+                done = rows if _all_acked(r, key) else 0
+            else:
+                done = int(client.execute(f"SELECT count() FROM {RAW_TABLES[sink]}")[0][0])
         seconds = time.perf_counter() - started
         worker_cpu += cpu_seconds(proc.pid)
         peak_kib = _peak_rss_kib(proc.pid)
@@ -419,6 +424,12 @@ def _read_started(r: Any, key: str) -> bool:
     """The consumer group exists and has delivered an entry to a consumer."""
     groups = r.xinfo_groups(key)
     return bool(groups) and groups[0]["last-delivered-id"] not in (b"0-0", "0-0")
+
+
+def _all_acked(r: Any, key: str) -> bool:
+    """Every entry of the stream was delivered to the group and acknowledged (Redis 7)."""
+    groups = r.xinfo_groups(key)
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 def measure_json_http(
@@ -493,6 +504,27 @@ def wait_for_merges(settings: ClickHouseSettings, timeout_s: float = 60.0) -> No
         client.disconnect()
 
 
+def storing_nothing(settings: ClickHouseSettings, table: str) -> None:
+    """``table`` replaced by one of the same columns on the Null engine: ClickHouse reads and
+    parses every block and stores nothing (no part, no merge), so a run measures the
+    ingesting process when ClickHouse keeps up."""
+    from clickhouse_driver import Client
+
+    client = Client(host=settings.host, port=settings.port, database=settings.database)
+    try:
+        client.execute(f"CREATE TABLE `{table}_null` AS `{table}` ENGINE = Null")
+        client.execute(f"DROP TABLE `{table}`")
+        client.execute(f"RENAME TABLE `{table}_null` TO `{table}`")
+    finally:
+        client.disconnect()
+
+
+NULL_TABLE_HELP = (
+    "the table on ClickHouse's Null engine: the server reads and parses every block and "
+    "stores nothing, so the figure is what the ingesting process does when ClickHouse keeps up"
+)
+
+
 def _run_path(
     env: BenchEnv, path: str, payloads: list[bytes], batch_size: int, deadline: float
 ) -> Measurement:
@@ -501,13 +533,19 @@ def _run_path(
     database = f"bench_{path}_{batch_size}_{next(_RUNS)}".replace("-", "_")
     env = replace(env, clickhouse=env.clickhouse.model_copy(update={"database": database}))
     migrate(env.clickhouse)
+    if env.null_table:
+        from shared.tables import RAW_TABLES
+
+        for sink in (Sink.REQUESTS, Sink.SPANS):
+            storing_nothing(env.clickhouse, RAW_TABLES[sink])
     wait_for_merges(env.clickhouse)
     client_before, server_before = cpu_seconds(os.getpid()), cpu_seconds(env.server_pid)
     m = PATHS[path](env, payloads, batch_size, deadline)
     client = m.client_cpu_s or cpu_seconds(os.getpid()) - client_before
     wait_for_merges(env.clickhouse)  # the merges its parts caused are part of its cost
     server = cpu_seconds(env.server_pid) - server_before
-    return replace(m, client_cpu_s=client, server_cpu_s=server, rows_hash=rows_hash(env.clickhouse))
+    stored = "-" if env.null_table else rows_hash(env.clickhouse)
+    return replace(m, client_cpu_s=client, server_cpu_s=server, rows_hash=stored)
 
 
 def rows_hash(settings: ClickHouseSettings) -> str:
@@ -554,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the collector as before batches were frozen out of it (to measure the change)",
     )
+    parser.add_argument("--null-table", action="store_true", help=NULL_TABLE_HELP)
     parser.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
     tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the worker does
@@ -572,9 +611,11 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + args.max_seconds
             bulk = {"bulk": True, "driver": False}[writer]
             ch = env.clickhouse.model_copy(update={"bulk_writer": bulk})
-            m = _run_path(replace(env, clickhouse=ch), path, payloads, int(batch_size), deadline)
+            run_env = replace(env, clickhouse=ch, null_table=args.null_table)
+            m = _run_path(run_env, path, payloads, int(batch_size), deadline)
             print(
                 f"RESULT path={m.path} batch={m.batch_size} writer={writer} "
+                f"table={'null' if args.null_table else 'stored'} "
                 f"gc={'walks-batches' if args.gc_walks_batches else 'frozen-batches'} "
                 f"records={m.records} "
                 f"seconds={m.seconds:.2f} records_per_s={m.records_per_s:.0f} "

@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 
 from bench.ingest import (
+    NULL_TABLE_HELP,
     PIN_HELP,
     BenchEnv,
     bench_env,
     cpu_seconds,
     make_record,
     rows_hash,
+    storing_nothing,
     wait_for_merges,
 )
 from ingester.decode import tune_gc_for_batches
@@ -35,9 +37,9 @@ from ingester.delivery import Delivery
 from ingester.replay import Replayer, pending_files
 from ingester.schema.migrate import migrate
 from shared.codec import encode_record
-from shared.settings import ClickHouseSettings
 from shared.spool.writer import SpoolWriter
 from shared.streams import Sink
+from shared.tables import RAW_TABLES
 
 __all__ = ["main"]
 
@@ -101,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--null-table",
         action="store_true",
-        help="replay into a table of ClickHouse's Null engine: the server reads and parses "
-        "every block and stores nothing (no part, no merge), so the figure is what the replay "
-        "process does when ClickHouse keeps up",
+        help=NULL_TABLE_HELP,
     )
     parser.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
@@ -131,19 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _storing_nothing(settings: ClickHouseSettings) -> None:
-    """The requests table replaced by one of the same columns on the Null engine."""
-    from clickhouse_driver import Client
-
-    client = Client(host=settings.host, port=settings.port, database=settings.database)
-    try:
-        client.execute("CREATE TABLE requests_null AS requests ENGINE = Null")
-        client.execute("DROP TABLE requests")
-        client.execute("RENAME TABLE requests_null TO requests")
-    finally:
-        client.disconnect()
-
-
 def _replay_once(
     env: BenchEnv,
     spool: Path,
@@ -162,7 +149,7 @@ def _replay_once(
     )
     migrate(settings)
     if args.null_table:
-        _storing_nothing(settings)
+        storing_nothing(settings, RAW_TABLES[Sink.REQUESTS])
     reset = _reset_peak_rss()
     sampled = [_rss_kib("VmRSS")]
     deadline = time.monotonic() + args.max_seconds
