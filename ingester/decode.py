@@ -3,9 +3,9 @@
 (``ingester.columns``), and dead letters for the payloads that do not decode.
 
 Invariants:
-- ``prepare`` is pure (no connection, no file), CPU only and safe in any thread, so the next
-  batch is prepared while the one before it waits on ClickHouse; that overlap is where one
-  process gets its throughput (the insert is mostly waiting on the server).
+- ``prepare`` is pure (no connection, no file), CPU only and safe in any thread, so the stream
+  consumer prepares the next batch while the one before it waits on ClickHouse. (The replay
+  calls it in its own thread: ``ingester.replay``'s invariants say why.)
 - Every payload is accounted for: it becomes its rows (one record, or on the spans sink the
   spans of one request: ``shared.codec.decode_records``), or one dead letter.
 - Once ``tune_gc_for_batches`` ran, a prepared batch's objects are frozen out of the cyclic
