@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ingester.columns import Columns, build_columns
 from ingester.dead_letter import DeadLetter
-from shared.codec import AnyRecord, decode_records, encode_record
+from shared.codec import AnyRecord, decode_current, decode_records, encode_record
 from shared.errors import RecordDecodeError
 from shared.streams import Sink
 
@@ -137,6 +137,9 @@ def row_payload(row: tuple[AnyRecord, bytes | None]) -> bytes:
 
 
 def _decode(sink: Sink, payloads: Sequence[bytes]) -> tuple[Rows, list[DeadLetter]]:
+    current = decode_current(sink, payloads)
+    if current is not None:
+        return list(zip(current, payloads, strict=True)), []
     rows: Rows = []
     letters: list[DeadLetter] = []
     for payload in payloads:

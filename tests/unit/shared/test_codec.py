@@ -7,7 +7,13 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from shared.codec import decode_record, decode_records, encode_record, encode_spans
+from shared.codec import (
+    decode_current,
+    decode_record,
+    decode_records,
+    encode_record,
+    encode_spans,
+)
 from shared.errors import RecordDecodeError
 from shared.records import (
     SCHEMA_VERSION,
@@ -34,6 +40,37 @@ def _record() -> RequestRecord:
 def test_round_trip_current_version() -> None:
     rec = _record()
     assert decode_record(Sink.REQUESTS, encode_record(rec)) == rec
+
+
+def test_a_batch_of_current_records_decodes_in_one_pass_as_one_by_one() -> None:
+    payloads = [
+        encode_record(msgspec.structs.replace(_record(), request_id=f"r{i}")) for i in range(5)
+    ]
+    assert decode_current(Sink.REQUESTS, payloads) == [
+        decode_record(Sink.REQUESTS, p) for p in payloads
+    ]
+
+
+def _previous_version() -> bytes:
+    raw = msgspec.structs.asdict(_record())
+    raw["schema_version"] = 2
+    return msgspec.json.encode(raw)
+
+
+@pytest.mark.parametrize("odd", [_previous_version(), b"not json", b'{"request_id": 1}'])
+def test_a_batch_with_one_payload_not_current_is_left_to_one_by_one(odd: bytes) -> None:
+    payloads = [encode_record(_record()), odd, encode_record(_record())]
+    assert decode_current(Sink.REQUESTS, payloads) is None
+
+
+def test_spans_entries_are_never_decoded_in_one_pass() -> None:
+    entry = RequestSpans(
+        request_id="r1",
+        org_id="o1",
+        created_at_ms=1_700_000_000_000,
+        spans=[StageTiming("auth", 0.0, 0.1)],
+    )
+    assert decode_current(Sink.SPANS, [encode_spans(entry)]) is None
 
 
 def test_previous_version_is_upgraded() -> None:
