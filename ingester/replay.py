@@ -205,13 +205,12 @@ class Replayer:
         batches = read_batches(path, self.batch_records, start_offset=start)
         started: deque[_Group] = deque()  # groups handed to the delivery, oldest first
 
-        def groups(decoded: Iterator[_Decoded]) -> Iterator[Iterator[PreparedBatch]]:
-            for group in _groups(decoded, self._group_size):
+        def groups() -> Iterator[Iterator[PreparedBatch]]:
+            for group in _groups(self.sink, batches, self._group_size):
                 started.append(group)
                 yield group.prepared()
 
-        decoded = ((batch, prepare(self.sink, batch.payloads)) for batch in batches)
-        for outcome in self.delivery.append_groups(self.sink, groups(decoded)):
+        for outcome in self.delivery.append_groups(self.sink, groups()):
             group = started.popleft()
             if isinstance(outcome, PipelineError):
                 group.drain()  # what its insert did not take, so its end is its own
@@ -278,33 +277,38 @@ def _confirmed(
     return end
 
 
-_Decoded = tuple[SpoolBatch, PreparedBatch]
-
-
 class _Group:
-    """The batches of one insert: up to ``size`` consecutive batches of a file, taken as the
-    insert asks for them; where they start and end in the file and their payloads."""
+    """The batches of one insert: up to ``size`` consecutive batches of a file, each decoded
+    when the insert asks for it; where they start and end in the file and their payloads."""
 
-    def __init__(self, first: _Decoded, rest: Iterator[_Decoded], size: int) -> None:
-        self._items = chain([first], islice(rest, size - 1))
-        self.start = self.end = first[0].start_offset
+    def __init__(
+        self, sink: Sink, first: SpoolBatch, rest: Iterator[SpoolBatch], size: int
+    ) -> None:
+        self._sink = sink
+        self._batches = chain([first], islice(rest, size - 1))
+        self.start = self.end = first.start_offset
         self.payloads = 0
 
     def prepared(self) -> Iterator[PreparedBatch]:
-        for batch, prepared in self._items:
-            self.end = batch.end_offset
-            self.payloads += len(batch.payloads)
-            yield prepared
+        for batch in self._taken():
+            yield prepare(self._sink, batch.payloads)
 
     def drain(self) -> None:
-        """Take the batches the insert did not, so that ``end`` is the group's own end."""
-        for _ in self.prepared():
+        """Take the batches the insert did not (undecoded), so that ``end`` is the group's own
+        end."""
+        for _ in self._taken():
             pass
 
+    def _taken(self) -> Iterator[SpoolBatch]:
+        for batch in self._batches:
+            self.end = batch.end_offset
+            self.payloads += len(batch.payloads)
+            yield batch
 
-def _groups(decoded: Iterator[_Decoded], size: int) -> Iterator[_Group]:
-    """``decoded`` in groups of ``size`` batches, each taken whole before the next starts."""
-    for first in decoded:
-        group = _Group(first, decoded, size)
+
+def _groups(sink: Sink, batches: Iterator[SpoolBatch], size: int) -> Iterator[_Group]:
+    """``batches`` in groups of ``size``, each taken whole before the next starts."""
+    for first in batches:
+        group = _Group(sink, first, batches, size)
         yield group
         group.drain()
