@@ -59,6 +59,11 @@ BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 _PUBLISHER = {
     "published": Counter("floopy_records_published", "Records the publisher put in Redis."),
+    "deduplicated": Counter(
+        "floopy_records_deduplicated",
+        "Records a publish fence kept out of a stream that already held them (a retry of a call"
+        " whose answer was lost).",
+    ),
     "dropped": Counter(
         "floopy_records_dropped", "Records dropped: publish buffer full, or left at shutdown."
     ),

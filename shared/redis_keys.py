@@ -169,6 +169,12 @@ class RedisKeys:
         """Bumped by every provider or route write: workers follow changes by polling it."""
         return f"{self.prefix}:routing:version"
 
+    def publish_fence(self, stream: str, publisher: str, epoch: int) -> str:
+        """The highest sequence number of ``publisher``'s records of ``epoch`` that ``stream``
+        took (``gateway.clients.publisher``); hash-tagged with the stream's name so that one
+        script call may touch both on a cluster."""
+        return f"{self.prefix}:publish-fence:{{{stream}}}:{publisher}:{epoch}"
+
     def spool_offset(self, volume_id: str, file_name: str) -> str:
         """How far a gateway outage-spool file was drained into the streams (per spool volume,
         not per org: the workers of one host share it)."""

@@ -11,14 +11,23 @@ Invariants:
   Python, which cost ≈35 µs of the worker's CPU per XADD, five per request (profiled); one
   script call per batch costs the same once. Records leave the buffer only after Redis
   answered; on a Redis error they stay and the task retries on the ``shared.backoff``
-  schedule (50 ms doubling up to ``retry_max_s``). A batch whose answer was lost may have
-  been added, so a retry can duplicate it: delivery is at least once, and records carry their
-  identity.
+  schedule (50 ms doubling up to ``retry_max_s``).
+- Fences: a call whose answer was lost (a timeout, a Redis killed before it replied) may have
+  run, or may run later (a hung Redis runs what waited in its socket). So every record
+  carries a fence: a key (per stream, publisher and *epoch*) and a sequence number; the script
+  adds a record only if its number is above the fence's, then raises the fence. Each failure
+  starts a new epoch, so the records of an epoch reach Redis in their order whatever happens
+  to them (retried from the buffer, or spooled and drained by any worker): a copy Redis
+  already took is skipped (counted as ``deduplicated``), never added twice, and no record is
+  skipped that Redis did not take. Fences live ``FENCE_TTL_S``; a spooled record drained
+  later than that may be added twice.
 - With an outage spool (``gateway.clients.outage_spool``): once Redis has been unreachable for
   ``spool.grace_s``, the buffer is written to disk every ``spool.interval_s`` (fsynced, then
   let go), so a long outage neither fills memory nor loses records with the worker. When Redis
   answers again, the same task drains the spool back into the streams (a batch and its file
   offset in one script call: resumed exactly, never sent twice), spooled usage included.
+  A record of an earlier epoch (possibly in Redis) is spooled with its fence (``_fenced``) and
+  drained into its own stream through it; the others are drained into shard 0.
 - ``stop`` flushes what it can within ``flush_deadline_s`` (at once to the spool when Redis is
   down); what is left is logged and counted.
 - Shards: a record goes to the shard of its routing key (the request id, ``shared.streams``).
@@ -26,16 +35,20 @@ Invariants:
   script call per slot, sent concurrently; the records of a call that failed go back to the
   front of the buffer and are retried, the others are done (a master down delays only its own
   shards' records). Spooled records are drained into shard 0 (the spool keeps no shard); on a
-  cluster a drained batch and its file offset are two calls (the offset key is in another
-  slot), so a drainer that dies between them sends that batch again: at least once there.
+  cluster a drained batch and its file offset are two or more calls (the offset key is in
+  another slot), so a drainer that dies between them sends that batch's unfenced records
+  again: at least once there. A fence key is hash-tagged with its stream, so it shares the
+  stream's slot.
 - Counters (``shared.metrics``): what ``stats`` shows is what ``/metrics`` exports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
 from functools import partial
 from typing import Any
 
@@ -50,30 +63,63 @@ from gateway.settings import PublisherSettings
 from shared.backoff import Backoff
 from shared.metrics import counted
 from shared.redis_client import is_cluster, slot_of
+from shared.redis_keys import RedisKeys
 from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "spooled_record"]
 
 log = logging.getLogger(__name__)
 
 XADD_BATCH_LUA = """
-local pairs_end = #ARGV - #ARGV % 2
-for i = 1, pairs_end, 2 do
-  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', ARGV_FIELD, ARGV[i + 1])
+local streams = tonumber(ARGV[1])
+local seen, top = {}, {}
+local added = 0
+for i = 3, #ARGV, 4 do
+  local f = tonumber(ARGV[i + 1])
+  local fresh = f == 0
+  if not fresh then
+    local seq = tonumber(ARGV[i + 2])
+    if seen[f] == nil then
+      seen[f] = tonumber(redis.call('GET', KEYS[streams + f]) or '0')
+    end
+    fresh = seq > seen[f]
+    if fresh then
+      seen[f] = seq
+      top[f] = ARGV[i + 2]
+    end
+  end
+  if fresh then
+    redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', ARGV_FIELD, ARGV[i + 3])
+    added = added + 1
+  end
 end
-if #ARGV % 2 == 1 then
-  redis.call('SET', KEYS[#KEYS], ARGV[#ARGV], 'EX', OFFSET_TTL)
+for f, seq in pairs(top) do
+  redis.call('SET', KEYS[streams + f], seq, 'EX', FENCE_TTL)
 end
-return pairs_end / 2
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[#KEYS], ARGV[2], 'EX', OFFSET_TTL)
+end
+return added
 """
-"""KEYS: the streams of the batch; ARGV: (index into KEYS, encoded record) pairs, in order.
-When draining the spool, one more KEY and ARGV: the file's offset key and its new offset, set
-in the same (atomic) call."""
+"""KEYS: the streams of the batch, then its fence keys, then (draining the spool) the file's
+offset key. ARGV: the number of streams, the file's new offset (or ''), then per record in
+order: its stream's index, its fence's index (0: none), its sequence number, its bytes. The
+records the fences let in are added and the offset set in one (atomic) call; returns how many
+were added."""
+
+FENCE_TTL_S = OFFSET_TTL_S
+"""A fence is kept as long as a half-sent spool file's offset: as long as the spool may hold
+a record it guards."""
 
 _FIRST_RETRY_S = 0.05
 
-_Entry = tuple[str, bytes]
-"""A buffered record: its stream key (sink and shard) and its encoded bytes."""
+_Entry = tuple[str, bytes, str, int]
+"""A buffered record: its stream key (sink and shard), its encoded bytes, its fence key and
+its sequence number (``""`` and 0: unfenced, a spooled record that was never sent)."""
+
+_FENCED = b"!"
+"""A spooled line that starts with this is ``!<stream> <fence> <seq> <record>``: a record of
+an earlier epoch, which Redis may hold already (records are JSON objects: ``{``)."""
 
 
 class Publisher(Outlet[_Entry]):
@@ -81,6 +127,7 @@ class Publisher(Outlet[_Entry]):
     keeper of the outage spool those entries go to while Redis is down."""
 
     published = counted("published")
+    deduplicated = counted("deduplicated")
     dropped = counted("dropped")
     failures = counted("failures")
     spooled = counted("spooled")
@@ -107,10 +154,16 @@ class Publisher(Outlet[_Entry]):
         self._sinks = {key: sink for sink, keys in self._keys.items() for key in keys}
         self._by_slot = is_cluster(redis)
         self._xadd_batch = redis.register_script(
-            XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode())).replace(
-                "OFFSET_TTL", str(OFFSET_TTL_S)
-            )
+            XADD_BATCH_LUA.replace("ARGV_FIELD", repr(RECORD_FIELD.decode()))
+            .replace("OFFSET_TTL", str(OFFSET_TTL_S))
+            .replace("FENCE_TTL", str(FENCE_TTL_S))
         )
+        self._redis_keys = RedisKeys(prefix)
+        self._id = uuid.uuid4().hex[:16]
+        self._epoch = 0
+        self._fences: dict[str, str] = {}
+        self._seq = itertools.count(1)
+        self._new_epoch()
         self._spool = spool
         self._outage = Outage(spool.settings.grace_s if spool else 0.0)
         self.idle_check_s = spool.settings.check_interval_s if spool else None
@@ -140,6 +193,7 @@ class Publisher(Outlet[_Entry]):
         return {
             "buffered": self.buffered,
             "published": self.published,
+            "deduplicated": self.deduplicated,
             "dropped": self.dropped,
             "failures": self.failures,
             "last_error": self.last_error,
@@ -156,7 +210,16 @@ class Publisher(Outlet[_Entry]):
     def submit(self, sink: Sink, payload: bytes, routing_key: str = "") -> bool:
         """Queue one encoded record for the shard of ``routing_key`` (its request id); False
         (and counted) when the buffer is full."""
-        return self._drain.submit((self._keys[sink][shard_of(routing_key, self._shards)], payload))
+        key = self._keys[sink][shard_of(routing_key, self._shards)]
+        return self._drain.submit((key, payload, self._fences[key], next(self._seq)))
+
+    def _new_epoch(self) -> None:
+        """A call that failed may still run, so the fences of its records must never see a
+        later record: records submitted from now on get fences of their own."""
+        self._epoch += 1
+        self._fences = {
+            key: self._redis_keys.publish_fence(key, self._id, self._epoch) for key in self._sinks
+        }
 
     def start(self) -> None:
         self._drain.start()
@@ -186,16 +249,31 @@ class Publisher(Outlet[_Entry]):
         error = next((r for r in results if isinstance(r, BaseException)), None)
         return None if error is None else Undelivered(failed, error)
 
-    async def _xadd_group(self, group: list[_Entry]) -> None:
-        keys: dict[str, int] = {}
-        args: list[int | bytes] = []
-        for key, payload in group:
-            args.append(keys.setdefault(key, len(keys) + 1))
-            args.append(payload)
-        await self._xadd_batch(keys=list(keys), args=args)
+    async def _xadd_group(self, group: list[_Entry], offset: tuple[str, int] | None = None) -> None:
+        """One script call: the records of ``group`` their fences let in (and the spool file's
+        ``offset``, atomically with them)."""
+        streams: dict[str, int] = {}
+        fences: dict[str, int] = {}
+        args: list[int | bytes | str] = [0, ""]
+        for key, payload, fence, seq in group:
+            args += (
+                streams.setdefault(key, len(streams) + 1),
+                fences.setdefault(fence, len(fences) + 1) if fence else 0,
+                seq,
+                payload,
+            )
+        args[0] = len(streams)
+        keys = [*streams, *fences]
+        if offset is not None:
+            keys.append(offset[0])
+            args[1] = offset[1]
+        added = int(await self._xadd_batch(keys=keys, args=args))
+        if added < len(group):
+            self.counters.inc("deduplicated", len(group) - added)
 
     async def on_failure(self, failure: Undelivered[_Entry]) -> None:
         exc = failure.error
+        self._new_epoch()
         self.counters.inc("failures")
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._outage.failed(time.monotonic())
@@ -239,6 +317,7 @@ class Publisher(Outlet[_Entry]):
         return self._spool is not None and self._outage.down
 
     async def left_at_stop(self, drain: Drain[_Entry]) -> None:
+        self._new_epoch()  # a send cut at the deadline may have reached Redis
         if self._spool is not None:
             spooled = await self.spool_buffer()
             log.warning("shutdown: %d records spooled to disk for the next worker", spooled)
@@ -257,8 +336,9 @@ class Publisher(Outlet[_Entry]):
             return 0
         batch = self._drain.held()
         by_sink: dict[Sink, list[bytes]] = {}
-        for key, payload in batch:
-            by_sink.setdefault(self._sinks[key], []).append(payload)
+        for key, payload, fence, seq in batch:
+            line = payload if fence == self._fences[key] else _fenced(key, fence, seq, payload)
+            by_sink.setdefault(self._sinks[key], []).append(line)
         write = asyncio.ensure_future(asyncio.to_thread(self._append_all, by_sink))
         try:
             failed = await asyncio.shield(write)
@@ -289,16 +369,32 @@ class Publisher(Outlet[_Entry]):
     async def _deliver_spooled(
         self, sink: Sink, payloads: list[bytes], offset_key: str, end_offset: int
     ) -> None:
-        args: list[int | bytes] = []
-        for payload in payloads:
-            args += (1, payload)
-        stream = self._keys[sink][0]
-        if self._by_slot:  # the offset key is in another slot: two calls (see the invariants)
-            await self._xadd_batch(keys=[stream], args=args)
+        shard_0 = self._keys[sink][0]
+        entries = [_unspooled(line, shard_0) for line in payloads]
+        if self._by_slot:  # the offset key is in another slot: calls apart (see the invariants)
+            for group in _by_slot(entries):
+                await self._xadd_group(group)
             await self._redis.set(offset_key, end_offset, ex=OFFSET_TTL_S)
             return
-        args.append(end_offset)
-        await self._xadd_batch(keys=[stream, offset_key], args=args)
+        await self._xadd_group(entries, (offset_key, end_offset))
+
+
+def _fenced(key: str, fence: str, seq: int, payload: bytes) -> bytes:
+    return b"%b%b %b %d %b" % (_FENCED, key.encode(), fence.encode(), seq, payload)
+
+
+def _unspooled(line: bytes, shard_0: str) -> _Entry:
+    """A spooled line as an entry: a fenced record goes back to its stream through its fence,
+    any other into ``shard_0`` unfenced."""
+    if not line.startswith(_FENCED):
+        return (shard_0, line, "", 0)
+    key, fence, seq, payload = line[len(_FENCED) :].split(b" ", 3)
+    return (key.decode(), payload, fence.decode(), int(seq))
+
+
+def spooled_record(line: bytes) -> bytes:
+    """The record in a line of the outage spool, fenced or not."""
+    return _unspooled(line, "")[1]
 
 
 def _by_slot(batch: list[_Entry]) -> list[list[_Entry]]:

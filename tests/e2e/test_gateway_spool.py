@@ -19,6 +19,7 @@ import pytest
 
 from devstack.servers import ClickHouseServer, RedisServer
 from gateway.clients.outage_spool import USAGE
+from gateway.clients.publisher import spooled_record
 from shared.codec import decode_records
 from shared.spool.reader import count_lines, read_batches
 from shared.spool.writer import pending_files
@@ -69,11 +70,11 @@ def _on_disk(directory: Path, name: str) -> int:
 def _spans_on_disk(directory: Path) -> int:
     """Span records in the spool's spans entries (each a request's spans)."""
     return sum(
-        len(decode_records(Sink.SPANS, payload))
+        len(decode_records(Sink.SPANS, spooled_record(line)))
         for path in pending_files(directory, "spans")
         if path.exists()
         for batch in read_batches(path, 1_000)
-        for payload in batch.payloads
+        for line in batch.payloads
     )
 
 

@@ -3,7 +3,9 @@ two ingesters consuming assigned shards; one master SIGKILLed and restarted unde
 request the gateway answered has exactly one row in what queries return.
 
 Raw rows per request id are counted and printed: delivery is at least once (a publish whose
-answer was lost to the kill is retried), so a raw duplicate is allowed; ``FINAL`` must hide it."""
+answer was lost to the kill is retried through its fence, but a spool drained on a cluster and
+the ingester's inserts in flight may repeat), so a raw duplicate is allowed; ``FINAL`` must
+hide it."""
 
 from __future__ import annotations
 

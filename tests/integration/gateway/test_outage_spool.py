@@ -169,6 +169,48 @@ async def test_one_drainer_per_directory_at_a_time(
     assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(10)]
 
 
+@pytest.mark.parametrize("spooled", [False, True], ids=["retried", "spooled"])
+async def test_records_redis_ran_after_the_publisher_gave_up_are_added_once(
+    stoppable: tuple[RedisServer, Redis, str], tmp_path: Path, spooled: bool
+) -> None:
+    """Redis hung (SIGSTOP): every try waits in a socket until the publisher times out; the
+    records go back to the buffer (and, past the grace, to the spool). When Redis resumes it
+    runs each try it was sent, then the publisher sends the records again: the fences let
+    each record into its stream once."""
+    server, redis, prefix = stoppable
+    spool = _spool(tmp_path, prefix) if spooled else None
+    publisher = Publisher(redis, PublisherSettings(retry_max_s=0.2), prefix=prefix, spool=spool)
+    publisher.start()
+    try:
+        for i in range(10):
+            publisher.submit(Sink.REQUESTS, _record(i))
+        await _wait_for(lambda: publisher.published == 10)
+        with server.hung():
+            for i in range(10, 40):
+                publisher.submit(Sink.REQUESTS, _record(i))
+                publisher.submit(Sink.SPANS, _span(i))
+            await _wait_for(lambda: publisher.spooled == 60 if spooled else publisher.failures >= 2)
+            tried = publisher.failures
+            for i in range(40, 50):
+                publisher.submit(Sink.REQUESTS, _record(i))
+                publisher.submit(Sink.SPANS, _span(i))
+            await _wait_for(lambda: publisher.failures > tried)  # these were sent too
+        await _wait_for(
+            lambda: (
+                publisher.buffered == 0
+                and not pending_files(tmp_path, "requests")
+                and not pending_files(tmp_path, "spans")
+            )
+        )
+        assert sorted(await _request_ids(redis, prefix), key=lambda r: int(r[1:])) == [
+            f"r{i}" for i in range(50)
+        ]
+        assert await redis.xlen(stream_key(Sink.SPANS, prefix)) == 40
+        assert publisher.deduplicated > 0, "Redis ran a try the publisher had given up on"
+    finally:
+        await publisher.stop()
+
+
 @pytest.mark.parametrize("outage", ["stopped", "hung"])
 async def test_spooled_usage_is_counted_once_when_redis_answers(
     stoppable: tuple[RedisServer, Redis, str], tmp_path: Path, outage: str

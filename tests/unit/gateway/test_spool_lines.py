@@ -1,0 +1,25 @@
+"""The outage spool's lines: a record of an earlier epoch carries its stream and fence, any
+other is the record's bytes as they are (what an older gateway spooled, too)."""
+
+from __future__ import annotations
+
+from gateway.clients.publisher import _fenced, _unspooled, spooled_record
+
+RECORD = b'{"schema_version":3,"request_id":"r 1"}'
+
+
+def test_a_fenced_line_gives_back_its_stream_fence_number_and_record() -> None:
+    line = _fenced("p:stream:requests:2", "p:publish-fence:{p:stream:requests:2}:ab:3", 41, RECORD)
+    assert line.startswith(b"!")
+    assert _unspooled(line, "p:stream:requests") == (
+        "p:stream:requests:2",
+        RECORD,
+        "p:publish-fence:{p:stream:requests:2}:ab:3",
+        41,
+    )
+    assert spooled_record(line) == RECORD
+
+
+def test_a_plain_line_goes_to_shard_0_unfenced() -> None:
+    assert _unspooled(RECORD, "p:stream:requests") == ("p:stream:requests", RECORD, "", 0)
+    assert spooled_record(RECORD) == RECORD
