@@ -1,12 +1,13 @@
 """Issue 12: the gateway's Redis stores on a real 3-master Redis Cluster (the e2e test covers the
 request path): admin writes that use transactions on one node, the key lookup, usage counters,
-the limits script with every key in the org's slot, templates, routing config, the audit log
-and the breaker's compare-and-set."""
+the limits script with every key in the org's slot, templates, routing config, the audit log,
+the breaker's compare-and-set and the publisher's fences."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from gateway.clients.audit_log import AuditLog
 from gateway.clients.breaker_store import BreakerStore
 from gateway.clients.command_batch import script_batch
 from gateway.clients.key_auth import KeyAuthenticator
+from gateway.clients.outage_spool import OutageSpool
+from gateway.clients.publisher import Publisher, _fenced
 from gateway.clients.ratelimiter import Gates, RateLimiter, limits_call
 from gateway.clients.routing_config import RoutingConfigStore
 from gateway.clients.templates import TemplateStore
@@ -31,8 +34,10 @@ from gateway.policy.breaker import BreakerConfig, BreakerState
 from gateway.policy.keys import Org
 from gateway.policy.ratelimit import bucket_key, parse_policy
 from gateway.policy.templates import TemplateMessage
+from gateway.settings import PublisherSettings, SpoolSettings
 from shared.redis_client import open_redis, org_tag
 from shared.settings import RedisSettings
+from shared.streams import Sink, stream_key
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +219,31 @@ async def test_a_batch_on_a_client_that_has_not_read_the_slot_map_yet(
         assert results == [str(i).encode() for i in range(30)]
     finally:
         await fresh.aclose()
+
+
+async def test_fenced_records_on_a_cluster_reach_their_shards_once(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """The publisher on a cluster with 3 stream shards: each slot's records in a call of their
+    own with their fences (one slot each: no CROSSSLOT); a spool drained afterwards holding
+    fenced copies of those records (a call whose answer was lost, then spooled) adds only
+    its plain lines, into shard 0."""
+    prefix = f"fence{uuid.uuid4().hex[:6]}"
+    spool = OutageSpool.open(SpoolSettings(dir=tmp_path), [s.value for s in Sink], prefix=prefix)
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool, shards=3)
+    for i in range(30):
+        assert publisher.submit(Sink.REQUESTS, f"rec-{i}".encode(), routing_key=f"r{i}")
+    sent = publisher._drain.held()
+    assert await publisher.send(sent) is None
+    shards = [stream_key(Sink.REQUESTS, prefix, s) for s in range(3)]
+    lengths = [await redis.xlen(k) for k in shards]
+    assert sum(lengths) == 30 and all(lengths), lengths
+
+    spool.append(
+        Sink.REQUESTS.value,
+        [_fenced(key, fence, seq, payload) for key, payload, fence, seq in sent]
+        + [b"plain-1", b"plain-2"],
+    )
+    assert await spool.drain(redis, publisher.drains) == 32
+    assert [await redis.xlen(k) for k in shards] == [lengths[0] + 2, lengths[1], lengths[2]]
+    assert publisher.deduplicated == 30
