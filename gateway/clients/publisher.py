@@ -49,6 +49,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -369,8 +370,7 @@ class Publisher(Outlet[_Entry]):
     async def _deliver_spooled(
         self, sink: Sink, payloads: list[bytes], offset_key: str, end_offset: int
     ) -> None:
-        shard_0 = self._keys[sink][0]
-        entries = [_unspooled(line, shard_0) for line in payloads]
+        entries = [_unspooled(line, self._keys[sink]) for line in payloads]
         if self._by_slot:  # the offset key is in another slot: calls apart (see the invariants)
             for group in _by_slot(entries):
                 await self._xadd_group(group)
@@ -383,18 +383,22 @@ def _fenced(key: str, fence: str, seq: int, payload: bytes) -> bytes:
     return b"%b%b %b %d %b" % (_FENCED, key.encode(), fence.encode(), seq, payload)
 
 
-def _unspooled(line: bytes, shard_0: str) -> _Entry:
-    """A spooled line as an entry: a fenced record goes back to its stream through its fence,
-    any other into ``shard_0`` unfenced."""
-    if not line.startswith(_FENCED):
-        return (shard_0, line, "", 0)
-    key, fence, seq, payload = line[len(_FENCED) :].split(b" ", 3)
-    return (key.decode(), payload, fence.decode(), int(seq))
+def _unspooled(line: bytes, streams: Sequence[str]) -> _Entry:
+    """A spooled line as an entry for the sink's ``streams`` (shard 0 first): a fenced record
+    goes back to its stream through its fence; any other record, or one whose stream this
+    gateway no longer writes (fewer shards, another prefix: nobody may read it), into shard 0
+    unfenced."""
+    if line.startswith(_FENCED):
+        key, fence, seq, payload = line[len(_FENCED) :].split(b" ", 3)
+        if (stream := key.decode()) in streams:
+            return (stream, payload, fence.decode(), int(seq))
+        line = payload
+    return (streams[0], line, "", 0)
 
 
 def spooled_record(line: bytes) -> bytes:
     """The record in a line of the outage spool, fenced or not."""
-    return _unspooled(line, "")[1]
+    return _unspooled(line, [""])[1]
 
 
 def _by_slot(batch: list[_Entry]) -> list[list[_Entry]]:

@@ -11,7 +11,8 @@ RECORD = b'{"schema_version":3,"request_id":"r 1"}'
 def test_a_fenced_line_gives_back_its_stream_fence_number_and_record() -> None:
     line = _fenced("p:stream:requests:2", "p:publish-fence:{p:stream:requests:2}:ab:3", 41, RECORD)
     assert line.startswith(b"!")
-    assert _unspooled(line, "p:stream:requests") == (
+    streams = ["p:stream:requests", "p:stream:requests:1", "p:stream:requests:2"]
+    assert _unspooled(line, streams) == (
         "p:stream:requests:2",
         RECORD,
         "p:publish-fence:{p:stream:requests:2}:ab:3",
@@ -21,5 +22,11 @@ def test_a_fenced_line_gives_back_its_stream_fence_number_and_record() -> None:
 
 
 def test_a_plain_line_goes_to_shard_0_unfenced() -> None:
-    assert _unspooled(RECORD, "p:stream:requests") == ("p:stream:requests", RECORD, "", 0)
+    assert _unspooled(RECORD, ["p:stream:requests"]) == ("p:stream:requests", RECORD, "", 0)
     assert spooled_record(RECORD) == RECORD
+
+
+def test_a_fenced_line_for_a_stream_no_longer_written_goes_to_shard_0_unfenced() -> None:
+    """Spooled with 3 shards, drained with 1: shard 2 has no consumer any more."""
+    line = _fenced("p:stream:requests:2", "p:publish-fence:{p:stream:requests:2}:ab:3", 41, RECORD)
+    assert _unspooled(line, ["p:stream:requests"]) == ("p:stream:requests", RECORD, "", 0)
