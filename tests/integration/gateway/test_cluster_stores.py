@@ -232,7 +232,8 @@ async def test_fenced_records_on_a_cluster_reach_their_shards_once(
     spool = OutageSpool.open(SpoolSettings(dir=tmp_path), [s.value for s in Sink], prefix=prefix)
     publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool, shards=3)
     for i in range(30):
-        assert publisher.submit(Sink.REQUESTS, f"rec-{i}".encode(), routing_key=f"r{i}")
+        record = f'{{"schema_version":3,"request_id":"r{i}"}}'.encode()
+        assert publisher.submit(Sink.REQUESTS, record, routing_key=f"r{i}")
     sent = publisher._drain.held()
     assert await publisher.send(sent) is None
     shards = [stream_key(Sink.REQUESTS, prefix, s) for s in range(3)]
@@ -242,7 +243,7 @@ async def test_fenced_records_on_a_cluster_reach_their_shards_once(
     spool.append(
         Sink.REQUESTS.value,
         [_fenced(key, fence, seq, payload) for key, payload, fence, seq in sent]
-        + [b"plain-1", b"plain-2"],
+        + [b'{"schema_version":3,"request_id":"plain-1"}', b'{"schema_version":3}'],
     )
     assert await spool.drain(redis, publisher.drains) == 32
     assert [await redis.xlen(k) for k in shards] == [lengths[0] + 2, lengths[1], lengths[2]]
