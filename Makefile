@@ -1,5 +1,5 @@
 # The two commands a newcomer types: `make run` (the whole stack) and `make test` (every test).
-.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-gateway-ab bench-instructions bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall
+.PHONY: run test lint typecheck unit bootstrap bench-bootstrap bench-gateway bench-gateway-ab bench-instructions bench-ingest bench-ingest-scaleout bench-lag bench-replay bench-firewall drill-redis
 
 VENV := .venv/bin
 
@@ -52,3 +52,7 @@ bench-replay: bench-bootstrap
 
 bench-firewall: bench-bootstrap
 	$(VENV)/python -m bench.firewall --requests 200
+
+# Redis SIGKILLed and hung by turns under load; raw rows per answered request counted
+drill-redis: bootstrap
+	$(VENV)/python -m bench.redis_fault_drill --faults 16
