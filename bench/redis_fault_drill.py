@@ -9,9 +9,9 @@ were answered (from the gateway's buffer and outage spool) and a time drawn betw
 a call sent to a hung Redis is given up on and runs later; some outages end within the
 gateway's spool grace (1 s), some after its buffer went to disk. Kills and hangs alternate.
 The load is the fault tests' (``tests.e2e.load.Load``: 6 clients of the openai SDK). What it
-prints: requests answered, request ids with no row (lost) and with more than one raw row
-(doubled), and the gateway's ``publisher.deduplicated`` (copies its fences kept out of the
-streams).
+prints: requests answered, request ids with no row (lost), raw rows past the first of a
+request id (doubled) and of a span, and the gateway's ``publisher.deduplicated`` (copies its
+fences kept out of the streams).
 
     python -m bench.redis_fault_drill --faults 10
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +67,18 @@ async def _answered(load: Load, more: int, at_least_s: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def _stop_merges(floopy: Floopy) -> None:
+    """A background merge of the ReplacingMergeTree tables would collapse a doubled record
+    before it is counted; with merges stopped, every copy inserted stays a raw row."""
+    floopy.wait_for(
+        lambda: {"requests", "spans"} <= {t for (t,) in floopy.query("SHOW TABLES")},
+        timeout_s=30,
+        what="the ingester's tables",
+    )
+    for table in ("requests", "spans"):
+        floopy.query(f"SYSTEM STOP MERGES {floopy.database}.{table}")
+
+
 def _deduplicated(floopy: Floopy) -> int:
     ops = {"Authorization": f"Bearer {OPS_KEY}"}
     health = httpx.get(f"{floopy.gateway_url}/health", headers=ops, timeout=5).json()
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-down-s", type=float, default=5.0, help="longest fault")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--wait-s", type=float, default=120.0, help="for the rows, at the end")
+    parser.add_argument("--logs", type=Path, help="copy the processes' logs here at the end")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="floopy-drill-") as tmp:
         root = Path(tmp)
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             floopy.start_provider()
             floopy.start_ingester(FLOOPY_INGESTER_CLAIM_MIN_IDLE_S="300")
+            _stop_merges(floopy)
             floopy.config["keys"]["key-ops"] = {
                 "org": ORG_ID,
                 "secret": OPS_KEY,
@@ -115,15 +130,28 @@ def main(argv: list[str] | None = None) -> None:
                 missing, doubled = floopy.missing_and_doubled(load.answered)
             time.sleep(2)  # a late copy would come with the same drain
             missing, doubled = floopy.missing_and_doubled(load.answered)
+            ((spans_doubled,),) = floopy.query(
+                "SELECT count() - uniqExact(request_id, span_id) FROM spans"
+            )
+            for part, n in floopy.query(
+                "SELECT _part, count() FROM requests WHERE request_id IN "
+                "(SELECT request_id FROM requests GROUP BY request_id HAVING count() > 1) "
+                "GROUP BY _part ORDER BY _part"
+            ):
+                print(f"doubled rows in part {part}: {n}")
             print(
                 f"RESULT redis_fault_drill faults={args.faults} answered={len(load.answered)} "
                 f"failed={len(load.failures)} missing={len(missing)} "
-                f"doubled={sum(n - 1 for n in doubled.values())} "
+                f"doubled={sum(n - 1 for n in doubled.values())} spans_doubled={spans_doubled} "
                 f"deduplicated={_deduplicated(floopy)}",
                 flush=True,
             )
         finally:
             floopy.stop_all()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in floopy.root.glob("*.log"):
+                    shutil.copy(log, args.logs)
             clickhouse.stop()
             redis.stop()
 

@@ -16,9 +16,11 @@ Invariants:
 - A pass seals the files (``shared.spool.seal``), then sends them oldest first, a batch at a
   time. Each batch and the file's new offset reach Redis in one atomic call (the deliverer's
   Lua script or MULTI/EXEC) under ``<prefix>:gateway-spool:<volume id>:<file>``, so a
-  drainer that dies anywhere is resumed after exactly the batches Redis took: nothing is sent
-  twice, nothing skipped. A file is deleted once sent, then its offset key (which otherwise
-  expires after ``OFFSET_TTL_S``).
+  drainer that dies anywhere is resumed after the batches Redis took, nothing skipped. The
+  offset alone cannot stop a copy: a batch given up on (Redis hung) may run after the next
+  pass read the offset and sent it again. What makes that copy add nothing is the
+  deliverer's: the records' fences, the usage entries' seen bits. A file is deleted once
+  sent, then its offset key (which otherwise expires after ``OFFSET_TTL_S``).
 - ``<dir>/volume-id`` is a random id written once, so two volumes draining into one Redis
   never share offset keys.
 """

@@ -25,20 +25,22 @@ Invariants:
   ``spool.grace_s``, the buffer is written to disk every ``spool.interval_s`` (fsynced, then
   let go), so a long outage neither fills memory nor loses records with the worker. When Redis
   answers again, the same task drains the spool back into the streams (a batch and its file
-  offset in one script call: resumed exactly, never sent twice), spooled usage included.
-  A record of an earlier epoch (possibly in Redis) is spooled with its fence (``_fenced``) and
-  drained into its own stream through it; the others are drained into shard 0.
+  offset in one script call, so a drainer resumes after the batches Redis took), spooled
+  usage included. Every record is spooled with its fence (``_fenced``) and drained into its
+  own stream through it, and spooling starts a new epoch (a record sent live after it must
+  not raise the spooled records' fences): a drained batch whose answer was lost, which a hung
+  Redis may run after the next pass read the file's offset, adds nothing the second time.
 - ``stop`` flushes what it can within ``flush_deadline_s`` (at once to the spool when Redis is
   down); what is left is logged and counted.
 - Shards: a record goes to the shard of its routing key (the request id, ``shared.streams``).
   On a Redis Cluster a script may only touch keys of one slot, so a batch is split into one
   script call per slot, sent concurrently; the records of a call that failed go back to the
   front of the buffer and are retried, the others are done (a master down delays only its own
-  shards' records). Spooled records are drained into shard 0 (the spool keeps no shard); on a
-  cluster a drained batch and its file offset are two or more calls (the offset key is in
-  another slot), so a drainer that dies between them sends that batch's unfenced records
-  again: at least once there. A fence key is hash-tagged with its stream, so it shares the
-  stream's slot.
+  shards' records). On a cluster a drained batch and its file offset are two or more calls
+  (the offset key is in another slot); a drainer that dies between them sends the batch
+  again, and the fences keep the copies out. A fence key is hash-tagged with its stream, so
+  it shares the stream's slot. A line of a gateway from before fences is drained into shard
+  0 unfenced.
 - Counters (``shared.metrics``): what ``stats`` shows is what ``/metrics`` exports.
 """
 
@@ -117,13 +119,14 @@ _FIRST_RETRY_S = 0.05
 
 _Entry = tuple[str, bytes, str, int]
 """A buffered record: its stream key (sink and shard), its encoded bytes, its fence key and
-its sequence number (``""`` and 0: unfenced, a spooled record that was never sent)."""
+its sequence number (``""`` and 0: unfenced, a line spooled by a gateway before fences)."""
 
 
 class _FencedLine(msgspec.Struct):
-    """A spooled record of an earlier epoch, which Redis may hold already: a JSON line like
-    any other (``{"fence":…,"stream":…,"seq":…,"record":{…}}``), told from a bare record by
-    its first key (a record's is ``schema_version``)."""
+    """A spooled record with its fence (a copy Redis took already has raised it): a JSON line
+    like any other (``{"fence":…,"stream":…,"seq":…,"record":{…}}``), told from a bare
+    record, which a gateway before fences spooled, by its first key (a record's is
+    ``schema_version``)."""
 
     fence: str
     stream: str
@@ -348,10 +351,10 @@ class Publisher(Outlet[_Entry]):
         if self._spool is None or not len(self._drain):
             return 0
         batch = self._drain.held()
+        self._new_epoch()  # a later record sent live must not raise these records' fences
         by_sink: dict[Sink, list[bytes]] = {}
         for key, payload, fence, seq in batch:
-            line = payload if fence == self._fences[key] else _fenced(key, fence, seq, payload)
-            by_sink.setdefault(self._sinks[key], []).append(line)
+            by_sink.setdefault(self._sinks[key], []).append(_fenced(key, fence, seq, payload))
         write = asyncio.ensure_future(asyncio.to_thread(self._append_all, by_sink))
         try:
             failed = await asyncio.shield(write)
@@ -397,9 +400,9 @@ def _fenced(key: str, fence: str, seq: int, payload: bytes) -> bytes:
 
 def _unspooled(line: bytes, streams: Sequence[str]) -> _Entry:
     """A spooled line as an entry for the sink's ``streams`` (shard 0 first): a fenced record
-    goes back to its stream through its fence; any other record, or one whose stream this
-    gateway no longer writes (fewer shards, another prefix: nobody may read it), into shard 0
-    unfenced."""
+    goes back to its stream through its fence; a bare one (spooled before fences), or one
+    whose stream this gateway no longer writes (fewer shards, another prefix: nobody may read
+    it), into shard 0 unfenced."""
     if line.startswith(_FENCED):
         try:
             fenced = _fenced_lines.decode(line)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,53 @@ async def test_records_redis_ran_after_the_publisher_gave_up_are_added_once(
         ]
         assert await redis.xlen(stream_key(Sink.SPANS, prefix)) == 40
         assert publisher.deduplicated > 0, "Redis ran a try the publisher had given up on"
+    finally:
+        await publisher.stop()
+
+
+async def test_a_drained_batch_redis_runs_after_the_next_pass_read_the_offset_is_added_once(
+    redis: Redis, prefix: str, tmp_path: Path
+) -> None:
+    """A hung Redis runs what waited in its socket when it resumes, in no set order across
+    connections: the next pass may read the file's offset first and send the batch again."""
+    spool = _spool(tmp_path, prefix, batch_records=100)
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=spool)
+    for i in range(150):
+        publisher.submit(Sink.REQUESTS, _record(i))
+    assert await publisher.spool_buffer() == 150
+    deliver = publisher.drains["requests"]
+    waiting: list[Awaitable[None]] = []
+
+    async def given_up_on(payloads: list[bytes], key: str, end: int) -> None:
+        waiting.append(deliver(payloads, key, end))  # sent, not yet run
+        raise TimeoutError("Timeout reading from socket")
+
+    with pytest.raises(TimeoutError):
+        await spool.drain(redis, {"requests": given_up_on})
+    assert await spool.drain(redis, {"requests": deliver}) == 150
+    await waiting.pop()  # Redis resumes and runs it
+    assert await _request_ids(redis, prefix) == [f"r{i}" for i in range(150)]
+    assert publisher.deduplicated == 100
+
+
+async def test_records_sent_after_a_spool_do_not_hold_back_the_spooled_ones(
+    redis: Redis, prefix: str, tmp_path: Path
+) -> None:
+    """The live buffer goes before the spool when Redis answers again: its records' fences
+    must not be the spooled records'."""
+    publisher = Publisher(redis, PublisherSettings(), prefix=prefix, spool=_spool(tmp_path, prefix))
+    for i in range(20):
+        publisher.submit(Sink.REQUESTS, _record(i))
+    assert await publisher.spool_buffer() == 20
+    for i in range(20, 30):
+        publisher.submit(Sink.REQUESTS, _record(i))
+    publisher.start()
+    try:
+        await _wait_for(lambda: publisher.published == 10 and publisher.unspooled == 20)
+        assert sorted(await _request_ids(redis, prefix), key=lambda r: int(r[1:])) == [
+            f"r{i}" for i in range(30)
+        ]
+        assert publisher.deduplicated == 0
     finally:
         await publisher.stop()
 
