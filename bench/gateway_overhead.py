@@ -17,9 +17,10 @@ and prints the gateway worker's CPU time per request and RSS. Bounded by ``--sec
 provider, ``wrk`` and this program CPU 1: on two cores an unpinned proxy competes with its own
 load generator and upstream, and its req/s is a share of what they leave it.
 
-``--rounds N`` then runs ``wrk`` N more times against the bare forwarder and the gateway, in
-alternating order, and prints each round's ratios and their medians: on a shared machine one
-pass of each swings by 10-20%, so a ratio from one pass says little.
+``--rounds N`` then runs ``wrk`` N more times against the bare forwarder, the gateway and
+LiteLLM (when compared), each round starting with another, and prints each round's ratios and
+their medians: on a shared machine one pass of each swings by 10-20%, so a ratio from one pass
+says little.
 
     python -m bench.gateway_overhead --rate 200 --seconds 10
     python -m bench.gateway_overhead --seconds 6 --rounds 7 --no-peer
@@ -266,31 +267,39 @@ def rounds_report(  # noqa: PLR0917 - one call site
     seconds: float,
     connections: int,
     script: Path,
+    peer: tuple[str, ChildProcess] | None = None,
 ) -> None:
-    """Alternating wrk runs of the bare forwarder and the gateway: each round's ratios, then
-    the medians (the bare forwarder goes first in even rounds, second in odd ones)."""
+    """Alternating wrk runs of the bare forwarder, the gateway and (when given) LiteLLM: each
+    round's ratios, then the medians (each round starts with another target)."""
     print(f"\n{rounds} rounds of wrk at {connections} connections, {seconds:g} s each")
     print(
         f"{'round':>5}{'bare req/s':>12}{'gw req/s':>10}{'ratio':>7}{'bare CPU':>10}{'gw CPU':>8}"
-        f"{'CPU ratio':>10}"
+        f"{'CPU ratio':>10}" + (f"{'peer req/s':>12}{'gw/peer':>9}" if peer else "")
     )
-    rps_ratios, cpu_ratios, rows = [], [], []
+    targets = [bare, gateway, *([peer] if peer else [])]
+    rps_ratios, cpu_ratios, peer_ratios, rows = [], [], [], []
     for i in range(rounds):
-        order = [bare, gateway] if i % 2 == 0 else [gateway, bare]
+        order = targets[i % len(targets) :] + targets[: i % len(targets)]
         got = {url: loaded_cpu(url, proc, seconds, connections, script) for url, proc in order}
         (b_run, b_cpu), (g_run, g_cpu) = got[bare[0]], got[gateway[0]]
         b_rps, g_rps = b_run.requests_per_s, g_run.requests_per_s
         rps_ratios.append(g_rps / b_rps)
         cpu_ratios.append(g_cpu / b_cpu)
         rows.append((b_rps, g_rps, b_cpu, g_cpu))
-        print(
+        line = (
             f"{i + 1:>5}{b_rps:12.0f}{g_rps:10.0f}{rps_ratios[-1]:7.2f}{b_cpu:10.3f}{g_cpu:8.3f}"
             f"{cpu_ratios[-1]:10.2f}"
         )
+        if peer:
+            p_rps = got[peer[0]][0].requests_per_s
+            peer_ratios.append(g_rps / p_rps)
+            line += f"{p_rps:12.0f}{peer_ratios[-1]:9.1f}"
+        print(line)
     med = [statistics.median(column) for column in zip(*rows, strict=True)]
     print(
         f"{'med':>5}{med[0]:12.0f}{med[1]:10.0f}{statistics.median(rps_ratios):7.2f}"
         f"{med[2]:10.3f}{med[3]:8.3f}{statistics.median(cpu_ratios):10.2f}"
+        + (f"{'':>12}{statistics.median(peer_ratios):9.1f}" if peer else "")
     )
     print(
         f"RESULT gateway_overhead_rounds rounds={rounds} "
@@ -298,6 +307,12 @@ def rounds_report(  # noqa: PLR0917 - one call site
         f"rps_ratio_min={min(rps_ratios):.3f} rps_ratio_max={max(rps_ratios):.3f} "
         f"cpu_ratio_median={statistics.median(cpu_ratios):.3f} "
         f"gateway_cpu_ms_median={med[3]:.3f} bare_cpu_ms_median={med[2]:.3f}"
+        + (
+            f" litellm_rps_ratio_median={statistics.median(peer_ratios):.2f}"
+            f" litellm_rps_ratio_min={min(peer_ratios):.2f}"
+            if peer
+            else ""
+        )
     )
 
 
@@ -380,6 +395,7 @@ def bench(  # noqa: PLR0917 - one call site
                 seconds,
                 connections,
                 script,
+                (f"{litellm.base_url}/chat/completions", litellm) if litellm else None,
             )
     finally:
         for process in reversed(started):
