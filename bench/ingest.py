@@ -519,6 +519,44 @@ def storing_nothing(settings: ClickHouseSettings, table: str) -> None:
         client.disconnect()
 
 
+def set_merges(settings: ClickHouseSettings, table: str, *, running: bool) -> None:
+    """Stop or start ``table``'s background merges (``SYSTEM STOP/START MERGES``)."""
+    from clickhouse_driver import Client
+
+    client = Client(host=settings.host, port=settings.port, database=settings.database)
+    try:
+        client.execute(f"SYSTEM {'START' if running else 'STOP'} MERGES `{table}`")
+    finally:
+        client.disconnect()
+
+
+def wait_for_merged(
+    settings: ClickHouseSettings, table: str, *, quiet_s: float = 12.0, timeout_s: float = 300.0
+) -> None:
+    """Wait until ``table``'s background merges are done: none running and its active parts
+    unchanged for ``quiet_s`` (an idle merge scheduler took ≈9 s to pick a merge after
+    ``START MERGES``). Bounded by ``timeout_s``."""
+    from clickhouse_driver import Client
+
+    client = Client(host=settings.host, port=settings.port)
+    query = (
+        "SELECT (SELECT count() FROM system.merges), (SELECT count() FROM system.parts "
+        "WHERE active AND database = %(db)s AND table = %(table)s)"
+    )
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            ((running, parts),) = client.execute(query, {"db": settings.database, "table": table})
+            if running or parts != last:
+                last, since = parts, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.5)
+    finally:
+        client.disconnect()
+
+
 NULL_TABLE_HELP = (
     "the table on ClickHouse's Null engine: the server reads and parses every block and "
     "stores nothing, so the figure is what the ingesting process does when ClickHouse keeps up"

@@ -4,11 +4,13 @@ Writes ``--records`` realistic 2-4 KB request records to a spool (in batches, th
 ``SpoolWriter``), starts its own ClickHouse (``bench.ingest.bench_env``), then times
 ``Replayer.replay`` once per ``--writers`` (each on a copy of the same spool, into a database of
 its own) and prints records/s, the CPU per record of this process and of ClickHouse
-(background merges included), and the peak RSS of the replay alone (the kernel's high-water
+(background merges included; with ``--merges-after`` the merges run after the replay and
+their CPU is printed apart), and the peak RSS of the replay alone (the kernel's high-water
 mark is reset after the spool is written). Bounded by ``--max-seconds``. Not a test.
 
     python -m bench.replay --records 100000
     python -m bench.replay --records 1000000 --null-table   # the replay process's own ceiling
+    python -m bench.replay --records 1000000 --merges-after  # merges' CPU apart from the insert's
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from bench.ingest import (
     cpu_seconds,
     make_record,
     rows_hash,
+    set_merges,
     storing_nothing,
+    wait_for_merged,
     wait_for_merges,
 )
 from ingester.decode import tune_gc_for_batches
@@ -106,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         help=NULL_TABLE_HELP,
     )
     parser.add_argument("--pin", action="store_true", help=PIN_HELP)
+    parser.add_argument(
+        "--merges-after",
+        action="store_true",
+        help="the table's background merges stopped during the replay and started after it, "
+        "their CPU reported apart: on two cores they share ClickHouse's core with the inserts; "
+        "with ClickHouse on its own machine they run beside them",
+    )
     args = parser.parse_args(argv)
     tune_gc_for_batches(freeze_batches=not args.gc_walks_batches)  # as the CLI does
 
@@ -148,8 +159,11 @@ def _replay_once(
         update={"bulk_writer": bulk, "database": f"bench_replay_{run}"}
     )
     migrate(settings)
+    table = RAW_TABLES[Sink.REQUESTS]
     if args.null_table:
-        storing_nothing(settings, RAW_TABLES[Sink.REQUESTS])
+        storing_nothing(settings, table)
+    elif args.merges_after:
+        set_merges(settings, table, running=False)
     reset = _reset_peak_rss()
     sampled = [_rss_kib("VmRSS")]
     deadline = time.monotonic() + args.max_seconds
@@ -179,10 +193,18 @@ def _replay_once(
         delivery.close()
     seconds = time.perf_counter() - started
     client_cpu = cpu_seconds(os.getpid()) - client_cpu
-    wait_for_merges(settings)
-    server_cpu = cpu_seconds(env.server_pid) - server_cpu
+    ended = cpu_seconds(env.server_pid)
+    deferred = args.merges_after and not args.null_table
+    if deferred:
+        set_merges(settings, table, running=True)
+        wait_for_merged(settings, table)
+    else:
+        wait_for_merges(settings)
+    merge_cpu = cpu_seconds(env.server_pid) - ended
+    server_cpu = ended - server_cpu if deferred else ended - server_cpu + merge_cpu
     per_record = 1e6 / max(report.records, 1)
     peak = _rss_kib("VmHWM") if reset else max(sampled)
+    merges = f"merges_after_cpu_us_per_record={merge_cpu * per_record:.1f} " if deferred else ""
     print(
         f"RESULT writer={writer} insert_records={insert_records} "
         f"table={'null' if args.null_table else 'stored'} "
@@ -192,6 +214,7 @@ def _replay_once(
         f"mib_per_s={size / 2**20 / seconds:.1f} spool_mib={size / 2**20:.1f} "
         f"client_cpu_us_per_record={client_cpu * per_record:.1f} "
         f"clickhouse_cpu_us_per_record={server_cpu * per_record:.1f} "
+        f"{merges}"
         f"peak_rss_mib={peak / 1024:.0f} ({'VmHWM' if reset else 'sampled VmRSS'}) "
         f"rss_before_mib={sampled[0] / 1024:.0f} "
         f"rows_hash={'-' if args.null_table else rows_hash(settings)}",
