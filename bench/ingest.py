@@ -489,16 +489,35 @@ PATHS: dict[str, Callable[[BenchEnv, list[bytes], int, float], Measurement]] = {
 _RUNS = count()
 
 
-def wait_for_merges(settings: ClickHouseSettings, timeout_s: float = 60.0) -> None:
-    """Wait until no background merge runs (bounded), so each path is billed for its own."""
+def wait_for_merges(
+    settings: ClickHouseSettings,
+    timeout_s: float = 60.0,
+    *,
+    table: str | None = None,
+    quiet_s: float = 0.0,
+) -> None:
+    """Wait until no background merge runs (bounded), so each path is billed for its own.
+    With ``table`` and ``quiet_s``: until none runs and the table's active parts stayed the same
+    for ``quiet_s`` (an idle merge scheduler took ≈9 s to pick a merge after ``START
+    MERGES``)."""
     from clickhouse_driver import Client
 
     client = Client(host=settings.host, port=settings.port)
+    query = (
+        "SELECT (SELECT count() FROM system.merges), (SELECT count() FROM system.parts "
+        "WHERE active AND database = %(db)s AND table = %(table)s)"
+    )
     deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
     try:
-        while client.execute("SELECT count() FROM system.merges")[0][0]:
-            if time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline:
+            ((running, parts),) = client.execute(
+                query, {"db": settings.database, "table": table or ""}
+            )
+            if running or parts != last:
+                last, since = parts, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
             time.sleep(0.2)
     finally:
         client.disconnect()
@@ -526,33 +545,6 @@ def set_merges(settings: ClickHouseSettings, table: str, *, running: bool) -> No
     client = Client(host=settings.host, port=settings.port, database=settings.database)
     try:
         client.execute(f"SYSTEM {'START' if running else 'STOP'} MERGES `{table}`")
-    finally:
-        client.disconnect()
-
-
-def wait_for_merged(
-    settings: ClickHouseSettings, table: str, *, quiet_s: float = 12.0, timeout_s: float = 300.0
-) -> None:
-    """Wait until ``table``'s background merges are done: none running and its active parts
-    unchanged for ``quiet_s`` (an idle merge scheduler took ≈9 s to pick a merge after
-    ``START MERGES``). Bounded by ``timeout_s``."""
-    from clickhouse_driver import Client
-
-    client = Client(host=settings.host, port=settings.port)
-    query = (
-        "SELECT (SELECT count() FROM system.merges), (SELECT count() FROM system.parts "
-        "WHERE active AND database = %(db)s AND table = %(table)s)"
-    )
-    deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            ((running, parts),) = client.execute(query, {"db": settings.database, "table": table})
-            if running or parts != last:
-                last, since = parts, time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
-                return
-            time.sleep(0.5)
     finally:
         client.disconnect()
 

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.ingest import set_merges
 from devstack.servers import ClickHouseServer, RedisServer
+from shared.settings import ClickHouseSettings
 from tests.e2e.harness import ORG_ID, Floopy
 from tests.e2e.load import Load
 
@@ -75,8 +77,9 @@ def _stop_merges(floopy: Floopy) -> None:
         timeout_s=30,
         what="the ingester's tables",
     )
+    settings = ClickHouseSettings(port=floopy.clickhouse.port, database=floopy.database)
     for table in ("requests", "spans"):
-        floopy.query(f"SYSTEM STOP MERGES {floopy.database}.{table}")
+        set_merges(settings, table, running=False)
 
 
 def _deduplicated(floopy: Floopy) -> int:

@@ -33,7 +33,6 @@ from bench.ingest import (
     rows_hash,
     set_merges,
     storing_nothing,
-    wait_for_merged,
     wait_for_merges,
 )
 from ingester.decode import tune_gc_for_batches
@@ -197,7 +196,7 @@ def _replay_once(
     deferred = args.merges_after and not args.null_table
     if deferred:
         set_merges(settings, table, running=True)
-        wait_for_merged(settings, table)
+        wait_for_merges(settings, 300.0, table=table, quiet_s=12.0)
     else:
         wait_for_merges(settings)
     merge_cpu = cpu_seconds(env.server_pid) - ended

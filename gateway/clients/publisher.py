@@ -68,7 +68,7 @@ from shared.backoff import Backoff
 from shared.metrics import counted
 from shared.redis_client import is_cluster, slot_of
 from shared.redis_keys import RedisKeys
-from shared.streams import RECORD_FIELD, Sink, shard_of, stream_key
+from shared.streams import RECORD_FIELD, Sink, shard_of, stream_keys
 
 __all__ = ["Publisher", "spooled_record"]
 
@@ -164,9 +164,7 @@ class Publisher(Outlet[_Entry]):
         self._redis = redis
         self._settings = settings
         self._shards = shards
-        self._keys = {
-            sink: [stream_key(sink, prefix, shard) for shard in range(shards)] for sink in Sink
-        }
+        self._keys = {sink: stream_keys(sink, prefix, shards) for sink in Sink}
         self._sinks = {key: sink for sink, keys in self._keys.items() for key in keys}
         self._by_slot = is_cluster(redis)
         self._xadd_batch = redis.register_script(
